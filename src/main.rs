@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("tierd: the CLI is being assembled");
+}

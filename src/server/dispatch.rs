@@ -1,0 +1,104 @@
+//! Carries a parsed [`Request`] out on the engine and shapes the response.
+//!
+//! Synchronous and transport-free: the server calls it under its lock, the
+//! benches and tests call it directly.
+
+use serde_json::{Value, json};
+
+use crate::error::EngineError;
+use crate::tiers::{Engine, MoveOptions, Origin, Priority};
+
+use super::protocol::{REQUEST_KEYS, Request};
+
+/// What a request needs from its transport.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Answer this now.
+    Reply(Value),
+    /// A move with `"wait": true`: answer with this job's status once it
+    /// has ended.
+    WaitForJob(String),
+}
+
+/// Executes one request at engine time `now`.
+pub fn execute(engine: &mut Engine, now: f64, request: Request) -> Result<Outcome, EngineError> {
+    use Request::*;
+    engine.tick(now);
+    let v = match request {
+        TierStatus => engine.tier_status(now),
+        MoveTier(m) => {
+            let opts = MoveOptions {
+                priority: m.priority.as_deref().and_then(Priority::parse).unwrap_or(Priority::Normal),
+                depends_on: m.depends_on,
+                make_room: m.make_room,
+                max_retries: m.max_retries,
+                bandwidth_mb_s: m.bandwidth_mb_s,
+                origin: Origin::User,
+                reason: None,
+            };
+            let started = engine.move_tier(now, &m.model_name, &m.target_tier, &opts)?;
+            if m.wait {
+                return Ok(Outcome::WaitForJob(started.job_id));
+            }
+            started.to_json()
+        }
+        TierJobStatus(id) => engine.job_status(now, &id)?,
+        UpdateLimits(changes) => engine.update_limits(now, &changes)?,
+        AutoOptimize { dry_run } => engine.auto_optimize(now, dry_run),
+        RegisterModel(r) => engine.register(now, &r.model_name, r.size_gb, r.preferred_tier.as_deref(), r.path.as_deref())?,
+        UnregisterModel(name) => engine.unregister(now, &name)?,
+        ListModels { tier } => engine.list_models(now, tier.as_deref())?,
+        ModelInfo(name) => engine.model_info(now, &name)?,
+        AccessModel(name) => engine.access(now, &name)?,
+        PinModel(name) => engine.set_pinned(&name, true)?,
+        UnpinModel(name) => engine.set_pinned(&name, false)?,
+        CancelJob(id) => engine.cancel_job(now, &id)?,
+        ListJobs => engine.list_jobs(now),
+        QueueStatus => {
+            let (pending, running, completed, failed) = engine.queue_counts();
+            let jobs = engine.list_jobs(now).get("jobs").cloned().unwrap_or(json!([]));
+            json!({
+                "status": "success",
+                "task_queue": {"pending": pending, "running": running, "completed": completed, "failed": failed},
+                "max_concurrent_tasks": engine.max_concurrent(),
+                "jobs": jobs,
+            })
+        }
+        QueueHistory(q) => {
+            if let Some(s) = &q.status
+                && !["queued", "running", "success", "failed", "cancelled"].contains(&s.as_str())
+            {
+                return Err(EngineError::bad_request(format!(
+                    "queue_history: unknown status {s:?}; one of: queued, running, success, failed, cancelled"
+                )));
+            }
+            let history = engine.history(now, q.limit.unwrap_or(100), q.status.as_deref(), q.since);
+            json!({"status": "success", "history": history})
+        }
+        Health => json!({
+            "status": "success",
+            "healthy": true,
+            "backend": engine.backend().name(),
+            "policy": engine.policy_name(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "models": engine.state().by_name.len(),
+            "tiers": engine.state().tier_names(),
+            "requests": REQUEST_KEYS,
+        }),
+        Metrics => engine.metrics_json(now),
+    };
+    Ok(Outcome::Reply(v))
+}
+
+/// Adds the echoed `id` to a response object.
+pub fn with_id(mut v: Value, id: &Option<Value>) -> Value {
+    if let (Some(id), Value::Object(m)) = (id, &mut v) {
+        m.insert("id".into(), id.clone());
+    }
+    v
+}
+
+/// The wire form of an error.
+pub fn error_response(e: &EngineError, id: &Option<Value>) -> Value {
+    with_id(json!({"status": "error", "error": e.to_json()}), id)
+}

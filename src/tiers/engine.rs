@@ -1,0 +1,1747 @@
+//! The tier engine: a synchronous state machine that owns the placement,
+//! the limits and the move jobs, and takes the current time as an argument.
+//!
+//! It performs no I/O. Moves are carried out by the injected [`Backend`];
+//! what should move is suggested by the injected [`Policy`]. The async server,
+//! the simulation harness and the property tests all drive this same type.
+//!
+//! Capacity rules:
+//! - admission: a move is accepted only if the target's committed bytes
+//!   (`used + incoming`) plus the model fit under the limit, counting room
+//!   freed by demotions the move depends on (each freed byte counted once);
+//!   the reservation is taken at once, so concurrent moves never overcommit;
+//! - start: a queued move starts only when its dependencies have succeeded
+//!   and the bytes physically fit (`used + incoming_running + size <= limit`);
+//! - a model is in exactly one tier; while it moves it stays in its source.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use serde_json::{Map, Value, json};
+
+use crate::config::{Config, bytes_to_gb, gb_to_bytes};
+use crate::error::EngineError;
+use crate::optimizer::{Desire, Policy};
+
+use super::backend::{Backend, Capacity, MoveEvent, MoveOrder};
+use super::job::{Attempt, Job, JobKey, JobStatus, Operation, Origin, Priority};
+use super::state::{Model, ModelId, State, Usage, round6};
+
+/// Options of one move submission.
+#[derive(Debug, Clone)]
+pub struct MoveOptions {
+    pub priority: Priority,
+    /// Wire ids of jobs that must succeed first.
+    pub depends_on: Vec<String>,
+    pub make_room: bool,
+    pub max_retries: Option<u32>,
+    pub bandwidth_mb_s: Option<f64>,
+    pub origin: Origin,
+    pub reason: Option<String>,
+}
+
+impl Default for MoveOptions {
+    fn default() -> Self {
+        MoveOptions {
+            priority: Priority::Normal,
+            depends_on: Vec::new(),
+            make_room: false,
+            max_retries: None,
+            bandwidth_mb_s: None,
+            origin: Origin::User,
+            reason: None,
+        }
+    }
+}
+
+/// Answer to an accepted move.
+#[derive(Debug, Clone)]
+pub struct MoveStarted {
+    pub job_id: String,
+    pub model_name: String,
+    pub operation: Operation,
+    pub source_tier: String,
+    pub target_tier: String,
+    /// Demotions started to make room, by job id.
+    pub make_room_jobs: Vec<String>,
+}
+
+impl MoveStarted {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "status": "tier_move_started",
+            "job_id": self.job_id,
+            "model_name": self.model_name,
+            "operation": self.operation.as_str(),
+            "source_tier": self.source_tier,
+            "target_tier": self.target_tier,
+            "make_room": self.make_room_jobs,
+        })
+    }
+}
+
+/// A planned or started move of an `auto_optimize` or policy decision.
+#[derive(Debug, Clone)]
+pub struct PlanStep {
+    pub model_name: String,
+    pub operation: Operation,
+    pub source_tier: String,
+    pub target_tier: String,
+    pub reason: String,
+    pub usage: u64,
+    pub job_id: Option<String>,
+    /// Why the step was not started, when it was not.
+    pub skipped: Option<String>,
+}
+
+impl PlanStep {
+    /// The seed's sentence: "Promoting gpt2-large to RAM (usage: 12)".
+    pub fn sentence(&self) -> String {
+        let verb = match self.operation {
+            Operation::Promote => "Promoting",
+            Operation::Demote => "Demoting",
+        };
+        format!(
+            "{verb} {} to {} ({})",
+            self.model_name,
+            self.target_tier.to_uppercase(),
+            self.reason
+        )
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "model_name": self.model_name,
+            "operation": self.operation.as_str(),
+            "source_tier": self.source_tier,
+            "target_tier": self.target_tier,
+            "reason": self.reason,
+            "usage": self.usage,
+            "job_id": self.job_id,
+            "skipped": self.skipped,
+        })
+    }
+}
+
+/// Counters for `metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub accesses: u64,
+    pub load_seconds: f64,
+    pub hits_by_tier: Vec<u64>,
+    pub moves_started: u64,
+    pub moves_succeeded: u64,
+    pub moves_failed: u64,
+    pub moves_cancelled: u64,
+    pub retries: u64,
+    pub bytes_moved: u64,
+    pub jobs_submitted: u64,
+}
+
+/// The engine. See the module docs.
+pub struct Engine {
+    state: State,
+    cfg: Config,
+    backend: Box<dyn Backend>,
+    policy: Box<dyn Policy>,
+    jobs: HashMap<JobKey, Job>,
+    job_ids: HashMap<String, JobKey>,
+    /// Queued jobs in start order.
+    queue: BTreeSet<(Priority, JobKey)>,
+    running: BTreeSet<JobKey>,
+    /// Ended jobs, oldest first, bounded by `cfg.job_history`.
+    ended: VecDeque<JobKey>,
+    dependents: HashMap<JobKey, Vec<JobKey>>,
+    next_key: JobKey,
+    max_concurrent: usize,
+    /// Something changed that may let a queued job start.
+    dirty: bool,
+    /// Earliest retry time of a queued job.
+    wake_at: f64,
+    metrics: Metrics,
+    started_at: f64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.backend.name())
+            .field("policy", &self.policy.name())
+            .finish()
+    }
+}
+
+/// What `room` checks a tier against, beyond its current books.
+#[derive(Debug, Clone, Copy, Default)]
+struct Relief {
+    bytes: u64,
+    models: usize,
+}
+
+impl Engine {
+    /// An engine with the configuration's tiers and catalog.
+    pub fn new(cfg: Config, backend: Box<dyn Backend>, policy: Box<dyn Policy>, now: f64) -> Result<Engine, EngineError> {
+        let mut state = State::new(&cfg);
+        for mc in &cfg.models {
+            let tier = match &mc.tier {
+                Some(t) => state.tier_index(t).ok_or_else(|| EngineError::UnknownTier {
+                    tier: t.clone(),
+                    known: state.tier_names(),
+                })?,
+                None => state.last_tier(),
+            };
+            let bytes = gb_to_bytes(mc.size_gb);
+            let id = state.models.len();
+            state.models.push(Some(Model {
+                name: mc.name.clone(),
+                bytes,
+                tier,
+                usage: Usage {
+                    count: mc.usage,
+                    decayed_at: now,
+                    ..Usage::default()
+                },
+                pinned: false,
+                job: None,
+                unavailable: None,
+                path: mc.path.clone(),
+                registered_at: now,
+            }));
+            state.by_name.insert(mc.name.clone(), id);
+            state.tiers[tier].used += bytes;
+            state.tiers[tier].models += 1;
+        }
+        let tiers = state.tiers.len();
+        Ok(Engine {
+            state,
+            max_concurrent: cfg.moves.max_concurrent.max(1),
+            cfg,
+            backend,
+            policy,
+            jobs: HashMap::new(),
+            job_ids: HashMap::new(),
+            queue: BTreeSet::new(),
+            running: BTreeSet::new(),
+            ended: VecDeque::new(),
+            dependents: HashMap::new(),
+            next_key: 1,
+            dirty: false,
+            wake_at: f64::INFINITY,
+            metrics: Metrics {
+                hits_by_tier: vec![0; tiers],
+                ..Metrics::default()
+            },
+            started_at: now,
+        })
+    }
+
+    /// Read access to the placement.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Replaces the policy (the simulator runs several over one trace).
+    pub fn set_policy(&mut self, policy: Box<dyn Policy>) {
+        self.policy = policy;
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// Jobs queued or running.
+    pub fn active_jobs(&self) -> usize {
+        self.queue.len() + self.running.len()
+    }
+
+    /// The earliest time at which `tick` has something to do, for drivers
+    /// that advance virtual time.
+    pub fn next_wakeup(&self) -> Option<f64> {
+        let b = self.backend.next_event_time();
+        let w = if self.wake_at.is_finite() && !self.queue.is_empty() {
+            Some(self.wake_at)
+        } else {
+            None
+        };
+        match (b, w) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn model_by_name(&self, name: &str) -> Result<ModelId, EngineError> {
+        self.state
+            .model_id(name)
+            .ok_or_else(|| EngineError::ModelNotFound { model: name.to_string() })
+    }
+
+    fn tier_by_name(&self, name: &str) -> Result<usize, EngineError> {
+        self.state.tier_index(name).ok_or_else(|| EngineError::UnknownTier {
+            tier: name.to_string(),
+            known: self.state.tier_names(),
+        })
+    }
+
+    fn job_by_id(&self, id: &str) -> Result<JobKey, EngineError> {
+        self.job_ids
+            .get(id)
+            .copied()
+            .ok_or_else(|| EngineError::JobNotFound { job_id: id.to_string() })
+    }
+
+    // ---------------------------------------------------------------- room
+
+    /// Bytes the hardware can still take in `tier`, after the reserve and the
+    /// moves already on their way in; `None` when unbounded.
+    fn hardware_available(&self, tier: usize) -> Result<Option<u64>, EngineError> {
+        let t = &self.state.tiers[tier];
+        match self.backend.capacity(tier) {
+            Capacity::Unbounded => Ok(None),
+            Capacity::Total(total) => Ok(Some(
+                total.saturating_sub(t.reserved).saturating_sub(t.used).saturating_sub(t.incoming),
+            )),
+            Capacity::Free(free) => Ok(Some(
+                free.saturating_sub(t.reserved)
+                    .saturating_sub(t.incoming.saturating_sub(t.incoming_running)),
+            )),
+            Capacity::Unavailable => Err(EngineError::TierUnavailable {
+                tier: t.name.clone(),
+                reason: self
+                    .backend
+                    .tier_details(tier)
+                    .get("unavailable_reason")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("the hardware is not available")
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Whether `bytes` more fit in `tier` under its limit, model count and
+    /// hardware, given `relief` (room that moves this one waits for free).
+    fn room(&self, tier: usize, bytes: u64, relief: Relief, model: &str) -> Result<(), EngineError> {
+        let t = &self.state.tiers[tier];
+        if let Some(limit) = t.limit {
+            let committed = t.committed().saturating_sub(relief.bytes);
+            let free = limit.saturating_sub(committed);
+            if bytes > free {
+                return Err(EngineError::LimitExceeded {
+                    tier: t.name.clone(),
+                    model: model.to_string(),
+                    required: bytes,
+                    available: free,
+                    limit,
+                });
+            }
+        }
+        if let Some(max) = t.max_models
+            && (t.models + t.incoming_models).saturating_sub(relief.models) + 1 > max
+        {
+            return Err(EngineError::ModelCountExceeded {
+                tier: t.name.clone(),
+                max_models: max,
+            });
+        }
+        if let Some(avail) = self.hardware_available(tier)? {
+            let avail = avail.saturating_add(relief.bytes);
+            if bytes > avail {
+                return Err(EngineError::Insufficient {
+                    tier: t.name.clone(),
+                    model: model.to_string(),
+                    required: bytes,
+                    available: avail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Room freed in `tier` by the unclaimed demotions among `deps`.
+    fn relief_from(&self, tier: usize, deps: &[JobKey]) -> (Relief, Vec<JobKey>) {
+        let mut relief = Relief::default();
+        let mut claimed = Vec::new();
+        for k in deps {
+            if let Some(j) = self.jobs.get(k)
+                && j.from == tier
+                && j.claimed_by.is_none()
+                && !j.status.is_terminal()
+            {
+                relief.bytes += j.bytes;
+                relief.models += 1;
+                claimed.push(*k);
+            }
+        }
+        (relief, claimed)
+    }
+
+    /// Victims to demote from `tier` so that `bytes` fit, least valuable
+    /// first by the policy, never pinned, busy or unavailable models, nor
+    /// `exclude`. Returns (victim, destination) pairs, or the error of the
+    /// room check if no set of victims suffices.
+    fn plan_make_room(
+        &self,
+        now: f64,
+        tier: usize,
+        bytes: u64,
+        exclude: Option<ModelId>,
+        model_name: &str,
+    ) -> Result<Vec<(ModelId, usize)>, EngineError> {
+        let mut candidates: Vec<(f64, f64, ModelId)> = self
+            .state
+            .iter_models()
+            .filter(|(id, m)| m.tier == tier && !m.pinned && m.job.is_none() && m.unavailable.is_none() && Some(*id) != exclude)
+            .map(|(id, m)| {
+                (
+                    self.policy.eviction_rank(now, &self.state, id),
+                    m.usage.last_access.unwrap_or(f64::NEG_INFINITY),
+                    id,
+                )
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut relief = Relief::default();
+        let mut extra_in = vec![0u64; self.state.tiers.len()];
+        let mut extra_models = vec![0usize; self.state.tiers.len()];
+        let mut victims = Vec::new();
+        let mut last_err = match self.room(tier, bytes, relief, model_name) {
+            Ok(()) => return Ok(victims),
+            Err(e) => e,
+        };
+        for (_, _, id) in candidates {
+            let Some(m) = self.state.model(id) else { continue };
+            // Destination: the first slower tier with room for the victim.
+            let dest = (tier + 1..self.state.tiers.len()).find(|&d| {
+                self.state.size_allowed(m.bytes, d) && {
+                    let t = &self.state.tiers[d];
+                    let fits_limit = t.limit.is_none_or(|l| t.committed() + extra_in[d] + m.bytes <= l);
+                    let fits_count = t.max_models.is_none_or(|mx| t.models + t.incoming_models + extra_models[d] < mx);
+                    let fits_hw = matches!(self.hardware_available(d), Ok(None))
+                        || matches!(self.hardware_available(d), Ok(Some(a)) if a >= extra_in[d] + m.bytes);
+                    fits_limit && fits_count && fits_hw
+                }
+            });
+            let Some(dest) = dest else { continue };
+            extra_in[dest] += m.bytes;
+            extra_models[dest] += 1;
+            relief.bytes += m.bytes;
+            relief.models += 1;
+            victims.push((id, dest));
+            match self.room(tier, bytes, relief, model_name) {
+                Ok(()) => return Ok(victims),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    // ---------------------------------------------------------- submission
+
+    fn new_job_id(&self, op: Operation, model: &str, now: f64) -> String {
+        let base = format!("tier_{}_{}_{}", op.as_str(), model, now.max(0.0).floor() as u64);
+        if !self.job_ids.contains_key(&base) {
+            return base;
+        }
+        (2u64..)
+            .map(|n| format!("{base}_{n}"))
+            .find(|c| !self.job_ids.contains_key(c))
+            .unwrap_or(base)
+    }
+
+    /// Validates and queues one move. `deps` are engine keys (already
+    /// resolved); the model must be idle.
+    fn submit(&mut self, now: f64, model: ModelId, to: usize, deps: Vec<JobKey>, opts: &MoveOptions) -> Result<JobKey, EngineError> {
+        let Some(m) = self.state.model(model) else {
+            return Err(EngineError::Internal(format!("model id {model} vanished")));
+        };
+        let (name, bytes, from) = (m.name.clone(), m.bytes, m.tier);
+        if from == to {
+            return Err(EngineError::AlreadyInTier {
+                model: name,
+                tier: self.state.tiers[to].name.clone(),
+            });
+        }
+        if let Some(k) = m.job {
+            let job_id = self.jobs.get(&k).map(|j| j.id.clone()).unwrap_or_default();
+            return Err(EngineError::AlreadyMoving { model: name, job_id });
+        }
+        if !self.state.size_allowed(bytes, to) {
+            return Err(EngineError::ModelTooLarge {
+                model: name,
+                size_gb: bytes_to_gb(bytes),
+                max_gb: bytes_to_gb(self.state.max_single_model),
+                tier: self.state.tiers[to].name.clone(),
+            });
+        }
+        if let Some(reason) = &m.unavailable {
+            return Err(EngineError::ModelUnavailable {
+                model: name,
+                reason: reason.clone(),
+            });
+        }
+        for d in &deps {
+            if let Some(j) = self.jobs.get(d)
+                && matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)
+            {
+                return Err(EngineError::DependencyFailed {
+                    job_id: j.id.clone(),
+                    status: j.status.as_str().to_string(),
+                });
+            }
+        }
+        let (relief, claimed) = self.relief_from(to, &deps);
+        self.room(to, bytes, relief, &name)?;
+
+        let op = if to < from { Operation::Promote } else { Operation::Demote };
+        let rate = match op {
+            Operation::Promote => self.cfg.moves.promote_s_per_gb,
+            Operation::Demote => self.cfg.moves.demote_s_per_gb,
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        let id = self.new_job_id(op, &name, now);
+        for c in &claimed {
+            if let Some(j) = self.jobs.get_mut(c) {
+                j.claimed_by = Some(key);
+            }
+        }
+        for d in &deps {
+            self.dependents.entry(*d).or_default().push(key);
+        }
+        let job = Job {
+            key,
+            id: id.clone(),
+            model,
+            model_name: name,
+            bytes,
+            from,
+            to,
+            operation: op,
+            priority: opts.priority,
+            origin: opts.origin,
+            depends_on: deps,
+            claimed_releases: claimed,
+            claimed_by: None,
+            max_retries: opts.max_retries.unwrap_or(self.cfg.moves.max_retries),
+            attempt: 0,
+            status: JobStatus::Queued,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            not_before: now,
+            progress: 0.0,
+            estimated_s: bytes_to_gb(bytes) * rate,
+            error: None,
+            attempts: Vec::new(),
+            cancel_requested: false,
+            bandwidth_mb_s: opts.bandwidth_mb_s,
+            reason: opts.reason.clone(),
+        };
+        let t = &mut self.state.tiers[to];
+        t.incoming += bytes;
+        t.incoming_models += 1;
+        if let Some(m) = self.state.model_mut(model) {
+            m.job = Some(key);
+        }
+        self.jobs.insert(key, job);
+        self.job_ids.insert(id, key);
+        self.queue.insert((opts.priority, key));
+        self.metrics.jobs_submitted += 1;
+        self.dirty = true;
+        Ok(key)
+    }
+
+    /// Removes a queued job that never started, as if never submitted (used
+    /// to undo the first half of a make-room submission that failed).
+    fn retract(&mut self, key: JobKey) {
+        let Some(job) = self.jobs.remove(&key) else { return };
+        self.job_ids.remove(&job.id);
+        self.queue.remove(&(job.priority, key));
+        let t = &mut self.state.tiers[job.to];
+        t.incoming -= job.bytes;
+        t.incoming_models -= 1;
+        if let Some(m) = self.state.model_mut(job.model) {
+            m.job = None;
+        }
+        for d in &job.depends_on {
+            if let Some(v) = self.dependents.get_mut(d) {
+                v.retain(|k| *k != key);
+            }
+        }
+        for c in &job.claimed_releases {
+            if let Some(j) = self.jobs.get_mut(c) {
+                j.claimed_by = None;
+            }
+        }
+        self.metrics.jobs_submitted -= 1;
+    }
+
+    /// Resolves wire job ids to keys.
+    fn resolve_deps(&self, ids: &[String]) -> Result<Vec<JobKey>, EngineError> {
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            let k = self
+                .job_ids
+                .get(id)
+                .copied()
+                .ok_or_else(|| EngineError::UnknownDependency { job_id: id.clone() })?;
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// `move_tier`: validates in the documented order, makes room if asked,
+    /// and queues the move.
+    pub fn move_tier(&mut self, now: f64, model_name: &str, target: &str, opts: &MoveOptions) -> Result<MoveStarted, EngineError> {
+        self.tick(now);
+        let id = self.model_by_name(model_name)?;
+        let to = self.tier_by_name(target)?;
+        let deps = self.resolve_deps(&opts.depends_on)?;
+        let (from, bytes, busy) = match self.state.model(id) {
+            Some(m) => (m.tier, m.bytes, m.job),
+            None => {
+                return Err(EngineError::ModelNotFound {
+                    model: model_name.to_string(),
+                });
+            }
+        };
+        if from == to {
+            return Err(EngineError::AlreadyInTier {
+                model: model_name.to_string(),
+                tier: target.to_string(),
+            });
+        }
+        if let Some(k) = busy {
+            let job_id = self.jobs.get(&k).map(|j| j.id.clone()).unwrap_or_default();
+            return Err(EngineError::AlreadyMoving {
+                model: model_name.to_string(),
+                job_id,
+            });
+        }
+        let mut room_jobs = Vec::new();
+        let mut all_deps = deps;
+        if opts.make_room
+            && self.state.size_allowed(bytes, to)
+            && self.room(to, bytes, self.relief_from(to, &all_deps).0, model_name).is_err()
+        {
+            let victims = self.plan_make_room(now, to, bytes, Some(id), model_name)?;
+            let room_opts = MoveOptions {
+                priority: opts.priority,
+                origin: Origin::MakeRoom,
+                reason: Some(format!("making room for {model_name} in {target}")),
+                ..MoveOptions::default()
+            };
+            for (victim, dest) in victims {
+                match self.submit(now, victim, dest, Vec::new(), &room_opts) {
+                    Ok(k) => room_jobs.push(k),
+                    Err(e) => {
+                        for k in room_jobs {
+                            self.retract(k);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            all_deps.extend(room_jobs.iter().copied());
+        }
+        match self.submit(now, id, to, all_deps, opts) {
+            Ok(key) => {
+                self.tick(now);
+                let job = &self.jobs[&key];
+                Ok(MoveStarted {
+                    job_id: job.id.clone(),
+                    model_name: model_name.to_string(),
+                    operation: job.operation,
+                    source_tier: self.state.tiers[from].name.clone(),
+                    target_tier: target.to_string(),
+                    make_room_jobs: room_jobs.iter().filter_map(|k| self.jobs.get(k).map(|j| j.id.clone())).collect(),
+                })
+            }
+            Err(e) => {
+                for k in room_jobs {
+                    self.retract(k);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies a policy's desires as one batch: each desire may count on
+    /// room freed by earlier desires of the batch that leave its target.
+    fn apply_desires(&mut self, now: f64, desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
+        let mut steps = Vec::with_capacity(desires.len());
+        let mut batch: Vec<JobKey> = Vec::new();
+        for d in desires {
+            let Some(m) = self.state.model(d.model) else { continue };
+            let (name, from, usage) = (m.name.clone(), m.tier, m.usage.count);
+            if d.target >= self.state.tiers.len() || d.target == from {
+                continue;
+            }
+            let mut step = PlanStep {
+                model_name: name.clone(),
+                operation: if d.target < from { Operation::Promote } else { Operation::Demote },
+                source_tier: self.state.tiers[from].name.clone(),
+                target_tier: self.state.tiers[d.target].name.clone(),
+                reason: d.reason.clone(),
+                usage,
+                job_id: None,
+                skipped: None,
+            };
+            let deps: Vec<JobKey> = batch
+                .iter()
+                .copied()
+                .filter(|k| self.jobs.get(k).is_some_and(|j| j.from == d.target && j.claimed_by.is_none()))
+                .collect();
+            let opts = MoveOptions {
+                priority,
+                origin,
+                reason: Some(d.reason.clone()),
+                make_room: d.make_room,
+                ..MoveOptions::default()
+            };
+            let result = if d.make_room && deps.is_empty() {
+                let target = step.target_tier.clone();
+                self.move_tier(now, &name, &target, &opts)
+                    .map(|s| self.job_ids.get(&s.job_id).copied().unwrap_or(0))
+            } else {
+                self.submit(now, d.model, d.target, deps, &opts)
+            };
+            match result {
+                Ok(k) => {
+                    batch.push(k);
+                    step.job_id = self.jobs.get(&k).map(|j| j.id.clone());
+                }
+                Err(e) => step.skipped = Some(e.to_string()),
+            }
+            steps.push(step);
+        }
+        self.tick(now);
+        steps
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// `register_model`: places a new model in the preferred tier if it has
+    /// room, else the next slower tier with room, else the last tier.
+    pub fn register(
+        &mut self,
+        now: f64,
+        name: &str,
+        size_gb: Option<f64>,
+        preferred: Option<&str>,
+        path: Option<&std::path::Path>,
+    ) -> Result<Value, EngineError> {
+        self.tick(now);
+        if self.state.by_name.contains_key(name) {
+            return Err(EngineError::DuplicateModel { model: name.to_string() });
+        }
+        if let Some(gb) = size_gb
+            && !(gb.is_finite() && gb >= 0.0)
+        {
+            return Err(EngineError::bad_request(format!("size_gb must be a non-negative number, got {gb}")));
+        }
+        let first = match preferred {
+            Some(p) => self.tier_by_name(p)?,
+            None => 0,
+        };
+        let bytes = self
+            .backend
+            .register_model(name, path, size_gb.map(gb_to_bytes))
+            .map_err(EngineError::bad_request)?;
+        let last = self.state.last_tier();
+        let chosen = (first..=last)
+            .find(|&t| self.state.size_allowed(bytes, t) && self.room(t, bytes, Relief::default(), name).is_ok())
+            .unwrap_or(last);
+        let instant = self.backend.places_instantly();
+        let home = if instant { chosen } else { last };
+        let id = self.state.models.len();
+        self.state.models.push(Some(Model {
+            name: name.to_string(),
+            bytes,
+            tier: home,
+            usage: Usage {
+                decayed_at: now,
+                ..Usage::default()
+            },
+            pinned: false,
+            job: None,
+            unavailable: None,
+            path: path.map(|p| p.to_path_buf()),
+            registered_at: now,
+        }));
+        self.state.by_name.insert(name.to_string(), id);
+        self.state.tiers[home].used += bytes;
+        self.state.tiers[home].models += 1;
+        let mut job_id = None;
+        if home != chosen {
+            let opts = MoveOptions {
+                origin: Origin::Register,
+                reason: Some("hot load".into()),
+                ..MoveOptions::default()
+            };
+            if let Ok(k) = self.submit(now, id, chosen, Vec::new(), &opts) {
+                job_id = self.jobs.get(&k).map(|j| j.id.clone());
+            }
+            self.tick(now);
+        }
+        Ok(json!({
+            "status": "success",
+            "model_name": name,
+            "size_gb": bytes_to_gb(bytes),
+            "tier": self.state.tiers[chosen].name,
+            "job_id": job_id,
+        }))
+    }
+
+    /// `unregister_model`.
+    pub fn unregister(&mut self, now: f64, name: &str) -> Result<Value, EngineError> {
+        self.tick(now);
+        let id = self.model_by_name(name)?;
+        let Some(m) = self.state.model(id) else {
+            return Err(EngineError::ModelNotFound { model: name.to_string() });
+        };
+        if let Some(k) = m.job {
+            let job_id = self.jobs.get(&k).map(|j| j.id.clone()).unwrap_or_default();
+            return Err(EngineError::ModelBusy {
+                model: name.to_string(),
+                job_id,
+            });
+        }
+        let (tier, bytes) = (m.tier, m.bytes);
+        self.backend.unregister_model(name, tier);
+        self.state.tiers[tier].used -= bytes;
+        self.state.tiers[tier].models -= 1;
+        self.state.models[id] = None;
+        self.state.by_name.remove(name);
+        self.dirty = true;
+        Ok(json!({"status": "success", "model_name": name, "tier": self.state.tiers[tier].name}))
+    }
+
+    /// `access_model`: records a use and lets the policy react.
+    pub fn access(&mut self, now: f64, name: &str) -> Result<Value, EngineError> {
+        let id = self.model_by_name(name)?;
+        let steps = self.access_id(now, id)?;
+        let Some(m) = self.state.model(id) else {
+            return Err(EngineError::ModelNotFound { model: name.to_string() });
+        };
+        let (tier, load) = steps.0;
+        Ok(json!({
+            "status": "success",
+            "model_name": name,
+            "tier": self.state.tiers[tier].name,
+            "load_time_s": round6(load),
+            "usage": m.usage.count,
+            "jobs": steps.1.iter().filter_map(|s| s.job_id.clone()).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// The access path without names (the simulator's hot loop): returns the
+    /// tier served from, the load seconds, and the policy's steps.
+    pub fn access_id(&mut self, now: f64, id: ModelId) -> Result<((usize, f64), Vec<PlanStep>), EngineError> {
+        self.tick(now);
+        let usage_cfg = self.state.usage_cfg.clone();
+        let Some(m) = self.state.model_mut(id) else {
+            return Err(EngineError::ModelNotFound { model: format!("#{id}") });
+        };
+        if let Some(reason) = &m.unavailable {
+            return Err(EngineError::ModelUnavailable {
+                model: m.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        m.usage.record(now, &usage_cfg);
+        let (tier, bytes) = (m.tier, m.bytes);
+        let load = self.state.tiers[tier].load_seconds(bytes);
+        self.metrics.accesses += 1;
+        self.metrics.load_seconds += load;
+        self.metrics.hits_by_tier[tier] += 1;
+        let desires = self.policy.on_access(now, &self.state, id);
+        let steps = if desires.is_empty() {
+            Vec::new()
+        } else {
+            self.apply_desires(now, desires, Origin::Policy, Priority::Low)
+        };
+        Ok(((tier, load), steps))
+    }
+
+    /// The policy's periodic decision.
+    pub fn policy_tick(&mut self, now: f64) -> Vec<PlanStep> {
+        self.tick(now);
+        let desires = self.policy.on_tick(now, &self.state);
+        if desires.is_empty() {
+            Vec::new()
+        } else {
+            self.apply_desires(now, desires, Origin::Policy, Priority::Low)
+        }
+    }
+
+    /// `auto_optimize`: the policy's plan, explained, and started unless `dry_run`.
+    pub fn auto_optimize(&mut self, now: f64, dry_run: bool) -> Value {
+        self.tick(now);
+        let desires = self.policy.plan(now, &self.state);
+        let steps: Vec<PlanStep> = if dry_run {
+            desires
+                .into_iter()
+                .filter_map(|d| {
+                    let m = self.state.model(d.model)?;
+                    (d.target != m.tier && d.target < self.state.tiers.len()).then(|| PlanStep {
+                        model_name: m.name.clone(),
+                        operation: if d.target < m.tier { Operation::Promote } else { Operation::Demote },
+                        source_tier: self.state.tiers[m.tier].name.clone(),
+                        target_tier: self.state.tiers[d.target].name.clone(),
+                        reason: d.reason,
+                        usage: m.usage.count,
+                        job_id: None,
+                        skipped: None,
+                    })
+                })
+                .collect()
+        } else {
+            self.apply_desires(now, desires, Origin::Optimize, Priority::Low)
+        };
+        json!({
+            "status": "success",
+            "policy": self.policy.name(),
+            "dry_run": dry_run,
+            "optimizations": steps.iter().filter(|s| s.skipped.is_none()).map(PlanStep::sentence).collect::<Vec<_>>(),
+            "jobs": steps.iter().filter_map(|s| s.job_id.clone()).collect::<Vec<_>>(),
+            "plan": steps.iter().map(PlanStep::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `pin_model` / `unpin_model`.
+    pub fn set_pinned(&mut self, name: &str, pinned: bool) -> Result<Value, EngineError> {
+        let id = self.model_by_name(name)?;
+        let tier_names = self.state.tier_names();
+        let Some(m) = self.state.model_mut(id) else {
+            return Err(EngineError::ModelNotFound { model: name.to_string() });
+        };
+        m.pinned = pinned;
+        Ok(json!({"status": "success", "model_name": name, "pinned": pinned, "tier": tier_names[m.tier]}))
+    }
+
+    /// The current limits, as `update_limits` reports them.
+    pub fn limits_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        for t in &self.state.tiers {
+            if let Some(l) = t.limit {
+                m.insert(format!("{}_max_gb", t.name), json!(bytes_to_gb(l)));
+            }
+            if t.has_reserved {
+                m.insert(format!("{}_reserved_gb", t.name), json!(bytes_to_gb(t.reserved)));
+            }
+        }
+        m.insert("max_concurrent_tasks".into(), json!(self.max_concurrent));
+        m
+    }
+
+    /// `update_limits`: validates every key before changing any; demotes the
+    /// least valuable models of tiers whose limit fell below their use.
+    pub fn update_limits(&mut self, now: f64, changes: &Map<String, Value>) -> Result<Value, EngineError> {
+        self.tick(now);
+        enum Change {
+            Max(usize, u64),
+            Reserved(usize, u64),
+            Concurrency(usize),
+        }
+        let mut plan = Vec::new();
+        let mut known: Vec<String> = Vec::new();
+        for t in &self.state.tiers {
+            if t.limit.is_some() {
+                known.push(format!("{}_max_gb", t.name));
+            }
+            if t.has_reserved {
+                known.push(format!("{}_reserved_gb", t.name));
+            }
+        }
+        known.push("max_concurrent_tasks".into());
+        if changes.is_empty() {
+            return Err(EngineError::bad_request(format!(
+                "update_limits needs at least one of: {}",
+                known.join(", ")
+            )));
+        }
+        for (key, value) in changes {
+            if key == "max_concurrent_tasks" {
+                let n = value
+                    .as_u64()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| EngineError::InvalidLimit {
+                        key: key.clone(),
+                        value: value.as_f64().unwrap_or(f64::NAN),
+                        minimum: Some(1.0),
+                        message: format!("max_concurrent_tasks must be an integer from 1 to 1024, got {value}"),
+                    })?;
+                plan.push(Change::Concurrency(n as usize));
+                continue;
+            }
+            let Some(v) = value.as_f64() else {
+                return Err(EngineError::InvalidLimit {
+                    key: key.clone(),
+                    value: f64::NAN,
+                    minimum: None,
+                    message: format!("{key} must be a number, got {value}"),
+                });
+            };
+            let parsed = key
+                .strip_suffix("_max_gb")
+                .map(|t| (t, true))
+                .or_else(|| key.strip_suffix("_reserved_gb").map(|t| (t, false)));
+            let tier = parsed.and_then(|(t, is_max)| self.state.tier_index(t).map(|i| (i, is_max)));
+            let Some((ti, is_max)) = tier.filter(|(i, is_max)| {
+                if *is_max {
+                    self.state.tiers[*i].limit.is_some()
+                } else {
+                    self.state.tiers[*i].has_reserved
+                }
+            }) else {
+                return Err(EngineError::BadRequest {
+                    message: format!("Unknown limit {key:?}; known limits: {}", known.join(", ")),
+                    details: json!({"key": key, "known_limits": known}).as_object().cloned().unwrap_or_default(),
+                });
+            };
+            let t = &self.state.tiers[ti];
+            let min = if is_max { t.min_limit } else { t.min_reserved };
+            if !v.is_finite() || v < 0.0 || min.is_some_and(|m| gb_to_bytes(v) < m) {
+                let what = if is_max { "limit" } else { "reserved" };
+                let message = match min {
+                    Some(m) => format!(
+                        "{key} = {v} is below the minimum {} {what} of {} GB",
+                        t.name.to_uppercase(),
+                        bytes_to_gb(m)
+                    ),
+                    None => format!("{key} must be a non-negative number, got {v}"),
+                };
+                return Err(EngineError::InvalidLimit {
+                    key: key.clone(),
+                    value: v,
+                    minimum: min.map(bytes_to_gb),
+                    message,
+                });
+            }
+            plan.push(if is_max {
+                Change::Max(ti, gb_to_bytes(v))
+            } else {
+                Change::Reserved(ti, gb_to_bytes(v))
+            });
+        }
+        // Pinned models that cannot fit under a lowered limit refuse the change.
+        for c in &plan {
+            if let Change::Max(ti, new) = c {
+                let pinned: u64 = self
+                    .state
+                    .iter_models()
+                    .filter(|(_, m)| m.tier == *ti && m.pinned)
+                    .map(|(_, m)| m.bytes)
+                    .sum();
+                if pinned > *new {
+                    let t = &self.state.tiers[*ti];
+                    return Err(EngineError::PinnedConflict {
+                        tier: t.name.clone(),
+                        message: format!(
+                            "{} limit of {} GB cannot be met without demoting pinned models ({} GB pinned); unpin them first",
+                            t.name.to_uppercase(),
+                            bytes_to_gb(*new),
+                            bytes_to_gb(pinned)
+                        ),
+                    });
+                }
+            }
+        }
+        let old = self.limits_json();
+        let mut lowered = Vec::new();
+        for c in plan {
+            match c {
+                Change::Max(ti, new) => {
+                    if self.state.tiers[ti].limit.is_some_and(|l| new < l) {
+                        lowered.push(ti);
+                    }
+                    self.state.tiers[ti].limit = Some(new);
+                }
+                Change::Reserved(ti, new) => self.state.tiers[ti].reserved = new,
+                Change::Concurrency(n) => self.max_concurrent = n,
+            }
+        }
+        self.dirty = true;
+        let mut rebalance = Vec::new();
+        for ti in lowered {
+            rebalance.extend(self.rebalance(now, ti));
+        }
+        self.tick(now);
+        Ok(json!({
+            "status": "success",
+            "old_limits": old,
+            "new_limits": self.limits_json(),
+            "rebalance": rebalance,
+        }))
+    }
+
+    /// Brings a tier back under its limit: first withdraws queued moves into
+    /// it, newest first, then demotes its least valuable models.
+    fn rebalance(&mut self, now: f64, ti: usize) -> Vec<String> {
+        let Some(limit) = self.state.tiers[ti].limit else {
+            return Vec::new();
+        };
+        let excess = |e: &Engine| {
+            let releasing: u64 = e
+                .running
+                .iter()
+                .chain(e.queue.iter().map(|(_, k)| k))
+                .filter_map(|k| e.jobs.get(k))
+                .filter(|j| j.from == ti)
+                .map(|j| j.bytes)
+                .sum();
+            (e.state.tiers[ti].committed().saturating_sub(releasing)).saturating_sub(limit)
+        };
+        // Queued (not running) moves into the tier that no longer fit fail.
+        let queued_in: Vec<JobKey> = self
+            .queue
+            .iter()
+            .rev()
+            .map(|(_, k)| *k)
+            .filter(|k| self.jobs.get(k).is_some_and(|j| j.to == ti))
+            .collect();
+        for k in queued_in {
+            if excess(self) == 0 {
+                break;
+            }
+            let msg = format!(
+                "{} limit exceeded: the limit was lowered to {} GB",
+                self.state.tiers[ti].name.to_uppercase(),
+                bytes_to_gb(limit)
+            );
+            self.end_job(now, k, JobStatus::Failed, Some(("RESOURCE_UNAVAILABLE".into(), msg)));
+        }
+        let need = excess(self);
+        if need == 0 {
+            return Vec::new();
+        }
+        // Victims are planned as if making room for `need` bytes in a tier at its limit.
+        let mut victims: Vec<(f64, f64, ModelId)> = self
+            .state
+            .iter_models()
+            .filter(|(_, m)| m.tier == ti && !m.pinned && m.job.is_none() && m.unavailable.is_none())
+            .map(|(id, m)| {
+                (
+                    self.policy.eviction_rank(now, &self.state, id),
+                    m.usage.last_access.unwrap_or(f64::NEG_INFINITY),
+                    id,
+                )
+            })
+            .collect();
+        victims.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let opts = MoveOptions {
+            priority: Priority::High,
+            origin: Origin::Rebalance,
+            reason: Some(format!("{} limit lowered to {} GB", self.state.tiers[ti].name, bytes_to_gb(limit))),
+            ..MoveOptions::default()
+        };
+        let mut freed = 0u64;
+        let mut ids = Vec::new();
+        for (_, _, id) in victims {
+            if freed >= need {
+                break;
+            }
+            let Some(bytes) = self.state.model(id).map(|m| m.bytes) else {
+                continue;
+            };
+            let dest = (ti + 1..self.state.tiers.len())
+                .find(|&d| self.state.size_allowed(bytes, d) && self.room(d, bytes, Relief::default(), "").is_ok());
+            if let Some(dest) = dest
+                && let Ok(k) = self.submit(now, id, dest, Vec::new(), &opts)
+            {
+                freed += bytes;
+                if let Some(j) = self.jobs.get(&k) {
+                    ids.push(j.id.clone());
+                }
+            }
+        }
+        ids
+    }
+
+    // ---------------------------------------------------------------- jobs
+
+    /// `cancel_job`: a queued job ends at once; a running one is rolled back
+    /// by the backend.
+    pub fn cancel_job(&mut self, now: f64, id: &str) -> Result<Value, EngineError> {
+        self.tick(now);
+        let key = self.job_by_id(id)?;
+        let Some(job) = self.jobs.get_mut(&key) else {
+            return Err(EngineError::JobNotFound { job_id: id.to_string() });
+        };
+        match job.status {
+            JobStatus::Queued => {
+                self.end_job(
+                    now,
+                    key,
+                    JobStatus::Cancelled,
+                    Some(("CANCELLED".into(), "cancelled by request".into())),
+                );
+            }
+            JobStatus::Running => {
+                job.cancel_requested = true;
+                self.backend.cancel_move(now, key);
+            }
+            s => {
+                return Err(EngineError::JobEnded {
+                    job_id: id.to_string(),
+                    status: s.as_str().to_string(),
+                });
+            }
+        }
+        self.tick(now);
+        self.job_status(now, id)
+    }
+
+    /// Position in line and estimated start of a queued job.
+    fn queue_position(&self, now: f64, key: JobKey) -> Option<(usize, f64)> {
+        let job = self.jobs.get(&key)?;
+        if job.status != JobStatus::Queued {
+            return None;
+        }
+        let pos = self.queue.range(..(job.priority, key)).count();
+        // Each slot frees when its running job ends; queued jobs ahead take
+        // their turn on the earliest free slot.
+        let mut slots: Vec<f64> = self
+            .running
+            .iter()
+            .filter_map(|k| self.jobs.get(k))
+            .map(|j| j.started_at.unwrap_or(now) + j.estimated_s)
+            .map(|t| t.max(now))
+            .collect();
+        slots.resize(self.max_concurrent.max(slots.len()), now);
+        slots.sort_by(f64::total_cmp);
+        for (_, k) in self.queue.range(..(job.priority, key)) {
+            if let Some(j) = self.jobs.get(k) {
+                slots[0] = slots[0].max(j.not_before) + j.estimated_s;
+                slots.sort_by(f64::total_cmp);
+            }
+        }
+        Some((pos, slots[0].max(job.not_before)))
+    }
+
+    fn job_json(&self, now: f64, key: JobKey) -> Option<Value> {
+        let job = self.jobs.get(&key)?;
+        let progress = if job.status == JobStatus::Running {
+            self.backend.progress(now, key).clamp(0.0, 1.0).max(job.progress)
+        } else {
+            job.progress
+        };
+        let deps: Vec<String> = job
+            .depends_on
+            .iter()
+            .filter_map(|k| self.jobs.get(k).map(|j| j.id.clone()))
+            .collect();
+        Some(job.to_json(&self.state.tier_names(), now, progress, &deps, self.queue_position(now, key)))
+    }
+
+    /// `tier_job_status`.
+    pub fn job_status(&self, now: f64, id: &str) -> Result<Value, EngineError> {
+        let key = self.job_by_id(id)?;
+        self.job_json(now, key)
+            .ok_or_else(|| EngineError::JobNotFound { job_id: id.to_string() })
+    }
+
+    /// Whether job `id` has ended (for `wait`).
+    pub fn job_ended(&self, id: &str) -> Option<bool> {
+        self.job_ids.get(id).and_then(|k| self.jobs.get(k)).map(|j| j.status.is_terminal())
+    }
+
+    /// `list_jobs`: running, then queued in start order, then ended, newest first.
+    pub fn list_jobs(&self, now: f64) -> Value {
+        let keys = self
+            .running
+            .iter()
+            .copied()
+            .chain(self.queue.iter().map(|(_, k)| *k))
+            .chain(self.ended.iter().rev().copied());
+        let jobs: Vec<Value> = keys.filter_map(|k| self.job_json(now, k)).collect();
+        json!({"status": "success", "jobs": jobs})
+    }
+
+    /// Jobs with a filter, newest first (history queries).
+    pub fn history(&self, now: f64, limit: usize, status: Option<&str>, since: Option<f64>) -> Vec<Value> {
+        let mut keys: Vec<JobKey> = self.jobs.keys().copied().collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        keys.into_iter()
+            .filter_map(|k| self.jobs.get(&k))
+            .filter(|j| status.is_none_or(|s| j.status.as_str() == s))
+            .filter(|j| since.is_none_or(|t| j.created_at >= t))
+            .take(limit)
+            .filter_map(|j| self.job_json(now, j.key))
+            .collect()
+    }
+
+    /// Counts of jobs by state.
+    pub fn queue_counts(&self) -> (usize, usize, usize, usize) {
+        let (mut ok, mut failed) = (0, 0);
+        for k in &self.ended {
+            match self.jobs.get(k).map(|j| j.status) {
+                Some(JobStatus::Success) => ok += 1,
+                Some(JobStatus::Failed) | Some(JobStatus::Cancelled) => failed += 1,
+                _ => {}
+            }
+        }
+        (self.queue.len(), self.running.len(), ok, failed)
+    }
+
+    // -------------------------------------------------------------- status
+
+    /// `tier_status`.
+    pub fn tier_status(&self, now: f64) -> Value {
+        let mut tiers = Map::new();
+        for (i, t) in self.state.tiers.iter().enumerate() {
+            let hw = self.hardware_available(i);
+            let available = match &hw {
+                Ok(Some(a)) => json!(bytes_to_gb(*a)),
+                _ => Value::Null,
+            };
+            let mut v = json!({
+                "used_gb": bytes_to_gb(t.used),
+                "available_gb": available,
+                "limit_gb": t.limit.map(bytes_to_gb),
+                "utilization": t.limit.map(|_| round6(t.utilization())),
+                "models": t.models,
+                "access_s_per_gb": t.access_s_per_gb,
+                "reserved_gb": bytes_to_gb(t.reserved),
+                "incoming_gb": bytes_to_gb(t.incoming),
+                "pressure": t.pressure(&self.state.pressure_cfg),
+                "max_models": t.max_models,
+                "available": hw.is_ok(),
+            });
+            if let Value::Object(m) = &mut v {
+                if let Err(e) = &hw {
+                    m.insert("unavailable_reason".into(), json!(e.to_string()));
+                }
+                for (k, val) in self.backend.tier_details(i) {
+                    m.insert(k, val);
+                }
+            }
+            tiers.insert(t.name.clone(), v);
+        }
+        let _ = now;
+        json!({"status": "success", "tiers": tiers, "tier_order": self.state.tier_names()})
+    }
+
+    fn find_job_for(&self, m: &Model) -> (Option<String>, Option<&'static str>) {
+        match m.job.and_then(|k| self.jobs.get(&k)) {
+            Some(j) => (Some(j.id.clone()), Some(j.status.as_str())),
+            None => (None, None),
+        }
+    }
+
+    fn model_view(&self, now: f64, m: &Model) -> Value {
+        let (job_id, job_status) = self.find_job_for(m);
+        let mut v = self.state.model_json(m, now, job_id.as_deref(), job_status);
+        if let (Some(f), Value::Object(map)) = (self.backend.resident_fraction(&m.name, m.tier), &mut v) {
+            map.insert("resident_fraction".into(), json!(round6(f)));
+        }
+        v
+    }
+
+    /// `list_models`, optionally for one tier, sorted by name.
+    pub fn list_models(&self, now: f64, tier: Option<&str>) -> Result<Value, EngineError> {
+        let filter = tier.map(|t| self.tier_by_name(t)).transpose()?;
+        let mut models: Vec<&Model> = self
+            .state
+            .iter_models()
+            .map(|(_, m)| m)
+            .filter(|m| filter.is_none_or(|t| m.tier == t))
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        let list: Vec<Value> = models.into_iter().map(|m| self.model_view(now, m)).collect();
+        Ok(json!({"status": "success", "models": list}))
+    }
+
+    /// `model_info`.
+    pub fn model_info(&self, now: f64, name: &str) -> Result<Value, EngineError> {
+        let id = self.model_by_name(name)?;
+        let m = self
+            .state
+            .model(id)
+            .ok_or_else(|| EngineError::ModelNotFound { model: name.to_string() })?;
+        let mut v = self.model_view(now, m);
+        if let Value::Object(map) = &mut v {
+            map.insert("status_code".into(), json!("success"));
+            map.insert("by_hour".into(), json!(m.usage.by_hour));
+            map.insert("by_weekday".into(), json!(m.usage.by_weekday));
+            map.insert("registered_at".into(), json!(m.registered_at));
+        }
+        Ok(json!({"status": "success", "model": v}))
+    }
+
+    /// `metrics`.
+    pub fn metrics_json(&self, now: f64) -> Value {
+        let m = &self.metrics;
+        let mut util = Map::new();
+        let mut hits = Map::new();
+        for (i, t) in self.state.tiers.iter().enumerate() {
+            util.insert(t.name.clone(), json!(t.limit.map(|_| round6(t.utilization()))));
+            hits.insert(t.name.clone(), json!(m.hits_by_tier.get(i).copied().unwrap_or(0)));
+        }
+        let ended = m.moves_succeeded + m.moves_failed;
+        json!({
+            "status": "success",
+            "metrics": {
+                "accesses": m.accesses,
+                "load_seconds": round6(m.load_seconds),
+                "hits_by_tier": hits,
+                "moves_started": m.moves_started,
+                "moves_succeeded": m.moves_succeeded,
+                "moves_failed": m.moves_failed,
+                "moves_cancelled": m.moves_cancelled,
+                "move_success_rate": if ended > 0 { Some(round6(m.moves_succeeded as f64 / ended as f64)) } else { None },
+                "retries": m.retries,
+                "jobs_submitted": m.jobs_submitted,
+                "bytes_moved_gb": bytes_to_gb(m.bytes_moved),
+                "tier_utilization": util,
+                "jobs_queued": self.queue.len(),
+                "jobs_running": self.running.len(),
+                "models": self.state.by_name.len(),
+                "uptime_s": round6(now - self.started_at),
+            }
+        })
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Advances the engine to `now`: applies the backend's events, retries,
+    /// and starts every queued move that may start.
+    pub fn tick(&mut self, now: f64) {
+        loop {
+            let events = if self.backend.next_event_time().is_some_and(|t| t <= now) || !self.running.is_empty() {
+                self.backend.poll(now)
+            } else {
+                Vec::new()
+            };
+            let had_events = !events.is_empty();
+            for e in events {
+                self.apply_event(now, e);
+            }
+            if !had_events && !self.dirty && now < self.wake_at {
+                return;
+            }
+            self.dirty = false;
+            let started = self.schedule(now);
+            if !had_events && started == 0 {
+                return;
+            }
+        }
+    }
+
+    fn apply_event(&mut self, now: f64, e: MoveEvent) {
+        match e {
+            MoveEvent::Finished { job } => self.finish_job(now, job),
+            MoveEvent::Failed { job, message, retryable } => self.fail_run(now, job, message, retryable),
+            MoveEvent::Cancelled { job } => {
+                if self.running.contains(&job) {
+                    self.stop_running(now, job, "cancelled");
+                    self.end_job(
+                        now,
+                        job,
+                        JobStatus::Cancelled,
+                        Some(("CANCELLED".into(), "cancelled by request; rolled back".into())),
+                    );
+                }
+            }
+            MoveEvent::ModelUnavailable { model, reason } => {
+                if let Some(id) = self.state.model_id(&model)
+                    && let Some(m) = self.state.model_mut(id)
+                {
+                    m.unavailable = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// Bookkeeping common to every end of a run.
+    fn stop_running(&mut self, now: f64, key: JobKey, outcome: &str) {
+        self.running.remove(&key);
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        job.progress = self.backend.progress(now, key).clamp(0.0, 1.0).max(job.progress);
+        if let Some(a) = job.attempts.last_mut() {
+            a.ended_at = Some(now);
+            a.outcome = Some(outcome.to_string());
+        }
+        let (to, bytes) = (job.to, job.bytes);
+        self.state.tiers[to].incoming_running -= bytes;
+        self.dirty = true;
+    }
+
+    fn finish_job(&mut self, now: f64, key: JobKey) {
+        if !self.running.contains(&key) {
+            return;
+        }
+        self.stop_running(now, key, "success");
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        job.progress = 1.0;
+        let (from, to, bytes, model) = (job.from, job.to, job.bytes, job.model);
+        let tiers = &mut self.state.tiers;
+        tiers[from].used -= bytes;
+        tiers[from].models -= 1;
+        tiers[to].used += bytes;
+        tiers[to].models += 1;
+        tiers[to].incoming -= bytes;
+        tiers[to].incoming_models -= 1;
+        if let Some(m) = self.state.model_mut(model) {
+            m.tier = to;
+            m.job = None;
+        }
+        self.metrics.moves_succeeded += 1;
+        self.metrics.bytes_moved += bytes;
+        self.close(now, key, JobStatus::Success, None);
+    }
+
+    fn fail_run(&mut self, now: f64, key: JobKey, message: String, retryable: bool) {
+        if !self.running.contains(&key) {
+            return;
+        }
+        self.stop_running(now, key, &format!("failed: {message}"));
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        if retryable && !job.cancel_requested && job.attempt <= job.max_retries {
+            // attempt n failed; retry n waits base * 2^(n-1), capped.
+            let delay = (self.cfg.moves.retry_base_s * 2f64.powi(job.attempt.saturating_sub(1) as i32)).min(self.cfg.moves.retry_cap_s);
+            job.status = JobStatus::Queued;
+            job.not_before = now + delay;
+            job.progress = 0.0;
+            self.wake_at = self.wake_at.min(job.not_before);
+            self.queue.insert((job.priority, key));
+            self.metrics.retries += 1;
+        } else {
+            let status = if job.cancel_requested {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Failed
+            };
+            self.end_job(now, key, status, Some(("TASK_FAILED".into(), message)));
+        }
+    }
+
+    /// Ends a queued or just-stopped job that did not succeed: releases its
+    /// reservation and fails its dependents.
+    fn end_job(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        if job.status.is_terminal() {
+            return;
+        }
+        self.queue.remove(&(job.priority, key));
+        let (to, bytes, model) = (job.to, job.bytes, job.model);
+        let t = &mut self.state.tiers[to];
+        t.incoming -= bytes;
+        t.incoming_models -= 1;
+        if let Some(m) = self.state.model_mut(model)
+            && m.job == Some(key)
+        {
+            m.job = None;
+        }
+        match status {
+            JobStatus::Cancelled => self.metrics.moves_cancelled += 1,
+            _ => self.metrics.moves_failed += 1,
+        }
+        let id = job.id.clone();
+        self.close(now, key, status, error);
+        self.dirty = true;
+        // Dependents cannot run any more.
+        let dependents = self.dependents.get(&key).cloned().unwrap_or_default();
+        for d in dependents {
+            let msg = format!("Dependency {id} did not succeed ({})", status.as_str());
+            if self.jobs.get(&d).is_some_and(|j| j.status == JobStatus::Queued) {
+                self.end_job(now, d, JobStatus::Failed, Some(("DEPENDENCY_FAILED".into(), msg)));
+            }
+        }
+    }
+
+    /// Marks a job ended and bounds the history.
+    fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+        if let Some(job) = self.jobs.get_mut(&key) {
+            job.status = status;
+            job.ended_at = Some(now);
+            job.error = error;
+        }
+        self.ended.push_back(key);
+        while self.ended.len() > self.cfg.job_history.max(1) {
+            let Some(old) = self.ended.pop_front() else { break };
+            // Keep jobs that others still wait on.
+            if let Some(j) = self.jobs.remove(&old) {
+                self.job_ids.remove(&j.id);
+                self.dependents.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a queued job's bytes physically fit now.
+    fn fits_now(&self, job: &Job) -> bool {
+        let t = &self.state.tiers[job.to];
+        if let Some(limit) = t.limit
+            && t.used + t.incoming_running + job.bytes > limit
+        {
+            return false;
+        }
+        if let Capacity::Total(total) = self.backend.capacity(job.to)
+            && t.reserved + t.used + t.incoming_running + job.bytes > total
+        {
+            return false;
+        }
+        true
+    }
+
+    /// Starts queued jobs in priority order; returns how many started.
+    fn schedule(&mut self, now: f64) -> usize {
+        let mut started = 0;
+        let mut wake = f64::INFINITY;
+        let mut blocked_on_room = Vec::new();
+        let mut doomed = Vec::new();
+        let candidates: Vec<(Priority, JobKey)> = self.queue.iter().copied().collect();
+        for (prio, key) in candidates {
+            if self.running.len() >= self.max_concurrent {
+                break;
+            }
+            let Some(job) = self.jobs.get(&key) else { continue };
+            if job.not_before > now {
+                wake = wake.min(job.not_before);
+                continue;
+            }
+            let mut ready = true;
+            for d in &job.depends_on {
+                match self.jobs.get(d).map(|j| j.status) {
+                    Some(JobStatus::Success) | None => {}
+                    Some(JobStatus::Failed) | Some(JobStatus::Cancelled) => {
+                        doomed.push((key, d.to_owned()));
+                        ready = false;
+                    }
+                    _ => ready = false,
+                }
+            }
+            if !ready {
+                continue;
+            }
+            if !self.fits_now(job) {
+                blocked_on_room.push(key);
+                continue;
+            }
+            let order = MoveOrder {
+                job: key,
+                model: job.model_name.clone(),
+                bytes: job.bytes,
+                from: job.from,
+                to: job.to,
+                expected_s: job.estimated_s,
+                bandwidth_mb_s: job.bandwidth_mb_s,
+            };
+            self.queue.remove(&(prio, key));
+            match self.backend.start_move(now, &order) {
+                Ok(()) => {
+                    self.running.insert(key);
+                    self.state.tiers[order.to].incoming_running += order.bytes;
+                    self.metrics.moves_started += 1;
+                    started += 1;
+                    if let Some(job) = self.jobs.get_mut(&key) {
+                        job.status = JobStatus::Running;
+                        job.attempt += 1;
+                        job.started_at.get_or_insert(now);
+                        job.attempts.push(Attempt {
+                            attempt: job.attempt,
+                            started_at: now,
+                            ended_at: None,
+                            outcome: None,
+                        });
+                    }
+                }
+                Err(message) => {
+                    self.end_job(now, key, JobStatus::Failed, Some(("TASK_FAILED".into(), message)));
+                }
+            }
+        }
+        for (key, dep) in doomed {
+            let msg = self
+                .jobs
+                .get(&dep)
+                .map(|j| format!("Dependency {} did not succeed ({})", j.id, j.status.as_str()))
+                .unwrap_or_default();
+            self.end_job(now, key, JobStatus::Failed, Some(("DEPENDENCY_FAILED".into(), msg)));
+        }
+        // Nothing running could ever free room for these: fail them rather
+        // than leave them waiting forever.
+        if self.running.is_empty() && started == 0 {
+            for key in blocked_on_room {
+                let msg = self
+                    .jobs
+                    .get(&key)
+                    .map(|j| {
+                        format!(
+                            "{} limit exceeded: no room for {} and no move in progress to free it",
+                            self.state.tiers[j.to].name.to_uppercase(),
+                            j.model_name
+                        )
+                    })
+                    .unwrap_or_default();
+                self.end_job(now, key, JobStatus::Failed, Some(("RESOURCE_UNAVAILABLE".into(), msg)));
+            }
+        }
+        self.wake_at = wake;
+        started
+    }
+
+    /// Checks the engine's books against a recount (tests and debugging).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let n = self.state.tiers.len();
+        let mut used = vec![0u64; n];
+        let mut count = vec![0usize; n];
+        for (_, m) in self.state.iter_models() {
+            used[m.tier] += m.bytes;
+            count[m.tier] += 1;
+        }
+        let mut incoming = vec![0u64; n];
+        let mut incoming_running = vec![0u64; n];
+        let mut busy = HashSet::new();
+        for j in self.jobs.values() {
+            match j.status {
+                JobStatus::Queued | JobStatus::Running => {
+                    incoming[j.to] += j.bytes;
+                    if j.status == JobStatus::Running {
+                        incoming_running[j.to] += j.bytes;
+                    }
+                    if !busy.insert(j.model) {
+                        return Err(format!("model {} has two pending jobs", j.model_name));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (i, t) in self.state.tiers.iter().enumerate() {
+            if t.used != used[i] || t.models != count[i] {
+                return Err(format!(
+                    "tier {} books {} bytes/{} models, recount {}/{}",
+                    t.name, t.used, t.models, used[i], count[i]
+                ));
+            }
+            if t.incoming != incoming[i] || t.incoming_running != incoming_running[i] {
+                return Err(format!(
+                    "tier {} incoming books {}/{} recount {}/{}",
+                    t.name, t.incoming, t.incoming_running, incoming[i], incoming_running[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! The placement state: tiers with their byte accounting, and models with
+//! their usage. Policies read it through [`State`]; only the engine changes it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, PressureConfig, UsageConfig, bytes_to_gb, gb_to_bytes};
+
+use super::job::JobKey;
+
+/// Index of a model in [`State::models`]; stable for the model's lifetime.
+pub type ModelId = usize;
+
+/// One tier and its byte accounting.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    /// Byte budget for models; `None` = unbounded (the last tier).
+    pub limit: Option<u64>,
+    /// Memory kept for the rest of the system.
+    pub reserved: u64,
+    /// Whether this tier has a reserve setting at all (reported by `update_limits`).
+    pub has_reserved: bool,
+    pub min_limit: Option<u64>,
+    pub min_reserved: Option<u64>,
+    pub access_s_per_gb: f64,
+    pub max_models: Option<usize>,
+    /// Bytes of the models whose current tier is this one.
+    pub used: u64,
+    /// Number of those models.
+    pub models: usize,
+    /// Bytes reserved by queued and running moves into this tier.
+    pub incoming: u64,
+    /// Part of `incoming` whose moves are running (their copies take room now).
+    pub incoming_running: u64,
+    /// Models on their way in (queued or running).
+    pub incoming_models: usize,
+}
+
+impl Tier {
+    /// Committed bytes: what the tier holds plus what is reserved to come in.
+    pub fn committed(&self) -> u64 {
+        self.used + self.incoming
+    }
+
+    /// used / limit; 0 for an unbounded tier.
+    pub fn utilization(&self) -> f64 {
+        match self.limit {
+            Some(0) if self.used > 0 => f64::INFINITY,
+            Some(l) => self.used as f64 / l as f64,
+            None => 0.0,
+        }
+    }
+
+    /// Pressure level from utilization (seed 000: keep RAM under 90%).
+    pub fn pressure(&self, p: &PressureConfig) -> &'static str {
+        let u = self.utilization();
+        if self.limit.is_none() {
+            "low"
+        } else if u >= p.critical {
+            "critical"
+        } else if u >= p.high {
+            "high"
+        } else if u >= p.medium {
+            "medium"
+        } else {
+            "low"
+        }
+    }
+
+    /// Seconds to load `bytes` from this tier.
+    pub fn load_seconds(&self, bytes: u64) -> f64 {
+        bytes_to_gb(bytes) * self.access_s_per_gb
+    }
+}
+
+/// What the engine knows of how a model is used.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Accesses since registration (plus the configured starting count).
+    pub count: u64,
+    /// Time of the last access.
+    pub last_access: Option<f64>,
+    /// Time of the first access.
+    pub first_access: Option<f64>,
+    /// Exponentially decayed access count, as of `decayed_at`.
+    pub decayed: f64,
+    pub decayed_at: f64,
+    /// Running mean and M2 (Welford) of inter-arrival gaps, seconds.
+    pub gap_mean: f64,
+    pub gap_m2: f64,
+    pub gaps: u64,
+    /// Accesses per hour of day and day of week (UTC, from the engine clock).
+    pub by_hour: [u32; 24],
+    pub by_weekday: [u32; 7],
+}
+
+impl Usage {
+    /// Records one access at `now`.
+    pub fn record(&mut self, now: f64, cfg: &UsageConfig) {
+        self.decayed = self.frequency(now, cfg) + 1.0;
+        self.decayed_at = now;
+        if let Some(last) = self.last_access {
+            let gap = (now - last).max(0.0);
+            self.gaps += 1;
+            let delta = gap - self.gap_mean;
+            self.gap_mean += delta / self.gaps as f64;
+            self.gap_m2 += delta * (gap - self.gap_mean);
+        }
+        self.count += 1;
+        self.last_access = Some(now);
+        if self.first_access.is_none() {
+            self.first_access = Some(now);
+        }
+        let secs = now.max(0.0) as u64;
+        self.by_hour[((secs / 3600) % 24) as usize] += 1;
+        // 1970-01-01 was a Thursday; index 0 = Monday.
+        self.by_weekday[((secs / 86_400 + 3) % 7) as usize] += 1;
+    }
+
+    /// Decayed access frequency as of `now`.
+    pub fn frequency(&self, now: f64, cfg: &UsageConfig) -> f64 {
+        if self.decayed == 0.0 {
+            return 0.0;
+        }
+        let dt = (now - self.decayed_at).max(0.0);
+        self.decayed * 0.5f64.powf(dt / cfg.half_life_s)
+    }
+
+    /// `hot`, `warm` or `cold` by decayed frequency.
+    pub fn class(&self, now: f64, cfg: &UsageConfig) -> &'static str {
+        let f = self.frequency(now, cfg);
+        if f >= cfg.hot_threshold {
+            "hot"
+        } else if f >= cfg.warm_threshold {
+            "warm"
+        } else {
+            "cold"
+        }
+    }
+
+    /// Standard deviation of inter-arrival gaps.
+    pub fn gap_stddev(&self) -> f64 {
+        if self.gaps < 2 {
+            0.0
+        } else {
+            (self.gap_m2 / (self.gaps - 1) as f64).sqrt()
+        }
+    }
+}
+
+/// One registered model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    pub bytes: u64,
+    /// Tier holding the model's complete copy that loads are served from.
+    pub tier: usize,
+    pub usage: Usage,
+    /// A pinned model is never demoted by a policy, make_room or a limit.
+    pub pinned: bool,
+    /// The model's pending (queued or running) move, if any.
+    pub job: Option<JobKey>,
+    /// Set when the backend lost the model's files.
+    pub unavailable: Option<String>,
+    /// Origin file or directory (real backend).
+    pub path: Option<PathBuf>,
+    pub registered_at: f64,
+}
+
+/// Tiers and models: what policies may read.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub tiers: Vec<Tier>,
+    /// Models by id; `None` where a model was unregistered.
+    pub models: Vec<Option<Model>>,
+    pub by_name: HashMap<String, ModelId>,
+    pub max_single_model: u64,
+    pub usage_cfg: UsageConfig,
+    pub pressure_cfg: PressureConfig,
+}
+
+impl State {
+    /// Empty tiers as configured.
+    pub fn new(cfg: &Config) -> State {
+        let tiers = cfg
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Tier {
+                name: t.name.clone(),
+                limit: if i + 1 == cfg.tiers.len() {
+                    None
+                } else {
+                    t.max_gb.map(gb_to_bytes)
+                },
+                reserved: t.reserved_gb.map(gb_to_bytes).unwrap_or(0),
+                has_reserved: t.reserved_gb.is_some(),
+                min_limit: t.min_max_gb.map(gb_to_bytes),
+                min_reserved: t.min_reserved_gb.map(gb_to_bytes),
+                access_s_per_gb: t.access_s_per_gb,
+                max_models: t.max_models,
+                used: 0,
+                models: 0,
+                incoming: 0,
+                incoming_running: 0,
+                incoming_models: 0,
+            })
+            .collect();
+        State {
+            tiers,
+            models: Vec::new(),
+            by_name: HashMap::new(),
+            max_single_model: gb_to_bytes(cfg.max_single_model_gb),
+            usage_cfg: cfg.usage.clone(),
+            pressure_cfg: cfg.pressure.clone(),
+        }
+    }
+
+    /// Index of the last (unbounded) tier.
+    pub fn last_tier(&self) -> usize {
+        self.tiers.len() - 1
+    }
+
+    pub fn tier_index(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.name.clone()).collect()
+    }
+
+    pub fn model(&self, id: ModelId) -> Option<&Model> {
+        self.models.get(id).and_then(|m| m.as_ref())
+    }
+
+    pub fn model_mut(&mut self, id: ModelId) -> Option<&mut Model> {
+        self.models.get_mut(id).and_then(|m| m.as_mut())
+    }
+
+    pub fn model_id(&self, name: &str) -> Option<ModelId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Live models with their ids.
+    pub fn iter_models(&self) -> impl Iterator<Item = (ModelId, &Model)> {
+        self.models.iter().enumerate().filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
+    }
+
+    /// Whether a model of `bytes` may live in tier `tier` at all.
+    pub fn size_allowed(&self, bytes: u64, tier: usize) -> bool {
+        tier == self.last_tier() || bytes <= self.max_single_model
+    }
+
+    /// The wire view of one model.
+    pub fn model_json(&self, m: &Model, now: f64, job_id: Option<&str>, job_status: Option<&str>) -> Value {
+        let status = if m.unavailable.is_some() {
+            "unavailable"
+        } else {
+            match job_status {
+                Some("running") => "moving",
+                Some("queued") => "queued",
+                _ => "ready",
+            }
+        };
+        let u = &m.usage;
+        json!({
+            "model_name": m.name,
+            "size_gb": bytes_to_gb(m.bytes),
+            "tier": self.tiers[m.tier].name,
+            "status": status,
+            "usage": u.count,
+            "last_access": u.last_access,
+            "pinned": m.pinned,
+            "frequency": round6(u.frequency(now, &self.usage_cfg)),
+            "temperature": u.class(now, &self.usage_cfg),
+            "interarrival_mean_s": if u.gaps > 0 { Some(round6(u.gap_mean)) } else { None },
+            "interarrival_stddev_s": if u.gaps > 1 { Some(round6(u.gap_stddev())) } else { None },
+            "first_access": u.first_access,
+            "load_time_s": round6(self.tiers[m.tier].load_seconds(m.bytes)),
+            "job_id": job_id,
+            "unavailable_reason": m.unavailable,
+            "path": m.path,
+        })
+    }
+}
+
+/// Rounds a figure for the wire so sums of decimals print cleanly.
+pub fn round6(x: f64) -> f64 {
+    if x.is_finite() { (x * 1e6).round() / 1e6 } else { x }
+}
