@@ -145,8 +145,15 @@ pub struct Engine {
     policy: Box<dyn Policy>,
     jobs: HashMap<JobKey, Job>,
     job_ids: HashMap<String, JobKey>,
-    /// Queued jobs in start order.
+    /// Every queued job, in start order (listing, positions).
     queue: BTreeSet<(Priority, JobKey)>,
+    /// Queued jobs whose dependencies have all succeeded and whose retry
+    /// delay is over: the only set the scheduler scans.
+    ready: BTreeSet<(Priority, JobKey)>,
+    /// Queued jobs still waiting on dependencies, with the count unmet.
+    waiting: HashMap<JobKey, usize>,
+    /// Queued jobs waiting out a retry delay, by the time it ends.
+    delayed: BTreeSet<(TimeKey, JobKey)>,
     running: BTreeSet<JobKey>,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
@@ -155,9 +162,9 @@ pub struct Engine {
     max_concurrent: usize,
     /// Something changed that may let a queued job start.
     dirty: bool,
-    /// Earliest retry time of a queued job.
-    wake_at: f64,
     metrics: Metrics,
+    /// Scheduling decisions, when recording is on (property tests).
+    log: Option<Vec<SchedEvent>>,
     started_at: f64,
 }
 
@@ -168,6 +175,38 @@ impl std::fmt::Debug for Engine {
             .field("policy", &self.policy.name())
             .finish()
     }
+}
+
+/// An `f64` time usable as an ordered key (times are never negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimeKey(u64);
+
+impl TimeKey {
+    fn new(t: f64) -> TimeKey {
+        TimeKey(t.max(0.0).to_bits())
+    }
+
+    fn time(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+/// One scheduling decision, for property tests and debugging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedEvent {
+    pub time: f64,
+    pub kind: SchedEventKind,
+    pub job: JobKey,
+    pub priority: Priority,
+}
+
+/// What happened to a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchedEventKind {
+    Submitted,
+    Started,
+    Retrying { not_before: f64 },
+    Ended { status: JobStatus },
 }
 
 /// What `room` checks a tier against, beyond its current books.
@@ -220,12 +259,15 @@ impl Engine {
             jobs: HashMap::new(),
             job_ids: HashMap::new(),
             queue: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            waiting: HashMap::new(),
+            delayed: BTreeSet::new(),
             running: BTreeSet::new(),
             ended: VecDeque::new(),
             dependents: HashMap::new(),
             next_key: 1,
             dirty: false,
-            wake_at: f64::INFINITY,
+            log: None,
             metrics: Metrics {
                 hits_by_tier: vec![0; tiers],
                 ..Metrics::default()
@@ -277,8 +319,8 @@ impl Engine {
     /// that advance virtual time.
     pub fn next_wakeup(&self) -> Option<f64> {
         let b = self.backend.next_event_time();
-        let w = if self.wake_at.is_finite() && !self.queue.is_empty() {
-            Some(self.wake_at)
+        let w = if let Some((t, _)) = self.delayed.first() {
+            Some(t.time())
         } else {
             None
         };
@@ -561,9 +603,20 @@ impl Engine {
         if let Some(m) = self.state.model_mut(model) {
             m.job = Some(key);
         }
+        let unmet = job
+            .depends_on
+            .iter()
+            .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
+            .count();
         self.jobs.insert(key, job);
         self.job_ids.insert(id, key);
         self.queue.insert((opts.priority, key));
+        if unmet == 0 {
+            self.ready.insert((opts.priority, key));
+        } else {
+            self.waiting.insert(key, unmet);
+        }
+        self.record(now, SchedEventKind::Submitted, key, opts.priority);
         self.metrics.jobs_submitted += 1;
         self.dirty = true;
         Ok(key)
@@ -575,6 +628,11 @@ impl Engine {
         let Some(job) = self.jobs.remove(&key) else { return };
         self.job_ids.remove(&job.id);
         self.queue.remove(&(job.priority, key));
+        self.ready.remove(&(job.priority, key));
+        self.waiting.remove(&key);
+        if let Some(log) = &mut self.log {
+            log.retain(|e| e.job != key);
+        }
         let t = &mut self.state.tiers[job.to];
         t.incoming -= job.bytes;
         t.incoming_models -= 1;
@@ -1438,7 +1496,18 @@ impl Engine {
             for e in events {
                 self.apply_event(now, e);
             }
-            if !had_events && !self.dirty && now < self.wake_at {
+            // Retry delays that are over make their jobs ready again.
+            while let Some(&(t, key)) = self.delayed.first() {
+                if t.time() > now {
+                    break;
+                }
+                self.delayed.pop_first();
+                if let Some(j) = self.jobs.get(&key) {
+                    self.ready.insert((j.priority, key));
+                    self.dirty = true;
+                }
+            }
+            if !had_events && !self.dirty {
                 return;
             }
             self.dirty = false;
@@ -1446,6 +1515,27 @@ impl Engine {
             if !had_events && started == 0 {
                 return;
             }
+        }
+    }
+
+    /// Turns schedule recording on (property tests check the log).
+    pub fn record_schedule(&mut self, on: bool) {
+        self.log = if on { Some(Vec::new()) } else { None };
+    }
+
+    /// The recorded scheduling decisions, oldest first.
+    pub fn schedule_log(&self) -> &[SchedEvent] {
+        self.log.as_deref().unwrap_or(&[])
+    }
+
+    fn record(&mut self, now: f64, kind: SchedEventKind, job: JobKey, priority: Priority) {
+        if let Some(log) = &mut self.log {
+            log.push(SchedEvent {
+                time: now,
+                kind,
+                job,
+                priority,
+            });
         }
     }
 
@@ -1509,7 +1599,28 @@ impl Engine {
         }
         self.metrics.moves_succeeded += 1;
         self.metrics.bytes_moved += bytes;
+        let prio = self.jobs.get(&key).map(|j| j.priority).unwrap_or(Priority::Normal);
+        self.record(
+            now,
+            SchedEventKind::Ended {
+                status: JobStatus::Success,
+            },
+            key,
+            prio,
+        );
         self.close(now, key, JobStatus::Success, None);
+        // Dependents with nothing else to wait for become ready.
+        for d in self.dependents.get(&key).cloned().unwrap_or_default() {
+            if let Some(unmet) = self.waiting.get_mut(&d) {
+                *unmet = unmet.saturating_sub(1);
+                if *unmet == 0 {
+                    self.waiting.remove(&d);
+                    if let Some(j) = self.jobs.get(&d) {
+                        self.ready.insert((j.priority, d));
+                    }
+                }
+            }
+        }
     }
 
     fn fail_run(&mut self, now: f64, key: JobKey, message: String, retryable: bool) {
@@ -1524,8 +1635,10 @@ impl Engine {
             job.status = JobStatus::Queued;
             job.not_before = now + delay;
             job.progress = 0.0;
-            self.wake_at = self.wake_at.min(job.not_before);
-            self.queue.insert((job.priority, key));
+            let (prio, at) = (job.priority, job.not_before);
+            self.queue.insert((prio, key));
+            self.delayed.insert((TimeKey::new(at), key));
+            self.record(now, SchedEventKind::Retrying { not_before: at }, key, prio);
             self.metrics.retries += 1;
         } else {
             let status = if job.cancel_requested {
@@ -1544,8 +1657,13 @@ impl Engine {
         if job.status.is_terminal() {
             return;
         }
-        self.queue.remove(&(job.priority, key));
-        let (to, bytes, model) = (job.to, job.bytes, job.model);
+        let (to, bytes, model, prio, not_before) = (job.to, job.bytes, job.model, job.priority, job.not_before);
+        self.queue.remove(&(prio, key));
+        self.ready.remove(&(prio, key));
+        self.waiting.remove(&key);
+        self.delayed.remove(&(TimeKey::new(not_before), key));
+        let id = job.id.clone();
+        self.record(now, SchedEventKind::Ended { status }, key, prio);
         let t = &mut self.state.tiers[to];
         t.incoming -= bytes;
         t.incoming_models -= 1;
@@ -1558,7 +1676,6 @@ impl Engine {
             JobStatus::Cancelled => self.metrics.moves_cancelled += 1,
             _ => self.metrics.moves_failed += 1,
         }
-        let id = job.id.clone();
         self.close(now, key, status, error);
         self.dirty = true;
         // Dependents cannot run any more.
@@ -1605,36 +1722,28 @@ impl Engine {
         true
     }
 
-    /// Starts queued jobs in priority order; returns how many started.
+    /// Starts ready jobs in priority order (FIFO within a priority) while
+    /// slots are free; returns how many started. A ready job whose bytes do
+    /// not fit yet is passed over for lower-priority jobs that do.
     fn schedule(&mut self, now: f64) -> usize {
         let mut started = 0;
-        let mut wake = f64::INFINITY;
         let mut blocked_on_room = Vec::new();
-        let mut doomed = Vec::new();
-        let candidates: Vec<(Priority, JobKey)> = self.queue.iter().copied().collect();
-        for (prio, key) in candidates {
-            if self.running.len() >= self.max_concurrent {
-                break;
-            }
-            let Some(job) = self.jobs.get(&key) else { continue };
-            if job.not_before > now {
-                wake = wake.min(job.not_before);
+        let mut cursor: Option<(Priority, JobKey)> = None;
+        while self.running.len() < self.max_concurrent {
+            let next = match cursor {
+                None => self.ready.first().copied(),
+                Some(c) => self
+                    .ready
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .next()
+                    .copied(),
+            };
+            let Some((prio, key)) = next else { break };
+            cursor = Some((prio, key));
+            let Some(job) = self.jobs.get(&key) else {
+                self.ready.remove(&(prio, key));
                 continue;
-            }
-            let mut ready = true;
-            for d in &job.depends_on {
-                match self.jobs.get(d).map(|j| j.status) {
-                    Some(JobStatus::Success) | None => {}
-                    Some(JobStatus::Failed) | Some(JobStatus::Cancelled) => {
-                        doomed.push((key, d.to_owned()));
-                        ready = false;
-                    }
-                    _ => ready = false,
-                }
-            }
-            if !ready {
-                continue;
-            }
+            };
             if !self.fits_now(job) {
                 blocked_on_room.push(key);
                 continue;
@@ -1648,6 +1757,7 @@ impl Engine {
                 expected_s: job.estimated_s,
                 bandwidth_mb_s: job.bandwidth_mb_s,
             };
+            self.ready.remove(&(prio, key));
             self.queue.remove(&(prio, key));
             match self.backend.start_move(now, &order) {
                 Ok(()) => {
@@ -1655,6 +1765,7 @@ impl Engine {
                     self.state.tiers[order.to].incoming_running += order.bytes;
                     self.metrics.moves_started += 1;
                     started += 1;
+                    self.record(now, SchedEventKind::Started, key, prio);
                     if let Some(job) = self.jobs.get_mut(&key) {
                         job.status = JobStatus::Running;
                         job.attempt += 1;
@@ -1672,17 +1783,9 @@ impl Engine {
                 }
             }
         }
-        for (key, dep) in doomed {
-            let msg = self
-                .jobs
-                .get(&dep)
-                .map(|j| format!("Dependency {} did not succeed ({})", j.id, j.status.as_str()))
-                .unwrap_or_default();
-            self.end_job(now, key, JobStatus::Failed, Some(("DEPENDENCY_FAILED".into(), msg)));
-        }
-        // Nothing running could ever free room for these: fail them rather
-        // than leave them waiting forever.
-        if self.running.is_empty() && started == 0 {
+        // Nothing running or retrying could ever free room for these: fail
+        // them rather than leave them waiting forever.
+        if self.running.is_empty() && self.delayed.is_empty() && started == 0 {
             for key in blocked_on_room {
                 let msg = self
                     .jobs
@@ -1698,7 +1801,6 @@ impl Engine {
                 self.end_job(now, key, JobStatus::Failed, Some(("RESOURCE_UNAVAILABLE".into(), msg)));
             }
         }
-        self.wake_at = wake;
         started
     }
 
@@ -1726,6 +1828,22 @@ impl Engine {
                     }
                 }
                 _ => {}
+            }
+        }
+        for j in self.jobs.values() {
+            let k = (j.priority, j.key);
+            let queued = j.status == JobStatus::Queued;
+            if queued != self.queue.contains(&k) {
+                return Err(format!("job {} queued={queued} but queue membership differs", j.id));
+            }
+            let sets = self.ready.contains(&k) as u8
+                + self.waiting.contains_key(&j.key) as u8
+                + self.delayed.contains(&(TimeKey::new(j.not_before), j.key)) as u8;
+            if queued && sets != 1 {
+                return Err(format!("queued job {} is in {sets} of ready/waiting/delayed", j.id));
+            }
+            if (j.status == JobStatus::Running) != self.running.contains(&j.key) {
+                return Err(format!("job {} running set mismatch", j.id));
             }
         }
         for (i, t) in self.state.tiers.iter().enumerate() {

@@ -11,6 +11,6 @@ pub mod job;
 pub mod state;
 
 pub use backend::{Backend, Capacity, JobKey, MoveEvent, MoveOrder};
-pub use engine::{Engine, Metrics, MoveOptions, MoveStarted, PlanStep};
+pub use engine::{Engine, Metrics, MoveOptions, MoveStarted, PlanStep, SchedEvent, SchedEventKind};
 pub use job::{Job, JobStatus, Operation, Origin, Priority};
 pub use state::{Model, ModelId, State, Tier, Usage};
