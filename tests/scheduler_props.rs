@@ -18,7 +18,6 @@ struct JobSpec {
     deps: Vec<usize>,
     max_retries: u32,
     delay_ms: u32,
-    size_tenths: u32,
     cancel: Option<usize>,
 }
 
@@ -29,16 +28,14 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         proptest::collection::vec(0..64usize, 0..3),
         0..4u32,
         0..400u32,
-        1..40u32,
         proptest::option::weighted(0.15, 0..64usize),
     )
-        .prop_map(|(target, priority, deps, max_retries, delay_ms, size_tenths, cancel)| JobSpec {
+        .prop_map(|(target, priority, deps, max_retries, delay_ms, cancel)| JobSpec {
             target,
             priority,
             deps,
             max_retries,
             delay_ms,
-            size_tenths,
             cancel,
         })
 }
@@ -81,7 +78,6 @@ proptest! {
             engine.tick(now);
             let deps: Vec<String> = s.deps.iter().filter(|_| !ids.is_empty()).map(|d| ids[d % ids.len()].clone()).collect();
             let opts = MoveOptions { priority: PRIORITIES[s.priority], depends_on: deps, max_retries: Some(s.max_retries), ..MoveOptions::default() };
-            let _ = s.size_tenths;
             match engine.move_tier(now, &format!("m{i}"), ["ram", "swap"][s.target], &opts) {
                 Ok(started) => {
                     max_retries.insert(started.job_id.clone(), s.max_retries);
@@ -90,10 +86,10 @@ proptest! {
                 // Only a dependency that already failed may refuse a submission here.
                 Err(e) => prop_assert!(e.to_string().contains("did not succeed"), "{e}"),
             }
-            if let Some(c) = s.cancel {
-                if !ids.is_empty() {
-                    let _ = engine.cancel_job(now, &ids[c % ids.len()]);
-                }
+            if let Some(c) = s.cancel
+                && !ids.is_empty()
+            {
+                let _ = engine.cancel_job(now, &ids[c % ids.len()]);
             }
             prop_assert_eq!(engine.check_invariants(), Ok(()));
         }
