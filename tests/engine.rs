@@ -86,3 +86,154 @@ fn move_job_runs_to_success_in_virtual_time() {
     assert_eq!(e.model_info(T0, "t5-base").unwrap()["model"]["tier"], "storage");
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn job_ids_are_unique_within_one_second() {
+    let mut e = seed_engine();
+    let a = e.move_tier(T0, "t5-base", "storage", &MoveOptions::default()).unwrap();
+    let c = e.cancel_job(T0, &a.job_id).unwrap();
+    assert_eq!(c["status"], "cancelled");
+    let b = e.move_tier(T0 + 0.5, "t5-base", "storage", &MoveOptions::default()).unwrap();
+    assert_ne!(a.job_id, b.job_id);
+    assert!(b.job_id.starts_with(&a.job_id), "{} / {}", a.job_id, b.job_id);
+}
+
+#[test]
+fn move_checks_come_in_the_documented_order() {
+    let mut e = seed_engine();
+    let o = MoveOptions::default();
+    let code = |r: Result<tierd::tiers::MoveStarted, tierd::error::EngineError>| r.unwrap_err().code().as_str();
+    assert_eq!(code(e.move_tier(T0, "nope", "nowhere", &o)), "MODEL_NOT_FOUND");
+    assert_eq!(code(e.move_tier(T0, "t5-base", "nowhere", &o)), "INVALID_REQUEST");
+    assert_eq!(code(e.move_tier(T0, "t5-base", "ram", &o)), "CONFLICT");
+    e.move_tier(T0, "t5-base", "storage", &o).unwrap();
+    let err = e.move_tier(T0, "t5-base", "swap", &o).unwrap_err();
+    assert_eq!(err.code().as_str(), "CONFLICT");
+    assert!(err.to_string().contains("pending move"), "{err}");
+    let err = e.move_tier(T0, "llama-13b", "swap", &o).unwrap_err();
+    assert_eq!(err.code().as_str(), "INVALID_REQUEST");
+    assert!(err.to_string().contains("maximum single model size"), "{err}");
+}
+
+#[test]
+fn update_limits_validates_everything_before_changing_anything() {
+    let mut e = seed_engine();
+    let err = e
+        .update_limits(T0, &limits(json!({"ram_max_gb": 6.0, "swap_max_gb": 1.0})))
+        .unwrap_err();
+    assert_eq!(err.code().as_str(), "INVALID_REQUEST");
+    assert!(err.to_string().contains("minimum"), "{err}");
+    assert_eq!(e.limits_json()["ram_max_gb"], json!(5.0), "nothing changed");
+    let err = e.update_limits(T0, &limits(json!({"ram_reserved_gb": 0.2}))).unwrap_err();
+    assert!(err.to_string().contains("0.5"), "{err}");
+    let err = e.update_limits(T0, &limits(json!({"gpu_max_gb": 2.0}))).unwrap_err();
+    assert!(err.to_string().contains("known limits"), "{err}");
+    let ok = e
+        .update_limits(T0, &limits(json!({"ram_max_gb": 6.0, "swap_max_gb": 12.0, "ram_reserved_gb": 1.5})))
+        .unwrap();
+    assert_eq!(
+        ok["old_limits"],
+        json!({"ram_max_gb": 5.0, "swap_max_gb": 10.0, "ram_reserved_gb": 1.0, "max_concurrent_tasks": 4})
+    );
+    assert_eq!(ok["new_limits"]["ram_max_gb"], json!(6.0));
+    assert_eq!(ok["new_limits"]["ram_reserved_gb"], json!(1.5));
+}
+
+#[test]
+fn lowered_limit_demotes_least_used_until_the_tier_fits() {
+    let mut e = seed_engine();
+    let r = e.update_limits(T0, &limits(json!({"ram_max_gb": 2.5}))).unwrap();
+    let jobs: Vec<&str> = r["rebalance"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    // 4.8 GB in RAM, 2.5 allowed: whisper-small (usage 2), t5-base (3), gpt2-medium (5) go.
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.starts_with("tier_demote_")));
+    assert!(jobs[0].contains("whisper-small"));
+    e.tick(T0 + 5.0);
+    let s = e.tier_status(T0 + 5.0);
+    assert_eq!(s["tiers"]["ram"]["used_gb"], json!(1.3));
+    // Swap is over its own limit, so the demoted models went to storage.
+    assert_eq!(e.model_info(T0, "whisper-small").unwrap()["model"]["tier"], "storage");
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn pinned_models_block_a_limit_they_cannot_fit_and_are_never_victims() {
+    let mut e = seed_engine();
+    e.set_pinned("bert-large", true).unwrap();
+    e.set_pinned("gpt2-medium", true).unwrap();
+    let err = e.update_limits(T0, &limits(json!({"ram_max_gb": 2.0}))).unwrap_err();
+    assert_eq!(err.code().as_str(), "CONFLICT");
+    assert!(err.to_string().contains("pinned"), "{err}");
+    let r = e.update_limits(T0, &limits(json!({"ram_max_gb": 3.0}))).unwrap();
+    for j in r["rebalance"].as_array().unwrap() {
+        let j = j.as_str().unwrap();
+        assert!(!j.contains("bert-large") && !j.contains("gpt2-medium"), "{j}");
+    }
+}
+
+#[test]
+fn register_places_by_preference_and_room() {
+    let mut e = seed_engine();
+    let r = e.register(T0, "tiny", Some(0.1), Some("ram"), None).unwrap();
+    assert_eq!(r["tier"], "ram");
+    // RAM now has 0.1 GB left; swap is over its limit: storage.
+    let r = e.register(T0, "mid", Some(1.0), Some("ram"), None).unwrap();
+    assert_eq!(r["tier"], "storage");
+    let r = e.register(T0, "huge", Some(8.0), Some("ram"), None).unwrap();
+    assert_eq!(r["tier"], "storage");
+    let err = e.register(T0, "tiny", Some(0.1), None, None).unwrap_err();
+    assert_eq!(err.code().as_str(), "CONFLICT");
+    let err = e.register(T0, "x", Some(0.1), Some("gpu9"), None).unwrap_err();
+    assert_eq!(err.code().as_str(), "INVALID_REQUEST");
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn auto_optimize_explains_in_the_seed_words_and_dry_run_moves_nothing() {
+    let mut e = seed_engine();
+    let dry = e.auto_optimize(T0, true);
+    let opts: Vec<&str> = dry["optimizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(opts.contains(&"Promoting gpt2-large to RAM (usage: 12)"), "{opts:?}");
+    assert!(dry["jobs"].as_array().unwrap().is_empty());
+    assert_eq!(e.active_jobs(), 0);
+    let run = e.auto_optimize(T0, false);
+    eprintln!("{run:#}");
+    assert!(!run["jobs"].as_array().unwrap().is_empty(), "{run}");
+    for _ in 0..100 {
+        if e.active_jobs() == 0 {
+            break;
+        }
+        let t = e.next_wakeup().unwrap();
+        e.tick(t);
+    }
+    assert_eq!(e.model_info(T0, "gpt2-large").unwrap()["model"]["tier"], "ram");
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn faults_retry_with_backoff_and_a_final_failure_rolls_back() {
+    let mut cfg = Config::seed_default();
+    cfg.sim.fault_probability = 1.0;
+    cfg.moves.max_retries = 2;
+    let backend = Box::new(SimBackend::new(&cfg));
+    let mut e = Engine::new(cfg, backend, Box::new(UsagePolicy), T0).unwrap();
+    let s = e.move_tier(T0, "t5-base", "storage", &MoveOptions::default()).unwrap();
+    let mut now = T0;
+    while e.active_jobs() > 0 {
+        now = e.next_wakeup().unwrap();
+        e.tick(now);
+    }
+    let st = e.job_status(now, &s.job_id).unwrap();
+    assert_eq!(st["status"], "failed");
+    assert_eq!(st["attempt"], json!(3));
+    assert_eq!(st["attempts"].as_array().unwrap().len(), 3);
+    assert!(st["error"].as_str().unwrap().contains("simulated I/O fault"));
+    assert_eq!(e.model_info(now, "t5-base").unwrap()["model"]["tier"], "ram");
+    assert_eq!(e.metrics().retries, 2);
+    e.check_invariants().unwrap();
+}

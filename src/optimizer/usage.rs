@@ -63,6 +63,11 @@ impl Policy for UsagePolicy {
                 });
             }
         }
+        // Demotions from the slowest tiers first, so each frees the room the
+        // one from the tier above needs; then promotions into the fastest
+        // tiers first, freeing room in the tiers they leave.
+        demotions.sort_by_key(|d| std::cmp::Reverse(state.model(d.model).map(|m| m.tier).unwrap_or(0)));
+        promotions.sort_by_key(|d| d.target);
         demotions.extend(promotions);
         demotions
     }

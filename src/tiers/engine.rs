@@ -358,9 +358,7 @@ impl Engine {
         let t = &self.state.tiers[tier];
         match self.backend.capacity(tier) {
             Capacity::Unbounded => Ok(None),
-            Capacity::Total(total) => Ok(Some(
-                total.saturating_sub(t.reserved).saturating_sub(t.used).saturating_sub(t.incoming),
-            )),
+            Capacity::Total(total) => Ok(Some(total.saturating_sub(t.reserved).saturating_sub(t.committed()))),
             Capacity::Free(free) => Ok(Some(
                 free.saturating_sub(t.reserved)
                     .saturating_sub(t.incoming.saturating_sub(t.incoming_running)),
@@ -396,7 +394,7 @@ impl Engine {
             }
         }
         if let Some(max) = t.max_models
-            && (t.models + t.incoming_models).saturating_sub(relief.models) + 1 > max
+            && t.committed_models().saturating_sub(relief.models) + 1 > max
         {
             return Err(EngineError::ModelCountExceeded {
                 tier: t.name.clone(),
@@ -417,22 +415,37 @@ impl Engine {
         Ok(())
     }
 
-    /// Room freed in `tier` by the unclaimed demotions among `deps`.
-    fn relief_from(&self, tier: usize, deps: &[JobKey]) -> (Relief, Vec<JobKey>) {
+    /// Room freed in `tier` by the moves among `deps` that leave it and that
+    /// no other job has counted on yet.
+    fn relief_from(&self, tier: usize, deps: &[JobKey]) -> Relief {
         let mut relief = Relief::default();
-        let mut claimed = Vec::new();
         for k in deps {
             if let Some(j) = self.jobs.get(k)
                 && j.from == tier
-                && j.claimed_by.is_none()
                 && !j.status.is_terminal()
             {
-                relief.bytes += j.bytes;
-                relief.models += 1;
-                claimed.push(*k);
+                relief.bytes += j.unclaimed_bytes;
+                relief.models += j.unclaimed_models;
             }
         }
-        (relief, claimed)
+        relief
+    }
+
+    /// How much room `bytes` more would lack in `tier` without relief:
+    /// the largest shortfall over the limit, the model count and the hardware.
+    fn shortfall(&self, tier: usize, bytes: u64) -> Relief {
+        let t = &self.state.tiers[tier];
+        let mut need = Relief::default();
+        if let Some(limit) = t.limit {
+            need.bytes = (t.committed() + bytes).saturating_sub(limit);
+        }
+        if let Ok(Some(avail)) = self.hardware_available(tier) {
+            need.bytes = need.bytes.max(bytes.saturating_sub(avail));
+        }
+        if let Some(max) = t.max_models {
+            need.models = (t.committed_models() + 1).saturating_sub(max);
+        }
+        need
     }
 
     /// Victims to demote from `tier` so that `bytes` fit, least valuable
@@ -475,7 +488,7 @@ impl Engine {
                 self.state.size_allowed(m.bytes, d) && {
                     let t = &self.state.tiers[d];
                     let fits_limit = t.limit.is_none_or(|l| t.committed() + extra_in[d] + m.bytes <= l);
-                    let fits_count = t.max_models.is_none_or(|mx| t.models + t.incoming_models + extra_models[d] < mx);
+                    let fits_count = t.max_models.is_none_or(|mx| t.committed_models() + extra_models[d] < mx);
                     let fits_hw = matches!(self.hardware_available(d), Ok(None))
                         || matches!(self.hardware_available(d), Ok(Some(a)) if a >= extra_in[d] + m.bytes);
                     fits_limit && fits_count && fits_hw
@@ -549,8 +562,9 @@ impl Engine {
                 });
             }
         }
-        let (relief, claimed) = self.relief_from(to, &deps);
+        let relief = self.relief_from(to, &deps);
         self.room(to, bytes, relief, &name)?;
+        let mut need = self.shortfall(to, bytes);
 
         let op = if to < from { Operation::Promote } else { Operation::Demote };
         let rate = match op {
@@ -560,9 +574,25 @@ impl Engine {
         let key = self.next_key;
         self.next_key += 1;
         let id = self.new_job_id(op, &name, now);
-        for c in &claimed {
-            if let Some(j) = self.jobs.get_mut(c) {
-                j.claimed_by = Some(key);
+        let mut claimed = Vec::new();
+        for d in &deps {
+            if need.bytes == 0 && need.models == 0 {
+                break;
+            }
+            if let Some(j) = self.jobs.get_mut(d)
+                && j.from == to
+                && !j.status.is_terminal()
+            {
+                let (b, m) = (need.bytes.min(j.unclaimed_bytes), need.models.min(j.unclaimed_models));
+                j.unclaimed_bytes -= b;
+                j.unclaimed_models -= m;
+                self.state.tiers[to].claimed_out += b;
+                self.state.tiers[to].claimed_out_models += m;
+                need.bytes -= b;
+                need.models -= m;
+                if b > 0 || m > 0 {
+                    claimed.push((*d, b, m));
+                }
             }
         }
         for d in &deps {
@@ -581,7 +611,8 @@ impl Engine {
             origin: opts.origin,
             depends_on: deps,
             claimed_releases: claimed,
-            claimed_by: None,
+            unclaimed_bytes: bytes,
+            unclaimed_models: 1,
             max_retries: opts.max_retries.unwrap_or(self.cfg.moves.max_retries),
             attempt: 0,
             status: JobStatus::Queued,
@@ -644,9 +675,12 @@ impl Engine {
                 v.retain(|k| *k != key);
             }
         }
-        for c in &job.claimed_releases {
+        for (c, b, m) in &job.claimed_releases {
             if let Some(j) = self.jobs.get_mut(c) {
-                j.claimed_by = None;
+                j.unclaimed_bytes += b;
+                j.unclaimed_models += m;
+                self.state.tiers[job.to].claimed_out -= b;
+                self.state.tiers[job.to].claimed_out_models -= m;
             }
         }
         self.metrics.jobs_submitted -= 1;
@@ -700,7 +734,7 @@ impl Engine {
         let mut all_deps = deps;
         if opts.make_room
             && self.state.size_allowed(bytes, to)
-            && self.room(to, bytes, self.relief_from(to, &all_deps).0, model_name).is_err()
+            && self.room(to, bytes, self.relief_from(to, &all_deps), model_name).is_err()
         {
             let victims = self.plan_make_room(now, to, bytes, Some(id), model_name)?;
             let room_opts = MoveOptions {
@@ -749,6 +783,7 @@ impl Engine {
     fn apply_desires(&mut self, now: f64, desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
         let mut steps = Vec::with_capacity(desires.len());
         let mut batch: Vec<JobKey> = Vec::new();
+        let mut retry: Vec<(usize, Desire)> = Vec::new();
         for d in desires {
             let Some(m) = self.state.model(d.model) else { continue };
             let (name, from, usage) = (m.name.clone(), m.tier, m.usage.count);
@@ -756,7 +791,7 @@ impl Engine {
                 continue;
             }
             let mut step = PlanStep {
-                model_name: name.clone(),
+                model_name: name,
                 operation: if d.target < from { Operation::Promote } else { Operation::Demote },
                 source_tier: self.state.tiers[from].name.clone(),
                 target_tier: self.state.tiers[d.target].name.clone(),
@@ -765,36 +800,76 @@ impl Engine {
                 job_id: None,
                 skipped: None,
             };
-            let deps: Vec<JobKey> = batch
-                .iter()
-                .copied()
-                .filter(|k| self.jobs.get(k).is_some_and(|j| j.from == d.target && j.claimed_by.is_none()))
-                .collect();
-            let opts = MoveOptions {
-                priority,
-                origin,
-                reason: Some(d.reason.clone()),
-                make_room: d.make_room,
-                ..MoveOptions::default()
-            };
-            let result = if d.make_room && deps.is_empty() {
-                let target = step.target_tier.clone();
-                self.move_tier(now, &name, &target, &opts)
-                    .map(|s| self.job_ids.get(&s.job_id).copied().unwrap_or(0))
-            } else {
-                self.submit(now, d.model, d.target, deps, &opts)
-            };
-            match result {
+            match self.submit_desire(now, &d, &batch, origin, priority) {
                 Ok(k) => {
                     batch.push(k);
                     step.job_id = self.jobs.get(&k).map(|j| j.id.clone());
                 }
-                Err(e) => step.skipped = Some(e.to_string()),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        EngineError::LimitExceeded { .. } | EngineError::Insufficient { .. } | EngineError::ModelCountExceeded { .. }
+                    ) {
+                        retry.push((steps.len(), d));
+                    }
+                    step.skipped = Some(e.to_string());
+                }
             }
             steps.push(step);
         }
+        // A step refused for room may fit once later steps of the batch
+        // free it (plans need not be perfectly ordered): one more try.
+        for (i, d) in retry {
+            if let Ok(k) = self.submit_desire(now, &d, &batch, origin, priority) {
+                batch.push(k);
+                steps[i].job_id = self.jobs.get(&k).map(|j| j.id.clone());
+                steps[i].skipped = None;
+            }
+        }
         self.tick(now);
         steps
+    }
+
+    /// Submits one desire of a batch, counting on just as many of the
+    /// batch's moves out of its target tier as it needs for room.
+    fn submit_desire(&mut self, now: f64, d: &Desire, batch: &[JobKey], origin: Origin, priority: Priority) -> Result<JobKey, EngineError> {
+        let Some(m) = self.state.model(d.model) else {
+            return Err(EngineError::Internal(format!("model id {} vanished", d.model)));
+        };
+        let (name, bytes) = (m.name.clone(), m.bytes);
+        let opts = MoveOptions {
+            priority,
+            origin,
+            reason: Some(d.reason.clone()),
+            make_room: d.make_room,
+            ..MoveOptions::default()
+        };
+        let leaving: Vec<JobKey> = batch
+            .iter()
+            .copied()
+            .filter(|k| {
+                self.jobs
+                    .get(k)
+                    .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal())
+            })
+            .collect();
+        let mut deps = Vec::new();
+        for k in leaving {
+            if self.room(d.target, bytes, self.relief_from(d.target, &deps), &name).is_ok() {
+                break;
+            }
+            deps.push(k);
+        }
+        if d.make_room && deps.is_empty() {
+            let target = self.state.tiers[d.target].name.clone();
+            let started = self.move_tier(now, &name, &target, &opts)?;
+            self.job_ids
+                .get(&started.job_id)
+                .copied()
+                .ok_or_else(|| EngineError::Internal(format!("job {} vanished", started.job_id)))
+        } else {
+            self.submit(now, d.model, d.target, deps, &opts)
+        }
     }
 
     // ------------------------------------------------------------ requests
@@ -822,15 +897,19 @@ impl Engine {
             Some(p) => self.tier_by_name(p)?,
             None => 0,
         };
+        let instant = self.backend.places_instantly();
         let bytes = self
             .backend
             .register_model(name, path, size_gb.map(gb_to_bytes))
             .map_err(EngineError::bad_request)?;
         let last = self.state.last_tier();
         let chosen = (first..=last)
-            .find(|&t| self.state.size_allowed(bytes, t) && self.room(t, bytes, Relief::default(), name).is_ok())
+            .find(|&t| {
+                self.state.size_allowed(bytes, t)
+                    && self.room(t, bytes, Relief::default(), name).is_ok()
+                    && (!instant || self.fits_physically(t, bytes))
+            })
             .unwrap_or(last);
-        let instant = self.backend.places_instantly();
         let home = if instant { chosen } else { last };
         let id = self.state.models.len();
         self.state.models.push(Some(Model {
@@ -1694,6 +1773,12 @@ impl Engine {
             job.status = status;
             job.ended_at = Some(now);
             job.error = error;
+            // Room counted on from this move is no longer pending.
+            let from = &mut self.state.tiers[job.from];
+            from.claimed_out -= job.bytes - job.unclaimed_bytes;
+            from.claimed_out_models -= 1 - job.unclaimed_models;
+            job.unclaimed_bytes = 0;
+            job.unclaimed_models = 0;
         }
         self.ended.push_back(key);
         while self.ended.len() > self.cfg.job_history.max(1) {
@@ -1708,14 +1793,20 @@ impl Engine {
 
     /// Whether a queued job's bytes physically fit now.
     fn fits_now(&self, job: &Job) -> bool {
-        let t = &self.state.tiers[job.to];
+        self.fits_physically(job.to, job.bytes)
+    }
+
+    /// Whether `bytes` more fit in `tier` right now, counting what it holds
+    /// and the copies in flight into it (not room that is yet to be freed).
+    fn fits_physically(&self, tier: usize, bytes: u64) -> bool {
+        let t = &self.state.tiers[tier];
         if let Some(limit) = t.limit
-            && t.used + t.incoming_running + job.bytes > limit
+            && t.used + t.incoming_running + bytes > limit
         {
             return false;
         }
-        if let Capacity::Total(total) = self.backend.capacity(job.to)
-            && t.reserved + t.used + t.incoming_running + job.bytes > total
+        if let Capacity::Total(total) = self.backend.capacity(tier)
+            && t.reserved + t.used + t.incoming_running + bytes > total
         {
             return false;
         }
@@ -1816,6 +1907,12 @@ impl Engine {
         let mut incoming = vec![0u64; n];
         let mut incoming_running = vec![0u64; n];
         let mut busy = HashSet::new();
+        let mut claimed_out = vec![0u64; n];
+        for j in self.jobs.values() {
+            if !j.status.is_terminal() {
+                claimed_out[j.from] += j.bytes - j.unclaimed_bytes;
+            }
+        }
         for j in self.jobs.values() {
             match j.status {
                 JobStatus::Queued | JobStatus::Running => {
@@ -1847,6 +1944,9 @@ impl Engine {
             }
         }
         for (i, t) in self.state.tiers.iter().enumerate() {
+            if t.claimed_out != claimed_out[i] {
+                return Err(format!("tier {} claimed_out {} recount {}", t.name, t.claimed_out, claimed_out[i]));
+            }
             if t.used != used[i] || t.models != count[i] {
                 return Err(format!(
                     "tier {} books {} bytes/{} models, recount {}/{}",

@@ -135,10 +135,13 @@ pub struct Job {
     pub priority: Priority,
     pub origin: Origin,
     pub depends_on: Vec<JobKey>,
-    /// Demotions (among `depends_on`) whose freed room this job counted on.
-    pub claimed_releases: Vec<JobKey>,
-    /// Set on a demotion whose freed room another job counts on.
-    pub claimed_by: Option<JobKey>,
+    /// Room this job counted on from moves (among `depends_on`) leaving its
+    /// target: (job, bytes, models).
+    pub claimed_releases: Vec<(JobKey, u64, usize)>,
+    /// Room this job frees in its source tier that no other job has counted
+    /// on yet: bytes and models (a freed byte is counted once).
+    pub unclaimed_bytes: u64,
+    pub unclaimed_models: usize,
     pub max_retries: u32,
     /// Runs so far (1 while the first run is going).
     pub attempt: u32,

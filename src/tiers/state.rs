@@ -37,12 +37,22 @@ pub struct Tier {
     pub incoming_running: u64,
     /// Models on their way in (queued or running).
     pub incoming_models: usize,
+    /// Bytes of pending moves out of this tier that moves into it already
+    /// count on (each freed byte is counted once).
+    pub claimed_out: u64,
+    pub claimed_out_models: usize,
 }
 
 impl Tier {
-    /// Committed bytes: what the tier holds plus what is reserved to come in.
+    /// Committed bytes: what the tier holds plus what is reserved to come
+    /// in, less what is leaving to make that room.
     pub fn committed(&self) -> u64 {
-        self.used + self.incoming
+        (self.used + self.incoming).saturating_sub(self.claimed_out)
+    }
+
+    /// Committed model count, likewise.
+    pub fn committed_models(&self) -> usize {
+        (self.models + self.incoming_models).saturating_sub(self.claimed_out_models)
     }
 
     /// used / limit; 0 for an unbounded tier.
@@ -207,6 +217,8 @@ impl State {
                 incoming: 0,
                 incoming_running: 0,
                 incoming_models: 0,
+                claimed_out: 0,
+                claimed_out_models: 0,
             })
             .collect();
         State {
