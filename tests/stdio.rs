@@ -33,7 +33,13 @@ fn seed_requests_answer_with_the_seed_shapes() {
     assert_eq!(ram["models"], json!(4));
     let swap = &st["tiers"]["swap"];
     assert_eq!(
-        (&swap["used_gb"], &swap["available_gb"], &swap["limit_gb"], &swap["utilization"], &swap["models"]),
+        (
+            &swap["used_gb"],
+            &swap["available_gb"],
+            &swap["limit_gb"],
+            &swap["utilization"],
+            &swap["models"]
+        ),
         (&json!(13.0), &json!(8.0), &json!(10.0), &json!(1.3), &json!(2))
     );
 
@@ -109,7 +115,11 @@ fn every_request_answers() {
     );
     ok(&r);
     assert_eq!((&r["tier"], &r["size_gb"]), (&json!("storage"), &json!(2.7)), "{r}");
-    let r = ask(&mut s, &mut seen, r#"{"register_model": {"model_name": "huge", "size_gb": 9.0, "preferred_tier": "ram"}}"#);
+    let r = ask(
+        &mut s,
+        &mut seen,
+        r#"{"register_model": {"model_name": "huge", "size_gb": 9.0, "preferred_tier": "ram"}}"#,
+    );
     assert_eq!(r["tier"], "storage", "over the max single size: {r}");
 
     let r = ask(&mut s, &mut seen, r#"{"list_models": {"tier": "ram"}}"#);
@@ -128,7 +138,11 @@ fn every_request_answers() {
 
     let r = ask(&mut s, &mut seen, r#"{"access_model": {"model_name": "gpt-j-6b"}}"#);
     ok(&r);
-    assert_eq!((&r["tier"], &r["usage"], &r["load_time_s"]), (&json!("swap"), &json!(5), &json!(3.0)), "{r}");
+    assert_eq!(
+        (&r["tier"], &r["usage"], &r["load_time_s"]),
+        (&json!("swap"), &json!(5), &json!(3.0)),
+        "{r}"
+    );
 
     ok(&ask(&mut s, &mut seen, r#"{"pin_model": "t5-base"}"#));
     ok(&ask(&mut s, &mut seen, r#"{"unpin_model": "t5-base"}"#));
@@ -154,7 +168,14 @@ fn every_request_answers() {
     let r = ask(&mut s, &mut seen, r#"{"health": true}"#);
     assert_eq!((&r["healthy"], &r["backend"]), (&json!(true), &json!("sim")));
     let r = ask(&mut s, &mut seen, r#"{"metrics": true}"#);
-    for f in ["accesses", "moves_started", "moves_succeeded", "moves_failed", "moves_cancelled", "tier_utilization"] {
+    for f in [
+        "accesses",
+        "moves_started",
+        "moves_succeeded",
+        "moves_failed",
+        "moves_cancelled",
+        "tier_utilization",
+    ] {
         assert!(r["metrics"].get(f).is_some(), "missing {f}: {r}");
     }
     assert_eq!(r["metrics"]["accesses"], json!(1));
@@ -190,7 +211,11 @@ fn issue_errors_have_their_codes_and_phrases() {
     let e = s.req(r#"{"move_tier": {"model_name": "gpt-j-6b", "target_tier": "ram"}}"#);
     assert_eq!(code(&e), "RESOURCE_UNAVAILABLE");
     assert!(message(&e).contains("Insufficient RAM"), "{e}");
-    for (limit, min) in [(r#"{"ram_max_gb": 0.5}"#, 1.0), (r#"{"swap_max_gb": 1.0}"#, 2.0), (r#"{"ram_reserved_gb": 0.1}"#, 0.5)] {
+    for (limit, min) in [
+        (r#"{"ram_max_gb": 0.5}"#, 1.0),
+        (r#"{"swap_max_gb": 1.0}"#, 2.0),
+        (r#"{"ram_reserved_gb": 0.1}"#, 0.5),
+    ] {
         let e = s.req(&format!(r#"{{"update_limits": {limit}}}"#));
         assert_eq!(code(&e), "INVALID_REQUEST", "{limit}");
         assert_eq!(e["error"]["details"]["minimum"], json!(min), "{e}");
@@ -234,14 +259,26 @@ fn bad_input_gets_one_error_line_and_the_connection_goes_on() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("invalid JSON", b"{\"health\": tru\n".to_vec(), "invalid JSON"),
         ("non-UTF-8", b"{\"health\": \"\xff\xfe\"}\n".to_vec(), "UTF-8"),
-        ("unknown key", b"{\"teleport\": true}\n".to_vec(), "known requests: tier_status, move_tier"),
+        (
+            "unknown key",
+            b"{\"teleport\": true}\n".to_vec(),
+            "known requests: tier_status, move_tier",
+        ),
         (
             "wrong type",
             br#"{"move_tier": {"model_name": 5, "target_tier": "ram"}}"#.to_vec(),
             "invalid type",
         ),
-        ("missing field", br#"{"move_tier": {"target_tier": "ram"}}"#.to_vec(), "missing field `model_name`"),
-        ("two keys", br#"{"health": true, "metrics": true}"#.to_vec(), "exactly one request key"),
+        (
+            "missing field",
+            br#"{"move_tier": {"target_tier": "ram"}}"#.to_vec(),
+            "missing field `model_name`",
+        ),
+        (
+            "two keys",
+            br#"{"health": true, "metrics": true}"#.to_vec(),
+            "exactly one request key",
+        ),
         ("not an object", b"[1, 2]".to_vec(), "JSON object"),
         ("over 1 MiB", long.into_bytes(), "exceeds"),
     ];
@@ -254,7 +291,11 @@ fn bad_input_gets_one_error_line_and_the_connection_goes_on() {
         assert_eq!(code(&e), "INVALID_REQUEST", "{what}: {e}");
         assert!(message(&e).contains(phrase), "{what}: {e}");
         let next = s.req(&format!(r#"{{"health": true, "id": {i}}}"#));
-        assert_eq!((&next["status"], &next["id"]), (&json!("success"), &json!(i)), "after {what}: {next}");
+        assert_eq!(
+            (&next["status"], &next["id"]),
+            (&json!("success"), &json!(i)),
+            "after {what}: {next}"
+        );
     }
     // Blank lines are ignored; an id is echoed on errors it could be read from.
     s.send_raw(b"\n   \n\r\n");
@@ -273,7 +314,11 @@ fn ids_are_echoed_and_wait_answers_when_the_move_ends() {
         assert_eq!((&v["id"], code(&v)), (&id, "MODEL_NOT_FOUND"));
     }
     let v = s.req(r#"{"id": 9, "move_tier": {"model_name": "t5-base", "target_tier": "storage", "wait": true}}"#);
-    assert_eq!((&v["id"], &v["status"], &v["progress"]), (&json!(9), &json!("success"), &json!(1.0)), "{v}");
+    assert_eq!(
+        (&v["id"], &v["status"], &v["progress"]),
+        (&json!(9), &json!("success"), &json!(1.0)),
+        "{v}"
+    );
     assert_eq!(v["model_name"], "t5-base");
     assert_eq!(s.req(r#"{"model_info": "t5-base"}"#)["model"]["tier"], "storage");
     // Requests behind a waiting one are answered after it, in order.
@@ -287,7 +332,12 @@ fn lowering_a_limit_below_use_rebalances() {
     let mut s = Server::stdio(&[]);
     let r = s.req(r#"{"update_limits": {"ram_max_gb": 3.0}}"#);
     assert_eq!(r["status"], "success");
-    let jobs: Vec<String> = r["rebalance"].as_array().unwrap().iter().filter_map(|j| j.as_str().map(String::from)).collect();
+    let jobs: Vec<String> = r["rebalance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j.as_str().map(String::from))
+        .collect();
     assert!(!jobs.is_empty(), "{r}");
     for j in &jobs {
         assert!(j.starts_with("tier_demote_"), "{j}");

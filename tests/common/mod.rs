@@ -83,7 +83,10 @@ impl Server {
     /// `tierd serve --socket PATH` at time scale 50; waits until it accepts.
     pub fn socket(path: &Path, extra: &[&str]) -> Server {
         let p = path.to_str().expect("utf-8 path");
-        let mut args = vec!["--socket", p, "serve", "--time-scale", "50"];
+        let mut args = vec!["--socket", p, "serve"];
+        if !extra.contains(&"--time-scale") {
+            args.extend_from_slice(&["--time-scale", "50"]);
+        }
         args.extend_from_slice(extra);
         let mut s = spawn(&args, &[]);
         s.socket = Some(path.to_path_buf());
