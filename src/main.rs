@@ -99,6 +99,9 @@ struct ServeArgs {
     /// Seconds running moves get to finish at shutdown before being rolled back.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     drain_timeout: f64,
+    /// Runtime worker threads (0 = one thread for I/O and engine work).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +112,9 @@ struct BenchArgs {
     /// Client counts, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
     clients: Vec<usize>,
+    /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
 }
 
 fn socket_path(given: &Option<PathBuf>) -> PathBuf {
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
                 fault_probability: a.fault_probability,
                 backend: a.backend,
                 drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
+                workers: a.workers,
                 ..ServeOptions::default()
             };
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
@@ -177,6 +184,7 @@ fn main() -> ExitCode {
             let opts = BenchOptions {
                 seconds: a.seconds,
                 clients: a.clients,
+                workers: a.workers,
                 ..BenchOptions::default()
             };
             bench::run(&opts).map(|_| 0).map_err(|e| e.to_string())

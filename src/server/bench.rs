@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub clients: Vec<usize>,
     /// Unmeasured warm-up before each measurement.
     pub warmup: Duration,
+    /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
+    pub workers: usize,
 }
 
 impl Default for BenchOptions {
@@ -37,6 +39,7 @@ impl Default for BenchOptions {
             seconds: 3.0,
             clients: vec![1, 8],
             warmup: Duration::from_millis(300),
+            workers: ServeOptions::default().workers,
         }
     }
 }
@@ -69,33 +72,35 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
     let handles: Vec<_> = (0..clients)
         .map(|_| {
             let path = path.to_path_buf();
-            thread::spawn(move || -> std::io::Result<Vec<u32>> {
-                let stream = UnixStream::connect(&path)?;
-                let mut writer = stream.try_clone()?;
-                let mut reader = BufReader::new(stream);
-                let mut line = Vec::with_capacity(4096);
-                let mut lat = Vec::with_capacity(1 << 16);
-                while Instant::now() < start {
-                    thread::sleep(Duration::from_millis(1));
-                }
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
+            thread::Builder::new()
+                .name("bench-client".into())
+                .spawn(move || -> std::io::Result<Vec<u32>> {
+                    let stream = UnixStream::connect(&path)?;
+                    let mut writer = stream.try_clone()?;
+                    let mut reader = BufReader::new(stream);
+                    let mut line = Vec::with_capacity(4096);
+                    let mut lat = Vec::with_capacity(1 << 16);
+                    while Instant::now() < start {
+                        thread::sleep(Duration::from_millis(1));
                     }
-                    writer.write_all(REQUEST)?;
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line)? == 0 {
-                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= end {
+                            break;
+                        }
+                        writer.write_all(REQUEST)?;
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line)? == 0 {
+                            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
+                        }
+                        if t0 >= begin {
+                            lat.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        }
                     }
-                    if t0 >= begin {
-                        lat.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
-                    }
-                }
-                Ok(lat)
-            })
+                    Ok(lat)
+                })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     let mut all: Vec<u32> = Vec::new();
     for h in handles {
         let lat = h.join().map_err(|_| BenchError::Invalid("a client thread panicked".into()))??;
@@ -123,14 +128,14 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
 pub fn echo_server(path: &Path, response: Vec<u8>, stop: Arc<AtomicBool>) -> std::io::Result<thread::JoinHandle<()>> {
     let listener = UnixListener::bind(path)?;
     let response = Arc::new(response);
-    Ok(thread::spawn(move || {
+    thread::Builder::new().name("echo-accept".into()).spawn(move || {
         for stream in listener.incoming() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             let Ok(stream) = stream else { continue };
             let response = Arc::clone(&response);
-            thread::spawn(move || {
+            let _ = thread::Builder::new().name("echo".into()).spawn(move || {
                 let Ok(mut writer) = stream.try_clone() else { return };
                 let mut reader = BufReader::new(stream);
                 let mut line = Vec::new();
@@ -142,7 +147,7 @@ pub fn echo_server(path: &Path, response: Vec<u8>, stop: Arc<AtomicBool>) -> std
                 }
             });
         }
-    }))
+    })
 }
 
 /// A private temporary directory for the two sockets.
@@ -179,14 +184,16 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
     let serve_opts = ServeOptions {
         socket: Some(tierd_path.clone()),
         stdio: false,
+        workers: opts.workers,
         ..ServeOptions::default()
     };
+    let workers = opts.workers;
     let shared = build_shared(&serve_opts).map_err(|e| BenchError::Serve(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let server_path = tierd_path.clone();
-    let server = thread::spawn(move || {
-        let rt = match runtime() {
+    let server = thread::Builder::new().name("tierd-server".into()).spawn(move || {
+        let rt = match runtime(workers) {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));
@@ -209,7 +216,7 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
                 tracing::error!("bench server: {e}");
             }
         });
-    });
+    })?;
     ready_rx
         .recv()
         .map_err(|_| BenchError::Serve("server thread ended".into()))?
@@ -230,11 +237,16 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
     let echo = echo_server(&echo_path, sample, Arc::clone(&stop_echo))?;
 
     println!(
-        "tierd bench: closed-loop clients sending {} for {} s each ({} ms warm-up); response {} bytes",
+        "tierd bench: closed-loop clients sending {} for {} s each ({} ms warm-up); response {} bytes; tierd workers: {}",
         String::from_utf8_lossy(REQUEST).trim_end(),
         opts.seconds,
         opts.warmup.as_millis(),
-        response_len
+        response_len,
+        if opts.workers == 0 {
+            "current-thread".to_string()
+        } else {
+            opts.workers.to_string()
+        }
     );
     println!(
         "{:<7} {:>7} {:>12} {:>10} {:>10} {:>10}",

@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Most socket connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Runtime worker threads; 0 = a current-thread runtime.
+    pub workers: usize,
 }
 
 impl Default for ServeOptions {
@@ -73,6 +75,7 @@ impl Default for ServeOptions {
             backend: BackendKind::Sim,
             drain_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            workers: 0,
         }
     }
 }
@@ -442,7 +445,7 @@ pub fn init_logging_with_default(default: &str) {
 /// The blocking entry point of `tierd serve`: its own runtime, signals
 /// wired to shutdown.
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
-    let runtime = runtime()?;
+    let runtime = runtime(opts.workers)?;
     let result = runtime.block_on(serve(opts, shutdown_signal()));
     // stdin is read on a blocking thread that may sit in read(2) forever;
     // do not wait for it.
@@ -450,12 +453,16 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     result
 }
 
-/// The server's runtime: two workers (the machine this was tuned on has
-/// two cores; the engine is serialized by its lock anyway).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tierd")
-        .enable_all()
-        .build()
+/// The server's runtime: `workers` = 0 is a current-thread runtime (one
+/// thread does the I/O and the engine work, no cross-thread wake-ups),
+/// otherwise a multi-thread one with that many workers.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.thread_name("tierd").enable_all().build()
 }

@@ -9,8 +9,8 @@ use serde_json::Value;
 use crate::error::EngineError;
 use crate::tiers::Engine;
 
-use super::dispatch::{self, Outcome};
-use super::protocol;
+use super::dispatch::{self, Outcome, StatusCache};
+use super::protocol::{self, Request};
 
 /// Engine time: `start_unix + elapsed_wall * scale`, in unix seconds.
 ///
@@ -73,6 +73,9 @@ pub struct SharedEngine {
 
 struct Inner {
     engine: Mutex<Engine>,
+    /// Taken only while `engine` is held (so never contended); separate so
+    /// that [`SharedEngine::lock`] keeps handing out a plain `Engine`.
+    status_cache: Mutex<StatusCache>,
     clock: Clock,
 }
 
@@ -98,6 +101,7 @@ impl SharedEngine {
         SharedEngine {
             inner: Arc::new(Inner {
                 engine: Mutex::new(engine),
+                status_cache: Mutex::new(StatusCache::default()),
                 clock,
             }),
         }
@@ -133,6 +137,21 @@ impl SharedEngine {
                 return Answer::Written;
             }
         };
+        if envelope.request == Request::TierStatus {
+            let start = out.len();
+            let written = self.with(|engine, now| {
+                let mut cache = self.inner.status_cache.lock().unwrap_or_else(PoisonError::into_inner);
+                dispatch::write_tier_status(engine, now, &envelope.id, &mut cache, out)
+            });
+            if written.is_ok() {
+                out.push(b'\n');
+            } else {
+                out.truncate(start);
+                let e = EngineError::Internal("tier_status could not be serialized".into());
+                write_value(out, &dispatch::error_response(&e, &envelope.id));
+            }
+            return Answer::Written;
+        }
         let result = self.with(|engine, now| dispatch::execute(engine, now, envelope.request));
         match result {
             Ok(Outcome::Reply(v)) => write_value(out, &dispatch::with_id(v, &envelope.id)),
