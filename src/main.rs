@@ -18,8 +18,8 @@ struct Cli {
     /// Unix socket of the server [default: $TIERD_SOCKET, else
     /// $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-$UID.sock]. With
     /// `serve`, listen there instead of on stdio.
-    #[arg(long, global = true, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
-    socket: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
+    socket: Option<Option<PathBuf>>,
 
     #[command(subcommand)]
     command: Command,
@@ -117,9 +117,10 @@ struct BenchArgs {
     workers: usize,
 }
 
-fn socket_path(given: &Option<PathBuf>) -> PathBuf {
+/// `--socket PATH` → PATH; `--socket` alone or absent → the default path.
+fn socket_path(given: &Option<Option<PathBuf>>) -> PathBuf {
     match given {
-        Some(p) if !p.as_os_str().is_empty() => p.clone(),
+        Some(Some(p)) => p.clone(),
         _ => client::default_socket_path(),
     }
 }

@@ -118,14 +118,19 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The tiers of a `tier_status` answer, fastest first.
+fn tier_order(status: &Value) -> Vec<String> {
+    match status.get("tier_order").and_then(Value::as_array) {
+        Some(o) => o.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        None => status["tiers"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+    }
+}
+
 /// Renders `tier_status` and `list_models` responses as a table of tiers
 /// followed by the models of each tier.
 pub fn render_status(status: &Value, models: &Value) -> String {
     let mut out = String::new();
-    let order: Vec<String> = match status.get("tier_order").and_then(Value::as_array) {
-        Some(o) => o.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
-        None => status["tiers"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default(),
-    };
+    let order = tier_order(status);
     let _ = writeln!(
         out,
         "{:<10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
@@ -337,8 +342,13 @@ pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
         // `update_limits` needs a change; the health of the tiers shows the
         // limits without changing any.
         let s = c.call(&json!({"tier_status": true}))?;
-        for (name, t) in s["tiers"].as_object().into_iter().flatten() {
-            println!("{name}: limit {} GB, reserved {} GB", num(&t["limit_gb"]), num(&t["reserved_gb"]));
+        for name in tier_order(&s) {
+            let t = &s["tiers"][&name];
+            let limit = match t["limit_gb"].as_f64() {
+                Some(l) => format!("{l:.2} GB"),
+                None => "unbounded".to_string(),
+            };
+            println!("{name:<10} limit {limit:>12}   reserved {:>6} GB", num(&t["reserved_gb"]));
         }
         return Ok(0);
     }
