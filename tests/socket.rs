@@ -193,3 +193,69 @@ fn cli_commands_talk_to_the_socket() {
     assert_eq!(rc, 1);
     assert!(err.contains("cannot connect"), "{err}");
 }
+
+#[test]
+fn serve_socket_without_a_path_uses_tierd_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("default.sock");
+    let p = path.to_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--socket", "--time-scale", "50"])
+        .env("TIERD_SOCKET", p)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    while std::os::unix::net::UnixStream::connect(&path).is_err() {
+        assert!(Instant::now() < until, "socket never came up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = Command::new(BIN).args(["health"]).env("TIERD_SOCKET", p).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy: true"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn config_file_interval_optimizes_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tierd.toml");
+    let text = format!("auto_optimize_interval_s = 1.0\n{}", tierd::config::DEFAULT_CONFIG_TOML);
+    std::fs::write(&cfg, text).unwrap();
+    let path = dir.path().join("tierd.sock");
+    let _server = Server::socket(&path, &["--config", cfg.to_str().unwrap()]);
+    let mut c = Client::connect(&path);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let jobs = c.req(r#"{"list_jobs": true}"#);
+        if jobs["jobs"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|j| j["origin"] == "auto_optimize"))
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "no background optimization: {jobs}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn injected_faults_fail_and_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tierd.sock");
+    let _server = Server::socket(&path, &["--fault-probability", "1"]);
+    let mut c = Client::connect(&path);
+    let v = c.req(r#"{"move_tier": {"model_name": "t5-base", "target_tier": "storage", "wait": true, "max_retries": 1}}"#);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error"].is_string(), "{v}");
+    assert_eq!(c.req(r#"{"model_info": "t5-base"}"#)["model"]["tier"], "ram");
+    let (rc, _, _) = cli(&path, &["move", "whisper-small", "storage", "--wait"]);
+    assert_eq!(rc, 1, "a failed move fails the CLI");
+
+    let out = Command::new(BIN).args(["serve", "--fault-probability", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fault-probability"));
+}
