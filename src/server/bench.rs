@@ -52,6 +52,8 @@ pub struct LoadResult {
     pub throughput: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
+    pub mean_us: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,8 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
         throughput: all.len() as f64 / seconds,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        mean_us: all.iter().map(|x| f64::from(*x)).sum::<f64>() / all.len().max(1) as f64 / 1000.0,
     })
 }
 
@@ -249,8 +253,8 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
         }
     );
     println!(
-        "{:<7} {:>7} {:>12} {:>10} {:>10} {:>10}",
-        "server", "clients", "requests", "req/s", "p50 us", "p99 us"
+        "{:<7} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "server", "clients", "requests", "req/s", "p50 us", "p99 us", "p99.9 us", "mean us"
     );
     let mut results = Vec::new();
     for &n in &opts.clients {
@@ -284,7 +288,7 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
 
 fn print_row(name: &str, r: &LoadResult) {
     println!(
-        "{:<7} {:>7} {:>12} {:>10.0} {:>10.1} {:>10.1}",
-        name, r.clients, r.requests, r.throughput, r.p50_us, r.p99_us
+        "{:<7} {:>7} {:>10} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        name, r.clients, r.requests, r.throughput, r.p50_us, r.p99_us, r.p999_us, r.mean_us
     );
 }

@@ -19,11 +19,14 @@ where
     let mut lines = LineReader::new(reader);
     // Responses waiting to be written; reused for the life of the connection.
     let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Registered once: polling it again per request costs nothing.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let frame = tokio::select! {
             biased;
             frame = lines.next_frame() => frame?,
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
         };
         match frame {
             Frame::Eof => break,
