@@ -23,10 +23,11 @@ where
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     loop {
+        // Shutdown first: a peer that keeps sending must not hold it off.
         let frame = tokio::select! {
             biased;
-            frame = lines.next_frame() => frame?,
             _ = &mut cancelled => break,
+            frame = lines.next_frame() => frame?,
         };
         match frame {
             Frame::Eof => break,

@@ -446,7 +446,16 @@ pub fn init_logging_with_default(default: &str) {
 /// wired to shutdown.
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let runtime = runtime(opts.workers)?;
-    let result = runtime.block_on(serve(opts, shutdown_signal()));
+    let shutdown = async {
+        shutdown_signal().await;
+        // A second signal while draining: stop at once.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            warn!("second signal: exiting without finishing the shutdown");
+            std::process::exit(130);
+        });
+    };
+    let result = runtime.block_on(serve(opts, shutdown));
     // stdin is read on a blocking thread that may sit in read(2) forever;
     // do not wait for it.
     runtime.shutdown_background();
