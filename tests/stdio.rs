@@ -365,3 +365,17 @@ fn stdout_carries_only_json_and_eof_ends_the_server() {
     let err = s.stderr();
     assert!(err.contains("tierd serving") && err.contains("stopped"), "{err}");
 }
+
+#[test]
+fn moves_progress_without_requests() {
+    let mut s = Server::stdio(&[]);
+    let mv = s.req(r#"{"move_tier": {"model_name": "t5-base", "target_tier": "storage"}}"#);
+    let job = mv["job_id"].as_str().unwrap().to_string();
+    // 0.18 s of engine time is 3.6 ms of wall time at --time-scale 50; stay
+    // quiet for 200 ms (10 engine seconds).
+    std::thread::sleep(Duration::from_millis(200));
+    let st = s.req(&format!(r#"{{"tier_job_status": "{job}"}}"#));
+    assert_eq!(st["status"], "success", "{st}");
+    let elapsed = st["elapsed_time"].as_f64().unwrap();
+    assert!(elapsed < 2.0, "ended by the background ticker, not by this query: {st}");
+}

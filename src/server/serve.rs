@@ -327,8 +327,12 @@ async fn accept_loop(listener: &UnixListener, shared: SharedEngine, token: Cance
     }
 }
 
-/// Longest wall pause of the background ticker.
-const TICK: Duration = Duration::from_millis(20);
+/// Longest wall pause of the background ticker while moves are under way
+/// (a backend may not know when its next event comes).
+const TICK_ACTIVE: Duration = Duration::from_millis(20);
+/// Longest pause while nothing moves: the ticker also wakes when a request
+/// may have started something ([`SharedEngine::changed`]).
+const TICK_IDLE: Duration = Duration::from_secs(1);
 
 /// Ticks the engine so moves progress without requests, and runs
 /// `auto_optimize` every `auto_optimize_interval_s` engine seconds.
@@ -340,7 +344,7 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
         .filter(|s| s.is_finite() && *s > 0.0);
     let mut next_optimize = interval.map(|i| shared.clock().now() + i);
     loop {
-        let next_event = shared.with(|engine, now| {
+        let (next_event, active, until_optimize) = shared.with(|engine, now| {
             engine.tick(now);
             if let (Some(at), Some(every)) = (next_optimize, interval)
                 && now >= at
@@ -349,14 +353,23 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
                 log_optimizations(&v);
                 next_optimize = Some(now + every);
             }
-            engine.next_wakeup().map(|t| t - now)
+            (
+                engine.next_wakeup().map(|t| t - now),
+                engine.active_jobs() > 0,
+                next_optimize.map(|t| t - now),
+            )
         });
-        let pause = next_event
-            .map(|s| shared.clock().wall(s))
-            .unwrap_or(TICK)
-            .clamp(Duration::from_millis(1), TICK);
+        let longest = if active { TICK_ACTIVE } else { TICK_IDLE };
+        let clock = shared.clock();
+        let pause = [next_event, until_optimize]
+            .into_iter()
+            .flatten()
+            .map(|s| clock.wall(s))
+            .fold(longest, Duration::min)
+            .max(Duration::from_millis(1));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            _ = shared.changed().notified() => {}
             _ = token.cancelled() => return,
         }
     }

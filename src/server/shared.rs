@@ -76,6 +76,9 @@ struct Inner {
     /// Taken only while `engine` is held (so never contended); separate so
     /// that [`SharedEngine::lock`] keeps handing out a plain `Engine`.
     status_cache: Mutex<StatusCache>,
+    /// Signalled after each request that may have changed the engine, so
+    /// the background ticker can sleep long while nothing happens.
+    changed: tokio::sync::Notify,
     clock: Clock,
 }
 
@@ -102,6 +105,7 @@ impl SharedEngine {
             inner: Arc::new(Inner {
                 engine: Mutex::new(engine),
                 status_cache: Mutex::new(StatusCache::default()),
+                changed: tokio::sync::Notify::new(),
                 clock,
             }),
         }
@@ -109,6 +113,11 @@ impl SharedEngine {
 
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
+    }
+
+    /// Notified after each request that may have changed the engine.
+    pub fn changed(&self) -> &tokio::sync::Notify {
+        &self.inner.changed
     }
 
     /// Locks the engine. A panic while it was held (a bug) leaves the lock
@@ -153,6 +162,8 @@ impl SharedEngine {
             return Answer::Written;
         }
         let result = self.with(|engine, now| dispatch::execute(engine, now, envelope.request));
+        // One stored permit at most: cheap, and the ticker re-reads the engine.
+        self.inner.changed.notify_one();
         match result {
             Ok(Outcome::Reply(v)) => write_value(out, &dispatch::with_id(v, &envelope.id)),
             Ok(Outcome::WaitForJob(job_id)) => return Answer::Wait { job_id, id: envelope.id },
