@@ -25,6 +25,9 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands. Each arm of `main` hands its arguments to one library
+/// function; a new subcommand (e.g. `sim`, calling `tierd::sim`) is one
+/// variant here and one arm there.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve requests: on stdin/stdout, or on the Unix socket given by --socket.
