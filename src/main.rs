@@ -1,3 +1,205 @@
-fn main() {
-    eprintln!("tierd: the CLI is being assembled");
+//! The `tierd` binary: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use tierd::server::bench::{self, BenchOptions};
+use tierd::server::client::{self, LimitArgs, MoveArgs};
+use tierd::server::serve::{self, BackendKind, ServeOptions};
+
+/// tierd: decides, and carries out, where ML model weights live across
+/// memory tiers (RAM, swap, storage).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Unix socket of the server [default: $TIERD_SOCKET, else
+    /// $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-$UID.sock]. With
+    /// `serve`, listen there instead of on stdio.
+    #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
+    socket: Option<Option<PathBuf>>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands. Each arm of `main` hands its arguments to one library
+/// function; a new subcommand (e.g. `sim`, calling `tierd::sim`) is one
+/// variant here and one arm there.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve requests: on stdin/stdout, or on the Unix socket given by --socket.
+    Serve(ServeArgs),
+    /// Show the tiers and the models in each.
+    Status,
+    /// Move a model to another tier.
+    Move {
+        model: String,
+        tier: String,
+        /// Show a progress bar until the move ends; fail unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Demote the least-used models of the target tier if it lacks room.
+        #[arg(long)]
+        make_room: bool,
+        /// Priority: low, normal, high or critical.
+        #[arg(long)]
+        priority: Option<String>,
+    },
+    /// Show or change tier limits (GB).
+    Limits {
+        #[arg(long, value_name = "GB")]
+        ram_max: Option<f64>,
+        #[arg(long, value_name = "GB")]
+        swap_max: Option<f64>,
+        #[arg(long, value_name = "GB")]
+        ram_reserved: Option<f64>,
+        /// Any limit, e.g. `--set storage_max_gb=500` (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Let the policy place models by usage.
+    Optimize {
+        /// Show the plan without starting it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List move jobs.
+    Jobs,
+    /// List models.
+    Models {
+        /// Only the models of this tier.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// Send one raw JSON request line and print the response line.
+    Request { json: String },
+    /// Check that the server answers.
+    Health,
+    /// Measure round trips over the socket against a minimal echo server.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML) [default: the embedded seed configuration].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Engine seconds per wall second (50 makes moves 50x faster).
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    time_scale: f64,
+    /// Serve stdin/stdout too when --socket is given.
+    #[arg(long)]
+    stdio: bool,
+    /// Probability that a simulated move fails (overrides sim.fault_probability).
+    #[arg(long, value_name = "P")]
+    fault_probability: Option<f64>,
+    /// Hardware backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
+    backend: BackendKind,
+    /// Seconds running moves get to finish at shutdown before being rolled back.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Runtime worker threads (0 = one thread for I/O and engine work).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Measured seconds per server and client count.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Client counts, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
+    clients: Vec<usize>,
+    /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
+}
+
+/// `--socket PATH` → PATH; `--socket` alone or absent → the default path.
+fn socket_path(given: &Option<Option<PathBuf>>) -> PathBuf {
+    match given {
+        Some(Some(p)) => p.clone(),
+        _ => client::default_socket_path(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = socket_path(&cli.socket);
+    let result: Result<i32, String> = match cli.command {
+        Command::Serve(a) => {
+            serve::init_logging();
+            let opts = ServeOptions {
+                config: a.config,
+                time_scale: a.time_scale,
+                stdio: a.stdio || cli.socket.is_none(),
+                socket: cli.socket.as_ref().map(|_| socket),
+                fault_probability: a.fault_probability,
+                backend: a.backend,
+                drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
+                workers: a.workers,
+                ..ServeOptions::default()
+            };
+            serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
+        }
+        Command::Status => client::status(&socket).map_err(|e| e.to_string()),
+        Command::Move {
+            model,
+            tier,
+            wait,
+            make_room,
+            priority,
+        } => {
+            let args = MoveArgs {
+                model,
+                tier,
+                wait,
+                make_room,
+                priority,
+            };
+            client::move_model(&socket, &args).map_err(|e| e.to_string())
+        }
+        Command::Limits {
+            ram_max,
+            swap_max,
+            ram_reserved,
+            set,
+        } => {
+            let args = LimitArgs {
+                ram_max,
+                swap_max,
+                ram_reserved,
+                set,
+            };
+            client::limits(&socket, &args).map_err(|e| e.to_string())
+        }
+        Command::Optimize { dry_run } => client::optimize(&socket, dry_run).map_err(|e| e.to_string()),
+        Command::Jobs => client::jobs(&socket).map_err(|e| e.to_string()),
+        Command::Models { tier } => client::models(&socket, tier.as_deref()).map_err(|e| e.to_string()),
+        Command::Request { json } => client::request(&socket, &json).map_err(|e| e.to_string()),
+        Command::Health => client::health(&socket).map_err(|e| e.to_string()),
+        Command::Bench(a) => {
+            serve::init_logging_with_default("warn");
+            let opts = BenchOptions {
+                seconds: a.seconds,
+                clients: a.clients,
+                workers: a.workers,
+                ..BenchOptions::default()
+            };
+            bench::run(&opts).map(|_| 0).map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(message) => {
+            eprintln!("tierd: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

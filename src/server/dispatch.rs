@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::error::EngineError;
-use crate::tiers::{Engine, MoveOptions, Origin, Priority};
+use crate::tiers::{Engine, MoveOptions, Origin, Priority, TierStatusView, TierView};
 
 use super::protocol::{REQUEST_KEYS, Request};
 
@@ -90,6 +90,58 @@ pub fn execute(engine: &mut Engine, now: f64, request: Request) -> Result<Outcom
     Ok(Outcome::Reply(v))
 }
 
+/// The last `tier_status` answer, serialized, and the view it came from.
+///
+/// `tier_status` is what monitoring clients poll, and serializing it is most
+/// of its cost. The engine's typed view is cheap to build and compare, so an
+/// answer whose view equals the cached one reuses the cached bytes: the key
+/// is the answer's whole content, so a cached answer is never stale.
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    key: Vec<(String, TierView)>,
+    /// The serialized view, `{...}`, without `id`.
+    body: Vec<u8>,
+}
+
+impl StatusCache {
+    fn matches(&self, view: &TierStatusView<'_>) -> bool {
+        !self.body.is_empty()
+            && self.key.len() == view.tiers.len()
+            && self.key.iter().zip(&view.tiers).all(|((kn, kv), (n, v))| kn == n && kv == v)
+    }
+}
+
+/// Writes the `tier_status` answer (with the echoed `id`) into `out`: the
+/// same content as [`execute`] answers, without building a `Value` tree, and
+/// from `cache` when nothing in it changed.
+pub fn write_tier_status(
+    engine: &mut Engine,
+    now: f64,
+    id: &Option<Value>,
+    cache: &mut StatusCache,
+    out: &mut Vec<u8>,
+) -> serde_json::Result<()> {
+    engine.tick(now);
+    let view = engine.tier_status_view();
+    if !cache.matches(&view) {
+        cache.body.clear();
+        serde_json::to_writer(&mut cache.body, &view)?;
+        cache.key = view.tiers.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    }
+    match (id, cache.body.split_first()) {
+        (Some(id), Some((b'{', rest))) => {
+            out.extend_from_slice(b"{\"id\":");
+            serde_json::to_writer(&mut *out, id)?;
+            if rest != b"}" {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+        }
+        _ => out.extend_from_slice(&cache.body),
+    }
+    Ok(())
+}
+
 /// Adds the echoed `id` to a response object.
 pub fn with_id(mut v: Value, id: &Option<Value>) -> Value {
     if let (Some(id), Value::Object(m)) = (id, &mut v) {
@@ -101,4 +153,41 @@ pub fn with_id(mut v: Value, id: &Option<Value>) -> Value {
 /// The wire form of an error.
 pub fn error_response(e: &EngineError, id: &Option<Value>) -> Value {
     with_id(json!({"status": "error", "error": e.to_json()}), id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::optimizer::UsagePolicy;
+    use crate::sim::SimBackend;
+
+    const T0: f64 = 1_700_000_000.0;
+
+    fn status_line(e: &mut Engine, cache: &mut StatusCache, id: &Option<Value>) -> Value {
+        let mut out = Vec::new();
+        write_tier_status(e, T0, id, cache, &mut out).expect("serializes");
+        serde_json::from_slice(&out).expect("one JSON object")
+    }
+
+    #[test]
+    fn cached_tier_status_matches_execute_and_follows_changes() {
+        let cfg = Config::seed_default();
+        let backend = Box::new(SimBackend::new(&cfg));
+        let mut e = Engine::new(cfg, backend, Box::new(UsagePolicy), T0).expect("engine");
+        let mut cache = StatusCache::default();
+        let expected = |e: &mut Engine, id: &Option<Value>| match execute(e, T0, Request::TierStatus) {
+            Ok(Outcome::Reply(v)) => with_id(v, id),
+            other => panic!("{other:?}"),
+        };
+        for id in [None, Some(json!(1)), Some(json!({"a": [1, "x"]})), Some(Value::Null)] {
+            assert_eq!(status_line(&mut e, &mut cache, &id), expected(&mut e, &id));
+        }
+        let before = status_line(&mut e, &mut cache, &None);
+        let opts = MoveOptions::default();
+        e.move_tier(T0, "t5-base", "storage", &opts).expect("move");
+        let after = status_line(&mut e, &mut cache, &None);
+        assert_ne!(before, after, "a reservation changes the answer");
+        assert_eq!(after, expected(&mut e, &None));
+    }
 }

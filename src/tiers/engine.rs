@@ -354,7 +354,7 @@ impl Engine {
 
     /// Bytes the hardware can still take in `tier`, after the reserve and the
     /// moves already on their way in; `None` when unbounded.
-    fn hardware_available(&self, tier: usize) -> Result<Option<u64>, EngineError> {
+    pub(crate) fn hardware_available(&self, tier: usize) -> Result<Option<u64>, EngineError> {
         let t = &self.state.tiers[tier];
         match self.backend.capacity(tier) {
             Capacity::Unbounded => Ok(None),

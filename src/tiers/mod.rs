@@ -9,8 +9,10 @@ pub mod backend;
 pub mod engine;
 pub mod job;
 pub mod state;
+pub mod status;
 
 pub use backend::{Backend, Capacity, JobKey, MoveEvent, MoveOrder};
 pub use engine::{Engine, Metrics, MoveOptions, MoveStarted, PlanStep, SchedEvent, SchedEventKind};
 pub use job::{Job, JobStatus, Operation, Origin, Priority};
 pub use state::{Model, ModelId, State, Tier, Usage};
+pub use status::{TierStatusView, TierView};

@@ -1,0 +1,490 @@
+//! `tierd serve`: builds the engine, serves stdio and/or a Unix socket,
+//! ticks the engine in the background, and shuts down gracefully.
+//!
+//! Shutdown (SIGINT, SIGTERM, or the end of stdin when stdio is served):
+//! 1. a [`CancellationToken`] stops the accept loop, and each connection
+//!    after the request it is answering;
+//! 2. queued moves are cancelled, running ones get a bounded time to
+//!    finish, then are cancelled (rolled back);
+//! 3. the [`TaskTracker`] waits (bounded) for every connection to write its
+//!    last answers; the socket file is removed.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::BufReader;
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::error::EngineError;
+use crate::optimizer::policy_by_name;
+use crate::sim::SimBackend;
+use crate::tiers::{Backend, Engine};
+
+use super::connection::serve_connection;
+use super::shared::{Clock, SharedEngine};
+
+/// Which hardware carries the moves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The deterministic simulated machine (the default).
+    #[default]
+    Sim,
+    // A `Real` variant joins here with the real backend's module.
+}
+
+/// Options of `tierd serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Configuration file; the embedded seed default when absent.
+    pub config: Option<PathBuf>,
+    /// Engine seconds per wall second.
+    pub time_scale: f64,
+    /// Unix socket to listen on.
+    pub socket: Option<PathBuf>,
+    /// Serve stdin/stdout (also when `socket` is set).
+    pub stdio: bool,
+    /// Overrides `sim.fault_probability`.
+    pub fault_probability: Option<f64>,
+    pub backend: BackendKind,
+    /// Wall time running moves get to finish at shutdown before they are
+    /// rolled back.
+    pub drain_timeout: Duration,
+    /// Most socket connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Runtime worker threads; 0 = a current-thread runtime.
+    pub workers: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            config: None,
+            time_scale: 1.0,
+            socket: None,
+            stdio: true,
+            fault_probability: None,
+            backend: BackendKind::Sim,
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            workers: 0,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid option: {0}")]
+    Option(String),
+    #[error("cannot build the engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("another tierd is already listening on {0}; stop it or choose another --socket path")]
+    SocketInUse(PathBuf),
+    #[error("{path}: {message}")]
+    Socket { path: PathBuf, message: String },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the configuration and applies the command-line overrides.
+pub fn load_config(opts: &ServeOptions) -> Result<Config, ServeError> {
+    let mut cfg = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => Config::seed_default(),
+    };
+    if let Some(p) = opts.fault_probability {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ServeError::Option(format!("--fault-probability must be between 0 and 1, got {p}")));
+        }
+        cfg.sim.fault_probability = p;
+    }
+    Ok(cfg)
+}
+
+fn build_backend(kind: BackendKind, cfg: &Config) -> Result<Box<dyn Backend>, ServeError> {
+    match kind {
+        BackendKind::Sim => Ok(Box::new(SimBackend::new(cfg))),
+        // BackendKind::Real => the real backend's constructor, once it exists.
+    }
+}
+
+/// Builds the engine and its clock from the options.
+pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
+    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
+        return Err(ServeError::Option(format!(
+            "--time-scale must be a positive number, got {}",
+            opts.time_scale
+        )));
+    }
+    let cfg = load_config(opts)?;
+    let policy = policy_by_name(&cfg.policy, &cfg).ok_or_else(|| {
+        ServeError::Option(format!(
+            "unknown policy {:?}; known: {}",
+            cfg.policy,
+            crate::optimizer::POLICY_NAMES.join(", ")
+        ))
+    })?;
+    let backend = build_backend(opts.backend, &cfg)?;
+    let clock = Clock::new(opts.time_scale);
+    let engine = Engine::new(cfg, backend, policy, clock.now())?;
+    Ok(SharedEngine::new(engine, clock))
+}
+
+/// A bound socket; removes its file when dropped, if the file is still the
+/// one it created.
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file, so shutdown never removes a
+    /// file another process put there since.
+    identity: (u64, u64),
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds `path` with mode 0600, replacing a stale socket file and refusing
+/// a live one. Must be called inside a tokio runtime.
+pub fn bind_socket(path: &Path) -> Result<BoundSocket, ServeError> {
+    let err = |message: String| ServeError::Socket {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ServeError::SocketInUse(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "replacing stale socket file");
+                std::fs::remove_file(path).map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
+            }
+            Err(e) => return Err(err(format!("exists and cannot be checked: {e}"))),
+        },
+        Ok(_) => return Err(err("exists and is not a socket; refusing to replace it".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
+    {
+        return Err(err(format!("directory {} does not exist", dir.display())));
+    }
+    // Create the socket with no group/other permissions from the start, so
+    // there is no window in which another user could connect.
+    // SAFETY: umask only changes this process's file creation mask; it has
+    // no memory-safety preconditions. It is restored right after the bind.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| err(format!("cannot listen: {e}")))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
+    Ok(BoundSocket {
+        listener,
+        path: path.to_path_buf(),
+        identity: (meta.dev(), meta.ino()),
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop tierd by closing stdin");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}
+
+/// Runs the server until `shutdown` resolves (or stdin ends, when stdio is
+/// served), then shuts down gracefully.
+pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let shared = build_shared(&opts)?;
+    let socket = match &opts.socket {
+        Some(path) => Some(bind_socket(path)?),
+        None => None,
+    };
+    serve_with(shared, socket, &opts, shutdown).await
+}
+
+/// [`serve`] with the engine and socket already set up (the load
+/// benchmark starts the server in-process this way).
+pub async fn serve_with(
+    shared: SharedEngine,
+    socket: Option<BoundSocket>,
+    opts: &ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    {
+        let cfg_interval = shared.lock().config().auto_optimize_interval_s;
+        info!(
+            backend = ?opts.backend,
+            time_scale = shared.clock().scale(),
+            socket = ?opts.socket,
+            stdio = opts.stdio,
+            auto_optimize_interval_s = ?cfg_interval,
+            "tierd serving"
+        );
+    }
+    let ticker = tokio::spawn(run_ticker(shared.clone(), token.clone()));
+    if opts.stdio {
+        start_stdio(&shared, &token, &tracker);
+    }
+    let accept = async {
+        match &socket {
+            Some(sock) => accept_loop(&sock.listener, shared.clone(), token.clone(), tracker.clone(), opts.max_connections).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+        _ = token.cancelled() => {}
+    }
+    token.cancel();
+    drain_jobs(&shared, opts.drain_timeout).await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        warn!("some connections did not finish writing within 5 s; closing them");
+    }
+    let _ = ticker.await;
+    drop(socket);
+    info!("tierd stopped");
+    Ok(())
+}
+
+fn start_stdio(shared: &SharedEngine, token: &CancellationToken, tracker: &TaskTracker) {
+    let (shared, token) = (shared.clone(), token.clone());
+    tracker.spawn(async move {
+        let reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+        if let Err(e) = serve_connection(shared, reader, tokio::io::stdout(), token.clone()).await {
+            warn!("stdio: {e}");
+        }
+        if !token.is_cancelled() {
+            info!("stdin closed: shutting down");
+            token.cancel();
+        }
+    });
+}
+
+async fn accept_loop(listener: &UnixListener, shared: SharedEngine, token: CancellationToken, tracker: TaskTracker, max: usize) {
+    let slots = Arc::new(Semaphore::new(max.max(1)));
+    loop {
+        // Hold a slot before accepting: at the bound, new peers wait in the
+        // kernel's backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = token.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = token.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let (shared, token) = (shared.clone(), token.clone());
+                tracker.spawn(async move {
+                    let (r, w) = stream.into_split();
+                    if let Err(e) = serve_connection(shared, BufReader::with_capacity(16 * 1024, r), w, token).await {
+                        debug!("connection ended: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Longest wall pause of the background ticker while moves are under way
+/// (a backend may not know when its next event comes).
+const TICK_ACTIVE: Duration = Duration::from_millis(20);
+/// Longest pause while nothing moves: the ticker also wakes when a request
+/// may have started something ([`SharedEngine::changed`]).
+const TICK_IDLE: Duration = Duration::from_secs(1);
+
+/// Ticks the engine so moves progress without requests, and runs
+/// `auto_optimize` every `auto_optimize_interval_s` engine seconds.
+async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
+    let interval = shared
+        .lock()
+        .config()
+        .auto_optimize_interval_s
+        .filter(|s| s.is_finite() && *s > 0.0);
+    let mut next_optimize = interval.map(|i| shared.clock().now() + i);
+    loop {
+        let (next_event, active, until_optimize) = shared.with(|engine, now| {
+            engine.tick(now);
+            if let (Some(at), Some(every)) = (next_optimize, interval)
+                && now >= at
+            {
+                let v = engine.auto_optimize(now, false);
+                log_optimizations(&v);
+                next_optimize = Some(now + every);
+            }
+            (
+                engine.next_wakeup().map(|t| t - now),
+                engine.active_jobs() > 0,
+                next_optimize.map(|t| t - now),
+            )
+        });
+        let longest = if active { TICK_ACTIVE } else { TICK_IDLE };
+        let clock = shared.clock();
+        let pause = [next_event, until_optimize]
+            .into_iter()
+            .flatten()
+            .map(|s| clock.wall(s))
+            .fold(longest, Duration::min)
+            .max(Duration::from_millis(1));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shared.changed().notified() => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}
+
+fn log_optimizations(v: &Value) {
+    if let Some(list) = v.get("optimizations").and_then(Value::as_array)
+        && !list.is_empty()
+    {
+        let list = Value::Array(list.clone());
+        info!(optimizations = %list, "auto_optimize");
+    }
+}
+
+/// Shutdown step 2: cancel queued moves, give running ones `timeout` of wall
+/// time, then roll the rest back.
+async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
+    let cancelled = shared.with(|engine, now| cancel_jobs(engine, now, "queued"));
+    if cancelled > 0 {
+        info!(cancelled, "cancelled queued moves");
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let active = shared.with(|engine, now| {
+            engine.tick(now);
+            engine.active_jobs()
+        });
+        if active == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(active, "moves still running at the drain deadline; rolling them back");
+            shared.with(|engine, now| {
+                cancel_jobs(engine, now, "queued");
+                cancel_jobs(engine, now, "running");
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Rollbacks confirm on the next ticks.
+    for _ in 0..200 {
+        let active = shared.with(|engine, now| {
+            engine.tick(now);
+            engine.active_jobs()
+        });
+        if active == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Cancels every job in `status`; returns how many.
+fn cancel_jobs(engine: &mut Engine, now: f64, status: &str) -> usize {
+    let ids: Vec<String> = engine
+        .list_jobs(now)
+        .get("jobs")
+        .and_then(Value::as_array)
+        .map(|jobs| {
+            jobs.iter()
+                .filter(|j| j.get("status").and_then(Value::as_str) == Some(status))
+                .filter_map(|j| j.get("job_id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.iter().filter(|id| engine.cancel_job(now, id).is_ok()).count()
+}
+
+/// Sends logs to stderr, filtered by `TIERD_LOG` (default `info`).
+pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Sends logs to stderr, filtered by `TIERD_LOG`, else `default`.
+pub fn init_logging_with_default(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIERD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// The blocking entry point of `tierd serve`: its own runtime, signals
+/// wired to shutdown.
+pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
+    let runtime = runtime(opts.workers)?;
+    let shutdown = async {
+        shutdown_signal().await;
+        // A second signal while draining: stop at once.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            warn!("second signal: exiting without finishing the shutdown");
+            std::process::exit(130);
+        });
+    };
+    let result = runtime.block_on(serve(opts, shutdown));
+    // stdin is read on a blocking thread that may sit in read(2) forever;
+    // do not wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+/// The server's runtime: `workers` = 0 is a current-thread runtime (one
+/// thread does the I/O and the engine work, no cross-thread wake-ups),
+/// otherwise a multi-thread one with that many workers.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.thread_name("tierd").enable_all().build()
+}
