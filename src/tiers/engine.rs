@@ -159,6 +159,9 @@ pub struct Engine {
     wake_at: f64,
     metrics: Metrics,
     started_at: f64,
+    /// Build plan steps and job reasons for policy moves (off only inside
+    /// [`Engine::access_load`], the simulator's hot path).
+    explain: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -207,6 +210,7 @@ impl Engine {
                 registered_at: now,
             }));
             state.by_name.insert(mc.name.clone(), id);
+            state.attach(id, tier);
             state.tiers[tier].used += bytes;
             state.tiers[tier].models += 1;
         }
@@ -231,6 +235,7 @@ impl Engine {
                 ..Metrics::default()
             },
             started_at: now,
+            explain: true,
         })
     }
 
@@ -693,16 +698,34 @@ impl Engine {
         let mut batch: Vec<JobKey> = Vec::new();
         for d in desires {
             let Some(m) = self.state.model(d.model) else { continue };
-            let (name, from, usage) = (m.name.clone(), m.tier, m.usage.count);
+            let (from, usage) = (m.tier, m.usage.count);
             if d.target >= self.state.tiers.len() || d.target == from {
                 continue;
             }
+            if !d.make_room && !self.explain {
+                // The simulator's hot path: no names, no plan steps.
+                let deps: Vec<JobKey> = batch
+                    .iter()
+                    .copied()
+                    .filter(|k| self.jobs.get(k).is_some_and(|j| j.from == d.target && j.claimed_by.is_none()))
+                    .collect();
+                let opts = MoveOptions {
+                    priority,
+                    origin,
+                    ..MoveOptions::default()
+                };
+                if let Ok(k) = self.submit(now, d.model, d.target, deps, &opts) {
+                    batch.push(k);
+                }
+                continue;
+            }
+            let name = m.name.clone();
             let mut step = PlanStep {
                 model_name: name.clone(),
                 operation: if d.target < from { Operation::Promote } else { Operation::Demote },
                 source_tier: self.state.tiers[from].name.clone(),
                 target_tier: self.state.tiers[d.target].name.clone(),
-                reason: d.reason.clone(),
+                reason: d.reason.to_string(),
                 usage,
                 job_id: None,
                 skipped: None,
@@ -715,7 +738,7 @@ impl Engine {
             let opts = MoveOptions {
                 priority,
                 origin,
-                reason: Some(d.reason.clone()),
+                reason: Some(d.reason.to_string()),
                 make_room: d.make_room,
                 ..MoveOptions::default()
             };
@@ -790,6 +813,7 @@ impl Engine {
             registered_at: now,
         }));
         self.state.by_name.insert(name.to_string(), id);
+        self.state.attach(id, home);
         self.state.tiers[home].used += bytes;
         self.state.tiers[home].models += 1;
         let mut job_id = None;
@@ -831,6 +855,7 @@ impl Engine {
         self.backend.unregister_model(name, tier);
         self.state.tiers[tier].used -= bytes;
         self.state.tiers[tier].models -= 1;
+        self.state.detach(id, tier);
         self.state.models[id] = None;
         self.state.by_name.remove(name);
         self.dirty = true;
@@ -853,6 +878,15 @@ impl Engine {
             "usage": m.usage.count,
             "jobs": steps.1.iter().filter_map(|s| s.job_id.clone()).collect::<Vec<_>>(),
         }))
+    }
+
+    /// The simulator's access: like [`Engine::access_id`] but answers only
+    /// the load seconds, and the policy's moves carry no explanations.
+    pub fn access_load(&mut self, now: f64, id: ModelId) -> Result<f64, EngineError> {
+        self.explain = false;
+        let r = self.access_id(now, id);
+        self.explain = true;
+        r.map(|((_, load), _)| load)
     }
 
     /// The access path without names (the simulator's hot loop): returns the
@@ -909,7 +943,7 @@ impl Engine {
                         operation: if d.target < m.tier { Operation::Promote } else { Operation::Demote },
                         source_tier: self.state.tiers[m.tier].name.clone(),
                         target_tier: self.state.tiers[d.target].name.clone(),
-                        reason: d.reason,
+                        reason: d.reason.into_owned(),
                         usage: m.usage.count,
                         job_id: None,
                         skipped: None,
@@ -1506,6 +1540,8 @@ impl Engine {
         if let Some(m) = self.state.model_mut(model) {
             m.tier = to;
             m.job = None;
+            self.state.detach(model, from);
+            self.state.attach(model, to);
         }
         self.metrics.moves_succeeded += 1;
         self.metrics.bytes_moved += bytes;
@@ -1707,9 +1743,15 @@ impl Engine {
         let n = self.state.tiers.len();
         let mut used = vec![0u64; n];
         let mut count = vec![0usize; n];
-        for (_, m) in self.state.iter_models() {
+        for (id, m) in self.state.iter_models() {
             used[m.tier] += m.bytes;
             count[m.tier] += 1;
+            if !self.state.members[m.tier].contains(&id) {
+                return Err(format!("model {} is missing from the member list of its tier", m.name));
+            }
+        }
+        if self.state.members.iter().map(Vec::len).sum::<usize>() != self.state.by_name.len() {
+            return Err("tier member lists do not match the models".into());
         }
         let mut incoming = vec![0u64; n];
         let mut incoming_running = vec![0u64; n];
