@@ -6,8 +6,8 @@
 //! swap and 12 s from storage.
 
 use tierd::config::Config;
-use tierd::sim::{Catalog, MoveMode, RunResult, Trace, replay};
 use tierd::sim::replay::build_policy;
+use tierd::sim::{Catalog, MoveMode, RunResult, Trace, replay};
 
 const CONFIG: &str = r#"
 max_single_model_gb = 64.0

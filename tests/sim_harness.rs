@@ -6,11 +6,11 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use tierd::config::Config;
+use tierd::optimizer::SIM_POLICY_NAMES;
 use tierd::sim::bound::{Pfoo, lower_bound_s};
 use tierd::sim::servegen::{DEFAULT_INPUT, ServegenSpec, convert};
 use tierd::sim::synth::{Family, GenSpec, generate};
 use tierd::sim::{Catalog, DEFAULT_SIM_CONFIG, MoveMode, Trace, compare};
-use tierd::optimizer::SIM_POLICY_NAMES;
 
 const SMALL: &str = r#"
 max_single_model_gb = 64.0
@@ -141,19 +141,43 @@ fn two_runs_give_identical_json() {
 fn csv_errors_name_the_file_and_line() {
     let p = Path::new("cat.csv");
     let err = |text: &str| Catalog::parse(p, text).unwrap_err().to_string();
-    assert_eq!(err("name,size\n"), "cat.csv:1: expected the header `model_name,size_gb`, found `name,size`");
+    assert_eq!(
+        err("name,size\n"),
+        "cat.csv:1: expected the header `model_name,size_gb`, found `name,size`"
+    );
     assert_eq!(err("model_name,size_gb\na,1\nb,x\n"), "cat.csv:3: size_gb `x` is not a number");
-    assert_eq!(err("model_name,size_gb\na,1\na,2\n"), "cat.csv:3: model \"a\" is listed twice (first on line 2)");
-    assert_eq!(err("model_name,size_gb\na,-1\n"), "cat.csv:2: size_gb must be a non-negative number, got -1");
-    assert_eq!(err("model_name,size_gb\na,1,2\n"), "cat.csv:2: expected 2 fields `model_name,size_gb`, found `a,1,2`");
+    assert_eq!(
+        err("model_name,size_gb\na,1\na,2\n"),
+        "cat.csv:3: model \"a\" is listed twice (first on line 2)"
+    );
+    assert_eq!(
+        err("model_name,size_gb\na,-1\n"),
+        "cat.csv:2: size_gb must be a non-negative number, got -1"
+    );
+    assert_eq!(
+        err("model_name,size_gb\na,1,2\n"),
+        "cat.csv:2: expected 2 fields `model_name,size_gb`, found `a,1,2`"
+    );
     assert!(err("").contains("empty file"));
     let catalog = Catalog::parse(p, "model_name,size_gb\na,1\n").unwrap();
     let t = Path::new("trace.csv");
     let terr = |text: &str| Trace::parse(t, text, &catalog).unwrap_err().to_string();
-    assert_eq!(terr("timestamp_s,model_name\n1,a\n0.5,a\n"), "trace.csv:3: timestamps must be ascending: 0.5 comes after 1");
-    assert_eq!(terr("timestamp_s,model_name\n1,b\n"), "trace.csv:2: model \"b\" is not in the catalog");
-    assert_eq!(terr("timestamp_s,model_name\nnow,a\n"), "trace.csv:2: timestamp_s `now` is not a number");
-    assert_eq!(terr("timestamp_s,model_name\nNaN,a\n"), "trace.csv:2: timestamp_s must be finite, got NaN");
+    assert_eq!(
+        terr("timestamp_s,model_name\n1,a\n0.5,a\n"),
+        "trace.csv:3: timestamps must be ascending: 0.5 comes after 1"
+    );
+    assert_eq!(
+        terr("timestamp_s,model_name\n1,b\n"),
+        "trace.csv:2: model \"b\" is not in the catalog"
+    );
+    assert_eq!(
+        terr("timestamp_s,model_name\nnow,a\n"),
+        "trace.csv:2: timestamp_s `now` is not a number"
+    );
+    assert_eq!(
+        terr("timestamp_s,model_name\nNaN,a\n"),
+        "trace.csv:2: timestamp_s must be finite, got NaN"
+    );
     let missing = Catalog::load(Path::new("/nonexistent/catalog.csv")).unwrap_err().to_string();
     assert!(missing.starts_with("/nonexistent/catalog.csv: "), "{missing}");
 }

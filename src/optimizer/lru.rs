@@ -13,10 +13,7 @@ pub struct LruPolicy;
 
 impl Ranking for LruPolicy {
     fn key(&self, state: &State, model: ModelId) -> f64 {
-        state
-            .model(model)
-            .and_then(|m| m.usage.last_access)
-            .unwrap_or(f64::NEG_INFINITY)
+        state.model(model).and_then(|m| m.usage.last_access).unwrap_or(f64::NEG_INFINITY)
     }
 }
 

@@ -48,14 +48,13 @@ pub struct Cascade<'a, R: Ranking + ?Sized> {
 
 impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
     pub fn new(state: &'a State, ranking: &'a R, reason: &'static str) -> Self {
-        let n = state.tiers.len();
         Cascade {
             state,
             ranking,
-            extra_in: vec![0; n],
-            extra_models: vec![0; n],
-            out: vec![0; n],
-            out_models: vec![0; n],
+            extra_in: Vec::new(),
+            extra_models: Vec::new(),
+            out: Vec::new(),
+            out_models: Vec::new(),
             taken: Vec::new(),
             desires: Vec::new(),
             evicted: Vec::new(),
@@ -79,18 +78,16 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
         (bytes_over, models_over)
     }
 
-    /// Free bytes of `tier` under its limit as the plan stands.
-    pub fn free(&self, tier: usize) -> u64 {
-        let t = &self.state.tiers[tier];
-        match t.limit {
-            Some(l) => (l + self.out[tier]).saturating_sub(t.committed() + self.extra_in[tier]),
-            None => u64::MAX,
-        }
-    }
-
     /// Plans `model` (key `key`) into `tier`, displacing what must go.
     /// Returns false, changing nothing, when room cannot be made.
     pub fn insert(&mut self, model: ModelId, key: f64, tier: usize) -> bool {
+        if self.extra_in.is_empty() {
+            let n = self.state.tiers.len();
+            self.extra_in = vec![0; n];
+            self.extra_models = vec![0; n];
+            self.out = vec![0; n];
+            self.out_models = vec![0; n];
+        }
         let Some(m) = self.state.model(model) else { return false };
         let bytes = m.bytes;
         if !holds(self.state, bytes, tier) {
@@ -112,11 +109,15 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
                     id,
                 ));
             }
-            cands.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
-            for &(vkey, _, id) in cands.iter() {
-                if bytes_over == 0 && models_over == 0 {
+            // Victims in key order: the few needed are picked by repeated
+            // minimum, cheaper than sorting the whole tier.
+            let order =
+                |a: &(f64, f64, ModelId), b: &(f64, f64, ModelId)| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2));
+            while bytes_over > 0 || models_over > 0 {
+                let Some(pos) = cands.iter().enumerate().min_by(|a, b| order(a.1, b.1)).map(|(i, _)| i) else {
                     break;
-                }
+                };
+                let (vkey, _, id) = cands.swap_remove(pos);
                 if !self.ranking.admit(key, vkey) {
                     break;
                 }
@@ -182,10 +183,19 @@ pub fn promotion_targets(state: &State, model: ModelId) -> std::ops::Range<usize
 /// The LRU-style promotion rule shared by lru, lfu, gdsf and belady: the
 /// accessed model goes to the fastest tier that holds it, cascading; a tier
 /// where no room can be made (every candidate busy) is skipped.
-pub fn promote_on_access<'a, R: Ranking + ?Sized>(state: &'a State, ranking: &'a R, model: ModelId, reason: &'static str) -> Cascade<'a, R> {
+pub fn promote_on_access<'a, R: Ranking + ?Sized>(
+    state: &'a State,
+    ranking: &'a R,
+    model: ModelId,
+    reason: &'static str,
+) -> Cascade<'a, R> {
+    let targets = promotion_targets(state, model);
     let mut plan = Cascade::new(state, ranking, reason);
+    if targets.is_empty() {
+        return plan;
+    }
     let key = ranking.key(state, model);
-    for t in promotion_targets(state, model) {
+    for t in targets {
         if holds(state, state.model(model).map_or(0, |m| m.bytes), t) && plan.insert(model, key, t) {
             break;
         }
@@ -235,7 +245,8 @@ pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str) ->
         let d = Desire {
             model: id,
             target,
-            reason: Cow::Owned(format!("{reason}, usage: {}", m.usage.count)),
+            // The seed's sentence reads "(usage: 12)"; the policy's why follows.
+            reason: Cow::Owned(format!("usage: {}; {reason}", m.usage.count)),
             make_room: false,
         };
         if target < m.tier { promotions.push(d) } else { demotions.push(d) }

@@ -34,8 +34,10 @@ use crate::tiers::{ModelId, State};
 /// Tunables of the `tierd` policy.
 #[derive(Debug, Clone)]
 pub struct TierdParams {
-    /// Half-life of the policy's decayed access count, seconds.
+    /// Half-life of the policy's long-term decayed access count, seconds.
     pub half_life_s: f64,
+    /// Half-life of the short-term count that catches bursts, seconds (0: off).
+    pub short_half_life_s: f64,
     /// A model displaces others only if its key exceeds theirs by this
     /// much (log2 of a rate ratio).
     pub margin_log2: f64,
@@ -49,10 +51,32 @@ pub struct TierdParams {
     pub prefetch_per_tick: usize,
 }
 
+impl TierdParams {
+    /// Applies `key=value,...` overrides (the simulator's `--tierd` option).
+    pub fn with_overrides(mut self, spec: &str) -> Result<TierdParams, String> {
+        for kv in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| format!("expected key=value, found {kv:?}"))?;
+            let x: f64 = v.trim().parse().map_err(|_| format!("{k}: {v:?} is not a number"))?;
+            match k.trim() {
+                "half_life_s" if x > 0.0 => self.half_life_s = x,
+                "short_half_life_s" if x >= 0.0 => self.short_half_life_s = x,
+                "margin_log2" => self.margin_log2 = x,
+                "min_history_s" => self.min_history_s = x,
+                "tick_s" if x > 0.0 => self.tick_s = x,
+                "prefetch_ratio" if x > 0.0 => self.prefetch_ratio = x,
+                "prefetch_per_tick" if x >= 0.0 => self.prefetch_per_tick = x as usize,
+                other => return Err(format!("unknown or invalid tierd parameter {other}={v}")),
+            }
+        }
+        Ok(self)
+    }
+}
+
 impl Default for TierdParams {
     fn default() -> Self {
         TierdParams {
             half_life_s: 1800.0,
+            short_half_life_s: 120.0,
             margin_log2: 0.5,
             min_history_s: 2.0 * 86_400.0,
             tick_s: 600.0,
@@ -66,8 +90,10 @@ impl Default for TierdParams {
 #[derive(Debug, Clone, Default)]
 pub struct TierdPolicy {
     pub params: TierdParams,
-    /// Decayed-count key by model id (`-inf`: never accessed).
+    /// Long-term decayed-count key by model id (`-inf`: never accessed).
     key: Vec<f64>,
+    /// Short-term decayed-count key by model id.
+    short: Vec<f64>,
     /// Predicted-rate floor of the key, by model id, and until when it holds.
     floor: Vec<(f64, f64)>,
     /// Time of the policy's latest decision.
@@ -82,11 +108,26 @@ impl TierdPolicy {
         }
     }
 
-    fn own_key(&self, model: ModelId) -> f64 {
-        self.key.get(model).copied().unwrap_or(f64::NEG_INFINITY)
+    /// log2 of the estimated access rate (per second) at `now` from a
+    /// decayed-count key of half-life `h`: a steady rate r keeps the count
+    /// at r h / ln 2.
+    fn log_rate(key: f64, h: f64, now: f64) -> f64 {
+        key - now / h + (std::f64::consts::LN_2 / h).log2()
     }
 
-    /// The key with its prediction floor, as of the latest decision.
+    /// The model's own score: log2 of its estimated rate at the latest
+    /// decision, the larger of the long-term and the short-term estimate.
+    fn own_key(&self, model: ModelId) -> f64 {
+        let long = self.key.get(model).copied().unwrap_or(f64::NEG_INFINITY);
+        let mut r = Self::log_rate(long, self.params.half_life_s, self.now);
+        if self.params.short_half_life_s > 0.0 {
+            let short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
+            r = r.max(Self::log_rate(short, self.params.short_half_life_s, self.now));
+        }
+        r
+    }
+
+    /// The score with its prediction floor, as of the latest decision.
     fn effective(&self, model: ModelId) -> f64 {
         let k = self.own_key(model);
         match self.floor.get(model) {
@@ -95,27 +136,37 @@ impl TierdPolicy {
         }
     }
 
-    /// Key of a steady rate `per_s` as of `now`.
-    fn key_of_rate(&self, per_s: f64, now: f64) -> f64 {
-        // A steady rate r keeps the decayed count at r * h / ln 2.
-        (per_s * self.params.half_life_s / std::f64::consts::LN_2).log2() + now / self.params.half_life_s
+    /// Score of a steady rate `per_s`.
+    fn key_of_rate(&self, per_s: f64, _now: f64) -> f64 {
+        per_s.log2()
+    }
+
+    fn bump(keys: &mut Vec<f64>, model: ModelId, now: f64, h: f64) {
+        if keys.len() <= model {
+            keys.resize(model + 1, f64::NEG_INFINITY);
+        }
+        let base = now / h;
+        let x = keys[model] - base;
+        keys[model] = base + (1.0 + x.exp2()).log2();
     }
 
     fn record(&mut self, model: ModelId, now: f64) {
-        if self.key.len() <= model {
-            self.key.resize(model + 1, f64::NEG_INFINITY);
+        Self::bump(&mut self.key, model, now, self.params.half_life_s);
+        if self.params.short_half_life_s > 0.0 {
+            Self::bump(&mut self.short, model, now, self.params.short_half_life_s);
         }
-        let base = now / self.params.half_life_s;
-        let x = self.key[model] - base;
-        self.key[model] = base + (1.0 + x.exp2()).log2();
     }
 
     /// Plans `model` into the fastest tier faster than its own where it
     /// passes admission.
     fn place(&self, state: &State, model: ModelId, reason: &'static str) -> Vec<Desire> {
+        let targets = promotion_targets(state, model);
+        if targets.is_empty() {
+            return Vec::new();
+        }
         let key = self.effective(model);
         let mut plan = Cascade::new(state, self, reason);
-        for t in promotion_targets(state, model) {
+        for t in targets {
             if plan.insert(model, key, t) {
                 return plan.desires;
             }
@@ -202,6 +253,15 @@ impl Policy for TierdPolicy {
 
     fn plan(&mut self, now: f64, state: &State) -> Vec<Desire> {
         self.now = now;
-        plan_by_key(state, |id| self.effective(id), "tierd: highest access rate")
+        // Models the policy has not seen accessed (a configured starting
+        // count, a restart) rank below every observed rate, by count.
+        let score = |id: ModelId| {
+            let k = self.effective(id);
+            match state.model(id).map(|m| m.usage.count) {
+                Some(c) if k == f64::NEG_INFINITY && c > 0 => -1e6 + (c as f64).log2(),
+                _ => k,
+            }
+        };
+        plan_by_key(state, score, "tierd: highest access rate")
     }
 }

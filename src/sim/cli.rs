@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use super::synth::{Family, GenSpec, generate};
 use super::replay::MoveMode;
 use super::servegen::{DEFAULT_INPUT, ServegenSpec, convert, parse_days};
+use super::synth::{Family, GenSpec, generate};
 use super::workload::{Catalog, SimError, Trace, write_workload};
-use super::{DEFAULT_SIM_CONFIG, compare};
+use super::{DEFAULT_SIM_CONFIG, compare_with};
 use crate::config::Config;
-use crate::optimizer::SIM_POLICY_NAMES;
+use crate::optimizer::{SIM_POLICY_NAMES, TierdParams};
 
 /// `tierd sim`: replay a trace, or make one.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +50,14 @@ pub struct RunArgs {
     /// Also draw cumulative load seconds over time to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Tunables of the tierd policy, `key=value,...` (half_life_s,
+    /// short_half_life_s, margin_log2, min_history_s, tick_s,
+    /// prefetch_ratio, prefetch_per_tick).
+    #[arg(long)]
+    pub tierd_params: Option<String>,
+    /// Print each replay's wall time and accesses per second to stderr.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -213,7 +221,39 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             let policies = policy_list(&r.policy)?;
             let catalog = Catalog::load(catalog)?;
             let trace = Trace::load(trace, &catalog)?;
-            let report = compare(&cfg, &catalog, &trace, &policies, r.moves)?;
+            let tierd = match &r.tierd_params {
+                Some(spec) => Some(
+                    TierdParams::default()
+                        .with_overrides(spec)
+                        .map_err(|e| SimError::Invalid(format!("--tierd-params: {e}")))?,
+                ),
+                None => None,
+            };
+            let report = if r.timing {
+                let mut runs = Vec::new();
+                for p in &policies {
+                    let start = std::time::Instant::now();
+                    let policy = super::replay::build_policy_with(p, &cfg, &catalog, &trace, tierd.as_ref())?;
+                    let run = super::replay(&cfg, &catalog, &trace, policy, r.moves)?;
+                    let secs = start.elapsed().as_secs_f64();
+                    eprintln!(
+                        "{p}: {} accesses replayed in {secs:.3} s ({:.0} accesses/s)",
+                        trace.len(),
+                        trace.len() as f64 / secs
+                    );
+                    runs.push(run);
+                }
+                let start = std::time::Instant::now();
+                let lower_bound_s = super::bound::lower_bound_s(&cfg, &catalog, &trace);
+                eprintln!("lower bound: {:.3} s", start.elapsed().as_secs_f64());
+                super::Report {
+                    accesses: trace.len(),
+                    lower_bound_s,
+                    runs,
+                }
+            } else {
+                compare_with(&cfg, &catalog, &trace, &policies, r.moves, tierd.as_ref())?
+            };
             match r.report {
                 ReportFormat::Json => println!("{}", report.to_json()),
                 ReportFormat::Table => print!("{}", report.to_table()),

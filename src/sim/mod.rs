@@ -11,11 +11,11 @@
 
 pub mod bound;
 pub mod cli;
-pub mod synth;
 mod hardware;
 pub mod replay;
 pub mod report;
 pub mod servegen;
+pub mod synth;
 pub mod workload;
 
 pub use hardware::SimBackend;
@@ -24,15 +24,28 @@ pub use report::Report;
 pub use workload::{Catalog, SimError, Trace};
 
 use crate::config::Config;
+use crate::optimizer::TierdParams;
 
 /// The simulation configuration (48 GB RAM, 160 GB swap, storage).
 pub const DEFAULT_SIM_CONFIG: &str = include_str!("../../fixtures/sim/config.toml");
 
 /// Replays `trace` with each named policy and computes the lower bound.
 pub fn compare(cfg: &Config, catalog: &Catalog, trace: &Trace, policies: &[String], moves: MoveMode) -> Result<Report, SimError> {
+    compare_with(cfg, catalog, trace, policies, moves, None)
+}
+
+/// [`compare`], with the `tierd` policy's tunables when given.
+pub fn compare_with(
+    cfg: &Config,
+    catalog: &Catalog,
+    trace: &Trace,
+    policies: &[String],
+    moves: MoveMode,
+    tierd: Option<&TierdParams>,
+) -> Result<Report, SimError> {
     let mut runs = Vec::with_capacity(policies.len());
     for name in policies {
-        let policy = replay::build_policy(name, cfg, catalog, trace)?;
+        let policy = replay::build_policy_with(name, cfg, catalog, trace, tierd)?;
         runs.push(replay(cfg, catalog, trace, policy, moves)?);
     }
     Ok(Report {

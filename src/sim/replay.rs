@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::hardware::SimBackend;
 use super::workload::{Catalog, SimError, Trace};
 use crate::config::{Config, ModelConfig, bytes_to_gb};
-use crate::optimizer::{BeladyPolicy, Policy, policy_by_name};
+use crate::optimizer::{BeladyPolicy, Policy, TierdParams, TierdPolicy, policy_by_name};
 use crate::tiers::Engine;
 
 /// How moves take time in a replay.
@@ -77,18 +77,30 @@ pub fn replay_config(cfg: &Config, catalog: &Catalog) -> Config {
 
 /// Builds the named policy; `belady` is built from the trace.
 pub fn build_policy(name: &str, cfg: &Config, catalog: &Catalog, trace: &Trace) -> Result<Box<dyn Policy>, SimError> {
-    if name == "belady" {
-        return Ok(Box::new(BeladyPolicy::from_sequence(
+    build_policy_with(name, cfg, catalog, trace, None)
+}
+
+/// [`build_policy`], with the `tierd` policy's tunables when given.
+pub fn build_policy_with(
+    name: &str,
+    cfg: &Config,
+    catalog: &Catalog,
+    trace: &Trace,
+    tierd: Option<&TierdParams>,
+) -> Result<Box<dyn Policy>, SimError> {
+    match name {
+        "belady" => Ok(Box::new(BeladyPolicy::from_sequence(
             catalog.names.len(),
             trace.models.iter().map(|&m| m as usize),
-        )));
+        ))),
+        "tierd" if tierd.is_some() => Ok(Box::new(TierdPolicy::new(tierd.cloned().unwrap_or_default()))),
+        _ => policy_by_name(name, cfg).ok_or_else(|| {
+            SimError::Invalid(format!(
+                "unknown policy {name:?}; known: {}",
+                crate::optimizer::SIM_POLICY_NAMES.join(", ")
+            ))
+        }),
     }
-    policy_by_name(name, cfg).ok_or_else(|| {
-        SimError::Invalid(format!(
-            "unknown policy {name:?}; known: {}",
-            crate::optimizer::SIM_POLICY_NAMES.join(", ")
-        ))
-    })
 }
 
 /// Replays `trace` with `policy` and returns its costs.

@@ -80,7 +80,11 @@ impl Report {
             .first()
             .map(|r| r.hits_by_tier.iter().map(|(t, _)| t.as_str()).collect())
             .unwrap_or_default();
-        let _ = write!(s, "{:<8} {:<7} {:>14} {:>7} {:>9}", "policy", "moves", "total_load_s", "vs_lru", "vs_bound");
+        let _ = write!(
+            s,
+            "{:<8} {:<7} {:>14} {:>7} {:>9}",
+            "policy", "moves", "total_load_s", "vs_lru", "vs_bound"
+        );
         for t in &tiers {
             let _ = write!(s, " {:>10}", format!("hits_{t}"));
         }
@@ -116,7 +120,11 @@ impl Report {
     pub fn plot(&self, path: &Path) -> Result<(), SimError> {
         use plotters::prelude::*;
         let err = |e: String| SimError::Invalid(format!("{}: cannot draw the plot: {e}", path.display()));
-        let t0 = self.runs.iter().filter_map(|r| r.curve.first().map(|p| p.0)).fold(f64::INFINITY, f64::min);
+        let t0 = self
+            .runs
+            .iter()
+            .filter_map(|r| r.curve.first().map(|p| p.0))
+            .fold(f64::INFINITY, f64::min);
         let t0 = if t0.is_finite() { t0 } else { 0.0 };
         let x_max = self
             .runs
@@ -124,7 +132,13 @@ impl Report {
             .filter_map(|r| r.curve.last().map(|p| (p.0 - t0) / 3600.0))
             .fold(0.0, f64::max)
             .max(1e-6);
-        let y_max = self.runs.iter().map(|r| r.total_load_s).fold(self.lower_bound_s, f64::max).max(1e-6) * 1.05;
+        let y_max = self
+            .runs
+            .iter()
+            .map(|r| r.total_load_s)
+            .fold(self.lower_bound_s, f64::max)
+            .max(1e-6)
+            * 1.05;
         let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
@@ -145,7 +159,10 @@ impl Report {
             let color = colors[i % colors.len()];
             let label = format!("{} ({})", r.policy, r.moves.as_str());
             chart
-                .draw_series(LineSeries::new(r.curve.iter().map(|&(t, y)| ((t - t0) / 3600.0, y)), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    r.curve.iter().map(|&(t, y)| ((t - t0) / 3600.0, y)),
+                    color.stroke_width(2),
+                ))
                 .map_err(|e| err(e.to_string()))?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));

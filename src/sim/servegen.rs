@@ -84,7 +84,10 @@ fn parse_client(path: &Path, entry: &str, text: &str, spec: &ServegenSpec) -> Re
         let (Some(ws), Some(rate), Some(cv)) = (f.next(), f.next(), f.next()) else {
             return Err(bad(format!("expected `window_start_s,rate_rps,cv,...`, found `{line}`")));
         };
-        let ws: f64 = ws.trim().parse().map_err(|_| bad(format!("window_start_s `{ws}` is not a number")))?;
+        let ws: f64 = ws
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("window_start_s `{ws}` is not a number")))?;
         let rate: f64 = rate.trim().parse().map_err(|_| bad(format!("rate_rps `{rate}` is not a number")))?;
         let cv: f64 = cv.trim().parse().map_err(|_| bad(format!("cv `{cv}` is not a number")))?;
         if ws < first || ws >= end {

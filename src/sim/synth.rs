@@ -230,13 +230,13 @@ pub fn generate(spec: &GenSpec) -> Result<(Catalog, Trace), SimError> {
             }
         }
         let hour = (w as f64 * WINDOW_S / 3600.0) % 24.0;
-        for m in 0..n {
+        for (m, row) in rates.iter_mut().enumerate() {
             let base = zipf[rank[m]] / zsum * per_window_total;
-            rates[m][w] = match spec.family {
+            row[w] = match spec.family {
                 Family::Diurnal => {
                     // Busy for a few hours around its own peak, quiet otherwise.
                     let d = ((hour - phase[m] + 36.0) % 24.0) - 12.0;
-                    base * (0.15 + 3.4 * (-d * d / (2.0 * 2.0 * 2.0)).exp())
+                    base * diurnal_factor(d)
                 }
                 _ => base,
             };
@@ -271,6 +271,14 @@ pub fn generate(spec: &GenSpec) -> Result<(Catalog, Trace), SimError> {
         }
     }
     Ok((catalog, merge(per_model)))
+}
+
+/// Rate multiplier `d` hours away from a model's peak hour: quiet most of
+/// the day, busy for a few hours; averages 1 over a day.
+fn diurnal_factor(d: f64) -> f64 {
+    // 0.15 + 3.4 x a Gaussian of 2 h spread, whose daily mean is 2 x sqrt(2 pi) / 24.
+    let mean = 0.15 + 3.4 * 2.0 * std::f64::consts::TAU.sqrt() / 24.0;
+    (0.15 + 3.4 * (-d * d / 8.0).exp()) / mean
 }
 
 fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {

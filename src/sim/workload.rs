@@ -104,10 +104,18 @@ impl Catalog {
                 .parse()
                 .map_err(|_| SimError::parse(path, n, format!("size_gb `{size}` is not a number")))?;
             if !(size.is_finite() && size >= 0.0) {
-                return Err(SimError::parse(path, n, format!("size_gb must be a non-negative number, got {size}")));
+                return Err(SimError::parse(
+                    path,
+                    n,
+                    format!("size_gb must be a non-negative number, got {size}"),
+                ));
             }
             if let Some(first) = seen.insert(name.to_string(), n) {
-                return Err(SimError::parse(path, n, format!("model {name:?} is listed twice (first on line {first})")));
+                return Err(SimError::parse(
+                    path,
+                    n,
+                    format!("model {name:?} is listed twice (first on line {first})"),
+                ));
             }
             c.names.push(name.to_string());
             c.sizes_gb.push(size);
@@ -147,7 +155,11 @@ impl Trace {
                 return Err(SimError::parse(path, n, format!("timestamp_s must be finite, got {ts}")));
             }
             if ts < prev {
-                return Err(SimError::parse(path, n, format!("timestamps must be ascending: {ts} comes after {prev}")));
+                return Err(SimError::parse(
+                    path,
+                    n,
+                    format!("timestamps must be ascending: {ts} comes after {prev}"),
+                ));
             }
             prev = ts;
             let Some(&id) = index.get(name) else {

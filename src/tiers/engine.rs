@@ -137,20 +137,41 @@ pub struct Metrics {
     pub jobs_submitted: u64,
 }
 
+/// Job keys are sequential numbers: hashing them with SipHash is wasted
+/// work on the simulator's hot path, so job maps hash them by multiplication.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<JobKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The engine. See the module docs.
 pub struct Engine {
     state: State,
     cfg: Config,
     backend: Box<dyn Backend>,
     policy: Box<dyn Policy>,
-    jobs: HashMap<JobKey, Job>,
+    jobs: KeyMap<Job>,
     job_ids: HashMap<String, JobKey>,
     /// Queued jobs in start order.
     queue: BTreeSet<(Priority, JobKey)>,
     running: BTreeSet<JobKey>,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
-    dependents: HashMap<JobKey, Vec<JobKey>>,
+    dependents: KeyMap<Vec<JobKey>>,
     next_key: JobKey,
     max_concurrent: usize,
     /// Something changed that may let a queued job start.
@@ -221,12 +242,12 @@ impl Engine {
             cfg,
             backend,
             policy,
-            jobs: HashMap::new(),
+            jobs: KeyMap::default(),
             job_ids: HashMap::new(),
             queue: BTreeSet::new(),
             running: BTreeSet::new(),
             ended: VecDeque::new(),
-            dependents: HashMap::new(),
+            dependents: KeyMap::default(),
             next_key: 1,
             dirty: false,
             wake_at: f64::INFINITY,
@@ -522,7 +543,12 @@ impl Engine {
         };
         let key = self.next_key;
         self.next_key += 1;
-        let id = self.new_job_id(op, &name, now);
+        // Jobs of the simulator's hot path are never looked up by id.
+        let id = if self.explain {
+            self.new_job_id(op, &name, now)
+        } else {
+            String::new()
+        };
         for c in &claimed {
             if let Some(j) = self.jobs.get_mut(c) {
                 j.claimed_by = Some(key);
@@ -567,7 +593,9 @@ impl Engine {
             m.job = Some(key);
         }
         self.jobs.insert(key, job);
-        self.job_ids.insert(id, key);
+        if !id.is_empty() {
+            self.job_ids.insert(id, key);
+        }
         self.queue.insert((opts.priority, key));
         self.metrics.jobs_submitted += 1;
         self.dirty = true;
