@@ -87,9 +87,11 @@ impl Default for TierdParams {
 }
 
 /// Rate-ranked placement with admission, hysteresis and prediction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TierdPolicy {
-    pub params: TierdParams,
+    params: TierdParams,
+    /// `log2(ln 2 / h)` of the long and short half-lives (hot path).
+    log_scale: (f64, f64),
     /// Long-term decayed-count key by model id (`-inf`: never accessed).
     key: Vec<f64>,
     /// Short-term decayed-count key by model id.
@@ -102,27 +104,36 @@ pub struct TierdPolicy {
 
 impl TierdPolicy {
     pub fn new(params: TierdParams) -> TierdPolicy {
+        let scale = |h: f64| if h > 0.0 { (std::f64::consts::LN_2 / h).log2() } else { 0.0 };
         TierdPolicy {
+            log_scale: (scale(params.half_life_s), scale(params.short_half_life_s)),
             params,
-            ..TierdPolicy::default()
+            key: Vec::new(),
+            short: Vec::new(),
+            floor: Vec::new(),
+            now: 0.0,
         }
+    }
+
+    pub fn params(&self) -> &TierdParams {
+        &self.params
     }
 
     /// log2 of the estimated access rate (per second) at `now` from a
     /// decayed-count key of half-life `h`: a steady rate r keeps the count
     /// at r h / ln 2.
-    fn log_rate(key: f64, h: f64, now: f64) -> f64 {
-        key - now / h + (std::f64::consts::LN_2 / h).log2()
+    fn log_rate(key: f64, h: f64, log_scale: f64, now: f64) -> f64 {
+        key - now / h + log_scale
     }
 
     /// The model's own score: log2 of its estimated rate at the latest
     /// decision, the larger of the long-term and the short-term estimate.
     fn own_key(&self, model: ModelId) -> f64 {
         let long = self.key.get(model).copied().unwrap_or(f64::NEG_INFINITY);
-        let mut r = Self::log_rate(long, self.params.half_life_s, self.now);
+        let mut r = Self::log_rate(long, self.params.half_life_s, self.log_scale.0, self.now);
         if self.params.short_half_life_s > 0.0 {
             let short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
-            r = r.max(Self::log_rate(short, self.params.short_half_life_s, self.now));
+            r = r.max(Self::log_rate(short, self.params.short_half_life_s, self.log_scale.1, self.now));
         }
         r
     }
@@ -186,6 +197,12 @@ impl TierdPolicy {
         let days = (span / 86_400.0).max(1.0);
         let hour = ((at.max(0.0) as u64 / 3600) % 24) as usize;
         Some(u.by_hour[hour] as f64 / days / 3600.0)
+    }
+}
+
+impl Default for TierdPolicy {
+    fn default() -> Self {
+        TierdPolicy::new(TierdParams::default())
     }
 }
 
