@@ -131,6 +131,15 @@ fn two_runs_give_identical_json() {
     assert_eq!(v["policies"][0]["moves"], "timed");
     let hits = v["policies"][0]["hits_by_tier"].as_object().unwrap();
     assert_eq!(hits.values().map(|h| h.as_u64().unwrap()).sum::<u64>(), trace.len() as u64);
+    // The plot is an SVG with one line per policy.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("plot.svg");
+    compare(&cfg, &catalog, &trace, &all(), MoveMode::Instant).unwrap().plot(&svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(80)]);
+    for p in SIM_POLICY_NAMES {
+        assert!(text.contains(&format!("{p} (instant)")), "legend lacks {p}");
+    }
     // The round trip through CSV gives the same workload.
     let c2 = Catalog::parse(Path::new("c.csv"), &catalog.to_csv()).unwrap();
     let t2 = Trace::parse(Path::new("t.csv"), &trace.to_csv(&catalog), &c2).unwrap();
