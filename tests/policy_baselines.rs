@@ -107,8 +107,10 @@ fn gdsf_ages_with_the_inflation_value() {
 fn tierd_does_not_let_a_large_one_off_flush_ram() {
     let (cfg, catalog, trace) = workload(&[("A", 6.0), ("B", 6.0), ("E", 12.0)], "A B A B A B E A B A B");
     let cost = |name: &str| {
+        // Timed moves (each ends long before the next access): tierd's
+        // admission is for moves that cost time.
         let p = build_policy(name, &cfg, &catalog, &trace).expect("policy");
-        replay(&cfg, &catalog, &trace, p, MoveMode::Instant).expect("replay")
+        replay(&cfg, &catalog, &trace, p, MoveMode::Timed).expect("replay")
     };
     let tierd = cost("tierd");
     let lru = cost("lru");

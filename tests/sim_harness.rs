@@ -134,7 +134,10 @@ fn two_runs_give_identical_json() {
     // The plot is an SVG with one line per policy.
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("plot.svg");
-    compare(&cfg, &catalog, &trace, &all(), MoveMode::Instant).unwrap().plot(&svg).unwrap();
+    compare(&cfg, &catalog, &trace, &all(), MoveMode::Instant)
+        .unwrap()
+        .plot(&svg)
+        .unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(80)]);
     for p in SIM_POLICY_NAMES {

@@ -77,9 +77,9 @@ pub const SIM_POLICY_NAMES: &[&str] = &["lru", "lfu", "gdsf", "belady", "tierd"]
 pub const DEFAULT_POLICY: &str = "tierd";
 
 /// Builds the policy called `name`.
-pub fn policy_by_name(name: &str, _cfg: &Config) -> Option<Box<dyn Policy>> {
+pub fn policy_by_name(name: &str, cfg: &Config) -> Option<Box<dyn Policy>> {
     match name {
-        "tierd" => Some(Box::new(TierdPolicy::default())),
+        "tierd" => Some(Box::new(TierdPolicy::new(TierdParams::for_config(cfg)))),
         "lru" => Some(Box::new(LruPolicy)),
         "lfu" => Some(Box::new(LfuPolicy)),
         "gdsf" => Some(Box::new(GdsfPolicy::default())),

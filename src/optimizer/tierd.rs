@@ -52,6 +52,18 @@ pub struct TierdParams {
 }
 
 impl TierdParams {
+    /// The defaults, adapted to a configuration: when moves are free
+    /// (promote and demote at 0 s/GB) a promotion costs nothing, so every
+    /// accessed model is admitted (the margin is `-inf`) and only the
+    /// eviction order is tierd's.
+    pub fn for_config(cfg: &crate::config::Config) -> TierdParams {
+        let mut p = TierdParams::default();
+        if cfg.moves.promote_s_per_gb == 0.0 && cfg.moves.demote_s_per_gb == 0.0 {
+            p.margin_log2 = f64::NEG_INFINITY;
+        }
+        p
+    }
+
     /// Applies `key=value,...` overrides (the simulator's `--tierd` option).
     pub fn with_overrides(mut self, spec: &str) -> Result<TierdParams, String> {
         for kv in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {

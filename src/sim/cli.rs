@@ -221,19 +221,18 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             let policies = policy_list(&r.policy)?;
             let catalog = Catalog::load(catalog)?;
             let trace = Trace::load(trace, &catalog)?;
-            let tierd = match &r.tierd_params {
-                Some(spec) => Some(
-                    TierdParams::default()
-                        .with_overrides(spec)
-                        .map_err(|e| SimError::Invalid(format!("--tierd-params: {e}")))?,
-                ),
-                None => None,
-            };
+            if let Some(spec) = &r.tierd_params {
+                TierdParams::default()
+                    .with_overrides(spec)
+                    .map_err(|e| SimError::Invalid(format!("--tierd-params: {e}")))?;
+            }
+            let tierd = r.tierd_params.as_deref();
             let report = if r.timing {
                 let mut runs = Vec::new();
                 for p in &policies {
                     let start = std::time::Instant::now();
-                    let policy = super::replay::build_policy_with(p, &cfg, &catalog, &trace, tierd.as_ref())?;
+                    let mode_cfg = super::replay::mode_config(&cfg, r.moves);
+                    let policy = super::replay::build_policy_with(p, &mode_cfg, &catalog, &trace, tierd)?;
                     let run = super::replay(&cfg, &catalog, &trace, policy, r.moves)?;
                     let secs = start.elapsed().as_secs_f64();
                     eprintln!(
@@ -252,7 +251,7 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                     runs,
                 }
             } else {
-                compare_with(&cfg, &catalog, &trace, &policies, r.moves, tierd.as_ref())?
+                compare_with(&cfg, &catalog, &trace, &policies, r.moves, tierd)?
             };
             match r.report {
                 ReportFormat::Json => println!("{}", report.to_json()),

@@ -24,7 +24,6 @@ pub use report::Report;
 pub use workload::{Catalog, SimError, Trace};
 
 use crate::config::Config;
-use crate::optimizer::TierdParams;
 
 /// The simulation configuration (48 GB RAM, 160 GB swap, storage).
 pub const DEFAULT_SIM_CONFIG: &str = include_str!("../../fixtures/sim/config.toml");
@@ -34,18 +33,18 @@ pub fn compare(cfg: &Config, catalog: &Catalog, trace: &Trace, policies: &[Strin
     compare_with(cfg, catalog, trace, policies, moves, None)
 }
 
-/// [`compare`], with the `tierd` policy's tunables when given.
+/// [`compare`], with overrides of the `tierd` policy's tunables when given.
 pub fn compare_with(
     cfg: &Config,
     catalog: &Catalog,
     trace: &Trace,
     policies: &[String],
     moves: MoveMode,
-    tierd: Option<&TierdParams>,
+    tierd: Option<&str>,
 ) -> Result<Report, SimError> {
     let mut runs = Vec::with_capacity(policies.len());
     for name in policies {
-        let policy = replay::build_policy_with(name, cfg, catalog, trace, tierd)?;
+        let policy = replay::build_policy_with(name, &replay::mode_config(cfg, moves), catalog, trace, tierd)?;
         runs.push(replay(cfg, catalog, trace, policy, moves)?);
     }
     Ok(Report {

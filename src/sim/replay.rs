@@ -75,25 +75,43 @@ pub fn replay_config(cfg: &Config, catalog: &Catalog) -> Config {
     cfg
 }
 
+/// The configuration as a replay in `moves` mode sees it: with instant
+/// moves the move speeds are 0 s/GB, so the jobs' estimates and the
+/// policies' view of what a move costs match what the backend does.
+pub fn mode_config(cfg: &Config, moves: MoveMode) -> Config {
+    let mut cfg = cfg.clone();
+    if moves == MoveMode::Instant {
+        cfg.moves.promote_s_per_gb = 0.0;
+        cfg.moves.demote_s_per_gb = 0.0;
+    }
+    cfg
+}
+
 /// Builds the named policy; `belady` is built from the trace.
 pub fn build_policy(name: &str, cfg: &Config, catalog: &Catalog, trace: &Trace) -> Result<Box<dyn Policy>, SimError> {
     build_policy_with(name, cfg, catalog, trace, None)
 }
 
-/// [`build_policy`], with the `tierd` policy's tunables when given.
+/// [`build_policy`], with overrides of the `tierd` policy's tunables
+/// (`key=value,...`, see [`TierdParams::with_overrides`]) when given.
 pub fn build_policy_with(
     name: &str,
     cfg: &Config,
     catalog: &Catalog,
     trace: &Trace,
-    tierd: Option<&TierdParams>,
+    tierd: Option<&str>,
 ) -> Result<Box<dyn Policy>, SimError> {
-    match name {
-        "belady" => Ok(Box::new(BeladyPolicy::from_sequence(
+    match (name, tierd) {
+        ("belady", _) => Ok(Box::new(BeladyPolicy::from_sequence(
             catalog.names.len(),
             trace.models.iter().map(|&m| m as usize),
         ))),
-        "tierd" if tierd.is_some() => Ok(Box::new(TierdPolicy::new(tierd.cloned().unwrap_or_default()))),
+        ("tierd", Some(spec)) => {
+            let params = TierdParams::for_config(cfg)
+                .with_overrides(spec)
+                .map_err(|e| SimError::Invalid(format!("tierd parameters: {e}")))?;
+            Ok(Box::new(TierdPolicy::new(params)))
+        }
         _ => policy_by_name(name, cfg).ok_or_else(|| {
             SimError::Invalid(format!(
                 "unknown policy {name:?}; known: {}",
@@ -105,7 +123,7 @@ pub fn build_policy_with(
 
 /// Replays `trace` with `policy` and returns its costs.
 pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Policy>, moves: MoveMode) -> Result<RunResult, SimError> {
-    let cfg = replay_config(cfg, catalog);
+    let cfg = replay_config(&mode_config(cfg, moves), catalog);
     cfg.validate().map_err(|e| SimError::Invalid(e.to_string()))?;
     let tier_names: Vec<String> = cfg.tiers.iter().map(|t| t.name.clone()).collect();
     let backend = SimBackend::new(&cfg).with_instant_moves(moves == MoveMode::Instant);
