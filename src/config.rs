@@ -236,7 +236,7 @@ fn default_max_single() -> f64 {
     7.0
 }
 fn default_policy() -> String {
-    "usage".to_string()
+    crate::optimizer::DEFAULT_POLICY.to_string()
 }
 fn default_job_history() -> usize {
     1000

@@ -46,7 +46,7 @@ impl Policy for UsagePolicy {
                 .find(|&t| state.size_allowed(bytes, t) && room[t] >= bytes)
                 .unwrap_or(last);
             room[target] = room[target].saturating_sub(bytes);
-            let reason = format!("usage: {count}");
+            let reason: std::borrow::Cow<'static, str> = format!("usage: {count}").into();
             if target < m.tier {
                 promotions.push(Desire {
                     model: id,

@@ -137,13 +137,34 @@ pub struct Metrics {
     pub jobs_submitted: u64,
 }
 
+/// Job keys are sequential numbers: hashing them with SipHash is wasted
+/// work on the simulator's hot path, so job maps hash them by multiplication.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<JobKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The engine. See the module docs.
 pub struct Engine {
     state: State,
     cfg: Config,
     backend: Box<dyn Backend>,
     policy: Box<dyn Policy>,
-    jobs: HashMap<JobKey, Job>,
+    jobs: KeyMap<Job>,
     job_ids: HashMap<String, JobKey>,
     /// Every queued job, in start order (listing, positions).
     queue: BTreeSet<(Priority, JobKey)>,
@@ -157,7 +178,7 @@ pub struct Engine {
     running: BTreeSet<JobKey>,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
-    dependents: HashMap<JobKey, Vec<JobKey>>,
+    dependents: KeyMap<Vec<JobKey>>,
     next_key: JobKey,
     max_concurrent: usize,
     /// Something changed that may let a queued job start.
@@ -166,6 +187,9 @@ pub struct Engine {
     /// Scheduling decisions, when recording is on (property tests).
     log: Option<Vec<SchedEvent>>,
     started_at: f64,
+    /// Build plan steps and job reasons for policy moves (off only inside
+    /// [`Engine::access_load`], the simulator's hot path).
+    explain: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,6 +270,7 @@ impl Engine {
                 registered_at: now,
             }));
             state.by_name.insert(mc.name.clone(), id);
+            state.attach(id, tier);
             state.tiers[tier].used += bytes;
             state.tiers[tier].models += 1;
         }
@@ -256,7 +281,7 @@ impl Engine {
             cfg,
             backend,
             policy,
-            jobs: HashMap::new(),
+            jobs: KeyMap::default(),
             job_ids: HashMap::new(),
             queue: BTreeSet::new(),
             ready: BTreeSet::new(),
@@ -264,7 +289,7 @@ impl Engine {
             delayed: BTreeSet::new(),
             running: BTreeSet::new(),
             ended: VecDeque::new(),
-            dependents: HashMap::new(),
+            dependents: KeyMap::default(),
             next_key: 1,
             dirty: false,
             log: None,
@@ -273,6 +298,7 @@ impl Engine {
                 ..Metrics::default()
             },
             started_at: now,
+            explain: true,
         })
     }
 
@@ -573,7 +599,12 @@ impl Engine {
         };
         let key = self.next_key;
         self.next_key += 1;
-        let id = self.new_job_id(op, &name, now);
+        // Jobs of the simulator's hot path are never looked up by id.
+        let id = if self.explain {
+            self.new_job_id(op, &name, now)
+        } else {
+            String::new()
+        };
         let mut claimed = Vec::new();
         for d in &deps {
             if need.bytes == 0 && need.models == 0 {
@@ -640,7 +671,9 @@ impl Engine {
             .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
             .count();
         self.jobs.insert(key, job);
-        self.job_ids.insert(id, key);
+        if !id.is_empty() {
+            self.job_ids.insert(id, key);
+        }
         self.queue.insert((opts.priority, key));
         if unmet == 0 {
             self.ready.insert((opts.priority, key));
@@ -786,16 +819,24 @@ impl Engine {
         let mut retry: Vec<(usize, Desire)> = Vec::new();
         for d in desires {
             let Some(m) = self.state.model(d.model) else { continue };
-            let (name, from, usage) = (m.name.clone(), m.tier, m.usage.count);
+            let (from, usage) = (m.tier, m.usage.count);
             if d.target >= self.state.tiers.len() || d.target == from {
                 continue;
             }
+            if !self.explain {
+                // The simulator's hot path: no plan steps.
+                if let Ok(k) = self.submit_desire(now, &d, &batch, origin, priority) {
+                    batch.push(k);
+                }
+                continue;
+            }
+            let name = m.name.clone();
             let mut step = PlanStep {
                 model_name: name,
                 operation: if d.target < from { Operation::Promote } else { Operation::Demote },
                 source_tier: self.state.tiers[from].name.clone(),
                 target_tier: self.state.tiers[d.target].name.clone(),
-                reason: d.reason.clone(),
+                reason: d.reason.to_string(),
                 usage,
                 job_id: None,
                 skipped: None,
@@ -840,7 +881,7 @@ impl Engine {
         let opts = MoveOptions {
             priority,
             origin,
-            reason: Some(d.reason.clone()),
+            reason: self.explain.then(|| d.reason.to_string()),
             make_room: d.make_room,
             ..MoveOptions::default()
         };
@@ -927,6 +968,7 @@ impl Engine {
             registered_at: now,
         }));
         self.state.by_name.insert(name.to_string(), id);
+        self.state.attach(id, home);
         self.state.tiers[home].used += bytes;
         self.state.tiers[home].models += 1;
         let mut job_id = None;
@@ -968,6 +1010,7 @@ impl Engine {
         self.backend.unregister_model(name, tier);
         self.state.tiers[tier].used -= bytes;
         self.state.tiers[tier].models -= 1;
+        self.state.detach(id, tier);
         self.state.models[id] = None;
         self.state.by_name.remove(name);
         self.dirty = true;
@@ -990,6 +1033,15 @@ impl Engine {
             "usage": m.usage.count,
             "jobs": steps.1.iter().filter_map(|s| s.job_id.clone()).collect::<Vec<_>>(),
         }))
+    }
+
+    /// The simulator's access: like [`Engine::access_id`] but answers only
+    /// the load seconds, and the policy's moves carry no explanations.
+    pub fn access_load(&mut self, now: f64, id: ModelId) -> Result<f64, EngineError> {
+        self.explain = false;
+        let r = self.access_id(now, id);
+        self.explain = true;
+        r.map(|((_, load), _)| load)
     }
 
     /// The access path without names (the simulator's hot loop): returns the
@@ -1046,7 +1098,7 @@ impl Engine {
                         operation: if d.target < m.tier { Operation::Promote } else { Operation::Demote },
                         source_tier: self.state.tiers[m.tier].name.clone(),
                         target_tier: self.state.tiers[d.target].name.clone(),
-                        reason: d.reason,
+                        reason: d.reason.into_owned(),
                         usage: m.usage.count,
                         job_id: None,
                         skipped: None,
@@ -1675,6 +1727,8 @@ impl Engine {
         if let Some(m) = self.state.model_mut(model) {
             m.tier = to;
             m.job = None;
+            self.state.detach(model, from);
+            self.state.attach(model, to);
         }
         self.metrics.moves_succeeded += 1;
         self.metrics.bytes_moved += bytes;
@@ -1900,9 +1954,15 @@ impl Engine {
         let n = self.state.tiers.len();
         let mut used = vec![0u64; n];
         let mut count = vec![0usize; n];
-        for (_, m) in self.state.iter_models() {
+        for (id, m) in self.state.iter_models() {
             used[m.tier] += m.bytes;
             count[m.tier] += 1;
+            if !self.state.members[m.tier].contains(&id) {
+                return Err(format!("model {} is missing from the member list of its tier", m.name));
+            }
+        }
+        if self.state.members.iter().map(Vec::len).sum::<usize>() != self.state.by_name.len() {
+            return Err("tier member lists do not match the models".into());
         }
         let mut incoming = vec![0u64; n];
         let mut incoming_running = vec![0u64; n];

@@ -190,6 +190,12 @@ pub struct State {
     pub max_single_model: u64,
     pub usage_cfg: UsageConfig,
     pub pressure_cfg: PressureConfig,
+    /// Ids of the models of each tier, in no particular order: policies
+    /// look at one tier's models without scanning the whole catalog.
+    /// Kept by [`State::attach`] and [`State::detach`].
+    pub members: Vec<Vec<ModelId>>,
+    /// Position of each model in its tier's `members` list, by id.
+    slots: Vec<usize>,
 }
 
 impl State {
@@ -228,7 +234,32 @@ impl State {
             max_single_model: gb_to_bytes(cfg.max_single_model_gb),
             usage_cfg: cfg.usage.clone(),
             pressure_cfg: cfg.pressure.clone(),
+            members: vec![Vec::new(); cfg.tiers.len()],
+            slots: Vec::new(),
         }
+    }
+
+    /// Records that model `id` now lives in `tier` (after placing it).
+    pub fn attach(&mut self, id: ModelId, tier: usize) {
+        if self.slots.len() <= id {
+            self.slots.resize(id + 1, usize::MAX);
+        }
+        self.slots[id] = self.members[tier].len();
+        self.members[tier].push(id);
+    }
+
+    /// Records that model `id` left `tier` (moved away or unregistered).
+    pub fn detach(&mut self, id: ModelId, tier: usize) {
+        let Some(&slot) = self.slots.get(id) else { return };
+        let list = &mut self.members[tier];
+        if list.get(slot) != Some(&id) {
+            return;
+        }
+        list.swap_remove(slot);
+        if let Some(&moved) = list.get(slot) {
+            self.slots[moved] = slot;
+        }
+        self.slots[id] = usize::MAX;
     }
 
     /// Index of the last (unbounded) tier.
