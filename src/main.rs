@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use tierd::server::bench::{self, BenchOptions};
-use tierd::server::client::{self, LimitArgs, MoveArgs};
+use tierd::server::client::{self, LimitArgs, MoveArgs, QueueAction};
 use tierd::server::serve::{self, BackendKind, ServeOptions};
 
 /// tierd: decides, and carries out, where ML model weights live across
@@ -80,6 +80,31 @@ enum Command {
     Health,
     /// Measure round trips over the socket against a minimal echo server.
     Bench(BenchArgs),
+    /// The move-job queue: status, history, cancel.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Replay workloads against placement policies (no server needed).
+    Sim(tierd::sim::cli::SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Counts, slots, and the queued and running jobs in start order.
+    Status,
+    /// Jobs newest first.
+    History {
+        /// At most this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only jobs in this state: queued, running, success, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs created at or after this unix time.
+        #[arg(long)]
+        since: Option<f64>,
+    },
+    /// Cancel a queued or running job (a running move rolls back).
+    Cancel { job_id: String },
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +208,15 @@ fn main() -> ExitCode {
         Command::Models { tier } => client::models(&socket, tier.as_deref()).map_err(|e| e.to_string()),
         Command::Request { json } => client::request(&socket, &json).map_err(|e| e.to_string()),
         Command::Health => client::health(&socket).map_err(|e| e.to_string()),
+        Command::Queue(q) => {
+            let action = match q {
+                QueueCommand::Status => QueueAction::Status,
+                QueueCommand::History { limit, status, since } => QueueAction::History { limit, status, since },
+                QueueCommand::Cancel { job_id } => QueueAction::Cancel { job_id },
+            };
+            client::queue(&socket, &action).map_err(|e| e.to_string())
+        }
+        Command::Sim(args) => tierd::sim::cli::run(args).map(|()| 0).map_err(|e| format!("sim: {e}")),
         Command::Bench(a) => {
             serve::init_logging_with_default("warn");
             let opts = BenchOptions {

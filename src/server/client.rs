@@ -457,3 +457,116 @@ mod tests {
         assert!(out.contains("bert-large"), "{out}");
     }
 }
+
+/// What `tierd queue` shows or does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueAction {
+    /// Counts, slots and the jobs queued and running.
+    Status,
+    /// Ended and live jobs, newest first, filtered.
+    History {
+        limit: Option<usize>,
+        status: Option<String>,
+        since: Option<f64>,
+    },
+    /// Cancels one job.
+    Cancel { job_id: String },
+}
+
+/// Renders a `queue_status` response.
+pub fn render_queue(q: &Value) -> String {
+    let t = &q["task_queue"];
+    let mut out = format!(
+        "pending {}  running {}  completed {}  failed {}  (max {} at once)\n",
+        text(&t["pending"]),
+        text(&t["running"]),
+        text(&t["completed"]),
+        text(&t["failed"]),
+        text(&q["max_concurrent_tasks"])
+    );
+    let mut jobs = String::new();
+    let _ = writeln!(
+        jobs,
+        "{:<44} {:<9} {:<9} {:>4} {:>8} {:>9}  DEPENDS ON",
+        "JOB", "STATUS", "PRIORITY", "POS", "PROGRESS", "START IN"
+    );
+    let list = q["jobs"].as_array().cloned().unwrap_or_default();
+    let now = q["now"].as_f64();
+    for j in &list {
+        let start_in = match (j["estimated_start"].as_f64(), now) {
+            (Some(s), Some(n)) => format!("{:.1}s", (s - n).max(0.0)),
+            (Some(_), None) => "queued".into(),
+            _ => "-".into(),
+        };
+        let deps: Vec<String> = j["depends_on"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
+        let _ = writeln!(
+            jobs,
+            "{:<44} {:<9} {:<9} {:>4} {:>7.0}% {:>9}  {}",
+            text(&j["job_id"]),
+            text(&j["status"]),
+            text(&j["priority"]),
+            text(&j["position"]),
+            j["progress"].as_f64().unwrap_or(0.0) * 100.0,
+            start_in,
+            deps.join(",")
+        );
+    }
+    if list.is_empty() {
+        jobs.push_str("(no jobs queued or running)\n");
+    }
+    out.push_str(&jobs);
+    out
+}
+
+/// Renders a `queue_history` response.
+pub fn render_history(h: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:<9} {:<9} {:>7} {:>8}  ERROR",
+        "JOB", "STATUS", "PRIORITY", "ATTEMPT", "ELAPSED"
+    );
+    let list = h["history"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        let _ = writeln!(out, "(no jobs)");
+    }
+    for j in list {
+        let _ = writeln!(
+            out,
+            "{:<44} {:<9} {:<9} {:>7} {:>7}s  {}",
+            text(&j["job_id"]),
+            text(&j["status"]),
+            text(&j["priority"]),
+            text(&j["attempt"]),
+            num(&j["elapsed_time"]),
+            if j["error"].is_null() { String::new() } else { text(&j["error"]) }
+        );
+    }
+    out
+}
+
+/// `tierd queue ...`.
+pub fn queue(socket: &Path, action: &QueueAction) -> Result<i32, ClientError> {
+    let mut c = Client::connect(socket)?;
+    match action {
+        QueueAction::Status => print!("{}", render_queue(&c.call(&json!({"queue_status": true}))?)),
+        QueueAction::History { limit, status, since } => {
+            let mut body = Map::new();
+            if let Some(l) = limit {
+                body.insert("limit".into(), json!(l));
+            }
+            if let Some(s) = status {
+                body.insert("status".into(), json!(s));
+            }
+            if let Some(t) = since {
+                body.insert("since".into(), json!(t));
+            }
+            print!("{}", render_history(&c.call(&json!({ "queue_history": body }))?));
+        }
+        QueueAction::Cancel { job_id } => {
+            let v = c.call(&json!({ "cancel_job": job_id }))?;
+            println!("{} {}", text(&v["job_id"]), text(&v["status"]));
+        }
+    }
+    Ok(0)
+}

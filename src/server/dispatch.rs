@@ -61,6 +61,7 @@ pub fn execute(engine: &mut Engine, now: f64, request: Request) -> Result<Outcom
                 "status": "success",
                 "task_queue": {"pending": pending, "running": running, "completed": completed, "failed": failed},
                 "max_concurrent_tasks": engine.max_concurrent(),
+                "now": now,
                 "jobs": jobs,
             })
         }
