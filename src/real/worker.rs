@@ -24,6 +24,8 @@ use super::sys::{self, Advice};
 pub const PIN_CHUNK: usize = 64 << 20;
 /// Copy buffer size.
 const COPY_BUF: usize = 8 << 20;
+/// Copy blocks whose writeback may be in flight before the copy waits.
+const WRITEBACK_LAG: usize = 4;
 
 /// State shared between a running move and the backend.
 #[derive(Debug)]
@@ -209,38 +211,44 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         // as an address range, so a concurrent change of the file cannot
         // break Rust's aliasing rules.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| WorkError::io("cannot map", path, &e))?;
-        let _ = sys::madvise(map.as_ptr(), map.len(), libc::MADV_SEQUENTIAL);
+        let _ = sys::fadvise(&file, 0, 0, Advice::Sequential);
         let base = map.as_ptr();
-        let mut off = 0usize;
-        while off < map.len() {
-            if shared.cancelled() {
-                return Err(WorkError::Cancelled);
+        let map_len = map.len();
+        // The file is read (like `cat`) on a helper thread, which fills the
+        // page cache at the disk's sequential speed; each chunk read is then
+        // locked here (its pages are already resident, so mlock only maps
+        // and pins them). Locking a mapping by faulting alone is much slower.
+        let mut read = 0usize;
+        let mut locked_upto = 0usize;
+        let (_, total) = read_pipelined(&file, false, shared, path, |block| {
+            read += block.len();
+            let upto = read.min(map_len);
+            if upto - locked_upto < PIN_CHUNK && upto < map_len {
+                return Ok(());
             }
-            let n = PIN_CHUNK.min(map.len() - off);
-            // Start reading the next chunk while this one is locked.
-            let next = off + n;
-            if next < map.len() {
-                // SAFETY: `next < map.len()`, so the pointer stays inside the mapping.
-                let p = unsafe { base.add(next) };
-                let _ = sys::madvise(p, PIN_CHUNK.min(map.len() - next), libc::MADV_WILLNEED);
-            }
-            // SAFETY: `off < map.len()`, so the pointer stays inside the mapping.
-            let p = unsafe { base.add(off) };
-            if pin.locked {
-                if let Err(e) = sys::mlock(p, n) {
-                    pin.locked = false;
-                    pin.lock_error = Some(format!(
-                        "mlock refused ({e}); pages populated without locking (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
-                    ));
-                }
+            let n = upto - locked_upto;
+            // SAFETY: `locked_upto < upto <= map_len`, inside the mapping.
+            let p = unsafe { base.add(locked_upto) };
+            if pin.locked
+                && let Err(e) = sys::mlock(p, n)
+            {
+                pin.locked = false;
+                pin.lock_error = Some(format!(
+                    "mlock refused ({e}); pages populated without locking (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
+                ));
             }
             if !pin.locked {
-                populate(&file, p, off as u64, n).map_err(|e| WorkError::io("cannot read", path, &e))?;
+                // The read brought the pages in; map them too where possible.
+                const MADV_POPULATE_READ: i32 = 22;
+                let _ = sys::madvise(p, n, MADV_POPULATE_READ);
             }
-            off += n;
+            locked_upto = upto;
             done += n as u64;
             shared.add(n as u64);
-            throttle.wait(done, shared)?;
+            throttle.wait(done, shared)
+        })?;
+        if total != len || locked_upto != map_len {
+            return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
         }
         // A file that shrank under us leaves pages past its end: refuse.
         let now_len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
@@ -251,27 +259,6 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         pin.files.push(PinnedFile { map, path: path.clone() });
     }
     Ok(pin)
-}
-
-/// Brings a range into the page cache without locking it: `MADV_POPULATE_READ`
-/// where the kernel has it (5.14+), else plain reads of the file.
-fn populate(file: &File, p: *const u8, off: u64, n: usize) -> io::Result<()> {
-    const MADV_POPULATE_READ: i32 = 22;
-    if sys::madvise(p, n, MADV_POPULATE_READ).is_ok() {
-        return Ok(());
-    }
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; (1 << 20).min(n)];
-    let mut pos = 0usize;
-    while pos < n {
-        let want = buf.len().min(n - pos);
-        let got = file.read_at(&mut buf[..want], off + pos as u64)?;
-        if got == 0 {
-            break;
-        }
-        pos += got;
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------------ copying
@@ -335,7 +322,6 @@ fn copy_into(
     }
     std::fs::create_dir_all(partial).map_err(io_err("cannot create", partial))?;
     let throttle = Throttle::new(bandwidth_mb_s);
-    let mut buf = vec![0u8; COPY_BUF];
     let mut hashes = Vec::with_capacity(files.len());
     let mut done = 0u64;
     let mut dirs = vec![partial.to_path_buf()];
@@ -347,26 +333,34 @@ fn copy_into(
             std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
             dirs.push(parent.to_path_buf());
         }
-        let mut src = File::open(&f.src).map_err(io_err("cannot open source", &f.src))?;
+        let src = File::open(&f.src).map_err(io_err("cannot open source", &f.src))?;
         let _ = sys::fadvise(&src, 0, 0, Advice::Sequential);
         let mut out = File::create(&dst).map_err(io_err("cannot create", &dst))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut copied = 0u64;
-        loop {
+        // Streaming writeback: each block's writeback starts as it is
+        // written, and a few blocks behind we wait for it and drop the
+        // pages, so the disk writes while the source is still being read
+        // and the final fsync has little left.
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+        let mut written = 0u64;
+        let (hash, copied) = read_pipelined(&src, true, shared, &f.src, |block| {
             if shared.cancelled() {
                 return Err(WorkError::Cancelled);
             }
-            let n = read_full(&mut src, &mut buf).map_err(io_err("cannot read", &f.src))?;
-            if n == 0 {
-                break;
+            out.write_all(block).map_err(io_err("cannot write", &dst))?;
+            let start = written;
+            written += block.len() as u64;
+            let _ = sys::sync_range(&out, start, block.len() as u64, false);
+            in_flight.push_back((start, block.len() as u64));
+            if in_flight.len() > WRITEBACK_LAG
+                && let Some((o, n)) = in_flight.pop_front()
+            {
+                sys::sync_range(&out, o, n, true).map_err(io_err("cannot write", &dst))?;
+                let _ = sys::fadvise(&out, o, n, Advice::DontNeed);
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err("cannot write", &dst))?;
-            copied += n as u64;
-            done += n as u64;
-            shared.add(n as u64);
-            throttle.wait(done, shared)?;
-        }
+            done += block.len() as u64;
+            shared.add(block.len() as u64);
+            throttle.wait(done, shared)
+        })?;
         if copied != f.size {
             return Err(WorkError::failed(format!(
                 "{} changed size during the copy: read {copied} bytes, expected {}",
@@ -375,7 +369,7 @@ fn copy_into(
             )));
         }
         out.sync_all().map_err(io_err("cannot fsync", &dst))?;
-        let hash = hasher.finalize().to_hex().to_string();
+        let hash = hash.unwrap_or_default();
         if let Some(expected) = &f.expected
             && *expected != hash
         {
@@ -394,22 +388,14 @@ fn copy_into(
     // Verify: re-read every copied file and compare with the streamed checksum.
     for (f, want) in files.iter().zip(&hashes) {
         let dst = partial.join(&f.rel);
-        let mut file = File::open(&dst).map_err(io_err("cannot reopen", &dst))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        loop {
-            if shared.cancelled() {
-                return Err(WorkError::Cancelled);
-            }
-            let n = read_full(&mut file, &mut buf).map_err(io_err("cannot re-read", &dst))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-            shared.add(n as u64);
-        }
-        let got = hasher.finalize().to_hex().to_string();
+        let file = File::open(&dst).map_err(io_err("cannot reopen", &dst))?;
+        // Read back from the disk, not from the cache the copy left.
+        let _ = sys::fadvise(&file, 0, 0, Advice::DontNeed);
+        let (got, total) = read_pipelined(&file, true, shared, &dst, |block| {
+            shared.add(block.len() as u64);
+            Ok(())
+        })?;
+        let got = got.unwrap_or_default();
         if total != f.size || got != *want {
             return Err(WorkError::Failed {
                 message: format!("verification of {} failed: checksum {got}, expected {want}", dst.display()),
@@ -433,7 +419,7 @@ fn copy_into(
 }
 
 /// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(mut f: impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..]) {
@@ -446,13 +432,84 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Reads `src` from the start on a helper thread (which also hashes it when
+/// `hash`) and hands each block to `consume` on this thread, so reading,
+/// hashing and the consumer's work overlap. Returns the hash and the bytes
+/// read. Stops early on cancel or the first error.
+fn read_pipelined(
+    src: &File,
+    hash: bool,
+    shared: &MoveShared,
+    path: &Path,
+    mut consume: impl FnMut(&[u8]) -> Result<(), WorkError>,
+) -> Result<(Option<String>, u64), WorkError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(3);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = s.spawn(move || {
+            let mut hasher = hash.then(blake3::Hasher::new);
+            loop {
+                if shared.cancelled() {
+                    return None;
+                }
+                let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; COPY_BUF]);
+                match read_full(src, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&buf[..n]);
+                        }
+                        if tx.send(Ok((buf, n))).is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return None;
+                    }
+                }
+            }
+            hasher.map(|h| h.finalize().to_hex().to_string())
+        });
+        let mut total = 0u64;
+        let mut err = None;
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Ok((buf, n)) => {
+                    if let Err(e) = consume(&buf[..n]) {
+                        err = Some(e);
+                        break;
+                    }
+                    total += n as u64;
+                    let _ = back_tx.send(buf);
+                }
+                Err(e) => {
+                    err = Some(WorkError::io("cannot read", path, &e));
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        let hash = reader
+            .join()
+            .map_err(|_| WorkError::failed(format!("reader of {} panicked", path.display())))?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if shared.cancelled() {
+            return Err(WorkError::Cancelled);
+        }
+        Ok((hash, total))
+    })
+}
+
 /// blake3 of a whole file (verification at start and in tests).
 pub fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
+    let f = File::open(path)?;
     let mut buf = vec![0u8; COPY_BUF];
     let mut hasher = blake3::Hasher::new();
     loop {
-        let n = read_full(&mut f, &mut buf)?;
+        let n = read_full(&f, &mut buf)?;
         if n == 0 {
             break;
         }
