@@ -966,3 +966,34 @@ impl Backend for RealBackend {
 pub fn model_files(origin: &Path) -> Result<Vec<ModelFile>, RealError> {
     list_files(origin)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_names_known_drivers() {
+        let cfg = Config::from_toml(include_str!("../../fixtures/real.toml")).expect("fixtures/real.toml parses");
+        assert_eq!(cfg.state_dir.as_deref(), Some(Path::new("/var/lib/tierd")));
+        let drivers: Vec<_> = cfg.tiers.iter().map(|t| t.driver.clone().unwrap_or_default()).collect();
+        assert_eq!(drivers, ["gpu", "pagecache", "dir", "storage"]);
+    }
+
+    #[test]
+    fn bad_driver_layouts_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let base = format!("state_dir = {:?}\n", root.path().join("s"));
+        let bad = [
+            "[[tiers]]\nname='ram'\ndriver='floppy'\nmax_gb=1.0\n[[tiers]]\nname='storage'\ndriver='storage'\n",
+            "[[tiers]]\nname='swap'\ndriver='dir'\nmax_gb=1.0\n[[tiers]]\nname='storage'\ndriver='storage'\n",
+            "[[tiers]]\nname='ram'\ndriver='pagecache'\nmax_gb=1.0\n[[tiers]]\nname='last'\ndriver='pagecache'\n",
+        ];
+        for text in bad {
+            let cfg = Config::from_toml(&format!("{base}{text}")).expect("parses");
+            assert!(RealRuntime::open(&cfg).is_err(), "{text}");
+        }
+        let no_state = Config::from_toml("[[tiers]]\nname='ram'\nmax_gb=1.0\n[[tiers]]\nname='storage'\n").expect("parses");
+        let err = RealRuntime::open(&no_state).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("state_dir"), "{err}");
+    }
+}

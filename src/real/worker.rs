@@ -23,9 +23,9 @@ use super::sys::{self, Advice};
 /// Chunk of a mapping locked at a time (progress and cancel granularity).
 pub const PIN_CHUNK: usize = 64 << 20;
 /// Copy buffer size.
-const COPY_BUF: usize = 8 << 20;
+const COPY_BUF: usize = 1 << 20;
 /// Copy blocks whose writeback may be in flight before the copy waits.
-const WRITEBACK_LAG: usize = 4;
+const WRITEBACK_LAG: usize = 32;
 
 /// State shared between a running move and the backend.
 #[derive(Debug)]
@@ -333,78 +333,11 @@ fn copy_into(
             std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
             dirs.push(parent.to_path_buf());
         }
-        let src = File::open(&f.src).map_err(io_err("cannot open source", &f.src))?;
-        let _ = sys::fadvise(&src, 0, 0, Advice::Sequential);
-        let mut out = File::create(&dst).map_err(io_err("cannot create", &dst))?;
-        // Streaming writeback: each block's writeback starts as it is
-        // written, and a few blocks behind we wait for it and drop the
-        // pages, so the disk writes while the source is still being read
-        // and the final fsync has little left.
-        let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
-        let mut written = 0u64;
-        let (hash, copied) = read_pipelined(&src, true, shared, &f.src, |block| {
-            if shared.cancelled() {
-                return Err(WorkError::Cancelled);
-            }
-            out.write_all(block).map_err(io_err("cannot write", &dst))?;
-            let start = written;
-            written += block.len() as u64;
-            let _ = sys::sync_range(&out, start, block.len() as u64, false);
-            in_flight.push_back((start, block.len() as u64));
-            if in_flight.len() > WRITEBACK_LAG
-                && let Some((o, n)) = in_flight.pop_front()
-            {
-                sys::sync_range(&out, o, n, true).map_err(io_err("cannot write", &dst))?;
-                let _ = sys::fadvise(&out, o, n, Advice::DontNeed);
-            }
-            done += block.len() as u64;
-            shared.add(block.len() as u64);
-            throttle.wait(done, shared)
-        })?;
-        if copied != f.size {
-            return Err(WorkError::failed(format!(
-                "{} changed size during the copy: read {copied} bytes, expected {}",
-                f.src.display(),
-                f.size
-            )));
-        }
-        out.sync_all().map_err(io_err("cannot fsync", &dst))?;
-        let hash = hash.unwrap_or_default();
-        if let Some(expected) = &f.expected
-            && *expected != hash
-        {
-            return Err(WorkError::failed(format!(
-                "source {} does not match its recorded checksum (expected {expected}, read {hash}); it is corrupt",
-                f.src.display()
-            )));
-        }
-        // The source's pages were only needed for this copy.
-        let _ = sys::fadvise(&src, 0, 0, Advice::DontNeed);
+        let hash = copy_file(f, &dst, shared, &throttle, &mut done)?;
         hashes.push(hash);
     }
     for d in dirs.iter().rev() {
         sys::fsync_dir(d).map_err(io_err("cannot fsync", d))?;
-    }
-    // Verify: re-read every copied file and compare with the streamed checksum.
-    for (f, want) in files.iter().zip(&hashes) {
-        let dst = partial.join(&f.rel);
-        let file = File::open(&dst).map_err(io_err("cannot reopen", &dst))?;
-        // Read back from the disk, not from the cache the copy left.
-        let _ = sys::fadvise(&file, 0, 0, Advice::DontNeed);
-        let (got, total) = read_pipelined(&file, true, shared, &dst, |block| {
-            shared.add(block.len() as u64);
-            Ok(())
-        })?;
-        let got = got.unwrap_or_default();
-        if total != f.size || got != *want {
-            return Err(WorkError::Failed {
-                message: format!("verification of {} failed: checksum {got}, expected {want}", dst.display()),
-                retryable: true,
-                vanished: false,
-            });
-        }
-        // A dir tier is not memory: leave the copy's (clean) pages to the kernel.
-        let _ = sys::fadvise(&file, 0, 0, Advice::DontNeed);
     }
     if shared.cancelled() {
         return Err(WorkError::Cancelled);
@@ -416,6 +349,124 @@ fn copy_into(
     std::fs::rename(partial, &target).map_err(io_err("cannot rename into place", &target))?;
     sys::fsync_dir(tier_dir).map_err(io_err("cannot fsync", tier_dir))?;
     Ok(hashes)
+}
+
+/// Copies one file to `dst` and verifies it; returns its checksum.
+///
+/// Three threads overlap: a reader reads and hashes the source; this thread
+/// writes each block and starts its writeback at once, and a few blocks
+/// behind waits for that writeback to end and hands the range to a
+/// verifier, which reads it back through the kernel, hashes it and drops
+/// its pages (a `dir` tier is not memory; dirty pages stay bounded). After the final fsync the last ranges are verified too, and
+/// the two checksums (and the recorded one, when the source is a copy) must
+/// agree.
+fn copy_file(f: &CopyFile, dst: &Path, shared: &MoveShared, throttle: &Throttle, done: &mut u64) -> Result<String, WorkError> {
+    let io_err = |what: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: io::Error| WorkError::io(what, &p, &e)
+    };
+    let src = File::open(&f.src).map_err(io_err("cannot open source", &f.src))?;
+    let _ = sys::fadvise(&src, 0, 0, Advice::Sequential);
+    let mut out = File::create(dst).map_err(io_err("cannot create", dst))?;
+    let back = File::open(dst).map_err(io_err("cannot reopen", dst))?;
+    std::thread::scope(|s| {
+        let (vtx, vrx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let verifier = s.spawn(move || -> io::Result<(String, u64)> {
+            use std::os::unix::fs::FileExt;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; COPY_BUF];
+            let mut total = 0u64;
+            while let Ok((off, len)) = vrx.recv() {
+                let mut pos = 0u64;
+                while pos < len {
+                    if shared.cancelled() {
+                        return Err(io::Error::other("cancelled"));
+                    }
+                    let want = (len - pos).min(buf.len() as u64) as usize;
+                    let n = back.read_at(&mut buf[..want], off + pos)?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "copy shorter than written"));
+                    }
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
+                    total += n as u64;
+                    shared.add(n as u64);
+                }
+                let _ = sys::fadvise(&back, off, len, Advice::DontNeed);
+            }
+            Ok((hasher.finalize().to_hex().to_string(), total))
+        });
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+        let mut written = 0u64;
+        let lag = WRITEBACK_LAG;
+        let copied = read_pipelined(&src, true, shared, &f.src, |block| {
+            if shared.cancelled() {
+                return Err(WorkError::Cancelled);
+            }
+            out.write_all(block).map_err(io_err("cannot write", dst))?;
+            let start = written;
+            written += block.len() as u64;
+            if lag > 0 {
+                let _ = sys::sync_range(&out, start, block.len() as u64, false);
+            }
+            in_flight.push_back((start, block.len() as u64));
+            if lag > 0
+                && in_flight.len() > lag
+                && let Some((o, n)) = in_flight.pop_front()
+            {
+                sys::sync_range(&out, o, n, true).map_err(io_err("cannot write", dst))?;
+                let _ = vtx.send((o, n));
+            }
+            *done += block.len() as u64;
+            shared.add(block.len() as u64);
+            throttle.wait(*done, shared)
+        })
+        .and_then(|(hash, copied)| {
+            if copied != f.size {
+                return Err(WorkError::failed(format!(
+                    "{} changed size during the copy: read {copied} bytes, expected {}",
+                    f.src.display(),
+                    f.size
+                )));
+            }
+            out.sync_all().map_err(io_err("cannot fsync", dst))?;
+            for (o, n) in in_flight.drain(..) {
+                let _ = vtx.send((o, n));
+            }
+            Ok(hash.unwrap_or_default())
+        });
+        drop(vtx);
+        let verified = verifier.join();
+        let hash = copied?;
+        let (got, total) = match verified {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) if shared.cancelled() => return Err(WorkError::Cancelled),
+            Ok(Err(e)) => return Err(WorkError::io("cannot read back", dst, &e)),
+            Err(_) => return Err(WorkError::failed(format!("verifier of {} panicked", dst.display()))),
+        };
+        if total != f.size || got != hash {
+            return Err(WorkError::Failed {
+                message: format!(
+                    "verification of {} failed: read back {total} bytes with checksum {got}, wrote {} with {hash}",
+                    dst.display(),
+                    f.size
+                ),
+                retryable: true,
+                vanished: false,
+            });
+        }
+        if let Some(expected) = &f.expected
+            && *expected != hash
+        {
+            return Err(WorkError::failed(format!(
+                "source {} does not match its recorded checksum (expected {expected}, read {hash}); it is corrupt",
+                f.src.display()
+            )));
+        }
+        // The source's pages were only needed for this copy.
+        let _ = sys::fadvise(&src, 0, 0, Advice::DontNeed);
+        Ok(hash)
+    })
 }
 
 /// Reads until `buf` is full or the file ends.
