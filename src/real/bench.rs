@@ -3,8 +3,9 @@
 //! backend) against `cat FILE > /dev/null` and `vmtouch -t FILE`, and a
 //! verified move between two `dir` tiers against `cp` (and `cp` + `sync`).
 //!
-//! Everything runs in the same process and the same directory, one after the
-//! other, each figure the median of `--reps` runs.
+//! Everything runs in the same process and the same directory; the methods
+//! take turns run by run (so outside load falls on all alike), each figure
+//! the median of `--reps` runs.
 
 use std::fmt;
 use std::io::Write;
@@ -167,35 +168,51 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times a shell command `reps` times, emptying the caches of `cold_paths`
-/// before each run.
-fn time_shell(name: &str, script: &str, reps: usize, cold_paths: &[&Path], after: &dyn Fn()) -> Measure {
-    let mut times = Vec::new();
-    for _ in 0..reps {
-        cold(cold_paths);
-        let t = Instant::now();
-        let st = Command::new("sh").arg("-c").arg(script).status();
-        let dt = t.elapsed().as_secs_f64();
-        after();
-        match st {
-            Ok(s) if s.success() => times.push(dt),
-            Ok(s) => {
-                return Measure {
-                    name: name.into(),
-                    seconds: Err(format!("`{script}` exited with {s}")),
-                };
+/// Times one run of a shell command after emptying the caches of
+/// `cold_paths`; `after` cleans up (untimed).
+fn shell_once(script: &str, cold_paths: &[&Path], after: &dyn Fn()) -> Result<f64, String> {
+    cold(cold_paths);
+    let t = Instant::now();
+    let st = Command::new("sh").arg("-c").arg(script).status();
+    let dt = t.elapsed().as_secs_f64();
+    after();
+    match st {
+        Ok(s) if s.success() => Ok(dt),
+        Ok(s) => Err(format!("`{script}` exited with {s}")),
+        Err(e) => Err(format!("cannot run `{script}`: {e}")),
+    }
+}
+
+/// Per-method run times, collected round-robin so that load from outside
+/// the benchmark falls on every method alike.
+#[derive(Default)]
+struct Series(Vec<(String, Result<Vec<f64>, String>)>);
+
+impl Series {
+    fn add(&mut self, name: &str, r: Result<f64, String>) {
+        let i = match self.0.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                self.0.push((name.to_string(), Ok(Vec::new())));
+                self.0.len() - 1
             }
-            Err(e) => {
-                return Measure {
-                    name: name.into(),
-                    seconds: Err(format!("cannot run `{script}`: {e}")),
-                };
-            }
+        };
+        let slot = &mut self.0[i].1;
+        match (slot.as_mut(), r) {
+            (Ok(v), Ok(t)) => v.push(t),
+            (Ok(_), Err(e)) => *slot = Err(e),
+            (Err(_), _) => {}
         }
     }
-    Measure {
-        name: name.into(),
-        seconds: Ok(median(times)),
+
+    fn measures(self) -> Vec<Measure> {
+        self.0
+            .into_iter()
+            .map(|(name, r)| Measure {
+                name,
+                seconds: r.map(median),
+            })
+            .collect()
     }
 }
 
@@ -269,83 +286,55 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
         .register(now, "bench", None, Some("storage"), Some(&file))
         .map_err(|e| RealError::State(format!("register: {e}")))?;
 
-    // ---- promotion to RAM
-    let mut promotion = Vec::new();
-    promotion.push(time_shell(
-        "cat FILE > /dev/null",
-        &format!("cat '{}' > /dev/null", file.display()),
-        reps,
-        &[&file],
-        &|| {},
-    ));
+    // ---- promotion to RAM, methods interleaved run by run
     let vmtouch_ok = Command::new("sh")
         .arg("-c")
         .arg("command -v vmtouch")
         .output()
         .is_ok_and(|o| o.status.success());
-    if vmtouch_ok {
-        promotion.push(time_shell(
-            "vmtouch -t FILE",
-            &format!("vmtouch -q -t '{}'", file.display()),
-            reps,
-            &[&file],
-            &|| {},
-        ));
-    } else {
-        promotion.push(Measure {
-            name: "vmtouch -t FILE".into(),
-            seconds: Err("vmtouch is not installed (apt-get install vmtouch)".into()),
-        });
-    }
-    let mut times = Vec::new();
+    let mut series = Series::default();
     let mut locked = true;
+    let cat = format!("cat '{}' > /dev/null", file.display());
+    let vmtouch = format!("vmtouch -q -t '{}'", file.display());
+    let evict = || {
+        let _ = sys::drop_cache(&file);
+    };
     for _ in 0..reps {
+        series.add("cat FILE > /dev/null", shell_once(&cat, &[&file], &evict));
+        if vmtouch_ok {
+            series.add("vmtouch -t FILE", shell_once(&vmtouch, &[&file], &evict));
+        } else {
+            series.add("vmtouch -t FILE", Err("vmtouch is not installed (apt-get install vmtouch)".into()));
+        }
         cold(&[&file]);
-        times.push(timed_move(&mut engine, "bench", "ram")?);
+        series.add(PROMOTE, Ok(timed_move(&mut engine, "bench", "ram")?));
         let st = engine.tier_status(now);
         locked &= st["tiers"]["ram"]["locked"] == serde_json::json!(true);
         timed_move(&mut engine, "bench", "storage")?;
     }
-    promotion.push(Measure {
-        name: PROMOTE.into(),
-        seconds: Ok(median(times)),
-    });
+    let promotion = series.measures();
 
     // ---- verified move between two dir tiers, against cp
     timed_move(&mut engine, "bench", "nvme")?;
     let a_copy = root.join("tier-a").join("bench").join("model.bin");
     let b_copy = root.join("tier-b").join("bench").join("model.bin");
-    let mut copy = Vec::new();
     let cp_dst = root.join("tier-b").join("cp.bin");
     let rm = || {
         let _ = std::fs::remove_file(&cp_dst);
         let _ = Command::new("sync").status();
     };
-    copy.push(time_shell(
-        "cp",
-        &format!("cp '{}' '{}'", a_copy.display(), cp_dst.display()),
-        reps,
-        &[&a_copy],
-        &rm,
-    ));
-    copy.push(time_shell(
-        "cp + fsync of the copy",
-        &format!("cp '{}' '{}' && sync '{}'", a_copy.display(), cp_dst.display(), cp_dst.display()),
-        reps,
-        &[&a_copy],
-        &rm,
-    ));
-    let mut times = Vec::new();
+    let cp = format!("cp '{}' '{}'", a_copy.display(), cp_dst.display());
+    let cp_sync = format!("cp '{}' '{}' && sync '{}'", a_copy.display(), cp_dst.display(), cp_dst.display());
+    let mut series = Series::default();
     for _ in 0..reps {
+        series.add("cp", shell_once(&cp, &[&a_copy], &rm));
+        series.add("cp + fsync of the copy", shell_once(&cp_sync, &[&a_copy], &rm));
         cold(&[&a_copy]);
-        times.push(timed_move(&mut engine, "bench", "ssd")?);
+        series.add(COPY, Ok(timed_move(&mut engine, "bench", "ssd")?));
         cold(&[&b_copy]);
         timed_move(&mut engine, "bench", "nvme")?;
     }
-    copy.push(Measure {
-        name: COPY.into(),
-        seconds: Ok(median(times)),
-    });
+    let copy = series.measures();
     drop(engine);
     if !args.keep {
         let _ = std::fs::remove_dir_all(root);
