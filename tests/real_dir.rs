@@ -205,7 +205,11 @@ fn placement_usage_and_limits_survive_a_restart() {
         let mut limits = serde_json::Map::new();
         limits.insert("swap_max_gb".into(), json!(6.0));
         e.update_limits(now(), &limits).expect("limits");
+        e.set_pinned("a", true).expect("pin");
         store.save_engine(&e, now()).expect("save");
+        // A second tierd on the same state directory is refused.
+        let err = RealRuntime::open(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("in use by another tierd"), "{err}");
     }
     // b's origin vanishes while tierd is down.
     std::fs::remove_file(&b).expect("rm");
@@ -213,8 +217,10 @@ fn placement_usage_and_limits_survive_a_restart() {
     assert_eq!(rt.report.unavailable.len(), 1, "{:?}", rt.report);
     assert!(!rt.previous_jobs.is_empty());
     let mut e = tierd::tiers::Engine::new(rt.config, rt.backend, Box::new(tierd::optimizer::UsagePolicy), now()).expect("engine");
+    tierd::real::restore_pins(&mut e, &rt.store);
     e.tick(now());
     let ma = model(&e, "a");
+    assert_eq!(ma["pinned"], json!(true));
     assert_eq!(ma["tier"], json!("swap"));
     assert_eq!(ma["usage"], json!(3));
     assert_eq!(ma["status"], json!("ready"));

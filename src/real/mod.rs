@@ -172,6 +172,17 @@ impl std::fmt::Debug for RealRuntime {
     }
 }
 
+/// Applies what `Engine::new` cannot take from the configuration: the
+/// models pinned (`pin_model`) before the restart. Call it once after
+/// building the engine from a [`RealRuntime`].
+pub fn restore_pins(engine: &mut crate::tiers::Engine, store: &StateStore) {
+    for (name, usage) in store.snapshot().engine.models {
+        if usage.pinned {
+            let _ = engine.set_pinned(&name, true);
+        }
+    }
+}
+
 /// Builds the real backend for `cfg` (reconciling its state directory).
 /// Prefer [`RealRuntime::open`], which also gives the engine configuration
 /// with the persisted models.
@@ -549,7 +560,13 @@ impl RealBackend {
         std::thread::spawn(move || {
             let out = match pin_files(&paths, &s, bandwidth) {
                 Ok(p) => Outcome::Pinned(p),
-                Err(e) => Outcome::Error(e),
+                Err(e) => {
+                    // Roll back fully: what the pin read leaves the cache too.
+                    for (p, _) in &paths {
+                        let _ = sys::drop_cache(p);
+                    }
+                    Outcome::Error(e)
+                }
             };
             let _ = tx.send((key, out));
         });

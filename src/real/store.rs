@@ -67,6 +67,10 @@ pub struct StateFile {
 
 #[derive(Debug)]
 struct Inner {
+    /// Holds an exclusive `flock` on `<state_dir>/tierd.lock` for as long as
+    /// any handle lives: two tierds on one state directory would undo each
+    /// other's moves. The kernel releases it when the process dies.
+    _lock: std::fs::File,
     dir: PathBuf,
     file: StateFile,
     /// The bytes last written, to skip writes that change nothing.
@@ -88,6 +92,7 @@ impl StateStore {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(STATE_FILE);
         let file = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -116,6 +121,7 @@ impl StateStore {
         let _ = std::fs::remove_file(dir.join(format!("{STATE_FILE}.tmp")));
         let store = StateStore {
             inner: Arc::new(Mutex::new(Inner {
+                _lock: lock,
                 dir: dir.to_path_buf(),
                 file: file.clone(),
                 last: Vec::new(),
@@ -181,6 +187,32 @@ impl StateStore {
     pub fn snapshot(&self) -> StateFile {
         self.with(|i| i.file.clone())
     }
+}
+
+/// Takes the state directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, RealError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("tierd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| RealError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own; it reads no memory of ours.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(RealError::State(format!(
+            "state directory {} is in use by another tierd ({}: {e})",
+            dir.display(),
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// Atomic write: temp file, fsync, rename, fsync of the directory.
