@@ -163,6 +163,23 @@ fn cold(paths: &[&Path]) {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
 }
 
+/// Waits (untimed) until background removals of old copies under `root`
+/// have finished, so they do not load the disk during the next run.
+fn settle(root: &Path) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        let busy = ["tier-a", "tier-b"].iter().any(|d| {
+            std::fs::read_dir(root.join(d))
+                .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().contains(".tierd-trash-")))
+                .unwrap_or(false)
+        });
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -316,6 +333,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
 
     // ---- verified move between two dir tiers, against cp
     timed_move(&mut engine, "bench", "nvme")?;
+    settle(root);
     let a_copy = root.join("tier-a").join("bench").join("model.bin");
     let b_copy = root.join("tier-b").join("bench").join("model.bin");
     let cp_dst = root.join("tier-b").join("cp.bin");
@@ -331,8 +349,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
         series.add("cp + fsync of the copy", shell_once(&cp_sync, &[&a_copy], &rm));
         cold(&[&a_copy]);
         series.add(COPY, Ok(timed_move(&mut engine, "bench", "ssd")?));
+        settle(root);
         cold(&[&b_copy]);
         timed_move(&mut engine, "bench", "nvme")?;
+        settle(root);
     }
     let copy = series.measures();
     drop(engine);

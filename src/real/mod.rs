@@ -98,6 +98,9 @@ struct Running {
     shared: Arc<MoveShared>,
 }
 
+/// Marks an old copy being deleted in the background (`.<model>.tierd-trash-N`).
+const TRASH_MARK: &str = ".tierd-trash-";
+
 /// Startup re-pins run under keys above this (never engine jobs).
 const RESTORE_KEY_BASE: JobKey = u64::MAX / 2;
 
@@ -135,7 +138,8 @@ impl std::fmt::Debug for RealBackend {
 /// What start-up reconciliation found and did.
 #[derive(Debug, Clone, Default)]
 pub struct ReconcileReport {
-    /// Partial copies of interrupted moves that were removed.
+    /// Partial copies of interrupted moves (and old copies whose background
+    /// removal was interrupted) that were removed.
     pub removed_partials: Vec<PathBuf>,
     /// Complete copies no model's placement refers to, removed.
     pub removed_orphans: Vec<PathBuf>,
@@ -463,7 +467,7 @@ impl RealBackend {
             let mut removed = false;
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.ends_with(PARTIAL_SUFFIX) {
+                if name.ends_with(PARTIAL_SUFFIX) || (name.starts_with('.') && name.contains(TRASH_MARK)) {
                     let p = e.path();
                     let r = if p.is_dir() {
                         std::fs::remove_dir_all(&p)
@@ -604,13 +608,34 @@ impl RealBackend {
                 self.pin_errors.remove(name);
             }
             Driver::Dir(dir) => {
+                // Renamed out of the way at once, deleted in the background:
+                // unlinking a large file can take a second, and the move is
+                // already durable. A crash leaves a trash entry that the
+                // next start removes.
                 let p = copy_dir(dir, name);
-                if let Err(e) = std::fs::remove_dir_all(&p)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %p.display(), error = %e, "cannot remove an old copy");
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let trash = dir.join(format!(".{name}{TRASH_MARK}{stamp}"));
+                match std::fs::rename(&p, &trash) {
+                    Ok(()) => {
+                        let _ = sys::fsync_dir(dir);
+                        let dir = dir.clone();
+                        std::thread::spawn(move || {
+                            if let Err(e) = std::fs::remove_dir_all(&trash) {
+                                tracing::warn!(path = %trash.display(), error = %e, "cannot remove an old copy");
+                            }
+                            let _ = sys::fsync_dir(&dir);
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot move an old copy aside; removing it in place");
+                        let _ = std::fs::remove_dir_all(&p);
+                        let _ = sys::fsync_dir(dir);
+                    }
                 }
-                let _ = sys::fsync_dir(dir);
             }
             Driver::Gpu(_) | Driver::Storage => {}
         }
