@@ -193,12 +193,16 @@ fn placement_usage_and_limits_survive_a_restart() {
     let b = root.path().join("models/b.bin");
     make_file(&a, 2 * MB, 9);
     make_file(&b, MB, 10);
+    let c = root.path().join("models/c.bin");
+    make_file(&c, MB, 13);
     {
         let (mut e, store, _) = engine(&cfg);
         e.register(now(), "a", None, Some("storage"), Some(&a)).expect("register");
         e.register(now(), "b", None, Some("storage"), Some(&b)).expect("register");
         assert_eq!(move_and_wait(&mut e, "a", "swap")["status"], json!("success"));
         assert_eq!(move_and_wait(&mut e, "b", "ram")["status"], json!("success"));
+        e.register(now(), "c", None, Some("storage"), Some(&c)).expect("register");
+        assert_eq!(move_and_wait(&mut e, "c", "ram")["status"], json!("success"));
         for _ in 0..3 {
             e.access(now(), "a").expect("access");
         }
@@ -215,6 +219,7 @@ fn placement_usage_and_limits_survive_a_restart() {
     std::fs::remove_file(&b).expect("rm");
     let rt = RealRuntime::open(&cfg).expect("reopen");
     assert_eq!(rt.report.unavailable.len(), 1, "{:?}", rt.report);
+    assert_eq!(rt.report.repinning, vec!["c".to_string()], "{:?}", rt.report);
     assert!(!rt.previous_jobs.is_empty());
     let mut e = tierd::tiers::Engine::new(rt.config, rt.backend, Box::new(tierd::optimizer::UsagePolicy), now()).expect("engine");
     tierd::real::restore_pins(&mut e, &rt.store);
@@ -228,5 +233,14 @@ fn placement_usage_and_limits_survive_a_restart() {
     assert_eq!(mb["tier"], json!("ram"));
     assert_eq!(mb["status"], json!("unavailable"), "{mb}");
     assert_eq!(e.limits_json()["swap_max_gb"], json!(6.0));
+    // c is re-pinned in the background.
+    let t = std::time::Instant::now();
+    while e.tier_status(now())["tiers"]["ram"]["pinned_models"] != json!(["c"]) {
+        assert!(t.elapsed() < Duration::from_secs(20), "c was not re-pinned");
+        e.tick(now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(model(&e, "c")["tier"], json!("ram"));
+    assert_eq!(model(&e, "c")["resident_fraction"], json!(1.0));
     assert_eq!(hash(&root.path().join("swap/a/a.bin")), hash(&a));
 }
