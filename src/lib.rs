@@ -8,11 +8,14 @@
 //!   limits and move jobs, with injected time and hardware;
 //! - [`optimizer`]: placement policies behind one trait;
 //! - [`sim`]: the deterministic simulated hardware;
+//! - [`real`]: the real hardware backend (page cache, directories, NVML)
+//!   and its state file;
 //! - [`config`]: the one configuration structure; [`error`]: the error codes.
 
 pub mod config;
 pub mod error;
 pub mod optimizer;
+pub mod real;
 pub mod server;
 pub mod sim;
 pub mod tiers;

@@ -60,6 +60,11 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     /// What the hardware says about tier `tier`'s room.
     fn capacity(&self, tier: usize) -> Capacity;
+    /// Whether tier `tier` can take models at all; an `Err` carries why not
+    /// (the engine refuses such moves with `INVALID_REQUEST`).
+    fn accepts_moves_into(&self, _tier: usize) -> Result<(), String> {
+        Ok(())
+    }
     /// Starts a move; an `Err` means it could not even start.
     fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String>;
     /// Asks for a running move to stop and roll back; confirmed by a

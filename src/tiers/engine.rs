@@ -554,6 +554,7 @@ impl Engine {
             return Err(EngineError::Internal(format!("model id {model} vanished")));
         };
         let (name, bytes, from) = (m.name.clone(), m.bytes, m.tier);
+        self.backend.accepts_moves_into(to).map_err(EngineError::bad_request)?;
         if from == to {
             return Err(EngineError::AlreadyInTier {
                 model: name,
@@ -741,6 +742,7 @@ impl Engine {
         self.tick(now);
         let id = self.model_by_name(model_name)?;
         let to = self.tier_by_name(target)?;
+        self.backend.accepts_moves_into(to).map_err(EngineError::bad_request)?;
         let deps = self.resolve_deps(&opts.depends_on)?;
         let (from, bytes, busy) = match self.state.model(id) {
             Some(m) => (m.tier, m.bytes, m.job),
@@ -947,6 +949,7 @@ impl Engine {
         let chosen = (first..=last)
             .find(|&t| {
                 self.state.size_allowed(bytes, t)
+                    && self.backend.accepts_moves_into(t).is_ok()
                     && self.room(t, bytes, Relief::default(), name).is_ok()
                     && (!instant || self.fits_physically(t, bytes))
             })

@@ -1,0 +1,570 @@
+//! The work a move does off the engine's thread: pinning files in the page
+//! cache (`mmap` + chunked `mlock`) and copying files into a `dir` tier with a
+//! streaming checksum, fsync, verification and an atomic rename.
+//!
+//! Each move runs on its own thread and shares a [`MoveShared`] with the
+//! backend: the worker advances `done`, the backend reads it for progress and
+//! sets `cancel`. Workers clean up after themselves on failure and cancel:
+//! a failed pin unlocks and unmaps, a failed copy removes its partial
+//! directory. They never touch a model's origin except to read it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+
+use super::files::PARTIAL_SUFFIX;
+use super::sys::{self, Advice};
+
+/// Chunk of a mapping locked at a time (progress and cancel granularity).
+pub const PIN_CHUNK: usize = 64 << 20;
+/// Copy buffer size.
+const COPY_BUF: usize = 1 << 20;
+/// Copy blocks whose writeback may be in flight before the copy waits.
+const WRITEBACK_LAG: usize = 32;
+
+/// State shared between a running move and the backend.
+#[derive(Debug)]
+pub struct MoveShared {
+    /// Bytes of work done (a copy counts its bytes twice: written, verified).
+    pub done: AtomicU64,
+    /// Total bytes of work.
+    pub total: u64,
+    pub cancel: AtomicBool,
+}
+
+impl MoveShared {
+    pub fn new(total: u64) -> Arc<MoveShared> {
+        Arc::new(MoveShared {
+            done: AtomicU64::new(0),
+            total,
+            cancel: AtomicBool::new(false),
+        })
+    }
+
+    pub fn progress(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        (self.done.load(Ordering::Relaxed) as f64 / self.total as f64).clamp(0.0, 1.0)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a worker stopped without finishing.
+#[derive(Debug)]
+pub enum WorkError {
+    Cancelled,
+    /// A failure, with the message for the job's `error` and whether a retry
+    /// may help.
+    Failed {
+        message: String,
+        retryable: bool,
+        vanished: bool,
+    },
+}
+
+impl WorkError {
+    /// Classifies an I/O error on `path` during `what`.
+    pub fn io(what: &str, path: &Path, e: &io::Error) -> WorkError {
+        let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        let vanished = e.kind() == io::ErrorKind::NotFound;
+        let message = if no_space {
+            format!("{what} {}: no space left on the target filesystem ({e})", path.display())
+        } else if vanished {
+            format!("{what} {}: the file vanished ({e})", path.display())
+        } else {
+            format!("{what} {}: {e}", path.display())
+        };
+        WorkError::Failed {
+            message,
+            retryable: !no_space && !vanished,
+            vanished,
+        }
+    }
+
+    fn failed(message: String) -> WorkError {
+        WorkError::Failed {
+            message,
+            retryable: false,
+            vanished: false,
+        }
+    }
+}
+
+/// Keeps a move at or under a rate, sleeping in short slices so cancel stays
+/// prompt.
+struct Throttle {
+    start: Instant,
+    bytes_per_s: Option<f64>,
+}
+
+impl Throttle {
+    fn new(bandwidth_mb_s: Option<f64>) -> Throttle {
+        Throttle {
+            start: Instant::now(),
+            bytes_per_s: bandwidth_mb_s.filter(|b| b.is_finite() && *b > 0.0).map(|b| b * 1e6),
+        }
+    }
+
+    fn wait(&self, done: u64, shared: &MoveShared) -> Result<(), WorkError> {
+        let Some(rate) = self.bytes_per_s else { return Ok(()) };
+        let due = Duration::from_secs_f64(done as f64 / rate);
+        loop {
+            if shared.cancelled() {
+                return Err(WorkError::Cancelled);
+            }
+            let elapsed = self.start.elapsed();
+            if elapsed >= due {
+                return Ok(());
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ pinning
+
+/// One file held in memory by a pin.
+#[derive(Debug)]
+struct PinnedFile {
+    /// Kept alive for the lock: unmapping unlocks.
+    map: Mmap,
+    path: PathBuf,
+}
+
+/// A model's files held in the page cache: mapped, and locked where the
+/// system allows it.
+#[derive(Debug)]
+pub struct Pin {
+    files: Vec<PinnedFile>,
+    /// Whether every page is locked (`mlock`); false = populated only.
+    pub locked: bool,
+    /// Why locking was not possible, when it was not.
+    pub lock_error: Option<String>,
+    pub bytes: u64,
+}
+
+impl Pin {
+    /// Unlocks and unmaps the files, then drops their pages from the page
+    /// cache (pages other processes still map stay).
+    pub fn release(self) {
+        let paths: Vec<PathBuf> = self.files.iter().map(|f| f.path.clone()).collect();
+        drop(self.files);
+        for p in paths {
+            let _ = sys::drop_cache(&p);
+        }
+    }
+
+    /// Measured resident bytes of the pinned mappings.
+    pub fn resident_bytes(&self) -> u64 {
+        let page = sys::page_size() as u64;
+        self.files
+            .iter()
+            .map(|f| {
+                sys::resident_pages(f.map.as_ptr(), f.map.len())
+                    .map(|(r, _)| (r as u64 * page).min(f.map.len() as u64))
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+/// Pins `paths` (the expected sizes beside them) in memory: maps each file
+/// and locks it in [`PIN_CHUNK`] pieces, reading ahead one chunk. Where
+/// `mlock` is refused (RLIMIT_MEMLOCK), falls back to populating the pages
+/// without locking and says why in the returned [`Pin`].
+pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: Option<f64>) -> Result<Pin, WorkError> {
+    let throttle = Throttle::new(bandwidth_mb_s);
+    let mut pin = Pin {
+        files: Vec::with_capacity(paths.len()),
+        locked: true,
+        lock_error: None,
+        bytes: 0,
+    };
+    let mut done = 0u64;
+    for (path, expected) in paths {
+        let file = File::open(path).map_err(|e| WorkError::io("cannot open", path, &e))?;
+        let len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
+        if len != *expected {
+            return Err(WorkError::failed(format!(
+                "{} changed size: {len} bytes, registered with {expected}",
+                path.display()
+            )));
+        }
+        if len == 0 {
+            continue;
+        }
+        // SAFETY: a read-only shared mapping of a regular file. We never form
+        // Rust references into it: it is only handed to mlock/madvise/mincore
+        // as an address range, so a concurrent change of the file cannot
+        // break Rust's aliasing rules.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| WorkError::io("cannot map", path, &e))?;
+        let _ = sys::fadvise(&file, 0, 0, Advice::Sequential);
+        let base = map.as_ptr();
+        let map_len = map.len();
+        // The file is read (like `cat`) on a helper thread, which fills the
+        // page cache at the disk's sequential speed; each chunk read is then
+        // locked here (its pages are already resident, so mlock only maps
+        // and pins them). Locking a mapping by faulting alone is much slower.
+        let mut read = 0usize;
+        let mut locked_upto = 0usize;
+        let (_, total) = read_pipelined(&file, false, shared, path, |block| {
+            read += block.len();
+            let upto = read.min(map_len);
+            if upto - locked_upto < PIN_CHUNK && upto < map_len {
+                return Ok(());
+            }
+            let n = upto - locked_upto;
+            // SAFETY: `locked_upto < upto <= map_len`, inside the mapping.
+            let p = unsafe { base.add(locked_upto) };
+            if pin.locked
+                && let Err(e) = sys::mlock(p, n)
+            {
+                pin.locked = false;
+                pin.lock_error = Some(format!(
+                    "mlock refused ({e}); pages populated without locking (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
+                ));
+            }
+            if !pin.locked {
+                // The read brought the pages in; map them too where possible.
+                const MADV_POPULATE_READ: i32 = 22;
+                let _ = sys::madvise(p, n, MADV_POPULATE_READ);
+            }
+            locked_upto = upto;
+            done += n as u64;
+            shared.add(n as u64);
+            throttle.wait(done, shared)
+        })?;
+        if total != len || locked_upto != map_len {
+            return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
+        }
+        // A file that shrank under us leaves pages past its end: refuse.
+        let now_len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
+        if now_len != len {
+            return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
+        }
+        pin.bytes += len;
+        pin.files.push(PinnedFile { map, path: path.clone() });
+    }
+    Ok(pin)
+}
+
+// ------------------------------------------------------------------ copying
+
+/// One file to copy: where it is read, where it goes (relative to the
+/// model's directory in the tier) and, when known, its checksum.
+#[derive(Debug, Clone)]
+pub struct CopyFile {
+    pub src: PathBuf,
+    pub rel: PathBuf,
+    pub size: u64,
+    pub expected: Option<String>,
+}
+
+/// Where a model's copy goes in a `dir` tier.
+pub fn copy_dir(tier_dir: &Path, model: &str) -> PathBuf {
+    tier_dir.join(model)
+}
+
+/// The temporary name a copy is built under before its rename.
+pub fn partial_dir(tier_dir: &Path, model: &str) -> PathBuf {
+    tier_dir.join(format!("{model}{PARTIAL_SUFFIX}"))
+}
+
+/// Copies `files` into `<tier_dir>/<model>`: streams each file through
+/// blake3 into a partial directory, fsyncs, re-reads and compares the
+/// checksums, renames the directory into place and fsyncs the tier
+/// directory. Returns the checksums. On any failure or cancel the partial
+/// directory is removed and nothing else is touched.
+pub fn copy_model(
+    tier_dir: &Path,
+    model: &str,
+    files: &[CopyFile],
+    shared: &MoveShared,
+    bandwidth_mb_s: Option<f64>,
+) -> Result<Vec<String>, WorkError> {
+    let partial = partial_dir(tier_dir, model);
+    let result = copy_into(tier_dir, model, &partial, files, shared, bandwidth_mb_s);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+        let _ = sys::fsync_dir(tier_dir);
+    }
+    result
+}
+
+fn copy_into(
+    tier_dir: &Path,
+    model: &str,
+    partial: &Path,
+    files: &[CopyFile],
+    shared: &MoveShared,
+    bandwidth_mb_s: Option<f64>,
+) -> Result<Vec<String>, WorkError> {
+    let io_err = |what: &str, p: &Path| {
+        let p = p.to_path_buf();
+        let what = what.to_string();
+        move |e: io::Error| WorkError::io(&what, &p, &e)
+    };
+    if partial.exists() {
+        std::fs::remove_dir_all(partial).map_err(io_err("cannot remove stale", partial))?;
+    }
+    std::fs::create_dir_all(partial).map_err(io_err("cannot create", partial))?;
+    let throttle = Throttle::new(bandwidth_mb_s);
+    let mut hashes = Vec::with_capacity(files.len());
+    let mut done = 0u64;
+    let mut dirs = vec![partial.to_path_buf()];
+    for f in files {
+        let dst = partial.join(&f.rel);
+        if let Some(parent) = dst.parent()
+            && !dirs.iter().any(|d| d == parent)
+        {
+            std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            dirs.push(parent.to_path_buf());
+        }
+        let hash = copy_file(f, &dst, shared, &throttle, &mut done)?;
+        hashes.push(hash);
+    }
+    for d in dirs.iter().rev() {
+        sys::fsync_dir(d).map_err(io_err("cannot fsync", d))?;
+    }
+    if shared.cancelled() {
+        return Err(WorkError::Cancelled);
+    }
+    let target = copy_dir(tier_dir, model);
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(io_err("cannot replace stale", &target))?;
+    }
+    std::fs::rename(partial, &target).map_err(io_err("cannot rename into place", &target))?;
+    sys::fsync_dir(tier_dir).map_err(io_err("cannot fsync", tier_dir))?;
+    Ok(hashes)
+}
+
+/// Copies one file to `dst` and verifies it; returns its checksum.
+///
+/// Three threads overlap: a reader reads and hashes the source; this thread
+/// writes each block and starts its writeback at once, and a few blocks
+/// behind waits for that writeback to end and hands the range to a
+/// verifier, which reads it back through the kernel, hashes it and drops
+/// its pages (a `dir` tier is not memory; dirty pages stay bounded). After the final fsync the last ranges are verified too, and
+/// the two checksums (and the recorded one, when the source is a copy) must
+/// agree.
+fn copy_file(f: &CopyFile, dst: &Path, shared: &MoveShared, throttle: &Throttle, done: &mut u64) -> Result<String, WorkError> {
+    let io_err = |what: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |e: io::Error| WorkError::io(what, &p, &e)
+    };
+    let src = File::open(&f.src).map_err(io_err("cannot open source", &f.src))?;
+    let _ = sys::fadvise(&src, 0, 0, Advice::Sequential);
+    let mut out = File::create(dst).map_err(io_err("cannot create", dst))?;
+    let back = File::open(dst).map_err(io_err("cannot reopen", dst))?;
+    std::thread::scope(|s| {
+        let (vtx, vrx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let verifier = s.spawn(move || -> io::Result<(String, u64)> {
+            use std::os::unix::fs::FileExt;
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; COPY_BUF];
+            let mut total = 0u64;
+            while let Ok((off, len)) = vrx.recv() {
+                let mut pos = 0u64;
+                while pos < len {
+                    if shared.cancelled() {
+                        return Err(io::Error::other("cancelled"));
+                    }
+                    let want = (len - pos).min(buf.len() as u64) as usize;
+                    let n = back.read_at(&mut buf[..want], off + pos)?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "copy shorter than written"));
+                    }
+                    hasher.update(&buf[..n]);
+                    pos += n as u64;
+                    total += n as u64;
+                    shared.add(n as u64);
+                }
+                let _ = sys::fadvise(&back, off, len, Advice::DontNeed);
+            }
+            Ok((hasher.finalize().to_hex().to_string(), total))
+        });
+        let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
+        let mut written = 0u64;
+        let lag = WRITEBACK_LAG;
+        let copied = read_pipelined(&src, true, shared, &f.src, |block| {
+            if shared.cancelled() {
+                return Err(WorkError::Cancelled);
+            }
+            out.write_all(block).map_err(io_err("cannot write", dst))?;
+            let start = written;
+            written += block.len() as u64;
+            if lag > 0 {
+                let _ = sys::sync_range(&out, start, block.len() as u64, false);
+            }
+            in_flight.push_back((start, block.len() as u64));
+            if lag > 0
+                && in_flight.len() > lag
+                && let Some((o, n)) = in_flight.pop_front()
+            {
+                sys::sync_range(&out, o, n, true).map_err(io_err("cannot write", dst))?;
+                let _ = vtx.send((o, n));
+            }
+            *done += block.len() as u64;
+            shared.add(block.len() as u64);
+            throttle.wait(*done, shared)
+        })
+        .and_then(|(hash, copied)| {
+            if copied != f.size {
+                return Err(WorkError::failed(format!(
+                    "{} changed size during the copy: read {copied} bytes, expected {}",
+                    f.src.display(),
+                    f.size
+                )));
+            }
+            out.sync_all().map_err(io_err("cannot fsync", dst))?;
+            for (o, n) in in_flight.drain(..) {
+                let _ = vtx.send((o, n));
+            }
+            Ok(hash.unwrap_or_default())
+        });
+        drop(vtx);
+        let verified = verifier.join();
+        let hash = copied?;
+        let (got, total) = match verified {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) if shared.cancelled() => return Err(WorkError::Cancelled),
+            Ok(Err(e)) => return Err(WorkError::io("cannot read back", dst, &e)),
+            Err(_) => return Err(WorkError::failed(format!("verifier of {} panicked", dst.display()))),
+        };
+        if total != f.size || got != hash {
+            return Err(WorkError::Failed {
+                message: format!(
+                    "verification of {} failed: read back {total} bytes with checksum {got}, wrote {} with {hash}",
+                    dst.display(),
+                    f.size
+                ),
+                retryable: true,
+                vanished: false,
+            });
+        }
+        if let Some(expected) = &f.expected
+            && *expected != hash
+        {
+            return Err(WorkError::failed(format!(
+                "source {} does not match its recorded checksum (expected {expected}, read {hash}); it is corrupt",
+                f.src.display()
+            )));
+        }
+        // The source's pages were only needed for this copy.
+        let _ = sys::fadvise(&src, 0, 0, Advice::DontNeed);
+        Ok(hash)
+    })
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(mut f: impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads `src` from the start on a helper thread (which also hashes it when
+/// `hash`) and hands each block to `consume` on this thread, so reading,
+/// hashing and the consumer's work overlap. Returns the hash and the bytes
+/// read. Stops early on cancel or the first error.
+fn read_pipelined(
+    src: &File,
+    hash: bool,
+    shared: &MoveShared,
+    path: &Path,
+    mut consume: impl FnMut(&[u8]) -> Result<(), WorkError>,
+) -> Result<(Option<String>, u64), WorkError> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(3);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = s.spawn(move || {
+            let mut hasher = hash.then(blake3::Hasher::new);
+            loop {
+                if shared.cancelled() {
+                    return None;
+                }
+                let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; COPY_BUF]);
+                match read_full(src, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&buf[..n]);
+                        }
+                        if tx.send(Ok((buf, n))).is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return None;
+                    }
+                }
+            }
+            hasher.map(|h| h.finalize().to_hex().to_string())
+        });
+        let mut total = 0u64;
+        let mut err = None;
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Ok((buf, n)) => {
+                    if let Err(e) = consume(&buf[..n]) {
+                        err = Some(e);
+                        break;
+                    }
+                    total += n as u64;
+                    let _ = back_tx.send(buf);
+                }
+                Err(e) => {
+                    err = Some(WorkError::io("cannot read", path, &e));
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        let hash = reader
+            .join()
+            .map_err(|_| WorkError::failed(format!("reader of {} panicked", path.display())))?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if shared.cancelled() {
+            return Err(WorkError::Cancelled);
+        }
+        Ok((hash, total))
+    })
+}
+
+/// blake3 of a whole file (verification at start and in tests).
+pub fn hash_file(path: &Path) -> io::Result<String> {
+    let f = File::open(path)?;
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = read_full(&f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}

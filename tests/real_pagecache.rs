@@ -1,0 +1,65 @@
+//! The pagecache (RAM) tier on real files: a promotion leaves the file fully
+//! resident and locked; a demotion unlocks it and drops its pages.
+//!
+//! One test in this binary, so nothing else locks memory in the process
+//! while `VmLck` is read.
+
+mod real_support;
+
+use real_support::*;
+use serde_json::json;
+use tierd::real::sys;
+
+#[test]
+fn promotion_pins_and_demotion_unpins() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cfg = config(root.path());
+    let file = root.path().join("models/tiny.gguf");
+    make_file(&file, 64 * MB, 7);
+    sys::drop_cache(&file).expect("drop cache");
+    let (mut e, _store, _) = engine(&cfg);
+    let r = e.register(now(), "tiny", None, Some("storage"), Some(&file)).expect("register");
+    assert_eq!(r["size_gb"], json!(64.0 * MB as f64 / 1e9));
+    let locked_before = sys::self_status("VmLck").expect("VmLck");
+
+    let st = move_and_wait(&mut e, "tiny", "ram");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    let m = model(&e, "tiny");
+    assert_eq!(m["tier"], json!("ram"));
+    assert_eq!(m["resident_fraction"], json!(1.0), "{m}");
+    let (res, len) = sys::file_resident_fraction(&file).expect("mincore");
+    assert_eq!(res, len, "every page of the file is in memory");
+    let locked = sys::self_status("VmLck").expect("VmLck");
+    assert!(
+        locked >= locked_before + 64 * MB,
+        "VmLck {locked} after pinning 64 MiB (before: {locked_before})"
+    );
+    let ram = &e.tier_status(now())["tiers"]["ram"];
+    assert_eq!(ram["driver"], json!("pagecache"));
+    assert_eq!(ram["locked"], json!(true), "{ram}");
+    assert_eq!(ram["pinned_models"], json!(["tiny"]));
+
+    // Demote to the swap dir tier, then to storage: unlocked and dropped.
+    let st = move_and_wait(&mut e, "tiny", "swap");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    let unlocked = sys::self_status("VmLck").expect("VmLck");
+    assert!(unlocked + 64 * MB <= locked, "VmLck {unlocked} after demotion (pinned: {locked})");
+    let (res, _) = sys::file_resident_fraction(&file).expect("mincore");
+    assert!(res < len / 2, "origin pages dropped after demotion: {res} of {len} resident");
+    assert_eq!(hash(&root.path().join("swap/tiny/tiny.gguf")), hash(&file));
+
+    // Back to RAM from the dir tier: pinned again, the dir copy removed.
+    let st = move_and_wait(&mut e, "tiny", "ram");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    assert!(
+        !root.path().join("swap/tiny").exists(),
+        "the source copy goes once the model is pinned"
+    );
+    assert!(sys::self_status("VmLck").expect("VmLck") >= locked_before + 64 * MB);
+    let st = move_and_wait(&mut e, "tiny", "storage");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    assert!(sys::self_status("VmLck").expect("VmLck") + 64 * MB <= locked);
+    assert_eq!(e.tier_status(now())["tiers"]["ram"]["pinned_models"], json!([]));
+    assert!(file.exists(), "the origin is never removed");
+    e.check_invariants().expect("books balance");
+}

@@ -1,0 +1,131 @@
+//! Shared helpers of the real-backend tests: configurations on temporary
+//! directories, generated model files, and driving the engine on wall-clock
+//! time.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tierd::config::Config;
+use tierd::optimizer::UsagePolicy;
+use tierd::real::store::StateStore;
+use tierd::real::{RealRuntime, ReconcileReport};
+use tierd::tiers::{Engine, MoveOptions};
+
+pub const MB: u64 = 1 << 20;
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A config with `ram` (pagecache), `nvme` and `swap` (dir tiers under
+/// `root`) and `storage`, state in `root/state`.
+pub fn config(root: &Path) -> Config {
+    config_with(root, &root.join("swap"), "")
+}
+
+/// As [`config`], with the swap tier at `swap` and extra TOML appended.
+pub fn config_with(root: &Path, swap: &Path, extra_tiers: &str) -> Config {
+    let text = format!(
+        "state_dir = {state:?}\nmax_single_model_gb = 100.0\n{extra_tiers}\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 8.0\nreserved_gb = 0.5\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"nvme\"\ndriver = \"dir\"\npath = {nvme:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.3\n\
+         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\npath = {swap:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = root.join("state"),
+        nvme = root.join("nvme"),
+    );
+    Config::from_toml(&text).expect("test config parses")
+}
+
+/// An engine on the real backend, with the state store and what start-up
+/// reconciliation did.
+pub fn engine(cfg: &Config) -> (Engine, StateStore, ReconcileReport) {
+    let RealRuntime {
+        backend,
+        config,
+        store,
+        report,
+        ..
+    } = RealRuntime::open(cfg).expect("real runtime opens");
+    let e = Engine::new(config, backend, Box::new(UsagePolicy), now()).expect("engine");
+    (e, store, report)
+}
+
+/// Writes a file of `bytes` pseudo-random bytes (seeded), fsynced.
+pub fn make_file(path: &Path, bytes: u64, seed: u64) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    let mut f = std::fs::File::create(path).expect("create model file");
+    let mut buf = vec![0u8; 4 << 20];
+    let mut x = seed | 1;
+    let mut left = bytes;
+    while left > 0 {
+        for c in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = (buf.len() as u64).min(left) as usize;
+        f.write_all(&buf[..n]).expect("write model file");
+        left -= n as u64;
+    }
+    f.sync_all().expect("fsync model file");
+}
+
+pub fn hash(path: &Path) -> String {
+    tierd::real::worker::hash_file(path).expect("hash")
+}
+
+/// Ticks the engine on wall-clock time until job `id` ends; its status.
+pub fn wait(e: &mut Engine, id: &str, timeout: Duration) -> Value {
+    let t = Instant::now();
+    loop {
+        e.tick(now());
+        if e.job_ended(id) != Some(false) {
+            return e.job_status(now(), id).expect("job status");
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "job {id} did not end in {timeout:?}: {}",
+            e.job_status(now(), id).expect("status")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Starts a move and waits for it.
+pub fn move_and_wait(e: &mut Engine, model: &str, to: &str) -> Value {
+    let s = e.move_tier(now(), model, to, &MoveOptions::default()).expect("move accepted");
+    wait(e, &s.job_id, Duration::from_secs(120))
+}
+
+pub fn model(e: &Engine, name: &str) -> Value {
+    e.model_info(now(), name).expect("model_info")["model"].clone()
+}
+
+/// Every entry (recursively) under `dir` whose name contains `needle`.
+pub fn find(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().contains(needle)) {
+                out.push(p.clone());
+            }
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
