@@ -79,6 +79,9 @@ fn promotion_pins_and_demotion_unpins() {
     let st = wait(&mut e, &s.job_id, std::time::Duration::from_secs(20));
     assert_eq!(st["status"], json!("cancelled"), "{st}");
     assert_eq!(model(&e, "tiny")["tier"], json!("storage"));
-    assert!(sys::self_status("VmLck").expect("VmLck") + 64 * MB <= locked, "nothing stays locked");
+    assert!(
+        sys::self_status("VmLck").expect("VmLck") + 64 * MB <= locked,
+        "nothing stays locked"
+    );
     e.check_invariants().expect("books balance");
 }
