@@ -61,5 +61,27 @@ fn promotion_pins_and_demotion_unpins() {
     assert!(sys::self_status("VmLck").expect("VmLck") + 64 * MB <= locked);
     assert_eq!(e.tier_status(now())["tiers"]["ram"]["pinned_models"], json!([]));
     assert!(file.exists(), "the origin is never removed");
+
+    // A promotion cancelled half way rolls back: nothing stays locked.
+    sys::drop_cache(&file).expect("drop cache");
+    let opts = tierd::tiers::MoveOptions {
+        bandwidth_mb_s: Some(32.0),
+        ..tierd::tiers::MoveOptions::default()
+    };
+    let s = e.move_tier(now(), "tiny", "ram", &opts).expect("move");
+    let t = std::time::Instant::now();
+    while e.job_status(now(), &s.job_id).expect("status")["progress"].as_f64().unwrap_or(0.0) < 0.1 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "pin never progressed");
+        e.tick(now());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    e.cancel_job(now(), &s.job_id).expect("cancel");
+    let st = wait(&mut e, &s.job_id, std::time::Duration::from_secs(20));
+    assert_eq!(st["status"], json!("cancelled"), "{st}");
+    assert_eq!(model(&e, "tiny")["tier"], json!("storage"));
+    assert!(
+        sys::self_status("VmLck").expect("VmLck") + 64 * MB <= locked,
+        "nothing stays locked"
+    );
     e.check_invariants().expect("books balance");
 }
