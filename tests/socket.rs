@@ -71,7 +71,8 @@ fn stale_socket_is_replaced_and_a_live_one_refused() {
     assert!(path.exists());
     let server = Server::socket(&path, &[]);
     assert_eq!(Client::connect(&path).req(r#"{"health": true}"#)["healthy"], true);
-    assert!(server.stderr().contains("stale"), "{}", server.stderr());
+    let err = server.stderr_with("stale");
+    assert!(err.contains("stale"), "{err}");
 
     let out = Command::new(BIN)
         .args(["--socket", path.to_str().unwrap(), "serve"])
@@ -121,7 +122,8 @@ fn sigterm_answers_in_flight_requests_then_exits() {
     let status = server.wait_exit();
     assert!(status.success(), "{status}: {}", server.stderr());
     assert!(!path.exists(), "socket file removed on shutdown");
-    assert!(server.stderr().contains("SIGTERM"), "{}", server.stderr());
+    let err = server.stderr_with("SIGTERM");
+    assert!(err.contains("SIGTERM"), "{err}");
 }
 
 #[test]

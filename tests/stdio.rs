@@ -362,7 +362,7 @@ fn stdout_carries_only_json_and_eof_ends_the_server() {
         assert!(v.is_object());
     }
     assert!(lines[3].contains("\"success\""), "{}", lines[3]);
-    let err = s.stderr();
+    let err = s.stderr_with("stopped");
     assert!(err.contains("tierd serving") && err.contains("stopped"), "{err}");
 }
 

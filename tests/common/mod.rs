@@ -105,6 +105,20 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// stderr once it contains `needle` (it is read by a thread, so a line
+    /// the server just logged may take a moment to arrive), or as it is at
+    /// the deadline.
+    pub fn stderr_with(&self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let s = self.stderr();
+            if s.contains(needle) || Instant::now() >= until {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Writes raw bytes to stdin.
     pub fn send_raw(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");
