@@ -29,7 +29,7 @@
 //! - **Free moves**: when the configuration's moves take no time, every
 //!   accessed model is admitted (see [`TierdParams::for_config`]).
 
-use super::place::{Cascade, Ranking, plan_by_key, promotion_targets};
+use super::place::{Cascade, Ranking, plan_by_key, promotion_targets, surely_refused};
 use super::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
@@ -197,8 +197,11 @@ impl TierdPolicy {
             return Vec::new();
         }
         let key = self.effective(model);
+        let Some(first) = targets.clone().find(|&t| !surely_refused(state, self, model, key, t)) else {
+            return Vec::new();
+        };
         let mut plan = Cascade::new(state, self, reason);
-        for t in targets {
+        for t in first..targets.end {
             if plan.insert(model, key, t) {
                 return plan.desires;
             }
