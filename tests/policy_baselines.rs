@@ -136,3 +136,43 @@ fn timed_moves_serve_from_the_source_until_the_move_ends() {
     let r = replay(&cfg, &catalog, &trace, p, MoveMode::Instant).expect("replay");
     assert_cost(&r, 12.0 + 0.6 + 0.6);
 }
+
+#[test]
+fn tierd_prefetches_before_a_models_busy_hour() {
+    // B and C are used all day; A only from 10:00 to 10:30, for four days.
+    // RAM holds two of the three. From day 3 on, A's hour-of-day profile
+    // has two days of history: tierd brings it to RAM on the 09:50 tick.
+    let (cfg, catalog, _) = workload(&[("A", 6.0), ("B", 6.0), ("C", 6.0)], "A");
+    let mut events: Vec<(f64, u32)> = Vec::new();
+    for day in 0..4 {
+        let d = day as f64 * 86_400.0;
+        let mut t = 0.0;
+        while t < 86_400.0 {
+            events.push((d + t, 1));
+            events.push((d + t + 30.0, 2));
+            t += 60.0;
+        }
+        let mut t = 10.0 * 3600.0;
+        while t < 10.5 * 3600.0 {
+            events.push((d + t + 5.0, 0));
+            t += 20.0;
+        }
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let trace = Trace {
+        times: events.iter().map(|e| e.0).collect(),
+        models: events.iter().map(|e| e.1).collect(),
+    };
+    let run = |overrides: Option<&str>| {
+        let p = tierd::sim::replay::build_policy_with("tierd", &cfg, &catalog, &trace, overrides).expect("policy");
+        replay(&cfg, &catalog, &trace, p, MoveMode::Timed).expect("replay")
+    };
+    let with = run(None);
+    let without = run(Some("min_history_s=1e12"));
+    assert!(
+        with.total_load_s < without.total_load_s,
+        "prediction {} vs none {}",
+        with.total_load_s,
+        without.total_load_s
+    );
+}

@@ -218,3 +218,45 @@ fn servegen_conversion_of_one_day() {
     let again = convert(&spec).unwrap();
     assert_eq!(again, (catalog, trace));
 }
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    sim: tierd::sim::cli::SimArgs,
+}
+
+#[test]
+fn the_command_line_parses() {
+    use clap::{CommandFactory, Parser};
+    use tierd::sim::cli::{ConvertSource, ReportFormat, SimCommand};
+    Cli::command().debug_assert();
+    let c = Cli::try_parse_from([
+        "tierd-sim",
+        "--catalog",
+        "c.csv",
+        "--trace",
+        "t.csv",
+        "--policy",
+        "all",
+        "--moves",
+        "instant",
+        "--report",
+        "json",
+        "--plot",
+        "p.svg",
+    ])
+    .unwrap();
+    assert!(c.sim.command.is_none());
+    assert_eq!(c.sim.run.moves, MoveMode::Instant);
+    assert_eq!(c.sim.run.report, ReportFormat::Json);
+    let c = Cli::try_parse_from(["tierd-sim", "gen", "--family", "diurnal", "--out", "/tmp/x"]).unwrap();
+    assert!(matches!(c.sim.command, Some(SimCommand::Gen(ref g)) if g.family == Family::Diurnal));
+    let c = Cli::try_parse_from(["tierd-sim", "convert", "servegen", "--days", "2-4", "--out", "/tmp/x"]).unwrap();
+    assert!(matches!(
+        c.sim.command,
+        Some(SimCommand::Convert { source: ConvertSource::Servegen(ref s) }) if s.days == (2, 4)
+    ));
+    assert!(Cli::try_parse_from(["tierd-sim", "convert", "servegen", "--days", "4-2", "--out", "x"]).is_err());
+    assert!(tierd::sim::cli::policy_list("lru,nope").is_err());
+    assert_eq!(tierd::sim::cli::policy_list("all").unwrap().len(), 5);
+}

@@ -168,6 +168,27 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
     }
 }
 
+/// Whether inserting `model` (key `key`) into `tier` would need victims
+/// and the coldest movable one would not be admitted: then the insert must
+/// fail, and this finds out without building a plan (the hot path).
+pub fn surely_refused<R: Ranking + ?Sized>(state: &State, ranking: &R, model: ModelId, key: f64, tier: usize) -> bool {
+    let Some(m) = state.model(model) else { return true };
+    let t = &state.tiers[tier];
+    let bytes_fit = t.limit.is_none_or(|l| t.committed() + m.bytes <= l);
+    let count_fits = t.max_models.is_none_or(|mx| t.models + t.incoming_models < mx);
+    if bytes_fit && count_fits {
+        return false;
+    }
+    let coldest = state.members[tier]
+        .iter()
+        .filter(|&&id| id != model)
+        .filter_map(|&id| state.model(id).map(|v| (id, v)))
+        .filter(|(_, v)| !v.pinned && v.job.is_none() && v.unavailable.is_none())
+        .map(|(id, _)| ranking.key(state, id))
+        .min_by(f64::total_cmp);
+    coldest.is_none_or(|c| !ranking.admit(key, c))
+}
+
 /// Tiers a demand policy may promote `model` into, fastest first: those
 /// faster than its own that can hold it. Empty when the model is busy.
 pub fn promotion_targets(state: &State, model: ModelId) -> std::ops::Range<usize> {

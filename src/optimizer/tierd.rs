@@ -18,16 +18,18 @@
 //!   fast tier's regulars, and two models of similar rate do not swap places
 //!   on every access. Displaced models go to the next tier only if they pass
 //!   the same test there, else further down.
-//! - **Move budget**: with timed moves a promotion only pays off once it has
-//!   completed; while many moves wait in the engine's queue, promotions of
-//!   models that are neither in the fast tiers' league nor hot are skipped.
-//! - **Prediction**: once a model has at least `min_history_s` of history, its
-//!   hour-of-day profile predicts its rate in the coming hour; a model whose
-//!   busy hour is coming gets that rate as a floor for its key (so it is not
-//!   pushed out just before it is needed) and is prefetched on the periodic
-//!   tick, under the same admission rule.
+//! - **Prediction**: the policy keeps each model's accesses per hour over the
+//!   last three days. Once a model has `min_history_s` of history, the
+//!   smaller of its counts in the coming hour one and two days earlier
+//!   predicts its rate then (a pattern must hold on both days). On the tick
+//!   before that hour the prediction becomes a floor for the model's score
+//!   until the hour ends (so it is not pushed out just before it is needed),
+//!   and a model whose predicted rate exceeds its current one by
+//!   `prefetch_ratio` is prefetched under the same admission rule.
+//! - **Free moves**: when the configuration's moves take no time, every
+//!   accessed model is admitted (see [`TierdParams::for_config`]).
 
-use super::place::{Cascade, Ranking, plan_by_key, promotion_targets};
+use super::place::{Cascade, Ranking, plan_by_key, promotion_targets, surely_refused};
 use super::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
@@ -91,7 +93,7 @@ impl Default for TierdParams {
             short_half_life_s: 120.0,
             margin_log2: 0.5,
             min_history_s: 2.0 * 86_400.0,
-            tick_s: 600.0,
+            tick_s: 60.0,
             prefetch_ratio: 2.0,
             prefetch_per_tick: 4,
         }
@@ -110,6 +112,8 @@ pub struct TierdPolicy {
     short: Vec<f64>,
     /// Predicted-rate floor of the key, by model id, and until when it holds.
     floor: Vec<(f64, f64)>,
+    /// Accesses per hour over the last three days, by model id.
+    hours: Vec<HourRing>,
     /// Time of the policy's latest decision.
     now: f64,
 }
@@ -123,6 +127,7 @@ impl TierdPolicy {
             key: Vec::new(),
             short: Vec::new(),
             floor: Vec::new(),
+            hours: Vec::new(),
             now: 0.0,
         }
     }
@@ -174,6 +179,10 @@ impl TierdPolicy {
     }
 
     fn record(&mut self, model: ModelId, now: f64) {
+        if self.hours.len() <= model {
+            self.hours.resize(model + 1, HourRing::default());
+        }
+        self.hours[model].record(now);
         Self::bump(&mut self.key, model, now, self.params.half_life_s);
         if self.params.short_half_life_s > 0.0 {
             Self::bump(&mut self.short, model, now, self.params.short_half_life_s);
@@ -188,8 +197,11 @@ impl TierdPolicy {
             return Vec::new();
         }
         let key = self.effective(model);
+        let Some(first) = targets.clone().find(|&t| !surely_refused(state, self, model, key, t)) else {
+            return Vec::new();
+        };
         let mut plan = Cascade::new(state, self, reason);
-        for t in targets {
+        for t in first..targets.end {
             if plan.insert(model, key, t) {
                 return plan.desires;
             }
@@ -197,18 +209,64 @@ impl TierdPolicy {
         Vec::new()
     }
 
-    /// The model's predicted rate (per second) in the hour after `at`, from
-    /// its hour-of-day profile, once it has enough history.
+    /// The model's predicted rate (per second) in the hour holding `at`:
+    /// the smaller of its counts in that hour of the day one and two days
+    /// before, so only a pattern that held on both days predicts anything
+    /// (a model whose popularity moved is not kept on a stale profile).
     fn predicted_rate(&self, state: &State, model: ModelId, at: f64) -> Option<f64> {
-        let u = &state.model(model)?.usage;
-        let first = u.first_access?;
-        let span = at - first;
-        if span < self.params.min_history_s {
+        let first = state.model(model)?.usage.first_access?;
+        if at - first < self.params.min_history_s {
             return None;
         }
-        let days = (span / 86_400.0).max(1.0);
-        let hour = ((at.max(0.0) as u64 / 3600) % 24) as usize;
-        Some(u.by_hour[hour] as f64 / days / 3600.0)
+        let ring = self.hours.get(model)?;
+        let hour = (at.max(0.0) / 3600.0) as u64;
+        let a = ring.count(hour.checked_sub(24)?);
+        let b = ring.count(hour.checked_sub(48)?);
+        Some(a.min(b) as f64 / 3600.0)
+    }
+}
+
+/// Accesses per absolute hour over the last 72 hours.
+#[derive(Debug, Clone)]
+struct HourRing {
+    /// Absolute hour (since the epoch of the engine clock) of the latest access.
+    latest: u64,
+    counts: [u16; 72],
+}
+
+impl Default for HourRing {
+    fn default() -> Self {
+        HourRing {
+            latest: 0,
+            counts: [0; 72],
+        }
+    }
+}
+
+impl HourRing {
+    fn record(&mut self, now: f64) {
+        let hour = (now.max(0.0) / 3600.0) as u64;
+        if hour > self.latest {
+            // Clear the hours skipped since the latest access.
+            let gap = (hour - self.latest).min(72);
+            for h in 0..gap {
+                self.counts[((hour - h) % 72) as usize] = 0;
+            }
+            self.latest = hour;
+        }
+        if hour + 72 > self.latest {
+            let c = &mut self.counts[(hour % 72) as usize];
+            *c = c.saturating_add(1);
+        }
+    }
+
+    /// Accesses in absolute hour `hour`, if it is still in the ring.
+    fn count(&self, hour: u64) -> u32 {
+        if hour <= self.latest && hour + 72 > self.latest {
+            u32::from(self.counts[(hour % 72) as usize])
+        } else {
+            0
+        }
     }
 }
 
@@ -252,8 +310,10 @@ impl Policy for TierdPolicy {
         if self.floor.len() < state.models.len() {
             self.floor.resize(state.models.len(), (f64::NEG_INFINITY, f64::NEG_INFINITY));
         }
-        // Look half a tick ahead so the prefetch lands before the hour starts.
+        // Look one tick ahead: the prefetch starts on the last tick before
+        // the busy hour, and the floor holds to the end of that hour.
         let at = now + self.params.tick_s;
+        let hour_end = ((at / 3600.0).floor() + 1.0) * 3600.0;
         let mut wanted: Vec<(f64, ModelId)> = Vec::new();
         for (id, m) in state.iter_models() {
             let Some(rate) = self.predicted_rate(state, id, at) else { continue };
@@ -262,7 +322,7 @@ impl Policy for TierdPolicy {
             }
             let predicted = self.key_of_rate(rate, now);
             let own = self.own_key(id);
-            self.floor[id] = (predicted, at + 3600.0);
+            self.floor[id] = (predicted, hour_end);
             if predicted > own + self.params.prefetch_ratio.log2() && m.tier > 0 && m.job.is_none() {
                 wanted.push((predicted, id));
             }

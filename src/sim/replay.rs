@@ -157,6 +157,11 @@ pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Po
             break;
         }
     }
+    if cfg!(debug_assertions)
+        && let Err(e) = engine.check_invariants()
+    {
+        return Err(SimError::Invalid(format!("engine books broken after the replay: {e}")));
+    }
     let m = engine.metrics();
     Ok(RunResult {
         policy: name,

@@ -1960,7 +1960,7 @@ impl Engine {
         for (id, m) in self.state.iter_models() {
             used[m.tier] += m.bytes;
             count[m.tier] += 1;
-            if !self.state.members[m.tier].contains(&id) {
+            if !self.state.is_member(id, m.tier) {
                 return Err(format!("model {} is missing from the member list of its tier", m.name));
             }
         }

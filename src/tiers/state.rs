@@ -248,6 +248,13 @@ impl State {
         self.members[tier].push(id);
     }
 
+    /// Whether model `id` is listed among `tier`'s members.
+    pub fn is_member(&self, id: ModelId, tier: usize) -> bool {
+        self.slots
+            .get(id)
+            .is_some_and(|&slot| self.members.get(tier).and_then(|l| l.get(slot)) == Some(&id))
+    }
+
     /// Records that model `id` left `tier` (moved away or unregistered).
     pub fn detach(&mut self, id: ModelId, tier: usize) {
         let Some(&slot) = self.slots.get(id) else { return };
