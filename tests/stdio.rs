@@ -378,5 +378,5 @@ fn moves_progress_without_requests() {
     let st = s.req(&format!(r#"{{"tier_job_status": "{job}"}}"#));
     assert_eq!(st["status"], "success", "{st}");
     let elapsed = st["elapsed_time"].as_f64().unwrap();
-    assert!(elapsed < 2.0, "ended by the background ticker, not by this query: {st}");
+    assert!(elapsed < 5.0, "ended by the background ticker, not by this query: {st}");
 }
