@@ -36,14 +36,28 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(dispatch::execute(&mut engine, T0, status.clone())))
     });
 
+    // The server's own tier_status path: the typed view, served from the
+    // cache when nothing changed (the common case for a polling client).
+    let mut engine = seed_engine();
+    let mut cache = dispatch::StatusCache::default();
+    let mut out = Vec::with_capacity(4096);
+    let id = Some(serde_json::json!(1));
+    c.bench_function("write_tier_status (server path)", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(dispatch::write_tier_status(&mut engine, T0, &id, &mut cache, &mut out).is_ok())
+        })
+    });
+
     // A demotion started and cancelled (rolled back) each iteration, so the
-    // engine returns to the same state.
+    // engine returns to the same state. One engine second apart, so every
+    // job id is new without a same-second suffix.
     let mut engine = seed_engine();
     let demote = request(r#"{"move_tier": {"model_name": "t5-base", "target_tier": "storage"}}"#);
     let mut now = T0;
     c.bench_function("execute move_tier + cancel_job", |b| {
         b.iter(|| {
-            now += 0.001;
+            now += 1.0;
             let Ok(Outcome::Reply(v)) = dispatch::execute(&mut engine, now, demote.clone()) else {
                 panic!("move_tier refused")
             };

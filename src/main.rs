@@ -143,6 +143,9 @@ struct BenchArgs {
     /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     workers: usize,
+    /// Alternating echo/tierd rounds the measured seconds are split into.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 /// `--socket PATH` → PATH; `--socket` alone or absent → the default path.
@@ -223,6 +226,7 @@ fn main() -> ExitCode {
                 seconds: a.seconds,
                 clients: a.clients,
                 workers: a.workers,
+                rounds: a.rounds,
                 ..BenchOptions::default()
             };
             bench::run(&opts).map(|_| 0).map_err(|e| e.to_string())

@@ -232,8 +232,9 @@ fn issue_errors_have_their_codes_and_phrases() {
 
 #[test]
 fn already_moving_and_cancel_roll_back() {
-    // Real time: the 1.2 s demotion is still running when we ask again.
-    let mut s = Server::stdio(&["--time-scale", "1"]);
+    // Slow time: the 1.2 s demotion takes 6 s of wall time, so it is surely
+    // still running when we ask again, even on a busy machine.
+    let mut s = Server::stdio(&["--time-scale", "0.2"]);
     let mv = s.req(r#"{"move_tier": {"model_name": "gpt-j-6b", "target_tier": "storage"}}"#);
     let job = mv["job_id"].as_str().unwrap().to_string();
     let e = s.req(r#"{"move_tier": {"model_name": "gpt-j-6b", "target_tier": "ram"}}"#);
@@ -377,5 +378,5 @@ fn moves_progress_without_requests() {
     let st = s.req(&format!(r#"{{"tier_job_status": "{job}"}}"#));
     assert_eq!(st["status"], "success", "{st}");
     let elapsed = st["elapsed_time"].as_f64().unwrap();
-    assert!(elapsed < 2.0, "ended by the background ticker, not by this query: {st}");
+    assert!(elapsed < 5.0, "ended by the background ticker, not by this query: {st}");
 }

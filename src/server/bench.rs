@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub clients: Vec<usize>,
     /// Unmeasured warm-up before each measurement.
     pub warmup: Duration,
+    /// Turns echo and tierd take, alternating, within `seconds` each.
+    pub rounds: usize,
     /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
     pub workers: usize,
 }
@@ -38,7 +40,8 @@ impl Default for BenchOptions {
         BenchOptions {
             seconds: 3.0,
             clients: vec![1, 8],
-            warmup: Duration::from_millis(300),
+            warmup: Duration::from_millis(100),
+            rounds: 5,
             workers: ServeOptions::default().workers,
         }
     }
@@ -68,6 +71,12 @@ pub enum BenchError {
 
 /// Drives `clients` closed-loop clients against `path` for `seconds`.
 pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Result<LoadResult, BenchError> {
+    Ok(summarize(clients, seconds, drive(path, clients, seconds, warmup)?))
+}
+
+/// Round-trip latencies (ns) of `clients` closed-loop clients against
+/// `path`, measured for `seconds` after `warmup`.
+pub fn drive(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Result<Vec<u32>, BenchError> {
     let measure = Duration::from_secs_f64(seconds);
     let start = Instant::now() + Duration::from_millis(50);
     let (begin, end) = (start + warmup, start + warmup + measure);
@@ -108,6 +117,11 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
         let lat = h.join().map_err(|_| BenchError::Invalid("a client thread panicked".into()))??;
         all.extend(lat);
     }
+    Ok(all)
+}
+
+/// Throughput and latency figures of latencies measured over `seconds`.
+pub fn summarize(clients: usize, seconds: f64, mut all: Vec<u32>) -> LoadResult {
     all.sort_unstable();
     let pct = |p: f64| -> f64 {
         if all.is_empty() {
@@ -116,7 +130,7 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
         let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
         f64::from(all[i]) / 1000.0
     };
-    Ok(LoadResult {
+    LoadResult {
         clients,
         requests: all.len() as u64,
         throughput: all.len() as f64 / seconds,
@@ -124,7 +138,7 @@ pub fn load(path: &Path, clients: usize, seconds: f64, warmup: Duration) -> Resu
         p99_us: pct(0.99),
         p999_us: pct(0.999),
         mean_us: all.iter().map(|x| f64::from(*x)).sum::<f64>() / all.len().max(1) as f64 / 1000.0,
-    })
+    }
 }
 
 /// A minimal blocking line-echo server: answers every line with `response`.
@@ -241,9 +255,10 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
     let echo = echo_server(&echo_path, sample, Arc::clone(&stop_echo))?;
 
     println!(
-        "tierd bench: closed-loop clients sending {} for {} s each ({} ms warm-up); response {} bytes; tierd workers: {}",
+        "tierd bench: closed-loop clients sending {} for {} s per server and client count, in {} alternating rounds ({} ms warm-up each); response {} bytes; tierd workers: {}",
         String::from_utf8_lossy(REQUEST).trim_end(),
         opts.seconds,
+        opts.rounds.max(1),
         opts.warmup.as_millis(),
         response_len,
         if opts.workers == 0 {
@@ -256,11 +271,21 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
         "{:<7} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "server", "clients", "requests", "req/s", "p50 us", "p99 us", "p99.9 us", "mean us"
     );
+    // Echo and tierd take turns in short rounds, so both see the same
+    // background load (this machine is shared) rather than one getting a
+    // quiet stretch and the other a busy one.
+    let rounds = opts.rounds.max(1);
+    let slice = opts.seconds / rounds as f64;
     let mut results = Vec::new();
     for &n in &opts.clients {
-        let e = load(&echo_path, n, opts.seconds, opts.warmup)?;
+        let (mut echo_lat, mut tierd_lat) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            echo_lat.extend(drive(&echo_path, n, slice, opts.warmup)?);
+            tierd_lat.extend(drive(&tierd_path, n, slice, opts.warmup)?);
+        }
+        let e = summarize(n, opts.seconds, echo_lat);
         print_row("echo", &e);
-        let t = load(&tierd_path, n, opts.seconds, opts.warmup)?;
+        let t = summarize(n, opts.seconds, tierd_lat);
         print_row("tierd", &t);
         results.push((t, e));
     }

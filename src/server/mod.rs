@@ -2,7 +2,7 @@
 //! request out on the engine ([`dispatch`]), line framing ([`framing`]), the
 //! shared engine and its clock ([`shared`]), one connection's loop
 //! ([`connection`]), the server's lifecycle ([`serve`]), the CLI client
-//! ([`client`]) and the load benchmark ([`bench`]).
+//! ([`client`]) and the load benchmark ([`bench`](mod@bench)).
 
 pub mod bench;
 pub mod client;

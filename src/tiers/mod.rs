@@ -3,7 +3,9 @@
 //! - [`state`]: tiers with their byte books, models with their usage;
 //! - [`job`]: move jobs and their wire view;
 //! - [`engine`]: the synchronous state machine every driver runs;
-//! - [`backend`]: the interface to the hardware that carries moves out.
+//! - [`backend`]: the interface to the hardware that carries moves out;
+//! - [`status`]: `tier_status` as a typed view that serializes without a
+//!   `Value` tree (the server's hot path).
 
 pub mod backend;
 pub mod engine;
