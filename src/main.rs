@@ -85,6 +85,9 @@ enum Command {
     Queue(QueueCommand),
     /// Replay workloads against placement policies (no server needed).
     Sim(tierd::sim::cli::SimArgs),
+    /// Measure the real backend: promotion to RAM against `cat` and
+    /// `vmtouch -t`, a verified directory move against `cp`.
+    BenchReal(tierd::real::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +222,13 @@ fn main() -> ExitCode {
             };
             client::queue(&socket, &action).map_err(|e| e.to_string())
         }
+        Command::BenchReal(args) => match tierd::real::bench::run(&args) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(0)
+            }
+            Err(e) => Err(format!("bench-real: {e}")),
+        },
         Command::Sim(args) => tierd::sim::cli::run(args).map(|()| 0).map_err(|e| format!("sim: {e}")),
         Command::Bench(a) => {
             serve::init_logging_with_default("warn");

@@ -38,7 +38,9 @@ pub enum BackendKind {
     /// The deterministic simulated machine (the default).
     #[default]
     Sim,
-    // A `Real` variant joins here with the real backend's module.
+    /// The machine itself: page-cache pinning, directory tiers, NVML
+    /// (`tierd::real`); needs `state_dir` and tier drivers in the config.
+    Real,
 }
 
 /// Options of `tierd serve`.
@@ -112,13 +114,6 @@ pub fn load_config(opts: &ServeOptions) -> Result<Config, ServeError> {
     Ok(cfg)
 }
 
-fn build_backend(kind: BackendKind, cfg: &Config) -> Result<Box<dyn Backend>, ServeError> {
-    match kind {
-        BackendKind::Sim => Ok(Box::new(SimBackend::new(cfg))),
-        // BackendKind::Real => the real backend's constructor, once it exists.
-    }
-}
-
 /// Builds the engine and its clock from the options.
 pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
     if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
@@ -135,10 +130,43 @@ pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
             crate::optimizer::POLICY_NAMES.join(", ")
         ))
     })?;
-    let backend = build_backend(opts.backend, &cfg)?;
     let clock = Clock::new(opts.time_scale);
-    let engine = Engine::new(cfg, backend, policy, clock.now())?;
-    Ok(SharedEngine::new(engine, clock))
+    match opts.backend {
+        BackendKind::Sim => {
+            let backend: Box<dyn Backend> = Box::new(SimBackend::new(&cfg));
+            let engine = Engine::new(cfg, backend, policy, clock.now())?;
+            Ok(SharedEngine::new(engine, clock))
+        }
+        BackendKind::Real => {
+            let rt = crate::real::RealRuntime::open(&cfg).map_err(|e| ServeError::Option(format!("real backend: {e}")))?;
+            let r = &rt.report;
+            info!(
+                removed_partials = r.removed_partials.len(),
+                unavailable = r.unavailable.len(),
+                repinning = r.repinning.len(),
+                "real backend reconciled its state"
+            );
+            for (model, reason) in &r.unavailable {
+                warn!(model, reason, "model unavailable");
+            }
+            let now = clock.now();
+            let mut engine = Engine::new(rt.config, rt.backend, policy, now)?;
+            crate::real::restore_pins(&mut engine, &rt.store);
+            engine.import_history(rt.previous_jobs);
+            // Tiers the configuration's catalog asks for are reached by moves.
+            for (model, tier) in rt.wanted_moves {
+                let opts = crate::tiers::MoveOptions {
+                    origin: crate::tiers::Origin::Register,
+                    reason: Some("catalog placement".into()),
+                    ..crate::tiers::MoveOptions::default()
+                };
+                if let Err(e) = engine.move_tier(now, &model, &tier, &opts) {
+                    warn!(model, tier, "catalog placement not started: {e}");
+                }
+            }
+            Ok(SharedEngine::with_store(engine, clock, rt.store))
+        }
+    }
 }
 
 /// A bound socket; removes its file when dropped, if the file is still the
@@ -253,6 +281,7 @@ pub async fn serve_with(
             "tierd serving"
         );
     }
+    shared.save_state();
     let ticker = tokio::spawn(run_ticker(shared.clone(), token.clone()));
     if opts.stdio {
         start_stdio(&shared, &token, &tracker);
@@ -275,6 +304,7 @@ pub async fn serve_with(
         warn!("some connections did not finish writing within 5 s; closing them");
     }
     let _ = ticker.await;
+    shared.save_state();
     drop(socket);
     info!("tierd stopped");
     Ok(())
@@ -330,6 +360,8 @@ async fn accept_loop(listener: &UnixListener, shared: SharedEngine, token: Cance
 /// Longest wall pause of the background ticker while moves are under way
 /// (a backend may not know when its next event comes).
 const TICK_ACTIVE: Duration = Duration::from_millis(20);
+/// How often the engine's limits, usage and history are saved (real backend).
+const STATE_SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause while nothing moves: the ticker also wakes when a request
 /// may have started something ([`SharedEngine::changed`]).
 const TICK_IDLE: Duration = Duration::from_secs(1);
@@ -343,6 +375,9 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
         .auto_optimize_interval_s
         .filter(|s| s.is_finite() && *s > 0.0);
     let mut next_optimize = interval.map(|i| shared.clock().now() + i);
+    let policy_every = shared.lock().policy_tick_interval();
+    let mut next_policy = policy_every.map(|i| shared.clock().now() + i);
+    let mut last_save = tokio::time::Instant::now();
     loop {
         let (next_event, active, until_optimize) = shared.with(|engine, now| {
             engine.tick(now);
@@ -353,12 +388,22 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
                 log_optimizations(&v);
                 next_optimize = Some(now + every);
             }
-            (
-                engine.next_wakeup().map(|t| t - now),
-                engine.active_jobs() > 0,
-                next_optimize.map(|t| t - now),
-            )
+            if let (Some(at), Some(every)) = (next_policy, policy_every)
+                && now >= at
+            {
+                let steps = engine.policy_tick(now);
+                if !steps.is_empty() {
+                    info!(moves = steps.len(), "policy tick");
+                }
+                next_policy = Some(now + every);
+            }
+            let until = [next_optimize, next_policy].into_iter().flatten().map(|t| t - now).reduce(f64::min);
+            (engine.next_wakeup().map(|t| t - now), engine.active_jobs() > 0, until)
         });
+        if last_save.elapsed() >= STATE_SAVE_EVERY {
+            shared.save_state();
+            last_save = tokio::time::Instant::now();
+        }
         let longest = if active { TICK_ACTIVE } else { TICK_IDLE };
         let clock = shared.clock();
         let pause = [next_event, until_optimize]

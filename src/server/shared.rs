@@ -80,6 +80,9 @@ struct Inner {
     /// the background ticker can sleep long while nothing happens.
     changed: tokio::sync::Notify,
     clock: Clock,
+    /// Where the engine's limits, usage and job history are saved (the real
+    /// backend); `None` with the simulated backend.
+    store: Option<crate::real::store::StateStore>,
 }
 
 impl std::fmt::Debug for SharedEngine {
@@ -107,7 +110,33 @@ impl SharedEngine {
                 status_cache: Mutex::new(StatusCache::default()),
                 changed: tokio::sync::Notify::new(),
                 clock,
+                store: None,
             }),
+        }
+    }
+
+    /// As [`SharedEngine::new`], saving the engine's state to `store`
+    /// (see [`SharedEngine::save_state`]).
+    pub fn with_store(engine: Engine, clock: Clock, store: crate::real::store::StateStore) -> SharedEngine {
+        SharedEngine {
+            inner: Arc::new(Inner {
+                engine: Mutex::new(engine),
+                status_cache: Mutex::new(StatusCache::default()),
+                changed: tokio::sync::Notify::new(),
+                clock,
+                store: Some(store),
+            }),
+        }
+    }
+
+    /// Saves limits, usage, pins and job history where the backend keeps
+    /// its state (a no-op without one; unchanged state is not rewritten).
+    pub fn save_state(&self) {
+        if let Some(store) = &self.inner.store {
+            let result = self.with(|engine, now| store.save_engine(engine, now));
+            if let Err(e) = result {
+                tracing::warn!("cannot save state: {e}");
+            }
         }
     }
 

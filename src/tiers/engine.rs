@@ -186,6 +186,9 @@ pub struct Engine {
     metrics: Metrics,
     /// Scheduling decisions, when recording is on (property tests).
     log: Option<Vec<SchedEvent>>,
+    /// Ended jobs of earlier runs (restored from a state file), newest
+    /// first, as their wire views; answered by `tier_job_status` and history.
+    archive: Vec<Value>,
     started_at: f64,
     /// Build plan steps and job reasons for policy moves (off only inside
     /// [`Engine::access_load`], the simulator's hot path).
@@ -293,6 +296,7 @@ impl Engine {
             next_key: 1,
             dirty: false,
             log: None,
+            archive: Vec::new(),
             metrics: Metrics {
                 hits_by_tier: vec![0; tiers],
                 ..Metrics::default()
@@ -1447,8 +1451,44 @@ impl Engine {
         Some(job.to_json(&self.state.tier_names(), now, progress, &deps, self.queue_position(now, key)))
     }
 
+    /// Restores the ended jobs of an earlier run (their wire views, newest
+    /// first), so history and `tier_job_status` survive a restart. Jobs
+    /// that were not ended are kept as `failed`: the restart ended them.
+    pub fn import_history(&mut self, jobs: Vec<Value>) {
+        let keep = self.cfg.job_history.max(1);
+        self.archive = jobs
+            .into_iter()
+            .filter(|j| {
+                j.get("job_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| !self.job_ids.contains_key(id))
+            })
+            .map(|mut j| {
+                if let Some(m) = j.as_object_mut()
+                    && matches!(m.get("status").and_then(Value::as_str), Some("queued" | "running"))
+                {
+                    m.insert("status".into(), json!("failed"));
+                    m.insert("error".into(), json!("interrupted by a restart of tierd; rolled back"));
+                    m.insert("error_code".into(), json!("TASK_FAILED"));
+                }
+                j
+            })
+            .take(keep)
+            .collect();
+    }
+
+    /// How often the policy wants `policy_tick`, in engine seconds.
+    pub fn policy_tick_interval(&self) -> Option<f64> {
+        self.policy.tick_interval().filter(|s| s.is_finite() && *s > 0.0)
+    }
+
     /// `tier_job_status`.
     pub fn job_status(&self, now: f64, id: &str) -> Result<Value, EngineError> {
+        if !self.job_ids.contains_key(id)
+            && let Some(j) = self.archive.iter().find(|j| j.get("job_id").and_then(Value::as_str) == Some(id))
+        {
+            return Ok(j.clone());
+        }
         let key = self.job_by_id(id)?;
         self.job_json(now, key)
             .ok_or_else(|| EngineError::JobNotFound { job_id: id.to_string() })
@@ -1481,6 +1521,14 @@ impl Engine {
             .filter(|j| since.is_none_or(|t| j.created_at >= t))
             .take(limit)
             .filter_map(|j| self.job_json(now, j.key))
+            .chain(
+                self.archive
+                    .iter()
+                    .filter(|j| status.is_none_or(|s| j.get("status").and_then(Value::as_str) == Some(s)))
+                    .filter(|j| since.is_none_or(|t| j.get("created_at").and_then(Value::as_f64).is_some_and(|c| c >= t)))
+                    .cloned(),
+            )
+            .take(limit)
             .collect()
     }
 

@@ -1,0 +1,108 @@
+//! `tierd serve --backend real` end to end over its socket: a real file is
+//! registered, promoted to a directory tier (verified copy) and pinned in
+//! RAM; after a restart the placement, usage and job history are still there.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Client, Server, code, wait_job};
+use serde_json::json;
+
+fn config(root: &Path) -> String {
+    format!(
+        r#"
+state_dir = "{root}/state"
+# No on-access moves: this test is about the backend, not the policy.
+policy = "usage"
+[[tiers]]
+name = "ram"
+driver = "pagecache"
+max_gb = 4.0
+reserved_gb = 0.5
+access_s_per_gb = 0.1
+[[tiers]]
+name = "swap"
+driver = "dir"
+path = "{root}/swap"
+max_gb = 4.0
+access_s_per_gb = 0.5
+[[tiers]]
+name = "storage"
+driver = "storage"
+access_s_per_gb = 2.0
+"#,
+        root = root.display()
+    )
+}
+
+#[test]
+fn real_backend_serves_moves_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("swap")).unwrap();
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    let weights = root.join("models/tiny.gguf");
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&weights, &data).unwrap();
+    let cfg = root.join("tierd.toml");
+    std::fs::write(&cfg, config(root)).unwrap();
+    let sock = root.join("tierd.sock");
+    let args = ["--config", cfg.to_str().unwrap(), "--backend", "real", "--time-scale", "1"];
+
+    let job = {
+        let server = Server::socket(&sock, &args);
+        let mut c = Client::connect(&sock);
+        let h = c.req(r#"{"health": true}"#);
+        assert_eq!(h["backend"], "real", "{h}");
+        let bad = c.req(r#"{"register_model": {"model_name": "../escape", "path": "/etc/hostname"}}"#);
+        assert_eq!(code(&bad), "INVALID_REQUEST");
+        let r = c.req(&json!({"register_model": {"model_name": "tiny", "path": weights, "preferred_tier": "swap"}}).to_string());
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["tier"], "swap");
+        assert!((r["size_gb"].as_f64().unwrap() - 0.008388608).abs() < 1e-9, "{r}");
+        // The model starts at its origin; a job carries it to the chosen tier.
+        let job = r["job_id"].as_str().expect("placement job").to_string();
+        let st = wait_job(|l| c.req(l), &job);
+        assert_eq!(st["status"], "success", "{st}");
+        let copies: Vec<_> = walk(&root.join("swap"));
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(std::fs::read(&copies[0]).unwrap(), data, "byte-identical copy");
+        for _ in 0..3 {
+            assert_eq!(c.req(r#"{"access_model": "tiny"}"#)["tier"], "swap");
+        }
+        let st = c.req(r#"{"tier_status": true}"#);
+        assert!(st["tiers"]["ram"]["available_gb"].as_f64().unwrap() > 0.0, "{st}");
+        drop(c);
+        server.terminate();
+        let mut server = server;
+        assert!(server.wait_exit().success(), "{}", server.stderr());
+        job
+    };
+    assert_eq!(std::fs::read(&weights).unwrap(), data, "the origin is never modified");
+
+    let _server = Server::socket(&sock, &args);
+    let mut c = Client::connect(&sock);
+    let info = c.req(r#"{"model_info": "tiny"}"#);
+    assert_eq!(info["model"]["tier"], "swap", "{info}");
+    assert_eq!(info["model"]["usage"], json!(3), "{info}");
+    let st = c.req(&format!(r#"{{"tier_job_status": "{job}"}}"#));
+    assert_eq!(st["status"], "success", "history survives a restart: {st}");
+    let h = c.req(r#"{"queue_history": {"limit": 10}}"#);
+    assert!(h["history"].as_array().unwrap().iter().any(|j| j["job_id"] == json!(job)), "{h}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
