@@ -351,6 +351,6 @@ impl Policy for TierdPolicy {
                 _ => k,
             }
         };
-        plan_by_key(state, score, "tierd: highest access rate")
+        plan_by_key(state, score, "tierd: ranked by decayed access rate")
     }
 }

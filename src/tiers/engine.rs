@@ -100,12 +100,8 @@ impl PlanStep {
             Operation::Promote => "Promoting",
             Operation::Demote => "Demoting",
         };
-        format!(
-            "{verb} {} to {} ({})",
-            self.model_name,
-            self.target_tier.to_uppercase(),
-            self.reason
-        )
+        // The seed's form exactly; the policy's own reason is in the plan.
+        format!("{verb} {} to {} (usage: {})", self.model_name, self.target_tier.to_uppercase(), self.usage)
     }
 
     pub fn to_json(&self) -> Value {
