@@ -83,6 +83,11 @@ pub struct TierConfig {
     /// Optional cap on the number of models resident in this tier.
     #[serde(default)]
     pub max_models: Option<usize>,
+    /// Memory-pressure floor (seed 004): when the hardware's available
+    /// memory for this tier drops below it (other programs grew), the
+    /// coldest unpinned models are demoted until it recovers.
+    #[serde(default)]
+    pub min_free_gb: Option<f64>,
 }
 
 fn default_access() -> f64 {
@@ -263,6 +268,7 @@ impl Config {
             access_s_per_gb: access,
             hardware_gb: None,
             max_models: None,
+            min_free_gb: None,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
         ram.reserved_gb = Some(1.0);
@@ -333,6 +339,7 @@ impl Config {
                 ("min_max_gb", t.min_max_gb),
                 ("min_reserved_gb", t.min_reserved_gb),
                 ("hardware_gb", t.hardware_gb),
+                ("min_free_gb", t.min_free_gb),
             ] {
                 if let Some(v) = v
                     && !(v.is_finite() && v >= 0.0)

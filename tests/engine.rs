@@ -237,3 +237,43 @@ fn faults_retry_with_backoff_and_a_final_failure_rolls_back() {
     assert_eq!(e.metrics().retries, 2);
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn memory_pressure_demotes_the_coldest_until_the_floor_is_met() {
+    let mut cfg = Config::seed_default();
+    cfg.tiers[0].min_free_gb = Some(1.0);
+    let backend = Box::new(SimBackend::new(&cfg));
+    let mut e = Engine::new(cfg, backend, Box::new(UsagePolicy), T0).unwrap();
+    e.set_pinned("whisper-small", true).unwrap();
+    e.tick(T0);
+    assert_eq!(e.active_jobs(), 0, "2.6 GB available: no pressure");
+    // Other programs take 2 GB: 0.6 GB available, 0.4 GB under the floor.
+    e.backend_mut().set_external_use(0, 2_000_000_000);
+    e.tick(T0 + 1.0);
+    let jobs = e.list_jobs(T0 + 1.0);
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    // whisper-small (usage 2) is pinned; the next coldest is t5-base (3).
+    assert_eq!(jobs[0]["model_name"], "t5-base");
+    assert_eq!(jobs[0]["origin"], "pressure");
+    assert!(jobs[0]["reason"].as_str().unwrap().contains("under its 1 GB floor"), "{}", jobs[0]);
+    e.tick(T0 + 10.0);
+    assert_eq!(e.model_info(T0, "t5-base").unwrap()["model"]["tier"], "storage");
+    let avail = e.tier_status(T0 + 10.0)["tiers"]["ram"]["available_gb"].as_f64().unwrap();
+    assert!(avail >= 1.0 - 1e-9, "recovered: {avail}");
+    e.tick(T0 + 20.0);
+    assert_eq!(e.active_jobs(), 0, "no further demotions once the floor is met");
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn many_moves_of_one_model_in_one_second_get_distinct_ids() {
+    let mut e = seed_engine();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let s = e.move_tier(T0, "t5-base", "storage", &MoveOptions::default()).unwrap();
+        e.cancel_job(T0, &s.job_id).unwrap();
+        assert!(ids.insert(s.job_id));
+    }
+    assert!(ids.contains("tier_demote_t5-base_1700000000_2000"));
+}

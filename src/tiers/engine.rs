@@ -101,7 +101,12 @@ impl PlanStep {
             Operation::Demote => "Demoting",
         };
         // The seed's form exactly; the policy's own reason is in the plan.
-        format!("{verb} {} to {} (usage: {})", self.model_name, self.target_tier.to_uppercase(), self.usage)
+        format!(
+            "{verb} {} to {} (usage: {})",
+            self.model_name,
+            self.target_tier.to_uppercase(),
+            self.usage
+        )
     }
 
     pub fn to_json(&self) -> Value {
@@ -185,6 +190,14 @@ pub struct Engine {
     /// Ended jobs of earlier runs (restored from a state file), newest
     /// first, as their wire views; answered by `tier_job_status` and history.
     archive: Vec<Value>,
+    /// The engine second of the last job id, and the next free suffix of
+    /// each id base used in it.
+    id_second: u64,
+    id_suffixes: HashMap<String, u64>,
+    /// Some tier has a memory-pressure floor (`min_free_gb`), and when it
+    /// is next checked.
+    has_floors: bool,
+    next_pressure_check: f64,
     started_at: f64,
     /// Build plan steps and job reasons for policy moves (off only inside
     /// [`Engine::access_load`], the simulator's hot path).
@@ -274,6 +287,7 @@ impl Engine {
             state.tiers[tier].models += 1;
         }
         let tiers = state.tiers.len();
+        let has_floors = state.tiers.iter().any(|t| t.min_free.is_some());
         Ok(Engine {
             state,
             max_concurrent: cfg.moves.max_concurrent.max(1),
@@ -293,6 +307,10 @@ impl Engine {
             dirty: false,
             log: None,
             archive: Vec::new(),
+            id_second: u64::MAX,
+            id_suffixes: HashMap::new(),
+            has_floors,
+            next_pressure_check: now,
             metrics: Metrics {
                 hits_by_tier: vec![0; tiers],
                 ..Metrics::default()
@@ -536,15 +554,25 @@ impl Engine {
 
     // ---------------------------------------------------------- submission
 
-    fn new_job_id(&self, op: Operation, model: &str, now: f64) -> String {
-        let base = format!("tier_{}_{}_{}", op.as_str(), model, now.max(0.0).floor() as u64);
-        if !self.job_ids.contains_key(&base) {
-            return base;
+    fn new_job_id(&mut self, op: Operation, model: &str, now: f64) -> String {
+        let second = now.max(0.0).floor() as u64;
+        let base = format!("tier_{}_{}_{second}", op.as_str(), model);
+        // Ids taken within this second, by base: the next suffix is known
+        // without searching (many moves of one model in one second stay O(1)).
+        if self.id_second != second {
+            self.id_second = second;
+            self.id_suffixes.clear();
         }
-        (2u64..)
-            .map(|n| format!("{base}_{n}"))
-            .find(|c| !self.job_ids.contains_key(c))
-            .unwrap_or(base)
+        let next = self.id_suffixes.entry(base.clone()).or_insert(1);
+        let mut n = *next;
+        loop {
+            let candidate = if n == 1 { base.clone() } else { format!("{base}_{n}") };
+            n += 1;
+            if !self.job_ids.contains_key(&candidate) {
+                *next = n;
+                return candidate;
+            }
+        }
     }
 
     /// Validates and queues one move. `deps` are engine keys (already
@@ -1288,6 +1316,73 @@ impl Engine {
         }))
     }
 
+    /// Seed 004's memory-pressure cleanup: for each tier whose hardware has
+    /// less available than its floor (counting moves already leaving it),
+    /// demotes the coldest unpinned idle models until the floor is met.
+    /// Returns the jobs started.
+    pub fn relieve_pressure(&mut self, now: f64) -> Vec<String> {
+        let mut started = Vec::new();
+        for ti in 0..self.state.tiers.len() {
+            let Some(floor) = self.state.tiers[ti].min_free else { continue };
+            let Ok(Some(avail)) = self.hardware_available(ti) else { continue };
+            let leaving: u64 = self
+                .running
+                .iter()
+                .chain(self.queue.iter().map(|(_, k)| k))
+                .filter_map(|k| self.jobs.get(k))
+                .filter(|j| j.from == ti)
+                .map(|j| j.bytes)
+                .sum();
+            let mut short = floor.saturating_sub(avail + leaving);
+            if short == 0 {
+                continue;
+            }
+            let mut victims: Vec<(f64, f64, ModelId)> = self
+                .state
+                .iter_models()
+                .filter(|(_, m)| m.tier == ti && !m.pinned && m.job.is_none() && m.unavailable.is_none())
+                .map(|(id, m)| {
+                    (
+                        self.policy.eviction_rank(now, &self.state, id),
+                        m.usage.last_access.unwrap_or(f64::NEG_INFINITY),
+                        id,
+                    )
+                })
+                .collect();
+            victims.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+            let opts = MoveOptions {
+                priority: Priority::High,
+                origin: Origin::Pressure,
+                reason: Some(format!(
+                    "memory pressure: {} has {} GB available, under its {} GB floor",
+                    self.state.tiers[ti].name,
+                    bytes_to_gb(avail),
+                    bytes_to_gb(floor)
+                )),
+                ..MoveOptions::default()
+            };
+            for (_, _, id) in victims {
+                if short == 0 {
+                    break;
+                }
+                let Some(bytes) = self.state.model(id).map(|m| m.bytes) else {
+                    continue;
+                };
+                let dest = (ti + 1..self.state.tiers.len())
+                    .find(|&d| self.state.size_allowed(bytes, d) && self.room(d, bytes, Relief::default(), "").is_ok());
+                if let Some(dest) = dest
+                    && let Ok(k) = self.submit(now, id, dest, Vec::new(), &opts)
+                {
+                    short = short.saturating_sub(bytes);
+                    if let Some(j) = self.jobs.get(&k) {
+                        started.push(j.id.clone());
+                    }
+                }
+            }
+        }
+        started
+    }
+
     /// Brings a tier back under its limit: first withdraws queued moves into
     /// it, newest first, then demotes its least valuable models.
     fn rebalance(&mut self, now: f64, ti: usize) -> Vec<String> {
@@ -1664,6 +1759,14 @@ impl Engine {
     /// Advances the engine to `now`: applies the backend's events, retries,
     /// and starts every queued move that may start.
     pub fn tick(&mut self, now: f64) {
+        // Hardware can change without an event (other programs grow):
+        // pressure floors are checked at most once per engine second.
+        if self.has_floors && now >= self.next_pressure_check {
+            self.next_pressure_check = now + 1.0;
+            if !self.relieve_pressure(now).is_empty() {
+                self.dirty = true;
+            }
+        }
         loop {
             let events = if self.backend.next_event_time().is_some_and(|t| t <= now) || !self.running.is_empty() {
                 self.backend.poll(now)

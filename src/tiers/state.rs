@@ -41,6 +41,8 @@ pub struct Tier {
     /// count on (each freed byte is counted once).
     pub claimed_out: u64,
     pub claimed_out_models: usize,
+    /// Memory-pressure floor: demote when the hardware has less free.
+    pub min_free: Option<u64>,
 }
 
 impl Tier {
@@ -225,6 +227,7 @@ impl State {
                 incoming_models: 0,
                 claimed_out: 0,
                 claimed_out_models: 0,
+                min_free: t.min_free_gb.map(gb_to_bytes),
             })
             .collect();
         State {
