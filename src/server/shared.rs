@@ -104,27 +104,23 @@ pub enum Answer {
 
 impl SharedEngine {
     pub fn new(engine: Engine, clock: Clock) -> SharedEngine {
-        SharedEngine {
-            inner: Arc::new(Inner {
-                engine: Mutex::new(engine),
-                status_cache: Mutex::new(StatusCache::default()),
-                changed: tokio::sync::Notify::new(),
-                clock,
-                store: None,
-            }),
-        }
+        SharedEngine::build(engine, clock, None)
     }
 
     /// As [`SharedEngine::new`], saving the engine's state to `store`
     /// (see [`SharedEngine::save_state`]).
     pub fn with_store(engine: Engine, clock: Clock, store: crate::real::store::StateStore) -> SharedEngine {
+        SharedEngine::build(engine, clock, Some(store))
+    }
+
+    fn build(engine: Engine, clock: Clock, store: Option<crate::real::store::StateStore>) -> SharedEngine {
         SharedEngine {
             inner: Arc::new(Inner {
                 engine: Mutex::new(engine),
                 status_cache: Mutex::new(StatusCache::default()),
                 changed: tokio::sync::Notify::new(),
                 clock,
-                store: Some(store),
+                store,
             }),
         }
     }

@@ -504,19 +504,7 @@ impl Engine {
         exclude: Option<ModelId>,
         model_name: &str,
     ) -> Result<Vec<(ModelId, usize)>, EngineError> {
-        let mut candidates: Vec<(f64, f64, ModelId)> = self
-            .state
-            .iter_models()
-            .filter(|(id, m)| m.tier == tier && !m.pinned && m.job.is_none() && m.unavailable.is_none() && Some(*id) != exclude)
-            .map(|(id, m)| {
-                (
-                    self.policy.eviction_rank(now, &self.state, id),
-                    m.usage.last_access.unwrap_or(f64::NEG_INFINITY),
-                    id,
-                )
-            })
-            .collect();
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let candidates = self.eviction_order(now, tier, exclude);
         let mut relief = Relief::default();
         let mut extra_in = vec![0u64; self.state.tiers.len()];
         let mut extra_models = vec![0usize; self.state.tiers.len()];
@@ -525,7 +513,7 @@ impl Engine {
             Ok(()) => return Ok(victims),
             Err(e) => e,
         };
-        for (_, _, id) in candidates {
+        for id in candidates {
             let Some(m) = self.state.model(id) else { continue };
             // Destination: the first slower tier with room for the victim.
             let dest = (tier + 1..self.state.tiers.len()).find(|&d| {
@@ -1325,31 +1313,10 @@ impl Engine {
         for ti in 0..self.state.tiers.len() {
             let Some(floor) = self.state.tiers[ti].min_free else { continue };
             let Ok(Some(avail)) = self.hardware_available(ti) else { continue };
-            let leaving: u64 = self
-                .running
-                .iter()
-                .chain(self.queue.iter().map(|(_, k)| k))
-                .filter_map(|k| self.jobs.get(k))
-                .filter(|j| j.from == ti)
-                .map(|j| j.bytes)
-                .sum();
-            let mut short = floor.saturating_sub(avail + leaving);
+            let short = floor.saturating_sub(avail + self.bytes_leaving(ti));
             if short == 0 {
                 continue;
             }
-            let mut victims: Vec<(f64, f64, ModelId)> = self
-                .state
-                .iter_models()
-                .filter(|(_, m)| m.tier == ti && !m.pinned && m.job.is_none() && m.unavailable.is_none())
-                .map(|(id, m)| {
-                    (
-                        self.policy.eviction_rank(now, &self.state, id),
-                        m.usage.last_access.unwrap_or(f64::NEG_INFINITY),
-                        id,
-                    )
-                })
-                .collect();
-            victims.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
             let opts = MoveOptions {
                 priority: Priority::High,
                 origin: Origin::Pressure,
@@ -1361,24 +1328,7 @@ impl Engine {
                 )),
                 ..MoveOptions::default()
             };
-            for (_, _, id) in victims {
-                if short == 0 {
-                    break;
-                }
-                let Some(bytes) = self.state.model(id).map(|m| m.bytes) else {
-                    continue;
-                };
-                let dest = (ti + 1..self.state.tiers.len())
-                    .find(|&d| self.state.size_allowed(bytes, d) && self.room(d, bytes, Relief::default(), "").is_ok());
-                if let Some(dest) = dest
-                    && let Ok(k) = self.submit(now, id, dest, Vec::new(), &opts)
-                {
-                    short = short.saturating_sub(bytes);
-                    if let Some(j) = self.jobs.get(&k) {
-                        started.push(j.id.clone());
-                    }
-                }
-            }
+            started.extend(self.demote_until(now, ti, short, &opts));
         }
         started
     }
@@ -1389,16 +1339,10 @@ impl Engine {
         let Some(limit) = self.state.tiers[ti].limit else {
             return Vec::new();
         };
+        // Bytes over the limit once every pending move settles.
         let excess = |e: &Engine| {
-            let releasing: u64 = e
-                .running
-                .iter()
-                .chain(e.queue.iter().map(|(_, k)| k))
-                .filter_map(|k| e.jobs.get(k))
-                .filter(|j| j.from == ti)
-                .map(|j| j.bytes)
-                .sum();
-            (e.state.tiers[ti].committed().saturating_sub(releasing)).saturating_sub(limit)
+            let t = &e.state.tiers[ti];
+            (t.used + t.incoming).saturating_sub(e.bytes_leaving(ti)).saturating_sub(limit)
         };
         // Queued (not running) moves into the tier that no longer fit fail.
         let queued_in: Vec<JobKey> = self
@@ -1423,11 +1367,34 @@ impl Engine {
         if need == 0 {
             return Vec::new();
         }
-        // Victims are planned as if making room for `need` bytes in a tier at its limit.
-        let mut victims: Vec<(f64, f64, ModelId)> = self
+        let opts = MoveOptions {
+            priority: Priority::High,
+            origin: Origin::Rebalance,
+            reason: Some(format!("{} limit lowered to {} GB", self.state.tiers[ti].name, bytes_to_gb(limit))),
+            ..MoveOptions::default()
+        };
+        self.demote_until(now, ti, need, &opts)
+    }
+
+    /// Bytes of the queued and running moves out of `tier`.
+    fn bytes_leaving(&self, tier: usize) -> u64 {
+        self.running
+            .iter()
+            .chain(self.queue.iter().map(|(_, k)| k))
+            .filter_map(|k| self.jobs.get(k))
+            .filter(|j| j.from == tier)
+            .map(|j| j.bytes)
+            .sum()
+    }
+
+    /// The models of `tier` that may be demoted (not pinned, idle,
+    /// available, not `exclude`), least valuable first by the policy; ties:
+    /// least recently used, then lowest id.
+    fn eviction_order(&self, now: f64, tier: usize, exclude: Option<ModelId>) -> Vec<ModelId> {
+        let mut ranked: Vec<(f64, f64, ModelId)> = self
             .state
             .iter_models()
-            .filter(|(_, m)| m.tier == ti && !m.pinned && m.job.is_none() && m.unavailable.is_none())
+            .filter(|(id, m)| m.tier == tier && !m.pinned && m.job.is_none() && m.unavailable.is_none() && Some(*id) != exclude)
             .map(|(id, m)| {
                 (
                     self.policy.eviction_rank(now, &self.state, id),
@@ -1436,26 +1403,27 @@ impl Engine {
                 )
             })
             .collect();
-        victims.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let opts = MoveOptions {
-            priority: Priority::High,
-            origin: Origin::Rebalance,
-            reason: Some(format!("{} limit lowered to {} GB", self.state.tiers[ti].name, bytes_to_gb(limit))),
-            ..MoveOptions::default()
-        };
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        ranked.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    /// Demotes models of `tier` in eviction order, each to the first slower
+    /// tier with room, until `need` bytes are on their way out; returns the
+    /// started jobs' ids.
+    fn demote_until(&mut self, now: f64, tier: usize, need: u64, opts: &MoveOptions) -> Vec<String> {
         let mut freed = 0u64;
         let mut ids = Vec::new();
-        for (_, _, id) in victims {
+        for id in self.eviction_order(now, tier, None) {
             if freed >= need {
                 break;
             }
             let Some(bytes) = self.state.model(id).map(|m| m.bytes) else {
                 continue;
             };
-            let dest = (ti + 1..self.state.tiers.len())
+            let dest = (tier + 1..self.state.tiers.len())
                 .find(|&d| self.state.size_allowed(bytes, d) && self.room(d, bytes, Relief::default(), "").is_ok());
             if let Some(dest) = dest
-                && let Ok(k) = self.submit(now, id, dest, Vec::new(), &opts)
+                && let Ok(k) = self.submit(now, id, dest, Vec::new(), opts)
             {
                 freed += bytes;
                 if let Some(j) = self.jobs.get(&k) {
