@@ -1606,40 +1606,10 @@ impl Engine {
 
     // -------------------------------------------------------------- status
 
-    /// `tier_status`.
-    pub fn tier_status(&self, now: f64) -> Value {
-        let mut tiers = Map::new();
-        for (i, t) in self.state.tiers.iter().enumerate() {
-            let hw = self.hardware_available(i);
-            let available = match &hw {
-                Ok(Some(a)) => json!(bytes_to_gb(*a)),
-                _ => Value::Null,
-            };
-            let mut v = json!({
-                "used_gb": bytes_to_gb(t.used),
-                "available_gb": available,
-                "limit_gb": t.limit.map(bytes_to_gb),
-                "utilization": t.limit.map(|_| round6(t.utilization())),
-                "models": t.models,
-                "access_s_per_gb": t.access_s_per_gb,
-                "reserved_gb": bytes_to_gb(t.reserved),
-                "incoming_gb": bytes_to_gb(t.incoming),
-                "pressure": t.pressure(&self.state.pressure_cfg),
-                "max_models": t.max_models,
-                "available": hw.is_ok(),
-            });
-            if let Value::Object(m) = &mut v {
-                if let Err(e) = &hw {
-                    m.insert("unavailable_reason".into(), json!(e.to_string()));
-                }
-                for (k, val) in self.backend.tier_details(i) {
-                    m.insert(k, val);
-                }
-            }
-            tiers.insert(t.name.clone(), v);
-        }
-        let _ = now;
-        json!({"status": "success", "tiers": tiers, "tier_order": self.state.tier_names()})
+    /// `tier_status`, as a JSON value (the server writes
+    /// [`Engine::tier_status_view`] straight to bytes; this is the same view).
+    pub fn tier_status(&self, _now: f64) -> Value {
+        serde_json::to_value(self.tier_status_view()).unwrap_or_else(|e| EngineError::Internal(format!("tier_status: {e}")).to_json())
     }
 
     fn find_job_for(&self, m: &Model) -> (Option<String>, Option<&'static str>) {
