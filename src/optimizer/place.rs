@@ -272,6 +272,11 @@ pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str) ->
         };
         if target < m.tier { promotions.push(d) } else { demotions.push(d) }
     }
+    // Demotions from the slowest tiers first, so each frees the room the one
+    // from the tier above needs; then promotions into the fastest tiers
+    // first, freeing room in the tiers they leave.
+    demotions.sort_by_key(|d| std::cmp::Reverse(state.model(d.model).map(|m| m.tier).unwrap_or(0)));
+    promotions.sort_by_key(|d| d.target);
     demotions.extend(promotions);
     demotions
 }
