@@ -130,8 +130,9 @@ struct ServeArgs {
     /// Seconds running moves get to finish at shutdown before being rolled back.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     drain_timeout: f64,
-    /// Runtime worker threads (0 = one thread for I/O and engine work)
-    /// [default: one per CPU core, at most 4].
+    /// Connection loops: threads that serve socket connections, each with
+    /// its own event loop (0 = everything on one thread) [default: one per
+    /// CPU core, at most 4].
     #[arg(long, value_name = "N", default_value_t = serve::default_workers(), hide_default_value = true)]
     workers: usize,
 }
@@ -144,7 +145,7 @@ struct BenchArgs {
     /// Client counts, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8])]
     clients: Vec<usize>,
-    /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
+    /// tierd's connection loops (0 = connections on the main thread), as `serve --workers`.
     #[arg(long, value_name = "N", default_value_t = serve::default_workers())]
     workers: usize,
     /// Alternating echo/tierd rounds the measured seconds are split into.

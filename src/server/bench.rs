@@ -31,7 +31,7 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Turns echo and tierd take, alternating, within `seconds` each.
     pub rounds: usize,
-    /// tierd's runtime worker threads (0 = current-thread), as `serve --workers`.
+    /// tierd's connection loops (0 = connections on the main thread), as `serve --workers`.
     pub workers: usize,
 }
 
@@ -205,13 +205,12 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<Vec<(LoadResult, LoadResult
         workers: opts.workers,
         ..ServeOptions::default()
     };
-    let workers = opts.workers;
     let shared = build_shared(&serve_opts).map_err(|e| BenchError::Serve(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let server_path = tierd_path.clone();
     let server = thread::Builder::new().name("tierd-server".into()).spawn(move || {
-        let rt = match runtime(workers) {
+        let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.to_string()));

@@ -62,7 +62,7 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Most socket connections served at once; more wait to be accepted.
     pub max_connections: usize,
-    /// Runtime worker threads; 0 = a current-thread runtime.
+    /// Connection loops serving the socket; 0 = connections on the main thread.
     pub workers: usize,
 }
 
@@ -270,6 +270,11 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Socket connections run on their own loops when workers are asked for.
+    let loops = match (&socket, opts.workers) {
+        (Some(_), n) if n > 0 => Some(ConnectionLoops::start(n)?),
+        _ => None,
+    };
     {
         let cfg_interval = shared.lock().config().auto_optimize_interval_s;
         info!(
@@ -288,7 +293,17 @@ pub async fn serve_with(
     }
     let accept = async {
         match &socket {
-            Some(sock) => accept_loop(&sock.listener, shared.clone(), token.clone(), tracker.clone(), opts.max_connections).await,
+            Some(sock) => {
+                accept_loop(
+                    &sock.listener,
+                    shared.clone(),
+                    token.clone(),
+                    tracker.clone(),
+                    opts.max_connections,
+                    loops.as_ref(),
+                )
+                .await
+            }
             None => std::future::pending().await,
         }
     };
@@ -305,6 +320,10 @@ pub async fn serve_with(
     }
     let _ = ticker.await;
     shared.save_state();
+    if let Some(loops) = loops {
+        // Connections still open after the grace period end with their loop.
+        tokio::task::spawn_blocking(move || loops.stop()).await.ok();
+    }
     drop(socket);
     info!("tierd stopped");
     Ok(())
@@ -324,7 +343,74 @@ fn start_stdio(shared: &SharedEngine, token: &CancellationToken, tracker: &TaskT
     });
 }
 
-async fn accept_loop(listener: &UnixListener, shared: SharedEngine, token: CancellationToken, tracker: TaskTracker, max: usize) {
+async fn serve_stream(stream: tokio::net::UnixStream, shared: SharedEngine, token: CancellationToken) {
+    let (r, w) = stream.into_split();
+    if let Err(e) = serve_connection(shared, BufReader::with_capacity(16 * 1024, r), w, token).await {
+        debug!("connection ended: {e}");
+    }
+}
+
+/// Connection loops: `n` current-thread runtimes, each on a thread of its
+/// own, that accepted connections are handed to in turn. Each connection
+/// lives on one loop, so its reads, engine call and writes never cross a
+/// thread; the engine's std mutex is held for microseconds.
+struct ConnectionLoops {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnectionLoops {
+    fn start(n: usize) -> std::io::Result<ConnectionLoops> {
+        let mut loops = ConnectionLoops {
+            handles: Vec::with_capacity(n),
+            stops: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        };
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            loops.handles.push(rt.handle().clone());
+            loops.stops.push(tx);
+            loops
+                .threads
+                .push(std::thread::Builder::new().name(format!("tierd-conn-{i}")).spawn(move || {
+                    rt.block_on(async {
+                        let _ = rx.await;
+                    });
+                })?);
+        }
+        Ok(loops)
+    }
+
+    /// The loop for the next connection, round robin.
+    fn pick(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
+
+    /// Stops the loops once their connections have ended (call after the
+    /// task tracker has drained).
+    fn stop(self) {
+        for tx in self.stops {
+            let _ = tx.send(());
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: &UnixListener,
+    shared: SharedEngine,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    max: usize,
+    loops: Option<&ConnectionLoops>,
+) {
     let slots = Arc::new(Semaphore::new(max.max(1)));
     loop {
         // Hold a slot before accepting: at the bound, new peers wait in the
@@ -340,13 +426,32 @@ async fn accept_loop(listener: &UnixListener, shared: SharedEngine, token: Cance
         match accepted {
             Ok((stream, _)) => {
                 let (shared, token) = (shared.clone(), token.clone());
-                tracker.spawn(async move {
-                    let (r, w) = stream.into_split();
-                    if let Err(e) = serve_connection(shared, BufReader::with_capacity(16 * 1024, r), w, token).await {
-                        debug!("connection ended: {e}");
+                match loops {
+                    None => {
+                        tracker.spawn(async move {
+                            serve_stream(stream, shared, token).await;
+                            drop(permit);
+                        });
                     }
-                    drop(permit);
-                });
+                    Some(loops) => {
+                        // Re-registered with the chosen loop's reactor, so
+                        // its readiness events wake that loop only.
+                        let std_stream = match stream.into_std() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                warn!("cannot hand a connection over: {e}");
+                                continue;
+                            }
+                        };
+                        loops.pick().spawn(tracker.track_future(async move {
+                            match tokio::net::UnixStream::from_std(std_stream) {
+                                Ok(stream) => serve_stream(stream, shared, token).await,
+                                Err(e) => warn!("cannot serve a connection: {e}"),
+                            }
+                            drop(permit);
+                        }));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -503,7 +608,7 @@ pub fn init_logging_with_default(default: &str) {
 /// The blocking entry point of `tierd serve`: its own runtime, signals
 /// wired to shutdown.
 pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
-    let runtime = runtime(opts.workers)?;
+    let runtime = runtime()?;
     let shutdown = async {
         shutdown_signal().await;
         // A second signal while draining: stop at once.
@@ -520,9 +625,9 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     result
 }
 
-/// The default number of runtime workers: one per CPU core, at most 4;
-/// 0 (a current-thread runtime) on a single core. Measured on a 2-core
-/// machine: 2 workers keep up with 8 clients where one thread did not
+/// The default number of connection loops: one per CPU core, at most 4;
+/// 0 (connections on the main thread) on a single core. Measured on a
+/// 2-core machine: 2 loops keep up with 8 clients where one thread did not
 /// (README, Performance).
 pub fn default_workers() -> usize {
     match std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
@@ -531,16 +636,13 @@ pub fn default_workers() -> usize {
     }
 }
 
-/// The server's runtime: `workers` = 0 is a current-thread runtime (one
-/// thread does the I/O and the engine work, no cross-thread wake-ups),
-/// otherwise a multi-thread one with that many workers.
-pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if workers == 0 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder.thread_name("tierd").enable_all().build()
+/// The server's main runtime: one thread that accepts, ticks the engine,
+/// serves stdio and runs the shutdown. With `workers` > 0, socket
+/// connections are served on that many connection loops of their own
+/// (`ConnectionLoops`); with 0, on this thread too.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .thread_name("tierd")
+        .enable_all()
+        .build()
 }

@@ -214,7 +214,10 @@ impl Client {
 
     pub fn recv(&mut self) -> Value {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read answer");
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read answer: {e} ({:?}); read so far: {line:?}", e.kind()));
         assert!(n > 0, "server closed the connection");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {line:?}"))
     }
