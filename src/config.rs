@@ -414,26 +414,13 @@ mod tests {
 
     #[test]
     fn issue_example_config_parses() {
-        let text = r#"
-max_single_model_gb = 64.0
-[[tiers]]
-name = "ram"
-max_gb = 48.0
-access_s_per_gb = 0.1
-[[tiers]]
-name = "swap"
-max_gb = 160.0
-access_s_per_gb = 0.5
-[[tiers]]
-name = "storage"        # the last tier is unbounded
-access_s_per_gb = 2.0
-[moves]
-promote_s_per_gb = 0.3
-demote_s_per_gb = 0.2
-max_concurrent = 2
-"#;
-        let cfg = Config::from_toml(text).expect("parses");
+        // fixtures/sim/config.toml is the issue's example, verbatim.
+        let cfg = Config::from_toml(crate::sim::DEFAULT_SIM_CONFIG).expect("parses");
         assert_eq!(cfg.tiers.len(), 3);
+        assert_eq!(cfg.tiers[0].max_gb, Some(48.0));
+        assert_eq!(cfg.tiers[1].max_gb, Some(160.0));
+        assert_eq!(cfg.tiers[2].max_gb, None);
+        assert_eq!(cfg.max_single_model_gb, 64.0);
         assert_eq!(cfg.moves.max_concurrent, 2);
     }
 
