@@ -15,7 +15,6 @@ pub enum ErrorCode {
     DependencyFailed,
     InvalidRequest,
     Conflict,
-    NotFound,
     Internal,
 }
 
@@ -28,7 +27,6 @@ impl ErrorCode {
             ErrorCode::DependencyFailed => "DEPENDENCY_FAILED",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Conflict => "CONFLICT",
-            ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Internal => "INTERNAL_ERROR",
         }
     }
@@ -137,7 +135,9 @@ impl EngineError {
             LimitExceeded { .. } | ModelCountExceeded { .. } | Insufficient { .. } | ModelUnavailable { .. } => {
                 ErrorCode::ResourceUnavailable
             }
-            JobNotFound { .. } => ErrorCode::NotFound,
+            // Seed 001 has no generic not-found code: an unknown job id is a
+            // request naming something that does not exist.
+            JobNotFound { .. } => ErrorCode::InvalidRequest,
             DependencyFailed { .. } => ErrorCode::DependencyFailed,
             MoveFailed { .. } => ErrorCode::TaskFailed,
             Internal(_) => ErrorCode::Internal,

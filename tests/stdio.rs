@@ -227,7 +227,8 @@ fn issue_errors_have_their_codes_and_phrases() {
     let e = s.req(r#"{"register_model": {"model_name": "bert-large", "size_gb": 1.0}}"#);
     assert_eq!(code(&e), "CONFLICT");
     let e = s.req(r#"{"tier_job_status": "tier_promote_nope_1"}"#);
-    assert_eq!(code(&e), "NOT_FOUND");
+    assert_eq!(code(&e), "INVALID_REQUEST");
+    assert!(message(&e).contains("Job not found"), "{e}");
 }
 
 #[test]
