@@ -181,11 +181,19 @@ impl Pin {
     }
 }
 
-/// Pins `paths` (the expected sizes beside them) in memory: maps each file
-/// and locks it in [`PIN_CHUNK`] pieces, reading ahead one chunk. Where
-/// `mlock` is refused (RLIMIT_MEMLOCK), falls back to populating the pages
-/// without locking and says why in the returned [`Pin`].
+/// Pins `paths` (the expected sizes beside them) in memory: maps each file,
+/// marks the mapping sequential and locks it in [`PIN_CHUNK`] pieces (so
+/// progress, cancel and a bandwidth cap work between pieces). Where `mlock`
+/// is refused (RLIMIT_MEMLOCK), falls back to populating the pages without
+/// locking and says why in the returned [`Pin`].
+///
+/// Locking a sequential mapping lets the kernel's readahead fetch the file
+/// in large requests while the pages are mapped and pinned in the same pass.
+/// On a 1 GiB file with a cold cache this is as fast as `cat` (`tierd
+/// bench-real`); reading the file with `read` on a helper thread and locking
+/// behind it was up to 2x slower on the same disk.
 pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: Option<f64>) -> Result<Pin, WorkError> {
+    const MADV_POPULATE_READ: i32 = 22;
     let throttle = Throttle::new(bandwidth_mb_s);
     let mut pin = Pin {
         files: Vec::with_capacity(paths.len()),
@@ -194,6 +202,13 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         bytes: 0,
     };
     let mut done = 0u64;
+    // Under a bandwidth cap, pieces of about a tenth of a second keep the
+    // rate smooth; otherwise large pieces keep the kernel's readahead busy.
+    let page = sys::page_size();
+    let chunk = match bandwidth_mb_s {
+        Some(mb) if mb > 0.0 => ((mb * 1e6 / 10.0) as usize).clamp(1 << 20, PIN_CHUNK) / page * page,
+        _ => PIN_CHUNK,
+    };
     for (path, expected) in paths {
         let file = File::open(path).map_err(|e| WorkError::io("cannot open", path, &e))?;
         let len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
@@ -206,6 +221,13 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         if len == 0 {
             continue;
         }
+        let changed = || -> Result<(), WorkError> {
+            let now = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
+            if now != len {
+                return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
+            }
+            Ok(())
+        };
         // SAFETY: a read-only shared mapping of a regular file. We never form
         // Rust references into it: it is only handed to mlock/madvise/mincore
         // as an address range, so a concurrent change of the file cannot
@@ -214,47 +236,44 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         let _ = sys::fadvise(&file, 0, 0, Advice::Sequential);
         let base = map.as_ptr();
         let map_len = map.len();
-        // The file is read (like `cat`) on a helper thread, which fills the
-        // page cache at the disk's sequential speed; each chunk read is then
-        // locked here (its pages are already resident, so mlock only maps
-        // and pins them). Locking a mapping by faulting alone is much slower.
-        let mut read = 0usize;
-        let mut locked_upto = 0usize;
-        let (_, total) = read_pipelined(&file, false, shared, path, |block| {
-            read += block.len();
-            let upto = read.min(map_len);
-            if upto - locked_upto < PIN_CHUNK && upto < map_len {
-                return Ok(());
+        let _ = sys::madvise(base, map_len, libc::MADV_SEQUENTIAL);
+        let mut at = 0usize;
+        while at < map_len {
+            if shared.cancelled() {
+                return Err(WorkError::Cancelled);
             }
-            let n = upto - locked_upto;
-            // SAFETY: `locked_upto < upto <= map_len`, inside the mapping.
-            let p = unsafe { base.add(locked_upto) };
+            let n = chunk.min(map_len - at);
+            // SAFETY: `at < map_len`, so `[at, at + n)` is inside the mapping.
+            let p = unsafe { base.add(at) };
             if pin.locked
                 && let Err(e) = sys::mlock(p, n)
             {
+                // A file cut short under us faults past its end: that is
+                // not a lock limit.
+                changed()?;
                 pin.locked = false;
                 pin.lock_error = Some(format!(
                     "mlock refused ({e}); pages populated without locking (raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK)"
                 ));
             }
             if !pin.locked {
-                // The read brought the pages in; map them too where possible.
-                const MADV_POPULATE_READ: i32 = 22;
-                let _ = sys::madvise(p, n, MADV_POPULATE_READ);
+                // Read the pages in and map them (kernels before 5.14 lack
+                // POPULATE_READ; WILLNEED at least starts the reads).
+                if sys::madvise(p, n, MADV_POPULATE_READ).is_err() {
+                    changed()?;
+                    let _ = sys::madvise(p, n, libc::MADV_WILLNEED);
+                }
             }
-            locked_upto = upto;
+            at += n;
             done += n as u64;
             shared.add(n as u64);
-            throttle.wait(done, shared)
-        })?;
-        if total != len || locked_upto != map_len {
-            return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
+            throttle.wait(done, shared)?;
         }
+        // Back to normal advice: sequential mappings are reclaimed first,
+        // which matters for pages that are populated but not locked.
+        let _ = sys::madvise(base, map_len, libc::MADV_NORMAL);
         // A file that shrank under us leaves pages past its end: refuse.
-        let now_len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
-        if now_len != len {
-            return Err(WorkError::failed(format!("{} changed size while being pinned", path.display())));
-        }
+        changed()?;
         pin.bytes += len;
         pin.files.push(PinnedFile { map, path: path.clone() });
     }
