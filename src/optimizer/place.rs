@@ -33,17 +33,82 @@ pub trait Ranking {
 pub struct Cascade<'a, R: Ranking + ?Sized> {
     state: &'a State,
     ranking: &'a R,
+    bufs: Pooled,
+    pub desires: Vec<Desire>,
+    /// Models pushed out of each tier, with their keys (GDSF's inflation).
+    pub evicted: Vec<(usize, ModelId, f64)>,
+    reason: &'static str,
+}
+
+/// The working buffers of a [`Cascade`]. A plan is made on every access in
+/// the simulator's hot loop, so they come from a small per-thread pool
+/// instead of being allocated each time.
+#[derive(Default)]
+struct Bufs {
     extra_in: Vec<u64>,
     extra_models: Vec<usize>,
     out: Vec<u64>,
     out_models: Vec<usize>,
     /// Models this plan already moves or places (never picked as victims).
     taken: Vec<ModelId>,
-    pub desires: Vec<Desire>,
-    /// Models pushed out of each tier, with their keys (GDSF's inflation).
-    pub evicted: Vec<(usize, ModelId, f64)>,
-    reason: &'static str,
-    scratch: Vec<(f64, f64, ModelId)>,
+    /// Eviction candidates of the tier being filled.
+    cands: Vec<(f64, f64, ModelId)>,
+    /// Victims chosen, as a stack: each `insert` works on the entries it
+    /// pushed and truncates them before returning.
+    victims: Vec<(ModelId, u64, f64)>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Bufs>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Bufs {
+    fn take(tiers: usize) -> Bufs {
+        let mut b = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        for v in [&mut b.extra_in, &mut b.out] {
+            v.clear();
+            v.resize(tiers, 0);
+        }
+        for v in [&mut b.extra_models, &mut b.out_models] {
+            v.clear();
+            v.resize(tiers, 0);
+        }
+        b.taken.clear();
+        b.cands.clear();
+        b.victims.clear();
+        b
+    }
+}
+
+/// [`Bufs`] on loan from the pool; dropping it gives them back.
+struct Pooled(Bufs);
+
+impl std::ops::Deref for Pooled {
+    type Target = Bufs;
+    fn deref(&self) -> &Bufs {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Bufs {
+        &mut self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let b = std::mem::take(&mut self.0);
+        // A few are enough: plans on one thread rarely overlap. `b` is
+        // simply freed when the pool is full or being torn down.
+        let _ = POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut()
+                && p.len() < 4
+            {
+                p.push(b);
+            }
+        });
+    }
 }
 
 impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
@@ -51,28 +116,24 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
         Cascade {
             state,
             ranking,
-            extra_in: Vec::new(),
-            extra_models: Vec::new(),
-            out: Vec::new(),
-            out_models: Vec::new(),
-            taken: Vec::new(),
+            bufs: Pooled(Bufs::take(state.tiers.len())),
             desires: Vec::new(),
             evicted: Vec::new(),
             reason,
-            scratch: Vec::new(),
         }
     }
 
     /// Bytes and models by which `tier` would be over its limits with `bytes` more.
     fn excess(&self, tier: usize, bytes: u64) -> (u64, usize) {
         let t = &self.state.tiers[tier];
-        let committed = t.committed() + self.extra_in[tier] + bytes;
+        let b = &self.bufs;
+        let committed = t.committed() + b.extra_in[tier] + bytes;
         let bytes_over = match t.limit {
-            Some(l) => committed.saturating_sub(self.out[tier]).saturating_sub(l),
+            Some(l) => committed.saturating_sub(b.out[tier]).saturating_sub(l),
             None => 0,
         };
         let models_over = match t.max_models {
-            Some(mx) => (t.models + t.incoming_models + self.extra_models[tier] + 1).saturating_sub(self.out_models[tier] + mx),
+            Some(mx) => (t.models + t.incoming_models + b.extra_models[tier] + 1).saturating_sub(b.out_models[tier] + mx),
             None => 0,
         };
         (bytes_over, models_over)
@@ -81,29 +142,22 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
     /// Plans `model` (key `key`) into `tier`, displacing what must go.
     /// Returns false, changing nothing, when room cannot be made.
     pub fn insert(&mut self, model: ModelId, key: f64, tier: usize) -> bool {
-        if self.extra_in.is_empty() {
-            let n = self.state.tiers.len();
-            self.extra_in = vec![0; n];
-            self.extra_models = vec![0; n];
-            self.out = vec![0; n];
-            self.out_models = vec![0; n];
-        }
         let Some(m) = self.state.model(model) else { return false };
         let bytes = m.bytes;
         if !holds(self.state, bytes, tier) {
             return false;
         }
         let (mut bytes_over, mut models_over) = self.excess(tier, bytes);
-        let mut victims: Vec<(ModelId, u64, f64)> = Vec::new();
+        let first_victim = self.bufs.victims.len();
         if bytes_over > 0 || models_over > 0 {
-            let mut cands = std::mem::take(&mut self.scratch);
-            cands.clear();
+            let b = &mut self.bufs;
+            b.cands.clear();
             for &id in &self.state.members[tier] {
                 let Some(v) = self.state.model(id) else { continue };
-                if v.pinned || v.job.is_some() || v.unavailable.is_some() || id == model || self.taken.contains(&id) {
+                if v.pinned || v.job.is_some() || v.unavailable.is_some() || id == model || b.taken.contains(&id) {
                     continue;
                 }
-                cands.push((
+                b.cands.push((
                     self.ranking.key(self.state, id),
                     v.usage.last_access.unwrap_or(f64::NEG_INFINITY),
                     id,
@@ -114,37 +168,39 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
             let order =
                 |a: &(f64, f64, ModelId), b: &(f64, f64, ModelId)| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2));
             while bytes_over > 0 || models_over > 0 {
-                let Some(pos) = cands.iter().enumerate().min_by(|a, b| order(a.1, b.1)).map(|(i, _)| i) else {
+                let Some(pos) = b.cands.iter().enumerate().min_by(|a, b| order(a.1, b.1)).map(|(i, _)| i) else {
                     break;
                 };
-                let (vkey, _, id) = cands.swap_remove(pos);
+                let (vkey, _, id) = b.cands.swap_remove(pos);
                 if !self.ranking.admit(key, vkey) {
                     break;
                 }
                 let vb = self.state.model(id).map_or(0, |v| v.bytes);
-                victims.push((id, vb, vkey));
+                b.victims.push((id, vb, vkey));
                 bytes_over = bytes_over.saturating_sub(vb);
                 models_over = models_over.saturating_sub(1);
             }
-            self.scratch = cands;
             if bytes_over > 0 || models_over > 0 {
+                b.victims.truncate(first_victim);
                 return false;
             }
         }
         // Commit: this model comes in, the victims go out and are placed
         // further down (the last tier always takes them).
-        self.extra_in[tier] += bytes;
-        self.extra_models[tier] += 1;
-        self.taken.push(model);
+        self.bufs.extra_in[tier] += bytes;
+        self.bufs.extra_models[tier] += 1;
+        self.bufs.taken.push(model);
         let last = self.state.last_tier();
-        for (id, vb, vkey) in victims {
-            self.out[tier] += vb;
-            self.out_models[tier] += 1;
-            self.taken.push(id);
+        let last_victim = self.bufs.victims.len();
+        for i in first_victim..last_victim {
+            let (id, vb, vkey) = self.bufs.victims[i];
+            self.bufs.out[tier] += vb;
+            self.bufs.out_models[tier] += 1;
+            self.bufs.taken.push(id);
             self.evicted.push((tier, id, vkey));
             let placed = (tier + 1..last).find(|&d| self.insert(id, vkey, d)).unwrap_or_else(|| {
-                self.extra_in[last] += vb;
-                self.extra_models[last] += 1;
+                self.bufs.extra_in[last] += vb;
+                self.bufs.extra_models[last] += 1;
                 last
             });
             // `insert` pushed the victim's own desire when it succeeded.
@@ -152,6 +208,7 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
                 self.push(id, last);
             }
         }
+        self.bufs.victims.truncate(first_victim);
         if self.state.model(model).is_some_and(|m| m.tier != tier) {
             self.push(model, tier);
         }

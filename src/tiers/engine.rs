@@ -14,6 +14,7 @@
 //!   and the bytes physically fit (`used + incoming_running + size <= limit`);
 //! - a model is in exactly one tier; while it moves it stays in its source.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value, json};
@@ -832,7 +833,7 @@ impl Engine {
     /// Applies a policy's desires as one batch: each desire may count on
     /// room freed by earlier desires of the batch that leave its target.
     fn apply_desires(&mut self, now: f64, desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
-        let mut steps = Vec::with_capacity(desires.len());
+        let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
         let mut batch: Vec<JobKey> = Vec::new();
         let mut retry: Vec<(usize, Desire)> = Vec::new();
         for d in desires {
@@ -895,7 +896,7 @@ impl Engine {
         let Some(m) = self.state.model(d.model) else {
             return Err(EngineError::Internal(format!("model id {} vanished", d.model)));
         };
-        let (name, bytes) = (m.name.clone(), m.bytes);
+        let (name, bytes) = (m.name.as_str(), m.bytes);
         let opts = MoveOptions {
             priority,
             origin,
@@ -903,23 +904,20 @@ impl Engine {
             make_room: d.make_room,
             ..MoveOptions::default()
         };
-        let leaving: Vec<JobKey> = batch
-            .iter()
-            .copied()
-            .filter(|k| {
-                self.jobs
-                    .get(k)
-                    .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal())
-            })
-            .collect();
+        let leaving = batch.iter().copied().filter(|k| {
+            self.jobs
+                .get(k)
+                .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal())
+        });
         let mut deps = Vec::new();
         for k in leaving {
-            if self.room(d.target, bytes, self.relief_from(d.target, &deps), &name).is_ok() {
+            if self.room(d.target, bytes, self.relief_from(d.target, &deps), name).is_ok() {
                 break;
             }
             deps.push(k);
         }
         if d.make_room && deps.is_empty() {
+            let name = name.to_string();
             let target = self.state.tiers[d.target].name.clone();
             let started = self.move_tier(now, &name, &target, &opts)?;
             self.job_ids
@@ -1784,13 +1782,13 @@ impl Engine {
     }
 
     /// Bookkeeping common to every end of a run.
-    fn stop_running(&mut self, now: f64, key: JobKey, outcome: &str) {
+    fn stop_running(&mut self, now: f64, key: JobKey, outcome: impl Into<Cow<'static, str>>) {
         self.running.remove(&key);
         let Some(job) = self.jobs.get_mut(&key) else { return };
         job.progress = self.backend.progress(now, key).clamp(0.0, 1.0).max(job.progress);
         if let Some(a) = job.attempts.last_mut() {
             a.ended_at = Some(now);
-            a.outcome = Some(outcome.to_string());
+            a.outcome = Some(outcome.into());
         }
         let (to, bytes) = (job.to, job.bytes);
         self.state.tiers[to].incoming_running -= bytes;
@@ -1848,7 +1846,7 @@ impl Engine {
         if !self.running.contains(&key) {
             return;
         }
-        self.stop_running(now, key, &format!("failed: {message}"));
+        self.stop_running(now, key, format!("failed: {message}"));
         let Some(job) = self.jobs.get_mut(&key) else { return };
         if retryable && !job.cancel_requested && job.attempt <= job.max_retries {
             // attempt n failed; retry n waits base * 2^(n-1), capped.

@@ -117,7 +117,7 @@ pub struct Attempt {
     pub attempt: u32,
     pub started_at: f64,
     pub ended_at: Option<f64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// A move of one model from one tier to another.
