@@ -882,16 +882,15 @@ impl Backend for RealBackend {
         self.running.get(&job).map(|r| r.shared.progress()).unwrap_or(0.0)
     }
 
-    fn poll(&mut self, now: f64) -> Vec<MoveEvent> {
+    fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>) {
         self.last_now = now;
-        let mut events = std::mem::take(&mut self.pending);
+        events.append(&mut self.pending);
         while let Ok((key, outcome)) = self.rx.try_recv() {
             if let Some(e) = self.complete(key, outcome) {
                 events.push(e);
             }
             events.append(&mut self.pending);
         }
-        events
     }
 
     fn next_event_time(&self) -> Option<f64> {

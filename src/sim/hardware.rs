@@ -42,6 +42,8 @@ pub struct SimBackend {
     /// Bytes taken by the rest of the machine, per tier.
     external: Vec<u64>,
     running: BTreeMap<JobKey, SimMove>,
+    /// Scratch of `poll`: the moves due, by time.
+    due: Vec<(f64, JobKey)>,
     rng: ChaCha8Rng,
     fault_probability: f64,
     /// Moves complete the moment they start (`--moves instant`).
@@ -71,6 +73,7 @@ impl SimBackend {
             total,
             external: vec![0; n],
             running: BTreeMap::new(),
+            due: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(cfg.sim.seed),
             fault_probability: cfg.sim.fault_probability,
             instant: false,
@@ -142,35 +145,31 @@ impl Backend for SimBackend {
         }
     }
 
-    fn poll(&mut self, now: f64) -> Vec<MoveEvent> {
-        let mut due: Vec<(f64, JobKey)> = self
-            .running
-            .iter()
-            .filter(|(_, m)| m.event_time() <= now)
-            .map(|(k, m)| (m.event_time(), *k))
-            .collect();
+    fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>) {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        due.extend(self.running.iter().filter(|(_, m)| m.event_time() <= now).map(|(k, m)| (m.event_time(), *k)));
         due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        due.into_iter()
-            .filter_map(|(_, k)| self.running.remove(&k).map(|m| (k, m)))
-            .map(|(job, m)| {
-                if m.cancelled {
-                    MoveEvent::Cancelled { job }
-                } else if let Some(at) = m.fail_at {
-                    let pct = if m.duration > 0.0 {
-                        (at - m.start) / m.duration * 100.0
-                    } else {
-                        0.0
-                    };
-                    MoveEvent::Failed {
-                        job,
-                        message: format!("simulated I/O fault at {pct:.0}%; rolled back"),
-                        retryable: true,
-                    }
+        for &(_, job) in &due {
+            let Some(m) = self.running.remove(&job) else { continue };
+            events.push(if m.cancelled {
+                MoveEvent::Cancelled { job }
+            } else if let Some(at) = m.fail_at {
+                let pct = if m.duration > 0.0 {
+                    (at - m.start) / m.duration * 100.0
                 } else {
-                    MoveEvent::Finished { job }
+                    0.0
+                };
+                MoveEvent::Failed {
+                    job,
+                    message: format!("simulated I/O fault at {pct:.0}%; rolled back"),
+                    retryable: true,
                 }
-            })
-            .collect()
+            } else {
+                MoveEvent::Finished { job }
+            });
+        }
+        self.due = due;
     }
 
     fn next_event_time(&self) -> Option<f64> {

@@ -72,8 +72,9 @@ pub trait Backend: Send {
     fn cancel_move(&mut self, now: f64, job: JobKey);
     /// Progress of a running move, 0..=1.
     fn progress(&self, now: f64, job: JobKey) -> f64;
-    /// Events since the last poll, in the order they happened.
-    fn poll(&mut self, now: f64) -> Vec<MoveEvent>;
+    /// Appends the events since the last poll to `events`, in the order
+    /// they happened (the caller reuses one buffer).
+    fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>);
     /// The earliest time at which `poll` will have something new (virtual
     /// time drivers jump to it); `None` when nothing is pending or unknown.
     fn next_event_time(&self) -> Option<f64>;

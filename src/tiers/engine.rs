@@ -181,6 +181,8 @@ pub struct Engine {
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
     dependents: KeyMap<Vec<JobKey>>,
+    /// The backend's events of one poll (a buffer kept between ticks).
+    events: Vec<MoveEvent>,
     next_key: JobKey,
     max_concurrent: usize,
     /// Something changed that may let a queued job start.
@@ -304,6 +306,7 @@ impl Engine {
             running: BTreeSet::new(),
             ended: VecDeque::new(),
             dependents: KeyMap::default(),
+            events: Vec::new(),
             next_key: 1,
             dirty: false,
             log: None,
@@ -1704,15 +1707,16 @@ impl Engine {
             }
         }
         loop {
-            let events = if self.backend.next_event_time().is_some_and(|t| t <= now) || !self.running.is_empty() {
-                self.backend.poll(now)
-            } else {
-                Vec::new()
-            };
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            if self.backend.next_event_time().is_some_and(|t| t <= now) || !self.running.is_empty() {
+                self.backend.poll(now, &mut events);
+            }
             let had_events = !events.is_empty();
-            for e in events {
+            for e in events.drain(..) {
                 self.apply_event(now, e);
             }
+            self.events = events;
             // Retry delays that are over make their jobs ready again.
             while let Some(&(t, key)) = self.delayed.first() {
                 if t.time() > now {
@@ -1925,7 +1929,9 @@ impl Engine {
             let Some(old) = self.ended.pop_front() else { break };
             // Keep jobs that others still wait on.
             if let Some(j) = self.jobs.remove(&old) {
-                self.job_ids.remove(&j.id);
+                if !j.id.is_empty() {
+                    self.job_ids.remove(&j.id);
+                }
                 self.dependents.remove(&old);
             }
         }
