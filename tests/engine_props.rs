@@ -64,7 +64,7 @@ proptest! {
         let backend = Box::new(SimBackend::new(&cfg));
         let mut now = 1_000.0;
         let mut engine = Engine::new(cfg, backend, Box::new(UsagePolicy), now).unwrap();
-        let mut names: Vec<String> = engine.state().iter_models().map(|(_, m)| m.name.clone()).collect();
+        let mut names: Vec<String> = engine.state().iter_models().map(|(_, m)| m.name.to_string()).collect();
         names.sort();
         let mut total: u64 = engine.state().tiers.iter().map(|t| t.used).sum();
         let mut jobs: Vec<String> = Vec::new();

@@ -665,7 +665,7 @@ impl RealBackend {
         let run = self.running.remove(&key)?;
         let order = run.order;
         let job = order.job;
-        let name = order.model.clone();
+        let name = order.model.to_string();
         let cancelled = run.shared.cancel.load(Ordering::Relaxed);
         let outcome = match outcome {
             Outcome::Error(WorkError::Cancelled) => return Some(MoveEvent::Cancelled { job }),
@@ -805,7 +805,7 @@ impl Backend for RealBackend {
         self.accepts_moves_into(order.to)?;
         let rec = self
             .models
-            .get(&order.model)
+            .get(&*order.model)
             .cloned()
             .ok_or_else(|| format!("model {} is not known to the real backend", order.model))?;
         if self.running.values().any(|r| r.order.model == order.model) {

@@ -163,7 +163,7 @@ impl StateStore {
         };
         for (_, m) in engine.state().iter_models() {
             snap.models.insert(
-                m.name.clone(),
+                m.name.to_string(),
                 ModelUsage {
                     usage: m.usage.count,
                     last_access: m.usage.last_access,

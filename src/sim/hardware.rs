@@ -148,7 +148,12 @@ impl Backend for SimBackend {
     fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>) {
         let mut due = std::mem::take(&mut self.due);
         due.clear();
-        due.extend(self.running.iter().filter(|(_, m)| m.event_time() <= now).map(|(k, m)| (m.event_time(), *k)));
+        due.extend(
+            self.running
+                .iter()
+                .filter(|(_, m)| m.event_time() <= now)
+                .map(|(k, m)| (m.event_time(), *k)),
+        );
         due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         for &(_, job) in &due {
             let Some(m) = self.running.remove(&job) else { continue };

@@ -31,7 +31,7 @@ pub enum Capacity {
 #[derive(Debug, Clone)]
 pub struct MoveOrder {
     pub job: JobKey,
-    pub model: String,
+    pub model: std::sync::Arc<str>,
     pub bytes: u64,
     pub from: usize,
     pub to: usize,

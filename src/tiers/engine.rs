@@ -174,7 +174,7 @@ pub struct Engine {
     /// delay is over: the only set the scheduler scans.
     ready: BTreeSet<(Priority, JobKey)>,
     /// Queued jobs still waiting on dependencies, with the count unmet.
-    waiting: HashMap<JobKey, usize>,
+    waiting: KeyMap<usize>,
     /// Queued jobs waiting out a retry delay, by the time it ends.
     delayed: BTreeSet<(TimeKey, JobKey)>,
     running: BTreeSet<JobKey>,
@@ -270,7 +270,7 @@ impl Engine {
             let bytes = gb_to_bytes(mc.size_gb);
             let id = state.models.len();
             state.models.push(Some(Model {
-                name: mc.name.clone(),
+                name: mc.name.as_str().into(),
                 bytes,
                 tier,
                 usage: Usage {
@@ -301,7 +301,7 @@ impl Engine {
             job_ids: HashMap::new(),
             queue: BTreeSet::new(),
             ready: BTreeSet::new(),
-            waiting: HashMap::new(),
+            waiting: KeyMap::default(),
             delayed: BTreeSet::new(),
             running: BTreeSet::new(),
             ended: VecDeque::new(),
@@ -577,17 +577,20 @@ impl Engine {
         self.backend.accepts_moves_into(to).map_err(EngineError::bad_request)?;
         if from == to {
             return Err(EngineError::AlreadyInTier {
-                model: name,
+                model: name.to_string(),
                 tier: self.state.tiers[to].name.clone(),
             });
         }
         if let Some(k) = m.job {
             let job_id = self.jobs.get(&k).map(|j| j.id.clone()).unwrap_or_default();
-            return Err(EngineError::AlreadyMoving { model: name, job_id });
+            return Err(EngineError::AlreadyMoving {
+                model: name.to_string(),
+                job_id,
+            });
         }
         if !self.state.size_allowed(bytes, to) {
             return Err(EngineError::ModelTooLarge {
-                model: name,
+                model: name.to_string(),
                 size_gb: bytes_to_gb(bytes),
                 max_gb: bytes_to_gb(self.state.max_single_model),
                 tier: self.state.tiers[to].name.clone(),
@@ -595,7 +598,7 @@ impl Engine {
         }
         if let Some(reason) = &m.unavailable {
             return Err(EngineError::ModelUnavailable {
-                model: name,
+                model: name.to_string(),
                 reason: reason.clone(),
             });
         }
@@ -852,7 +855,7 @@ impl Engine {
                 }
                 continue;
             }
-            let name = m.name.clone();
+            let name = m.name.to_string();
             let mut step = PlanStep {
                 model_name: name,
                 operation: if d.target < from { Operation::Promote } else { Operation::Demote },
@@ -899,7 +902,7 @@ impl Engine {
         let Some(m) = self.state.model(d.model) else {
             return Err(EngineError::Internal(format!("model id {} vanished", d.model)));
         };
-        let (name, bytes) = (m.name.as_str(), m.bytes);
+        let (name, bytes) = (&*m.name, m.bytes);
         let opts = MoveOptions {
             priority,
             origin,
@@ -974,7 +977,7 @@ impl Engine {
         let home = if instant { chosen } else { last };
         let id = self.state.models.len();
         self.state.models.push(Some(Model {
-            name: name.to_string(),
+            name: name.into(),
             bytes,
             tier: home,
             usage: Usage {
@@ -1074,7 +1077,7 @@ impl Engine {
         };
         if let Some(reason) = &m.unavailable {
             return Err(EngineError::ModelUnavailable {
-                model: m.name.clone(),
+                model: m.name.to_string(),
                 reason: reason.clone(),
             });
         }
@@ -1114,7 +1117,7 @@ impl Engine {
                 .filter_map(|d| {
                     let m = self.state.model(d.model)?;
                     (d.target != m.tier && d.target < self.state.tiers.len()).then(|| PlanStep {
-                        model_name: m.name.clone(),
+                        model_name: m.name.to_string(),
                         operation: if d.target < m.tier { Operation::Promote } else { Operation::Demote },
                         source_tier: self.state.tiers[m.tier].name.clone(),
                         target_tier: self.state.tiers[d.target].name.clone(),

@@ -127,7 +127,7 @@ pub struct Job {
     /// The wire id: `tier_<operation>_<model>_<unix seconds>[_<n>]`.
     pub id: String,
     pub model: ModelId,
-    pub model_name: String,
+    pub model_name: std::sync::Arc<str>,
     pub bytes: u64,
     pub from: usize,
     pub to: usize,
@@ -178,7 +178,7 @@ impl Job {
             .collect();
         let mut v = json!({
             "job_id": self.id,
-            "model_name": self.model_name,
+            "model_name": &*self.model_name,
             "operation": self.operation.as_str(),
             "source_tier": tier_names.get(self.from),
             "target_tier": tier_names.get(self.to),

@@ -166,7 +166,7 @@ impl Usage {
 /// One registered model.
 #[derive(Debug, Clone)]
 pub struct Model {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub bytes: u64,
     /// Tier holding the model's complete copy that loads are served from.
     pub tier: usize,
@@ -320,7 +320,7 @@ impl State {
         };
         let u = &m.usage;
         json!({
-            "model_name": m.name,
+            "model_name": &*m.name,
             "size_gb": bytes_to_gb(m.bytes),
             "tier": self.tiers[m.tier].name,
             "status": status,
