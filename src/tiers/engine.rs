@@ -15,6 +15,8 @@
 //! - a model is in exactly one tier; while it moves it stays in its source.
 
 use std::borrow::Cow;
+
+use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value, json};
@@ -180,7 +182,7 @@ pub struct Engine {
     running: BTreeSet<JobKey>,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
-    dependents: KeyMap<Vec<JobKey>>,
+    dependents: KeyMap<SmallVec<[JobKey; 2]>>,
     /// The backend's events of one poll (a buffer kept between ticks).
     events: Vec<MoveEvent>,
     next_key: JobKey,
@@ -569,7 +571,14 @@ impl Engine {
 
     /// Validates and queues one move. `deps` are engine keys (already
     /// resolved); the model must be idle.
-    fn submit(&mut self, now: f64, model: ModelId, to: usize, deps: Vec<JobKey>, opts: &MoveOptions) -> Result<JobKey, EngineError> {
+    fn submit(
+        &mut self,
+        now: f64,
+        model: ModelId,
+        to: usize,
+        deps: SmallVec<[JobKey; 2]>,
+        opts: &MoveOptions,
+    ) -> Result<JobKey, EngineError> {
         let Some(m) = self.state.model(model) else {
             return Err(EngineError::Internal(format!("model id {model} vanished")));
         };
@@ -629,7 +638,7 @@ impl Engine {
         } else {
             String::new()
         };
-        let mut claimed = Vec::new();
+        let mut claimed = SmallVec::new();
         for d in &deps {
             if need.bytes == 0 && need.models == 0 {
                 break;
@@ -678,7 +687,7 @@ impl Engine {
             progress: 0.0,
             estimated_s: bytes_to_gb(bytes) * rate,
             error: None,
-            attempts: Vec::new(),
+            attempts: SmallVec::new(),
             cancel_requested: false,
             bandwidth_mb_s: opts.bandwidth_mb_s,
             reason: opts.reason.clone(),
@@ -802,7 +811,7 @@ impl Engine {
                 ..MoveOptions::default()
             };
             for (victim, dest) in victims {
-                match self.submit(now, victim, dest, Vec::new(), &room_opts) {
+                match self.submit(now, victim, dest, SmallVec::new(), &room_opts) {
                     Ok(k) => room_jobs.push(k),
                     Err(e) => {
                         for k in room_jobs {
@@ -814,7 +823,7 @@ impl Engine {
             }
             all_deps.extend(room_jobs.iter().copied());
         }
-        match self.submit(now, id, to, all_deps, opts) {
+        match self.submit(now, id, to, all_deps.into(), opts) {
             Ok(key) => {
                 self.tick(now);
                 let job = &self.jobs[&key];
@@ -840,7 +849,7 @@ impl Engine {
     /// room freed by earlier desires of the batch that leave its target.
     fn apply_desires(&mut self, now: f64, desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
         let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
-        let mut batch: Vec<JobKey> = Vec::new();
+        let mut batch: SmallVec<[JobKey; 8]> = SmallVec::new();
         let mut retry: Vec<(usize, Desire)> = Vec::new();
         for d in desires {
             let Some(m) = self.state.model(d.model) else { continue };
@@ -915,7 +924,7 @@ impl Engine {
                 .get(k)
                 .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal())
         });
-        let mut deps = Vec::new();
+        let mut deps: SmallVec<[JobKey; 2]> = SmallVec::new();
         for k in leaving {
             if self.room(d.target, bytes, self.relief_from(d.target, &deps), name).is_ok() {
                 break;
@@ -1001,7 +1010,7 @@ impl Engine {
                 reason: Some("hot load".into()),
                 ..MoveOptions::default()
             };
-            if let Ok(k) = self.submit(now, id, chosen, Vec::new(), &opts) {
+            if let Ok(k) = self.submit(now, id, chosen, SmallVec::new(), &opts) {
                 job_id = self.jobs.get(&k).map(|j| j.id.clone());
             }
             self.tick(now);
@@ -1427,7 +1436,7 @@ impl Engine {
             let dest = (tier + 1..self.state.tiers.len())
                 .find(|&d| self.state.size_allowed(bytes, d) && self.room(d, bytes, Relief::default(), "").is_ok());
             if let Some(dest) = dest
-                && let Ok(k) = self.submit(now, id, dest, Vec::new(), opts)
+                && let Ok(k) = self.submit(now, id, dest, SmallVec::new(), opts)
             {
                 freed += bytes;
                 if let Some(j) = self.jobs.get(&k) {

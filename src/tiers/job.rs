@@ -1,6 +1,7 @@
 //! Move jobs: what a move is, where it stands, and how it is seen on the wire.
 
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 
 use crate::config::bytes_to_gb;
 
@@ -134,10 +135,10 @@ pub struct Job {
     pub operation: Operation,
     pub priority: Priority,
     pub origin: Origin,
-    pub depends_on: Vec<JobKey>,
+    pub depends_on: SmallVec<[JobKey; 2]>,
     /// Room this job counted on from moves (among `depends_on`) leaving its
     /// target: (job, bytes, models).
-    pub claimed_releases: Vec<(JobKey, u64, usize)>,
+    pub claimed_releases: SmallVec<[(JobKey, u64, usize); 1]>,
     /// Room this job frees in its source tier that no other job has counted
     /// on yet: bytes and models (a freed byte is counted once).
     pub unclaimed_bytes: u64,
@@ -155,7 +156,7 @@ pub struct Job {
     pub progress: f64,
     pub estimated_s: f64,
     pub error: Option<(String, String)>,
-    pub attempts: Vec<Attempt>,
+    pub attempts: SmallVec<[Attempt; 1]>,
     pub cancel_requested: bool,
     pub bandwidth_mb_s: Option<f64>,
     /// Why the job was created (policy reasons, make_room target).
