@@ -44,6 +44,9 @@ pub struct SimBackend {
     running: BTreeMap<JobKey, SimMove>,
     /// Scratch of `poll`: the moves due, by time.
     due: Vec<(f64, JobKey)>,
+    /// The earliest event time of `running`, kept up to date on each change
+    /// (asked on every engine tick, changed once per move).
+    next_event: Option<f64>,
     rng: ChaCha8Rng,
     fault_probability: f64,
     /// Moves complete the moment they start (`--moves instant`).
@@ -74,6 +77,7 @@ impl SimBackend {
             external: vec![0; n],
             running: BTreeMap::new(),
             due: Vec::new(),
+            next_event: None,
             rng: ChaCha8Rng::seed_from_u64(cfg.sim.seed),
             fault_probability: cfg.sim.fault_probability,
             instant: false,
@@ -89,6 +93,12 @@ impl SimBackend {
     /// Changes the fault probability (tests).
     pub fn set_fault_probability(&mut self, p: f64) {
         self.fault_probability = p.clamp(0.0, 1.0);
+    }
+}
+
+impl SimBackend {
+    fn refresh_next_event(&mut self) {
+        self.next_event = self.running.values().map(SimMove::event_time).min_by(f64::total_cmp);
     }
 }
 
@@ -126,6 +136,7 @@ impl Backend for SimBackend {
                 cancelled: false,
             },
         );
+        self.refresh_next_event();
         Ok(())
     }
 
@@ -135,6 +146,7 @@ impl Backend for SimBackend {
             // The rollback is immediate in the simulation.
             m.fail_at = Some(now);
         }
+        self.refresh_next_event();
     }
 
     fn progress(&self, now: f64, job: JobKey) -> f64 {
@@ -146,6 +158,9 @@ impl Backend for SimBackend {
     }
 
     fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>) {
+        if self.next_event.is_none_or(|t| t > now) {
+            return;
+        }
         let mut due = std::mem::take(&mut self.due);
         due.clear();
         due.extend(
@@ -175,10 +190,11 @@ impl Backend for SimBackend {
             });
         }
         self.due = due;
+        self.refresh_next_event();
     }
 
     fn next_event_time(&self) -> Option<f64> {
-        self.running.values().map(SimMove::event_time).min_by(f64::total_cmp)
+        self.next_event
     }
 
     fn tier_details(&self, tier: usize) -> Map<String, Value> {

@@ -1976,7 +1976,7 @@ impl Engine {
     /// not fit yet is passed over for lower-priority jobs that do.
     fn schedule(&mut self, now: f64) -> usize {
         let mut started = 0;
-        let mut blocked_on_room = Vec::new();
+        let mut blocked_on_room: SmallVec<[JobKey; 8]> = SmallVec::new();
         let mut cursor: Option<(Priority, JobKey)> = None;
         while self.running.len() < self.max_concurrent {
             let next = match cursor {
