@@ -59,11 +59,11 @@ struct Bufs {
 }
 
 thread_local! {
-    static POOL: std::cell::RefCell<Vec<Bufs>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOL: std::cell::RefCell<Vec<Box<Bufs>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Bufs {
-    fn take(tiers: usize) -> Bufs {
+    fn take(tiers: usize) -> Box<Bufs> {
         let mut b = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
         for v in [&mut b.extra_in, &mut b.out] {
             v.clear();
@@ -81,7 +81,7 @@ impl Bufs {
 }
 
 /// [`Bufs`] on loan from the pool; dropping it gives them back.
-struct Pooled(Bufs);
+struct Pooled(std::mem::ManuallyDrop<Box<Bufs>>);
 
 impl std::ops::Deref for Pooled {
     type Target = Bufs;
@@ -98,7 +98,9 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let b = std::mem::take(&mut self.0);
+        // SAFETY: this is the last use of `self.0`: the field is taken once,
+        // here, as the `Pooled` goes away, and never read afterwards.
+        let b = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
         // A few are enough: plans on one thread rarely overlap. `b` is
         // simply freed when the pool is full or being torn down.
         let _ = POOL.try_with(|p| {
@@ -116,7 +118,7 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
         Cascade {
             state,
             ranking,
-            bufs: Pooled(Bufs::take(state.tiers.len())),
+            bufs: Pooled(std::mem::ManuallyDrop::new(Bufs::take(state.tiers.len()))),
             desires: Vec::new(),
             evicted: Vec::new(),
             reason,
