@@ -11,9 +11,9 @@
 //!   kept in the log domain as `key = log2(count at t) + t / half_life`,
 //!   which does not change between accesses (every count decays alike).
 //!   This mixes recency and frequency (LRFU-like). A second, short count
-//!   catches bursts; the latest access counts in it only as far as the
-//!   model's arrivals cluster (a lone access of a Poisson-like model says
-//!   nothing about the next minute).
+//!   catches bursts; where it is the larger estimate it lifts the long one
+//!   part of the way (`short_weight`, in the log domain: 0.5 is their
+//!   geometric mean), so a burst counts relative to the model's own rate.
 //! - **Admission and hysteresis**: an accessed model moves into a faster tier
 //!   only if room can be made from models whose rate is lower than its own
 //!   by a margin (`margin_log2`); otherwise it stays, or goes to the fastest
@@ -43,6 +43,10 @@ pub struct TierdParams {
     pub half_life_s: f64,
     /// Half-life of the short-term count that catches bursts, seconds (0: off).
     pub short_half_life_s: f64,
+    /// How far a short-term estimate above the long-term one lifts the
+    /// score, in the log domain: the score is `long^(1-w) x short^w`
+    /// (0.5: their geometric mean; 1: the short estimate as it is).
+    pub short_weight: f64,
     /// A model displaces others only if its key exceeds theirs by this
     /// much (log2 of a rate ratio).
     pub margin_log2: f64,
@@ -77,6 +81,7 @@ impl TierdParams {
             match k.trim() {
                 "half_life_s" if x > 0.0 => self.half_life_s = x,
                 "short_half_life_s" if x >= 0.0 => self.short_half_life_s = x,
+                "short_weight" if (0.0..=1.0).contains(&x) => self.short_weight = x,
                 "margin_log2" => self.margin_log2 = x,
                 "min_history_s" => self.min_history_s = x,
                 "tick_s" if x > 0.0 => self.tick_s = x,
@@ -93,7 +98,8 @@ impl Default for TierdParams {
     fn default() -> Self {
         TierdParams {
             half_life_s: 1800.0,
-            short_half_life_s: 120.0,
+            short_half_life_s: 30.0,
+            short_weight: 0.5,
             margin_log2: 0.5,
             min_history_s: 2.0 * 86_400.0,
             tick_s: 60.0,
@@ -151,7 +157,10 @@ impl TierdPolicy {
     }
 
     /// The model's own score: log2 of its estimated rate at the latest
-    /// decision, the larger of the long-term and the short-term estimate.
+    /// decision. The long-term estimate, lifted towards the short-term one
+    /// where that is larger (a burst) by `short_weight` of the way: a burst
+    /// is read relative to the model's own rate, so a few accesses of a
+    /// model seen once an hour weigh less than those of a regular.
     fn own_key(&self, model: ModelId) -> f64 {
         let long = self.key.get(model).copied().unwrap_or(f64::NEG_INFINITY);
         let r = Self::log_rate(long, self.params.half_life_s, self.log_scale.0, self.now);
@@ -169,7 +178,13 @@ impl TierdPolicy {
             short = if rest > 0.0 { at / h + rest.log2() } else { f64::NEG_INFINITY };
         }
         let s = Self::log_rate(short, h, self.log_scale.1, self.now);
-        r.max(s)
+        if s <= r {
+            r
+        } else if r == f64::NEG_INFINITY {
+            s
+        } else {
+            r + self.params.short_weight * (s - r)
+        }
     }
 
     /// The score with its prediction floor, as of the latest decision.
@@ -447,12 +462,12 @@ mod tests {
         let even = [0.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0];
         let (score, long) = scores(&even);
         assert_eq!(score, long);
-        // Accesses in clusters (gaps CV 1.85): a lone access counts in full
-        // in the short estimate, about log2(ln 2 / 120 s) = -7.4.
+        // Accesses in clusters (gaps CV 1.85): a lone access lifts the score
+        // halfway (in log2) to the short estimate, log2(ln 2 / 30 s) = -5.4.
         let clustered = [0.0, 0.1, 0.2, 0.3, 3000.0, 3000.1, 3000.2, 3000.3, 6000.0];
         let (score, long) = scores(&clustered);
-        let short = (std::f64::consts::LN_2 / 120.0).log2();
-        assert!(score > long + 1.0 && (score - short).abs() < 1e-6, "{score} {long} {short}");
+        let short = (std::f64::consts::LN_2 / 30.0).log2();
+        assert!((score - (long + 0.5 * (short - long))).abs() < 1e-9, "{score} {long} {short}");
         // Within a burst the earlier accesses count in full whatever the gaps.
         let (score, long) = scores(&[0.0, 1000.0, 2000.0, 2000.5]);
         assert!(score > long + 1.0, "{score} {long}");
