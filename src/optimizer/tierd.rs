@@ -10,7 +10,10 @@
 //! - **Rate**: an exponentially decayed access count with its own half-life,
 //!   kept in the log domain as `key = log2(count at t) + t / half_life`,
 //!   which does not change between accesses (every count decays alike).
-//!   This mixes recency and frequency (LRFU-like).
+//!   This mixes recency and frequency (LRFU-like). A second, short count
+//!   catches bursts; where it is the larger estimate it lifts the long one
+//!   part of the way (`short_weight`, in the log domain: 0.5 is their
+//!   geometric mean), so a burst counts relative to the model's own rate.
 //! - **Admission and hysteresis**: an accessed model moves into a faster tier
 //!   only if room can be made from models whose rate is lower than its own
 //!   by a margin (`margin_log2`); otherwise it stays, or goes to the fastest
@@ -40,6 +43,10 @@ pub struct TierdParams {
     pub half_life_s: f64,
     /// Half-life of the short-term count that catches bursts, seconds (0: off).
     pub short_half_life_s: f64,
+    /// How far a short-term estimate above the long-term one lifts the
+    /// score, in the log domain: the score is `long^(1-w) x short^w`
+    /// (0.5: their geometric mean; 1: the short estimate as it is).
+    pub short_weight: f64,
     /// A model displaces others only if its key exceeds theirs by this
     /// much (log2 of a rate ratio).
     pub margin_log2: f64,
@@ -74,6 +81,7 @@ impl TierdParams {
             match k.trim() {
                 "half_life_s" if x > 0.0 => self.half_life_s = x,
                 "short_half_life_s" if x >= 0.0 => self.short_half_life_s = x,
+                "short_weight" if (0.0..=1.0).contains(&x) => self.short_weight = x,
                 "margin_log2" => self.margin_log2 = x,
                 "min_history_s" => self.min_history_s = x,
                 "tick_s" if x > 0.0 => self.tick_s = x,
@@ -90,7 +98,8 @@ impl Default for TierdParams {
     fn default() -> Self {
         TierdParams {
             half_life_s: 1800.0,
-            short_half_life_s: 120.0,
+            short_half_life_s: 30.0,
+            short_weight: 0.5,
             margin_log2: 0.5,
             min_history_s: 2.0 * 86_400.0,
             tick_s: 60.0,
@@ -110,6 +119,9 @@ pub struct TierdPolicy {
     key: Vec<f64>,
     /// Short-term decayed-count key by model id.
     short: Vec<f64>,
+    /// Time of each model's latest access and how much of it the short
+    /// count keeps (see [`TierdPolicy::burst_weight`]).
+    latest: Vec<(f64, f64)>,
     /// Predicted-rate floor of the key, by model id, and until when it holds.
     floor: Vec<(f64, f64)>,
     /// Accesses per hour over the last three days, by model id.
@@ -126,6 +138,7 @@ impl TierdPolicy {
             params,
             key: Vec::new(),
             short: Vec::new(),
+            latest: Vec::new(),
             floor: Vec::new(),
             hours: Vec::new(),
             now: 0.0,
@@ -144,15 +157,34 @@ impl TierdPolicy {
     }
 
     /// The model's own score: log2 of its estimated rate at the latest
-    /// decision, the larger of the long-term and the short-term estimate.
+    /// decision. The long-term estimate, lifted towards the short-term one
+    /// where that is larger (a burst) by `short_weight` of the way: a burst
+    /// is read relative to the model's own rate, so a few accesses of a
+    /// model seen once an hour weigh less than those of a regular.
     fn own_key(&self, model: ModelId) -> f64 {
         let long = self.key.get(model).copied().unwrap_or(f64::NEG_INFINITY);
-        let mut r = Self::log_rate(long, self.params.half_life_s, self.log_scale.0, self.now);
-        if self.params.short_half_life_s > 0.0 {
-            let short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
-            r = r.max(Self::log_rate(short, self.params.short_half_life_s, self.log_scale.1, self.now));
+        let r = Self::log_rate(long, self.params.half_life_s, self.log_scale.0, self.now);
+        if self.params.short_half_life_s <= 0.0 {
+            return r;
         }
-        r
+        let h = self.params.short_half_life_s;
+        let mut short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
+        if let Some(&(at, weight)) = self.latest.get(model)
+            && short > f64::NEG_INFINITY
+        {
+            // Leave out the part of the latest access that is no evidence
+            // of a burst: `short - at / h` is log2 of the count just after it.
+            let rest = (short - at / h).exp2() - (1.0 - weight);
+            short = if rest > 0.0 { at / h + rest.log2() } else { f64::NEG_INFINITY };
+        }
+        let s = Self::log_rate(short, h, self.log_scale.1, self.now);
+        if s <= r {
+            r
+        } else if r == f64::NEG_INFINITY {
+            s
+        } else {
+            r + self.params.short_weight * (s - r)
+        }
     }
 
     /// The score with its prediction floor, as of the latest decision.
@@ -176,6 +208,24 @@ impl TierdPolicy {
         let base = now / h;
         let x = keys[model] - base;
         keys[model] = base + (1.0 + x.exp2()).log2();
+    }
+
+    /// How much of an access the short count keeps as evidence of a burst:
+    /// after an access, a renewal process with gaps of coefficient of
+    /// variation `cv` brings `(cv^2 - 1) / 2` accesses more than its mean
+    /// rate does (none for Poisson arrivals, 7.5 for CV 4), so a lone access
+    /// counts as that many, at most one, and a model whose gaps show no
+    /// clustering (or that has fewer than [`BURST_MIN_GAPS`] gaps) needs two
+    /// accesses close together before the short count says anything.
+    fn burst_weight(state: &State, model: ModelId) -> f64 {
+        let Some(u) = state.model(model).map(|m| &m.usage) else {
+            return 0.0;
+        };
+        if u.gaps < BURST_MIN_GAPS || u.gap_mean <= 0.0 {
+            return 0.0;
+        }
+        let cv = u.gap_stddev() / u.gap_mean;
+        ((cv * cv - 1.0) / 2.0).clamp(0.0, 1.0)
     }
 
     fn record(&mut self, model: ModelId, now: f64) {
@@ -225,6 +275,9 @@ impl TierdPolicy {
         Some(a.min(b) as f64 / 3600.0)
     }
 }
+
+/// Gaps a model needs before their spread is taken as a sign of bursts.
+const BURST_MIN_GAPS: u64 = 3;
 
 /// Accesses per absolute hour over the last 72 hours.
 #[derive(Debug, Clone)]
@@ -298,6 +351,10 @@ impl Policy for TierdPolicy {
     fn on_access(&mut self, now: f64, state: &State, model: ModelId) -> Vec<Desire> {
         self.now = now;
         self.record(model, now);
+        if self.latest.len() <= model {
+            self.latest.resize(model + 1, (f64::NEG_INFINITY, 0.0));
+        }
+        self.latest[model] = (now, Self::burst_weight(state, model));
         self.place(state, model, "tierd: rate beats the tier's coldest")
     }
 
@@ -352,5 +409,67 @@ impl Policy for TierdPolicy {
             }
         };
         plan_by_key(state, score, "tierd: ranked by decayed access rate")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tiers::{Model, Usage};
+
+    /// One 6 GB model in storage, accessed at `times`; the policy sees each
+    /// access as the engine would (usage recorded first).
+    fn fed(params: TierdParams, times: &[f64]) -> (TierdPolicy, State) {
+        let cfg = Config::minimal_seed();
+        let mut state = State::new(&cfg);
+        let last = state.last_tier();
+        state.models.push(Some(Model {
+            name: "m".into(),
+            bytes: 6_000_000_000,
+            tier: last,
+            usage: Usage::default(),
+            pinned: false,
+            job: None,
+            unavailable: None,
+            path: None,
+            registered_at: 0.0,
+        }));
+        state.attach(0, last);
+        let mut policy = TierdPolicy::new(params);
+        let usage_cfg = state.usage_cfg.clone();
+        for &t in times {
+            state.model_mut(0).expect("model").usage.record(t, &usage_cfg);
+            policy.on_access(t, &state, 0);
+        }
+        (policy, state)
+    }
+
+    /// The score after the last access, and the long-term estimate alone.
+    fn scores(times: &[f64]) -> (f64, f64) {
+        let (p, _) = fed(TierdParams::default(), times);
+        let long_only = TierdParams {
+            short_half_life_s: 0.0,
+            ..TierdParams::default()
+        };
+        let (q, _) = fed(long_only, times);
+        (p.own_key(0), q.own_key(0))
+    }
+
+    #[test]
+    fn a_lone_access_is_a_burst_only_for_a_model_whose_arrivals_cluster() {
+        // Gaps of CV 0: the access at 6000 s says nothing about the next minute.
+        let even = [0.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0];
+        let (score, long) = scores(&even);
+        assert_eq!(score, long);
+        // Accesses in clusters (gaps CV 1.85): a lone access lifts the score
+        // halfway (in log2) to the short estimate, log2(ln 2 / 30 s) = -5.4.
+        let clustered = [0.0, 0.1, 0.2, 0.3, 3000.0, 3000.1, 3000.2, 3000.3, 6000.0];
+        let (score, long) = scores(&clustered);
+        let short = (std::f64::consts::LN_2 / 30.0).log2();
+        assert!((score - (long + 0.5 * (short - long))).abs() < 1e-9, "{score} {long} {short}");
+        // Within a burst the earlier accesses count in full whatever the gaps.
+        let (score, long) = scores(&[0.0, 1000.0, 2000.0, 2000.5]);
+        assert!(score > long + 1.0, "{score} {long}");
     }
 }

@@ -51,7 +51,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Tunables of the tierd policy, `key=value,...` (half_life_s,
-    /// short_half_life_s, margin_log2, min_history_s, tick_s,
+    /// short_half_life_s, short_weight, margin_log2, min_history_s, tick_s,
     /// prefetch_ratio, prefetch_per_tick).
     #[arg(long)]
     pub tierd_params: Option<String>,
