@@ -119,9 +119,10 @@ pub struct TierdPolicy {
     key: Vec<f64>,
     /// Short-term decayed-count key by model id.
     short: Vec<f64>,
-    /// Time of each model's latest access and how much of it the short
-    /// count keeps (see [`TierdPolicy::burst_weight`]).
-    latest: Vec<(f64, f64)>,
+    /// Short-term key by model id without the part of the latest access
+    /// that is no evidence of a burst (see [`TierdPolicy::burst_weight`]);
+    /// fixed between accesses, so it is computed once per access.
+    short_burst: Vec<f64>,
     /// Predicted-rate floor of the key, by model id, and until when it holds.
     floor: Vec<(f64, f64)>,
     /// Accesses per hour over the last three days, by model id.
@@ -138,7 +139,7 @@ impl TierdPolicy {
             params,
             key: Vec::new(),
             short: Vec::new(),
-            latest: Vec::new(),
+            short_burst: Vec::new(),
             floor: Vec::new(),
             hours: Vec::new(),
             now: 0.0,
@@ -168,15 +169,7 @@ impl TierdPolicy {
             return r;
         }
         let h = self.params.short_half_life_s;
-        let mut short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
-        if let Some(&(at, weight)) = self.latest.get(model)
-            && short > f64::NEG_INFINITY
-        {
-            // Leave out the part of the latest access that is no evidence
-            // of a burst: `short - at / h` is log2 of the count just after it.
-            let rest = (short - at / h).exp2() - (1.0 - weight);
-            short = if rest > 0.0 { at / h + rest.log2() } else { f64::NEG_INFINITY };
-        }
+        let short = self.short_burst.get(model).copied().unwrap_or(f64::NEG_INFINITY);
         let s = Self::log_rate(short, h, self.log_scale.1, self.now);
         if s <= r {
             r
@@ -351,10 +344,22 @@ impl Policy for TierdPolicy {
     fn on_access(&mut self, now: f64, state: &State, model: ModelId) -> Vec<Desire> {
         self.now = now;
         self.record(model, now);
-        if self.latest.len() <= model {
-            self.latest.resize(model + 1, (f64::NEG_INFINITY, 0.0));
+        if self.params.short_half_life_s > 0.0 {
+            let (h, weight) = (self.params.short_half_life_s, Self::burst_weight(state, model));
+            let short = self.short.get(model).copied().unwrap_or(f64::NEG_INFINITY);
+            // Leave out the part of this access that is no evidence of a
+            // burst: `short - now / h` is log2 of the count just after it.
+            let rest = (short - now / h).exp2() - (1.0 - weight);
+            let adjusted = if short > f64::NEG_INFINITY && rest > 0.0 {
+                now / h + rest.log2()
+            } else {
+                f64::NEG_INFINITY
+            };
+            if self.short_burst.len() <= model {
+                self.short_burst.resize(model + 1, f64::NEG_INFINITY);
+            }
+            self.short_burst[model] = adjusted;
         }
-        self.latest[model] = (now, Self::burst_weight(state, model));
         self.place(state, model, "tierd: rate beats the tier's coldest")
     }
 
