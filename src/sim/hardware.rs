@@ -4,8 +4,6 @@
 //! Everything happens in the time the engine passes in, so a run is a pure
 //! function of its inputs and seed.
 
-use std::collections::BTreeMap;
-
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
@@ -41,7 +39,7 @@ pub struct SimBackend {
     total: Vec<Option<u64>>,
     /// Bytes taken by the rest of the machine, per tier.
     external: Vec<u64>,
-    running: BTreeMap<JobKey, SimMove>,
+    running: Running,
     /// Scratch of `poll`: the moves due, by time.
     due: Vec<(f64, JobKey)>,
     /// The earliest event time of `running`, kept up to date on each change
@@ -75,7 +73,7 @@ impl SimBackend {
         SimBackend {
             total,
             external: vec![0; n],
-            running: BTreeMap::new(),
+            running: Running::default(),
             due: Vec::new(),
             next_event: None,
             rng: ChaCha8Rng::seed_from_u64(cfg.sim.seed),
@@ -93,6 +91,40 @@ impl SimBackend {
     /// Changes the fault probability (tests).
     pub fn set_fault_probability(&mut self, p: f64) {
         self.fault_probability = p.clamp(0.0, 1.0);
+    }
+}
+
+/// The moves in flight by job key: a sorted vector (there are at most
+/// `max_concurrent_tasks`), iterated in key order.
+#[derive(Debug, Clone, Default)]
+struct Running(Vec<(JobKey, SimMove)>);
+
+impl Running {
+    fn insert(&mut self, key: JobKey, m: SimMove) {
+        match self.0.binary_search_by_key(&key, |e| e.0) {
+            Ok(i) => self.0[i].1 = m,
+            Err(i) => self.0.insert(i, (key, m)),
+        }
+    }
+
+    fn get(&self, key: &JobKey) -> Option<&SimMove> {
+        self.0.binary_search_by_key(key, |e| e.0).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, key: &JobKey) -> Option<&mut SimMove> {
+        self.0.binary_search_by_key(key, |e| e.0).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn remove(&mut self, key: &JobKey) -> Option<SimMove> {
+        self.0.binary_search_by_key(key, |e| e.0).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&JobKey, &SimMove)> {
+        self.0.iter().map(|(k, m)| (k, m))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SimMove> {
+        self.0.iter().map(|(_, m)| m)
     }
 }
 

@@ -162,6 +162,50 @@ impl std::hash::Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<JobKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// A small ordered set of job keys (the running jobs: at most
+/// `max_concurrent_tasks`): a sorted vector, cheaper than a B-tree at that
+/// size, iterated in key order like one.
+#[derive(Debug, Default)]
+struct SortedKeys(Vec<JobKey>);
+
+impl SortedKeys {
+    fn insert(&mut self, key: JobKey) -> bool {
+        match self.0.binary_search(&key) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, key);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &JobKey) -> bool {
+        match self.0.binary_search(key) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn contains(&self, key: &JobKey) -> bool {
+        self.0.binary_search(key).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, JobKey> {
+        self.0.iter()
+    }
+}
+
 /// The engine. See the module docs.
 pub struct Engine {
     state: State,
@@ -179,7 +223,7 @@ pub struct Engine {
     waiting: KeyMap<usize>,
     /// Queued jobs waiting out a retry delay, by the time it ends.
     delayed: BTreeSet<(TimeKey, JobKey)>,
-    running: BTreeSet<JobKey>,
+    running: SortedKeys,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
     dependents: KeyMap<SmallVec<[JobKey; 2]>>,
@@ -305,7 +349,7 @@ impl Engine {
             ready: BTreeSet::new(),
             waiting: KeyMap::default(),
             delayed: BTreeSet::new(),
-            running: BTreeSet::new(),
+            running: SortedKeys::default(),
             ended: VecDeque::new(),
             dependents: KeyMap::default(),
             events: Vec::new(),
