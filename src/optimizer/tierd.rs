@@ -127,6 +127,10 @@ pub struct TierdPolicy {
     floor: Vec<(f64, f64)>,
     /// Accesses per hour over the last three days, by model id.
     hours: Vec<HourRing>,
+    /// The hour the cached predictions are for, and the predicted score
+    /// (log2 rate; `-inf`: none) by model id. A prediction reads only past
+    /// hours, which no later access changes, so it holds for the hour.
+    predicted: (Option<u64>, Vec<f64>),
     /// Time of the policy's latest decision.
     now: f64,
 }
@@ -142,6 +146,7 @@ impl TierdPolicy {
             short_burst: Vec::new(),
             floor: Vec::new(),
             hours: Vec::new(),
+            predicted: (None, Vec::new()),
             now: 0.0,
         }
     }
@@ -256,13 +261,17 @@ impl TierdPolicy {
     /// the smaller of its counts in that hour of the day one and two days
     /// before, so only a pattern that held on both days predicts anything
     /// (a model whose popularity moved is not kept on a stale profile).
-    fn predicted_rate(&self, state: &State, model: ModelId, at: f64) -> Option<f64> {
-        let first = state.model(model)?.usage.first_access?;
-        if at - first < self.params.min_history_s {
-            return None;
-        }
-        let ring = self.hours.get(model)?;
-        let hour = (at.max(0.0) / 3600.0) as u64;
+    /// Whether `model` was first seen at least `min_history_s` before `at`.
+    fn has_history(&self, state: &State, model: ModelId, at: f64) -> bool {
+        state
+            .model(model)
+            .and_then(|m| m.usage.first_access)
+            .is_some_and(|first| at - first >= self.params.min_history_s)
+    }
+
+    /// The rate the hour-of-day profile predicts for absolute hour `hour`:
+    /// the smaller of the counts one and two days before, per second.
+    fn hourly_rate(&self, ring: &HourRing, hour: u64) -> Option<f64> {
         let a = ring.count(hour.checked_sub(24)?);
         let b = ring.count(hour.checked_sub(48)?);
         Some(a.min(b) as f64 / 3600.0)
@@ -376,16 +385,26 @@ impl Policy for TierdPolicy {
         // the busy hour, and the floor holds to the end of that hour.
         let at = now + self.params.tick_s;
         let hour_end = ((at / 3600.0).floor() + 1.0) * 3600.0;
+        let hour = (at.max(0.0) / 3600.0) as u64;
+        if self.predicted.0 != Some(hour) {
+            let mut p = std::mem::take(&mut self.predicted.1);
+            p.clear();
+            p.extend(self.hours.iter().map(|ring| match self.hourly_rate(ring, hour) {
+                Some(rate) if rate > 0.0 => self.key_of_rate(rate, now),
+                _ => f64::NEG_INFINITY,
+            }));
+            self.predicted = (Some(hour), p);
+        }
+        let margin = self.params.prefetch_ratio.log2();
         let mut wanted: Vec<(f64, ModelId)> = Vec::new();
         for (id, m) in state.iter_models() {
-            let Some(rate) = self.predicted_rate(state, id, at) else { continue };
-            if rate <= 0.0 {
+            let predicted = self.predicted.1.get(id).copied().unwrap_or(f64::NEG_INFINITY);
+            if predicted == f64::NEG_INFINITY || !self.has_history(state, id, at) {
                 continue;
             }
-            let predicted = self.key_of_rate(rate, now);
             let own = self.own_key(id);
             self.floor[id] = (predicted, hour_end);
-            if predicted > own + self.params.prefetch_ratio.log2() && m.tier > 0 && m.job.is_none() {
+            if predicted > own + margin && m.tier > 0 && m.job.is_none() {
                 wanted.push((predicted, id));
             }
         }
