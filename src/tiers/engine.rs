@@ -15,11 +15,10 @@
 //! - a model is in exactly one tier; while it moves it stays in its source.
 
 use std::borrow::Cow;
-
-use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value, json};
+use smallvec::SmallVec;
 
 use crate::config::{Config, bytes_to_gb, gb_to_bytes};
 use crate::error::EngineError;
