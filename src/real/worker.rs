@@ -418,7 +418,7 @@ fn copy_file(f: &CopyFile, dst: &Path, shared: &MoveShared, throttle: &Throttle,
         let mut in_flight: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
         let mut written = 0u64;
         let lag = WRITEBACK_LAG;
-        let copied = read_pipelined(&src, true, shared, &f.src, |block| {
+        let copied = read_pipelined(&src, shared, &f.src, |block| {
             if shared.cancelled() {
                 return Err(WorkError::Cancelled);
             }
@@ -502,13 +502,12 @@ fn read_full(mut f: impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Reads `src` from the start on a helper thread (which also hashes it when
-/// `hash`) and hands each block to `consume` on this thread, so reading,
+/// Reads `src` from the start on a helper thread (which also hashes it with
+/// blake3) and hands each block to `consume` on this thread, so reading,
 /// hashing and the consumer's work overlap. Returns the hash and the bytes
 /// read. Stops early on cancel or the first error.
 fn read_pipelined(
     src: &File,
-    hash: bool,
     shared: &MoveShared,
     path: &Path,
     mut consume: impl FnMut(&[u8]) -> Result<(), WorkError>,
@@ -517,7 +516,7 @@ fn read_pipelined(
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(3);
         let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let reader = s.spawn(move || {
-            let mut hasher = hash.then(blake3::Hasher::new);
+            let mut hasher = blake3::Hasher::new();
             loop {
                 if shared.cancelled() {
                     return None;
@@ -526,9 +525,7 @@ fn read_pipelined(
                 match read_full(src, &mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&buf[..n]);
-                        }
+                        hasher.update(&buf[..n]);
                         if tx.send(Ok((buf, n))).is_err() {
                             return None;
                         }
@@ -539,7 +536,7 @@ fn read_pipelined(
                     }
                 }
             }
-            hasher.map(|h| h.finalize().to_hex().to_string())
+            Some(hasher.finalize().to_hex().to_string())
         });
         let mut total = 0u64;
         let mut err = None;
