@@ -211,21 +211,23 @@ pub struct Engine {
     cfg: Config,
     backend: Box<dyn Backend>,
     policy: Box<dyn Policy>,
-    jobs: KeyMap<Job>,
+    /// Every job not yet pushed out of the history. Boxed: a job record is
+    /// a few hundred bytes, and the map moves a pointer, not the record.
+    jobs: KeyMap<Box<Job>>,
     job_ids: HashMap<String, JobKey>,
-    /// Every queued job, in start order (listing, positions).
-    queue: BTreeSet<(Priority, JobKey)>,
+    /// How many jobs are queued. A queued job is in exactly one of: `ready`,
+    /// waiting on dependencies (`Job::unmet_deps > 0`), `delayed`. Their
+    /// start order (listing, positions) is computed when asked for
+    /// ([`Engine::queued_in_order`]), not kept on every move.
+    queued: usize,
     /// Queued jobs whose dependencies have all succeeded and whose retry
     /// delay is over: the only set the scheduler scans.
     ready: BTreeSet<(Priority, JobKey)>,
-    /// Queued jobs still waiting on dependencies, with the count unmet.
-    waiting: KeyMap<usize>,
     /// Queued jobs waiting out a retry delay, by the time it ends.
     delayed: BTreeSet<(TimeKey, JobKey)>,
     running: SortedKeys,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     ended: VecDeque<JobKey>,
-    dependents: KeyMap<SmallVec<[JobKey; 2]>>,
     /// The backend's events of one poll (a buffer kept between ticks).
     events: Vec<MoveEvent>,
     next_key: JobKey,
@@ -300,6 +302,15 @@ struct Relief {
     models: usize,
 }
 
+/// Why `bytes` more do not fit in a tier (the first check that fails).
+#[derive(Debug, Clone, Copy)]
+enum Lack {
+    Limit { free: u64, limit: u64 },
+    Count { max_models: usize },
+    Hardware { available: u64 },
+    Unavailable,
+}
+
 impl Engine {
     /// An engine with the configuration's tiers and catalog.
     pub fn new(cfg: Config, backend: Box<dyn Backend>, policy: Box<dyn Policy>, now: f64) -> Result<Engine, EngineError> {
@@ -344,13 +355,11 @@ impl Engine {
             policy,
             jobs: KeyMap::default(),
             job_ids: HashMap::new(),
-            queue: BTreeSet::new(),
+            queued: 0,
             ready: BTreeSet::new(),
-            waiting: KeyMap::default(),
             delayed: BTreeSet::new(),
             running: SortedKeys::default(),
             ended: VecDeque::new(),
-            dependents: KeyMap::default(),
             events: Vec::new(),
             next_key: 1,
             dirty: false,
@@ -405,7 +414,19 @@ impl Engine {
 
     /// Jobs queued or running.
     pub fn active_jobs(&self) -> usize {
-        self.queue.len() + self.running.len()
+        self.queued + self.running.len()
+    }
+
+    /// The queued jobs in start order: priority, then submission.
+    fn queued_in_order(&self) -> Vec<(Priority, JobKey)> {
+        let mut order: Vec<(Priority, JobKey)> = self
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Queued)
+            .map(|j| (j.priority, j.key))
+            .collect();
+        order.sort_unstable();
+        order
     }
 
     /// The earliest time at which `tick` has something to do, for drivers
@@ -473,39 +494,53 @@ impl Engine {
     /// hardware, given `relief` (room that moves this one waits for free).
     fn room(&self, tier: usize, bytes: u64, relief: Relief, model: &str) -> Result<(), EngineError> {
         let t = &self.state.tiers[tier];
+        match self.lack_of_room(tier, bytes, relief) {
+            None => Ok(()),
+            Some(Lack::Limit { free, limit }) => Err(EngineError::LimitExceeded {
+                tier: t.name.clone(),
+                model: model.to_string(),
+                required: bytes,
+                available: free,
+                limit,
+            }),
+            Some(Lack::Count { max_models }) => Err(EngineError::ModelCountExceeded {
+                tier: t.name.clone(),
+                max_models,
+            }),
+            Some(Lack::Hardware { available }) => Err(EngineError::Insufficient {
+                tier: t.name.clone(),
+                model: model.to_string(),
+                required: bytes,
+                available,
+            }),
+            Some(Lack::Unavailable) => self.hardware_available(tier).map(|_| ()),
+        }
+    }
+
+    /// What [`Engine::room`] would refuse, without building the error
+    /// (batches try several reliefs in a row on the simulator's hot path).
+    fn lack_of_room(&self, tier: usize, bytes: u64, relief: Relief) -> Option<Lack> {
+        let t = &self.state.tiers[tier];
         if let Some(limit) = t.limit {
             let committed = t.committed().saturating_sub(relief.bytes);
             let free = limit.saturating_sub(committed);
             if bytes > free {
-                return Err(EngineError::LimitExceeded {
-                    tier: t.name.clone(),
-                    model: model.to_string(),
-                    required: bytes,
-                    available: free,
-                    limit,
-                });
+                return Some(Lack::Limit { free, limit });
             }
         }
         if let Some(max) = t.max_models
             && t.committed_models().saturating_sub(relief.models) + 1 > max
         {
-            return Err(EngineError::ModelCountExceeded {
-                tier: t.name.clone(),
-                max_models: max,
-            });
+            return Some(Lack::Count { max_models: max });
         }
-        if let Some(avail) = self.hardware_available(tier)? {
-            let avail = avail.saturating_add(relief.bytes);
-            if bytes > avail {
-                return Err(EngineError::Insufficient {
-                    tier: t.name.clone(),
-                    model: model.to_string(),
-                    required: bytes,
-                    available: avail,
-                });
+        match self.hardware_available(tier) {
+            Err(_) => Some(Lack::Unavailable),
+            Ok(Some(avail)) => {
+                let avail = avail.saturating_add(relief.bytes);
+                (bytes > avail).then_some(Lack::Hardware { available: avail })
             }
+            Ok(None) => None,
         }
-        Ok(())
     }
 
     /// Room freed in `tier` by the moves among `deps` that leave it and that
@@ -703,9 +738,15 @@ impl Engine {
             }
         }
         for d in &deps {
-            self.dependents.entry(*d).or_default().push(key);
+            if let Some(j) = self.jobs.get_mut(d) {
+                j.dependents.push(key);
+            }
         }
-        let job = Job {
+        let unmet_deps = deps
+            .iter()
+            .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
+            .count();
+        let job = Box::new(Job {
             key,
             id: id.clone(),
             model,
@@ -734,27 +775,22 @@ impl Engine {
             cancel_requested: false,
             bandwidth_mb_s: opts.bandwidth_mb_s,
             reason: opts.reason.clone(),
-        };
+            unmet_deps,
+            dependents: SmallVec::new(),
+        });
         let t = &mut self.state.tiers[to];
         t.incoming += bytes;
         t.incoming_models += 1;
         if let Some(m) = self.state.model_mut(model) {
             m.job = Some(key);
         }
-        let unmet = job
-            .depends_on
-            .iter()
-            .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
-            .count();
         self.jobs.insert(key, job);
         if !id.is_empty() {
             self.job_ids.insert(id, key);
         }
-        self.queue.insert((opts.priority, key));
-        if unmet == 0 {
+        self.queued += 1;
+        if unmet_deps == 0 {
             self.ready.insert((opts.priority, key));
-        } else {
-            self.waiting.insert(key, unmet);
         }
         self.record(now, SchedEventKind::Submitted, key, opts.priority);
         self.metrics.jobs_submitted += 1;
@@ -767,9 +803,8 @@ impl Engine {
     fn retract(&mut self, key: JobKey) {
         let Some(job) = self.jobs.remove(&key) else { return };
         self.job_ids.remove(&job.id);
-        self.queue.remove(&(job.priority, key));
+        self.queued -= 1;
         self.ready.remove(&(job.priority, key));
-        self.waiting.remove(&key);
         if let Some(log) = &mut self.log {
             log.retain(|e| e.job != key);
         }
@@ -780,8 +815,8 @@ impl Engine {
             m.job = None;
         }
         for d in &job.depends_on {
-            if let Some(v) = self.dependents.get_mut(d) {
-                v.retain(|k| *k != key);
+            if let Some(j) = self.jobs.get_mut(d) {
+                j.dependents.retain(|k| *k != key);
             }
         }
         for (c, b, m) in &job.claimed_releases {
@@ -969,7 +1004,7 @@ impl Engine {
         });
         let mut deps: SmallVec<[JobKey; 2]> = SmallVec::new();
         for k in leaving {
-            if self.room(d.target, bytes, self.relief_from(d.target, &deps), name).is_ok() {
+            if self.lack_of_room(d.target, bytes, self.relief_from(d.target, &deps)).is_none() {
                 break;
             }
             deps.push(k);
@@ -1402,7 +1437,7 @@ impl Engine {
         };
         // Queued (not running) moves into the tier that no longer fit fail.
         let queued_in: Vec<JobKey> = self
-            .queue
+            .queued_in_order()
             .iter()
             .rev()
             .map(|(_, k)| *k)
@@ -1434,11 +1469,9 @@ impl Engine {
 
     /// Bytes of the queued and running moves out of `tier`.
     fn bytes_leaving(&self, tier: usize) -> u64 {
-        self.running
-            .iter()
-            .chain(self.queue.iter().map(|(_, k)| k))
-            .filter_map(|k| self.jobs.get(k))
-            .filter(|j| j.from == tier)
+        self.jobs
+            .values()
+            .filter(|j| matches!(j.status, JobStatus::Queued | JobStatus::Running) && j.from == tier)
             .map(|j| j.bytes)
             .sum()
     }
@@ -1525,12 +1558,13 @@ impl Engine {
     }
 
     /// Position in line and estimated start of a queued job.
-    fn queue_position(&self, now: f64, key: JobKey) -> Option<(usize, f64)> {
+    /// `order` is [`Engine::queued_in_order`].
+    fn queue_position(&self, now: f64, key: JobKey, order: &[(Priority, JobKey)]) -> Option<(usize, f64)> {
         let job = self.jobs.get(&key)?;
         if job.status != JobStatus::Queued {
             return None;
         }
-        let pos = self.queue.range(..(job.priority, key)).count();
+        let pos = order.partition_point(|e| *e < (job.priority, key));
         // Each slot frees when its running job ends; queued jobs ahead take
         // their turn on the earliest free slot.
         let mut slots: Vec<f64> = self
@@ -1542,7 +1576,7 @@ impl Engine {
             .collect();
         slots.resize(self.max_concurrent.max(slots.len()), now);
         slots.sort_by(f64::total_cmp);
-        for (_, k) in self.queue.range(..(job.priority, key)) {
+        for (_, k) in &order[..pos] {
             if let Some(j) = self.jobs.get(k) {
                 slots[0] = slots[0].max(j.not_before) + j.estimated_s;
                 slots.sort_by(f64::total_cmp);
@@ -1552,6 +1586,13 @@ impl Engine {
     }
 
     fn job_json(&self, now: f64, key: JobKey) -> Option<Value> {
+        let queued = self.jobs.get(&key).is_some_and(|j| j.status == JobStatus::Queued);
+        let order = if queued { self.queued_in_order() } else { Vec::new() };
+        self.job_json_in(now, key, &order)
+    }
+
+    /// [`Engine::job_json`] with the queue's order computed once by the caller.
+    fn job_json_in(&self, now: f64, key: JobKey, order: &[(Priority, JobKey)]) -> Option<Value> {
         let job = self.jobs.get(&key)?;
         let progress = if job.status == JobStatus::Running {
             self.backend.progress(now, key).clamp(0.0, 1.0).max(job.progress)
@@ -1563,7 +1604,7 @@ impl Engine {
             .iter()
             .filter_map(|k| self.jobs.get(k).map(|j| j.id.clone()))
             .collect();
-        Some(job.to_json(&self.state.tier_names(), now, progress, &deps, self.queue_position(now, key)))
+        Some(job.to_json(&self.state.tier_names(), now, progress, &deps, self.queue_position(now, key, order)))
     }
 
     /// Restores the ended jobs of an earlier run (their wire views, newest
@@ -1616,18 +1657,20 @@ impl Engine {
 
     /// `list_jobs`: running, then queued in start order, then ended, newest first.
     pub fn list_jobs(&self, now: f64) -> Value {
+        let order = self.queued_in_order();
         let keys = self
             .running
             .iter()
             .copied()
-            .chain(self.queue.iter().map(|(_, k)| *k))
+            .chain(order.iter().map(|(_, k)| *k))
             .chain(self.ended.iter().rev().copied());
-        let jobs: Vec<Value> = keys.filter_map(|k| self.job_json(now, k)).collect();
+        let jobs: Vec<Value> = keys.filter_map(|k| self.job_json_in(now, k, &order)).collect();
         json!({"status": "success", "jobs": jobs})
     }
 
     /// Jobs with a filter, newest first (history queries).
     pub fn history(&self, now: f64, limit: usize, status: Option<&str>, since: Option<f64>) -> Vec<Value> {
+        let order = self.queued_in_order();
         let mut keys: Vec<JobKey> = self.jobs.keys().copied().collect();
         keys.sort_unstable_by(|a, b| b.cmp(a));
         keys.into_iter()
@@ -1635,7 +1678,7 @@ impl Engine {
             .filter(|j| status.is_none_or(|s| j.status.as_str() == s))
             .filter(|j| since.is_none_or(|t| j.created_at >= t))
             .take(limit)
-            .filter_map(|j| self.job_json(now, j.key))
+            .filter_map(|j| self.job_json_in(now, j.key, &order))
             .chain(
                 self.archive
                     .iter()
@@ -1657,7 +1700,7 @@ impl Engine {
                 _ => {}
             }
         }
-        (self.queue.len(), self.running.len(), ok, failed)
+        (self.queued, self.running.len(), ok, failed)
     }
 
     // -------------------------------------------------------------- status
@@ -1740,7 +1783,7 @@ impl Engine {
                 "jobs_submitted": m.jobs_submitted,
                 "bytes_moved_gb": bytes_to_gb(m.bytes_moved),
                 "tier_utilization": util,
-                "jobs_queued": self.queue.len(),
+                "jobs_queued": self.queued,
                 "jobs_running": self.running.len(),
                 "models": self.state.by_name.len(),
                 "uptime_s": round6(now - self.started_at),
@@ -1877,7 +1920,10 @@ impl Engine {
         }
         self.metrics.moves_succeeded += 1;
         self.metrics.bytes_moved += bytes;
-        let prio = self.jobs.get(&key).map(|j| j.priority).unwrap_or(Priority::Normal);
+        let (prio, dependents) = match self.jobs.get_mut(&key) {
+            Some(j) => (j.priority, std::mem::take(&mut j.dependents)),
+            None => (Priority::Normal, SmallVec::new()),
+        };
         self.record(
             now,
             SchedEventKind::Ended {
@@ -1888,14 +1934,14 @@ impl Engine {
         );
         self.close(now, key, JobStatus::Success, None);
         // Dependents with nothing else to wait for become ready.
-        for d in self.dependents.get(&key).cloned().unwrap_or_default() {
-            if let Some(unmet) = self.waiting.get_mut(&d) {
-                *unmet = unmet.saturating_sub(1);
-                if *unmet == 0 {
-                    self.waiting.remove(&d);
-                    if let Some(j) = self.jobs.get(&d) {
-                        self.ready.insert((j.priority, d));
-                    }
+        for d in dependents {
+            if let Some(j) = self.jobs.get_mut(&d)
+                && j.status == JobStatus::Queued
+                && j.unmet_deps > 0
+            {
+                j.unmet_deps -= 1;
+                if j.unmet_deps == 0 {
+                    self.ready.insert((j.priority, d));
                 }
             }
         }
@@ -1914,7 +1960,7 @@ impl Engine {
             job.not_before = now + delay;
             job.progress = 0.0;
             let (prio, at) = (job.priority, job.not_before);
-            self.queue.insert((prio, key));
+            self.queued += 1;
             self.delayed.insert((TimeKey::new(at), key));
             self.record(now, SchedEventKind::Retrying { not_before: at }, key, prio);
             self.metrics.retries += 1;
@@ -1936,10 +1982,13 @@ impl Engine {
             return;
         }
         let (to, bytes, model, prio, not_before) = (job.to, job.bytes, job.model, job.priority, job.not_before);
-        self.queue.remove(&(prio, key));
-        self.ready.remove(&(prio, key));
-        self.waiting.remove(&key);
-        self.delayed.remove(&(TimeKey::new(not_before), key));
+        if job.status == JobStatus::Queued {
+            self.queued -= 1;
+            job.unmet_deps = 0;
+            self.ready.remove(&(prio, key));
+            self.delayed.remove(&(TimeKey::new(not_before), key));
+        }
+        let dependents = std::mem::take(&mut job.dependents);
         let id = job.id.clone();
         self.record(now, SchedEventKind::Ended { status }, key, prio);
         let t = &mut self.state.tiers[to];
@@ -1957,7 +2006,6 @@ impl Engine {
         self.close(now, key, status, error);
         self.dirty = true;
         // Dependents cannot run any more.
-        let dependents = self.dependents.get(&key).cloned().unwrap_or_default();
         for d in dependents {
             let msg = format!("Dependency {id} did not succeed ({})", status.as_str());
             if self.jobs.get(&d).is_some_and(|j| j.status == JobStatus::Queued) {
@@ -1983,11 +2031,10 @@ impl Engine {
         while self.ended.len() > self.cfg.job_history.max(1) {
             let Some(old) = self.ended.pop_front() else { break };
             // Keep jobs that others still wait on.
-            if let Some(j) = self.jobs.remove(&old) {
-                if !j.id.is_empty() {
-                    self.job_ids.remove(&j.id);
-                }
-                self.dependents.remove(&old);
+            if let Some(j) = self.jobs.remove(&old)
+                && !j.id.is_empty()
+            {
+                self.job_ids.remove(&j.id);
             }
         }
     }
@@ -2050,9 +2097,9 @@ impl Engine {
                 bandwidth_mb_s: job.bandwidth_mb_s,
             };
             self.ready.remove(&(prio, key));
-            self.queue.remove(&(prio, key));
             match self.backend.start_move(now, &order) {
                 Ok(()) => {
+                    self.queued -= 1;
                     self.running.insert(key);
                     self.state.tiers[order.to].incoming_running += order.bytes;
                     self.metrics.moves_started += 1;
@@ -2134,15 +2181,19 @@ impl Engine {
                 _ => {}
             }
         }
+        let queued = self.jobs.values().filter(|j| j.status == JobStatus::Queued).count();
+        if queued != self.queued {
+            return Err(format!("{} jobs queued, the books say {}", queued, self.queued));
+        }
         for j in self.jobs.values() {
             let k = (j.priority, j.key);
             let queued = j.status == JobStatus::Queued;
-            if queued != self.queue.contains(&k) {
-                return Err(format!("job {} queued={queued} but queue membership differs", j.id));
-            }
             let sets = self.ready.contains(&k) as u8
-                + self.waiting.contains_key(&j.key) as u8
+                + (queued && j.unmet_deps > 0) as u8
                 + self.delayed.contains(&(TimeKey::new(j.not_before), j.key)) as u8;
+            if !queued && sets != 0 {
+                return Err(format!("job {} is {} but in a queue set", j.id, j.status.as_str()));
+            }
             if queued && sets != 1 {
                 return Err(format!("queued job {} is in {sets} of ready/waiting/delayed", j.id));
             }

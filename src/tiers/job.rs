@@ -161,6 +161,11 @@ pub struct Job {
     pub bandwidth_mb_s: Option<f64>,
     /// Why the job was created (policy reasons, make_room target).
     pub reason: Option<String>,
+    /// Dependencies not yet succeeded, while queued: a queued job with a
+    /// non-zero count waits for them (the engine's books, not wire data).
+    pub unmet_deps: usize,
+    /// Jobs that depend on this one and are told when it ends.
+    pub dependents: SmallVec<[JobKey; 2]>,
 }
 
 impl Job {
