@@ -27,6 +27,7 @@ use crate::optimizer::{Desire, Policy};
 use super::backend::{Backend, Capacity, MoveEvent, MoveOrder};
 use super::job::{Attempt, Job, JobKey, JobStatus, Operation, Origin, Priority};
 use super::state::{Model, ModelId, State, Usage, round6};
+use super::table::{JobTable, ReadyQueue};
 
 /// Options of one move submission.
 #[derive(Debug, Clone)]
@@ -140,27 +141,6 @@ pub struct Metrics {
     pub jobs_submitted: u64,
 }
 
-/// Job keys are sequential numbers: hashing them with SipHash is wasted
-/// work on the simulator's hot path, so job maps hash them by multiplication.
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap<V> = HashMap<JobKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
-
 /// A small ordered set of job keys (the running jobs: at most
 /// `max_concurrent_tasks`): a sorted vector, cheaper than a B-tree at that
 /// size, iterated in key order like one.
@@ -211,9 +191,8 @@ pub struct Engine {
     cfg: Config,
     backend: Box<dyn Backend>,
     policy: Box<dyn Policy>,
-    /// Every job not yet pushed out of the history. Boxed: a job record is
-    /// a few hundred bytes, and the map moves a pointer, not the record.
-    jobs: KeyMap<Box<Job>>,
+    /// Every job not yet pushed out of the history.
+    jobs: JobTable,
     job_ids: HashMap<String, JobKey>,
     /// How many jobs are queued. A queued job is in exactly one of: `ready`,
     /// waiting on dependencies (`Job::unmet_deps > 0`), `delayed`. Their
@@ -222,7 +201,7 @@ pub struct Engine {
     queued: usize,
     /// Queued jobs whose dependencies have all succeeded and whose retry
     /// delay is over: the only set the scheduler scans.
-    ready: BTreeSet<(Priority, JobKey)>,
+    ready: ReadyQueue,
     /// Queued jobs waiting out a retry delay, by the time it ends.
     delayed: BTreeSet<(TimeKey, JobKey)>,
     running: SortedKeys,
@@ -353,10 +332,10 @@ impl Engine {
             cfg,
             backend,
             policy,
-            jobs: KeyMap::default(),
+            jobs: JobTable::default(),
             job_ids: HashMap::new(),
             queued: 0,
-            ready: BTreeSet::new(),
+            ready: ReadyQueue::default(),
             delayed: BTreeSet::new(),
             running: SortedKeys::default(),
             ended: VecDeque::new(),
@@ -746,7 +725,7 @@ impl Engine {
             .iter()
             .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
             .count();
-        let job = Box::new(Job {
+        let job = Job {
             key,
             id: id.clone(),
             model,
@@ -777,7 +756,7 @@ impl Engine {
             reason: opts.reason.clone(),
             unmet_deps,
             dependents: SmallVec::new(),
-        });
+        };
         let t = &mut self.state.tiers[to];
         t.incoming += bytes;
         t.incoming_models += 1;
@@ -903,15 +882,21 @@ impl Engine {
         }
         match self.submit(now, id, to, all_deps.into(), opts) {
             Ok(key) => {
+                // Read before the tick: a move that ends at once may leave
+                // a short history before the answer is built.
+                let (job_id, operation) = match self.jobs.get(&key) {
+                    Some(job) => (job.id.clone(), job.operation),
+                    None => return Err(EngineError::Internal(format!("job {key} vanished"))),
+                };
+                let make_room_jobs = room_jobs.iter().filter_map(|k| self.jobs.get(k).map(|j| j.id.clone())).collect();
                 self.tick(now);
-                let job = &self.jobs[&key];
                 Ok(MoveStarted {
-                    job_id: job.id.clone(),
+                    job_id,
                     model_name: model_name.to_string(),
-                    operation: job.operation,
+                    operation,
                     source_tier: self.state.tiers[from].name.clone(),
                     target_tier: target.to_string(),
-                    make_room_jobs: room_jobs.iter().filter_map(|k| self.jobs.get(k).map(|j| j.id.clone())).collect(),
+                    make_room_jobs,
                 })
             }
             Err(e) => {
@@ -1671,7 +1656,7 @@ impl Engine {
     /// Jobs with a filter, newest first (history queries).
     pub fn history(&self, now: f64, limit: usize, status: Option<&str>, since: Option<f64>) -> Vec<Value> {
         let order = self.queued_in_order();
-        let mut keys: Vec<JobKey> = self.jobs.keys().copied().collect();
+        let mut keys: Vec<JobKey> = self.jobs.keys().collect();
         keys.sort_unstable_by(|a, b| b.cmp(a));
         keys.into_iter()
             .filter_map(|k| self.jobs.get(&k))
@@ -2030,11 +2015,10 @@ impl Engine {
         self.ended.push_back(key);
         while self.ended.len() > self.cfg.job_history.max(1) {
             let Some(old) = self.ended.pop_front() else { break };
-            // Keep jobs that others still wait on.
-            if let Some(j) = self.jobs.remove(&old)
-                && !j.id.is_empty()
+            if let Some(id) = self.jobs.discard(&old)
+                && !id.is_empty()
             {
-                self.job_ids.remove(&j.id);
+                self.job_ids.remove(&id);
             }
         }
     }
@@ -2070,12 +2054,8 @@ impl Engine {
         let mut cursor: Option<(Priority, JobKey)> = None;
         while self.running.len() < self.max_concurrent {
             let next = match cursor {
-                None => self.ready.first().copied(),
-                Some(c) => self
-                    .ready
-                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                    .next()
-                    .copied(),
+                None => self.ready.first(),
+                Some(c) => self.ready.after(c),
             };
             let Some((prio, key)) = next else { break };
             cursor = Some((prio, key));

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod job;
 pub mod state;
 pub mod status;
+mod table;
 
 pub use backend::{Backend, Capacity, JobKey, MoveEvent, MoveOrder};
 pub use engine::{Engine, Metrics, MoveOptions, MoveStarted, PlanStep, SchedEvent, SchedEventKind};
