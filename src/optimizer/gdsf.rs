@@ -61,9 +61,10 @@ impl Policy for GdsfPolicy {
         self.set(model, h);
         let (desires, evicted) = {
             let plan = promote_on_access(state, self, model, "gdsf: accessed");
-            (plan.desires, plan.evicted)
+            let evicted: smallvec::SmallVec<[(usize, f64); 4]> = plan.evicted().iter().map(|&(t, _, h)| (t, h)).collect();
+            (plan.desires, evicted)
         };
-        for (tier, _, h) in evicted {
+        for (tier, h) in evicted {
             self.l[tier] = self.l[tier].max(h);
         }
         for d in &desires {

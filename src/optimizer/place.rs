@@ -34,9 +34,9 @@ pub struct Cascade<'a, R: Ranking + ?Sized> {
     state: &'a State,
     ranking: &'a R,
     bufs: Pooled,
+    /// The plan: a vector from [`SPARE_DESIRES`] (the engine gives it back
+    /// with [`recycle_desires`] once the plan is applied).
     pub desires: Vec<Desire>,
-    /// Models pushed out of each tier, with their keys (GDSF's inflation).
-    pub evicted: Vec<(usize, ModelId, f64)>,
     reason: &'static str,
 }
 
@@ -56,6 +56,8 @@ struct Bufs {
     /// Victims chosen, as a stack: each `insert` works on the entries it
     /// pushed and truncates them before returning.
     victims: Vec<(ModelId, u64, f64)>,
+    /// Models pushed out of each tier, with their keys (GDSF's inflation).
+    evicted: Vec<(usize, ModelId, f64)>,
 }
 
 thread_local! {
@@ -63,6 +65,31 @@ thread_local! {
     // vectors' worth of bytes.
     #[allow(clippy::vec_box)]
     static POOL: std::cell::RefCell<Vec<Box<Bufs>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Emptied plan vectors, for the next plans (one allocation saved per access).
+    static SPARE_DESIRES: std::cell::RefCell<Vec<Vec<Desire>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Gives an applied plan's vector back for the next plan on this thread.
+pub fn recycle_desires(mut desires: Vec<Desire>) {
+    if desires.capacity() == 0 {
+        return;
+    }
+    desires.clear();
+    let _ = SPARE_DESIRES.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut()
+            && p.len() < 4
+        {
+            p.push(desires);
+        }
+    });
+}
+
+fn spare_desires() -> Vec<Desire> {
+    SPARE_DESIRES
+        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 impl Bufs {
@@ -79,6 +106,7 @@ impl Bufs {
         b.taken.clear();
         b.cands.clear();
         b.victims.clear();
+        b.evicted.clear();
         b
     }
 }
@@ -122,10 +150,14 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
             state,
             ranking,
             bufs: Pooled(std::mem::ManuallyDrop::new(Bufs::take(state.tiers.len()))),
-            desires: Vec::new(),
-            evicted: Vec::new(),
+            desires: spare_desires(),
             reason,
         }
+    }
+
+    /// Models pushed out of each tier so far, with their keys: (tier, model, key).
+    pub fn evicted(&self) -> &[(usize, ModelId, f64)] {
+        &self.bufs.evicted
     }
 
     /// Bytes and models by which `tier` would be over its limits with `bytes` more.
@@ -202,7 +234,7 @@ impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
             self.bufs.out[tier] += vb;
             self.bufs.out_models[tier] += 1;
             self.bufs.taken.push(id);
-            self.evicted.push((tier, id, vkey));
+            self.bufs.evicted.push((tier, id, vkey));
             let placed = (tier + 1..last).find(|&d| self.insert(id, vkey, d)).unwrap_or_else(|| {
                 self.bufs.extra_in[last] += vb;
                 self.bufs.extra_models[last] += 1;

@@ -725,7 +725,13 @@ impl Engine {
             .iter()
             .filter(|d| self.jobs.get(d).is_some_and(|j| j.status != JobStatus::Success))
             .count();
-        let job = Job {
+        let t = &mut self.state.tiers[to];
+        t.incoming += bytes;
+        t.incoming_models += 1;
+        if let Some(m) = self.state.model_mut(model) {
+            m.job = Some(key);
+        }
+        *self.jobs.slot_for(key) = Some(Job {
             key,
             id: id.clone(),
             model,
@@ -756,14 +762,7 @@ impl Engine {
             reason: opts.reason.clone(),
             unmet_deps,
             dependents: SmallVec::new(),
-        };
-        let t = &mut self.state.tiers[to];
-        t.incoming += bytes;
-        t.incoming_models += 1;
-        if let Some(m) = self.state.model_mut(model) {
-            m.job = Some(key);
-        }
-        self.jobs.insert(key, job);
+        });
         if !id.is_empty() {
             self.job_ids.insert(id, key);
         }
@@ -910,11 +909,11 @@ impl Engine {
 
     /// Applies a policy's desires as one batch: each desire may count on
     /// room freed by earlier desires of the batch that leave its target.
-    fn apply_desires(&mut self, now: f64, desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
+    fn apply_desires(&mut self, now: f64, mut desires: Vec<Desire>, origin: Origin, priority: Priority) -> Vec<PlanStep> {
         let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
         let mut batch: SmallVec<[JobKey; 8]> = SmallVec::new();
         let mut retry: Vec<(usize, Desire)> = Vec::new();
-        for d in desires {
+        for d in desires.drain(..) {
             let Some(m) = self.state.model(d.model) else { continue };
             let (from, usage) = (m.tier, m.usage.count);
             if d.target >= self.state.tiers.len() || d.target == from {
@@ -955,6 +954,7 @@ impl Engine {
             }
             steps.push(step);
         }
+        crate::optimizer::place::recycle_desires(desires);
         // A step refused for room may fit once later steps of the batch
         // free it (plans need not be perfectly ordered): one more try.
         for (i, d) in retry {
@@ -1796,8 +1796,10 @@ impl Engine {
                 self.backend.poll(now, &mut events);
             }
             let had_events = !events.is_empty();
-            for e in events.drain(..) {
-                self.apply_event(now, e);
+            if had_events {
+                for e in events.drain(..) {
+                    self.apply_event(now, e);
+                }
             }
             self.events = events;
             // Retry delays that are over make their jobs ready again.

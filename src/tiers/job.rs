@@ -138,7 +138,7 @@ pub struct Job {
     pub depends_on: SmallVec<[JobKey; 2]>,
     /// Room this job counted on from moves (among `depends_on`) leaving its
     /// target: (job, bytes, models).
-    pub claimed_releases: SmallVec<[(JobKey, u64, usize); 1]>,
+    pub claimed_releases: SmallVec<[(JobKey, u64, usize); 2]>,
     /// Room this job frees in its source tier that no other job has counted
     /// on yet: bytes and models (a freed byte is counted once).
     pub unclaimed_bytes: u64,

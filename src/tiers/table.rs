@@ -48,15 +48,19 @@ pub(crate) struct JobTable {
     ring: VecDeque<Option<Job>>,
     /// The key of `ring[0]`.
     base: JobKey,
-    /// Occupied slots of `ring`.
+    /// Occupied slots of `ring` (not counting `reserved`).
     in_ring: usize,
-    old: KeyMap<Job>,
+    /// The empty slot last handed out by [`JobTable::slot_for`]: counted
+    /// by the next change of the table if the caller filled it.
+    reserved: Option<JobKey>,
+    /// Slots of old keys (`None` only briefly, while a caller fills one).
+    old: KeyMap<Option<Job>>,
 }
 
 impl JobTable {
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.in_ring + self.old.len()
+        self.values().count()
     }
 
     /// The ring index of `key`, if the ring covers it (else: in the map, or absent).
@@ -67,51 +71,82 @@ impl JobTable {
     pub fn get(&self, key: &JobKey) -> Option<&Job> {
         match self.slot(*key) {
             Some(i) => self.ring.get(i)?.as_ref(),
-            None => self.old.get(key),
+            None => self.old.get(key)?.as_ref(),
         }
     }
 
     pub fn get_mut(&mut self, key: &JobKey) -> Option<&mut Job> {
         match self.slot(*key) {
             Some(i) => self.ring.get_mut(i)?.as_mut(),
-            None => self.old.get_mut(key),
+            None => self.old.get_mut(key)?.as_mut(),
         }
     }
 
     /// Stores `job` under `key`, replacing any job there.
+    #[cfg(test)]
     pub fn insert(&mut self, key: JobKey, job: Job) {
+        *self.slot_for(key) = Some(job);
+        self.settle();
+    }
+
+    /// The slot of `key`, to be filled by the caller (a job record is a few
+    /// hundred bytes: written where it is kept, not passed down by value).
+    /// A slot left empty is no job.
+    pub fn slot_for(&mut self, key: JobKey) -> &mut Option<Job> {
+        self.settle();
+        self.compact();
         let Some(mut i) = self.slot(key) else {
-            self.old.insert(key, job);
-            return;
+            let slot = self.old.entry(key).or_insert(None);
+            if slot.is_none() {
+                self.reserved = Some(key);
+            }
+            return slot;
         };
         // An empty ring starts at `key`; so does one that `key` is far past
         // (not the engine's pattern: its keys come one after another), its
         // jobs, all older, going to the map.
         if self.ring.is_empty() || i > self.ring.len() + 2 * self.in_ring + RING_SLACK {
             for (n, slot) in self.ring.drain(..).enumerate() {
-                if let Some(j) = slot {
-                    self.old.insert(self.base + n as JobKey, j);
+                if slot.is_some() {
+                    self.old.insert(self.base + n as JobKey, slot);
                 }
             }
             self.in_ring = 0;
             self.base = key;
             i = 0;
         }
-        while self.ring.len() <= i {
-            self.ring.push_back(None);
+        if self.ring.len() <= i {
+            self.ring.resize_with(i + 1, || None);
         }
-        // In place: a job record is a few hundred bytes, not moved twice.
-        let slot = &mut self.ring[i];
-        if slot.is_none() {
-            self.in_ring += 1;
+        if self.ring[i].is_none() {
+            self.reserved = Some(key);
         }
-        *slot = Some(job);
-        self.compact();
+        &mut self.ring[i]
+    }
+
+    /// Counts the slot handed out last if it was filled; drops it if not.
+    fn settle(&mut self) {
+        let Some(key) = self.reserved.take() else { return };
+        match self.slot(key) {
+            Some(i) => {
+                if self.ring.get(i).is_some_and(Option::is_some) {
+                    self.in_ring += 1;
+                } else {
+                    self.trim();
+                }
+            }
+            None => {
+                if self.old.get(&key).is_some_and(Option::is_none) {
+                    self.old.remove(&key);
+                }
+            }
+        }
     }
 
     /// Drops the job under `key` where it lies and returns its wire id
     /// (cheaper than [`JobTable::remove`], which moves the record out).
     pub fn discard(&mut self, key: &JobKey) -> Option<String> {
+        self.settle();
         match self.slot(*key) {
             Some(i) => {
                 let slot = self.ring.get_mut(i)?;
@@ -122,11 +157,12 @@ impl JobTable {
                 self.compact();
                 Some(id)
             }
-            None => self.old.remove(key).map(|j| j.id),
+            None => self.old.remove(key).flatten().map(|j| j.id),
         }
     }
 
     pub fn remove(&mut self, key: &JobKey) -> Option<Job> {
+        self.settle();
         match self.slot(*key) {
             Some(i) => {
                 let job = self.ring.get_mut(i)?.take()?;
@@ -135,7 +171,7 @@ impl JobTable {
                 self.compact();
                 Some(job)
             }
-            None => self.old.remove(key),
+            None => self.old.remove(key).flatten(),
         }
     }
 
@@ -153,9 +189,11 @@ impl JobTable {
         while self.ring.len() > 2 * self.in_ring + RING_SLACK {
             let key = self.base;
             self.base += 1;
-            if let Some(Some(job)) = self.ring.pop_front() {
+            if let Some(slot) = self.ring.pop_front()
+                && slot.is_some()
+            {
                 self.in_ring -= 1;
-                self.old.insert(key, job);
+                self.old.insert(key, slot);
             }
             self.trim();
         }
@@ -163,7 +201,7 @@ impl JobTable {
 
     /// Every job, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &Job> {
-        self.ring.iter().flatten().chain(self.old.values())
+        self.ring.iter().flatten().chain(self.old.values().flatten())
     }
 
     /// Every job's key, in no particular order.
@@ -297,6 +335,8 @@ mod tests {
         Insert {
             skip: u8,
         },
+        /// Take a slot and leave it empty.
+        Reserve,
         Remove(usize),
     }
 
@@ -305,6 +345,7 @@ mod tests {
             prop_oneof![
                 3 => prop_oneof![9 => 0u8..3, 1 => Just(200u8)].prop_map(|skip| Op::Insert { skip }),
                 3 => any::<usize>().prop_map(Op::Remove),
+                1 => Just(Op::Reserve),
             ],
             0..600,
         )
@@ -326,6 +367,10 @@ mod tests {
                         model.insert(next, ());
                         next += 1;
                     }
+                    Op::Reserve => {
+                        prop_assert!(table.slot_for(next).is_none());
+                        next += 1;
+                    }
                     Op::Remove(i) => {
                         let keys: Vec<JobKey> = model.keys().copied().collect();
                         if keys.is_empty() {
@@ -343,7 +388,7 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(table.len(), model.len());
-                prop_assert!(table.ring.len() <= 2 * table.in_ring + RING_SLACK);
+                prop_assert!(table.ring.len() <= 2 * table.in_ring + RING_SLACK + 1);
             }
             for k in 0..next + 2 {
                 prop_assert_eq!(table.get(&k).map(|j| j.key), model.contains_key(&k).then_some(k));
