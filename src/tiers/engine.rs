@@ -680,7 +680,8 @@ impl Engine {
         }
         let relief = self.relief_from(to, &deps);
         self.room(to, bytes, relief, &name)?;
-        let mut need = self.shortfall(to, bytes);
+        // Room this move lacks without its dependencies (none to claim without them).
+        let mut need = if deps.is_empty() { Relief::default() } else { self.shortfall(to, bytes) };
 
         let op = if to < from { Operation::Promote } else { Operation::Demote };
         let rate = match op {
