@@ -176,3 +176,38 @@ fn tierd_prefetches_before_a_models_busy_hour() {
         without.total_load_s
     );
 }
+
+#[test]
+fn accesses_during_a_promotion_pay_the_source_tier_and_count_as_waiting() {
+    // A in storage at t=1 (12 s) starts its promotion to ram: 6 GB x 0.3 s/GB
+    // = 1.8 s. At t=2 A is still in storage (12 s, 0.6 s at its target: 11.4 s
+    // of waiting); at t=4 it is in ram (0.6 s).
+    let (cfg, catalog, _) = workload(&[("A", 6.0)], "A");
+    let trace = Trace {
+        times: vec![1.0, 2.0, 4.0],
+        models: vec![0, 0, 0],
+    };
+    let timed = replay(
+        &cfg,
+        &catalog,
+        &trace,
+        build_policy("lru", &cfg, &catalog, &trace).expect("policy"),
+        MoveMode::Timed,
+    )
+    .expect("replay");
+    assert_cost(&timed, 12.0 + 12.0 + 0.6);
+    assert_eq!(timed.accesses_during_promotion, 1);
+    assert!((timed.promotion_wait_s - 11.4).abs() < 1e-9, "wait {}", timed.promotion_wait_s);
+    // With instant moves nothing waits.
+    let instant = replay(
+        &cfg,
+        &catalog,
+        &trace,
+        build_policy("lru", &cfg, &catalog, &trace).expect("policy"),
+        MoveMode::Instant,
+    )
+    .expect("replay");
+    assert_cost(&instant, 12.0 + 0.6 + 0.6);
+    assert_eq!(instant.accesses_during_promotion, 0);
+    assert_eq!(instant.promotion_wait_s, 0.0);
+}

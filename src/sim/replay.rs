@@ -47,6 +47,11 @@ pub struct RunResult {
     pub move_count: u64,
     /// Moves that failed or were cancelled (none unless faults are configured).
     pub moves_failed: u64,
+    /// Accesses that found their model's own promotion queued or running,
+    /// and what they paid beyond the promotion's target tier (the part of
+    /// `total_load_s` that move time cost; 0 with instant moves).
+    pub accesses_during_promotion: u64,
+    pub promotion_wait_s: f64,
     /// (time, cumulative load seconds) samples for the plot.
     pub curve: Vec<(f64, f64)>,
 }
@@ -171,6 +176,8 @@ pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Po
         bytes_moved_gb: bytes_to_gb(m.bytes_moved),
         move_count: m.moves_succeeded,
         moves_failed: m.moves_failed + m.moves_cancelled,
+        accesses_during_promotion: m.accesses_during_promotion,
+        promotion_wait_s: m.promotion_wait_s,
         curve,
     })
 }

@@ -39,6 +39,8 @@ struct PolicyJson<'a> {
     hits_by_tier: Hits<'a>,
     bytes_moved_gb: f64,
     move_count: u64,
+    accesses_during_promotion: u64,
+    promotion_wait_s: f64,
 }
 
 #[derive(Serialize)]
@@ -64,6 +66,8 @@ impl Report {
                     hits_by_tier: Hits(&r.hits_by_tier),
                     bytes_moved_gb: round6(r.bytes_moved_gb),
                     move_count: r.move_count,
+                    accesses_during_promotion: r.accesses_during_promotion,
+                    promotion_wait_s: round6(r.promotion_wait_s),
                 })
                 .collect(),
         };
@@ -88,7 +92,7 @@ impl Report {
         for t in &tiers {
             let _ = write!(s, " {:>10}", format!("hits_{t}"));
         }
-        let _ = writeln!(s, " {:>12} {:>8}", "moved_gb", "moves");
+        let _ = writeln!(s, " {:>12} {:>8} {:>12}", "moved_gb", "moves", "wait_s");
         for r in &self.runs {
             let vs_lru = match lru {
                 Some(l) if l > 0.0 => format!("{:.3}", r.total_load_s / l),
@@ -111,7 +115,7 @@ impl Report {
             for (_, h) in &r.hits_by_tier {
                 let _ = write!(s, " {h:>10}");
             }
-            let _ = writeln!(s, " {:>12.1} {:>8}", r.bytes_moved_gb, r.move_count);
+            let _ = writeln!(s, " {:>12.1} {:>8} {:>12.1}", r.bytes_moved_gb, r.move_count, r.promotion_wait_s);
         }
         s
     }

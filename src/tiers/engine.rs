@@ -139,6 +139,12 @@ pub struct Metrics {
     pub retries: u64,
     pub bytes_moved: u64,
     pub jobs_submitted: u64,
+    /// Accesses that found their model's own promotion queued or running.
+    pub accesses_during_promotion: u64,
+    /// What those accesses paid beyond the cost of the tier the promotion
+    /// was taking their model to: the load seconds the move's time cost
+    /// (an instant move would have saved them).
+    pub promotion_wait_s: f64,
 }
 
 /// A small ordered set of job keys (the running jobs: at most
@@ -681,7 +687,11 @@ impl Engine {
         let relief = self.relief_from(to, &deps);
         self.room(to, bytes, relief, &name)?;
         // Room this move lacks without its dependencies (none to claim without them).
-        let mut need = if deps.is_empty() { Relief::default() } else { self.shortfall(to, bytes) };
+        let mut need = if deps.is_empty() {
+            Relief::default()
+        } else {
+            self.shortfall(to, bytes)
+        };
 
         let op = if to < from { Operation::Promote } else { Operation::Demote };
         let rate = match op {
@@ -1155,8 +1165,12 @@ impl Engine {
             });
         }
         m.usage.record(now, &usage_cfg);
-        let (tier, bytes) = (m.tier, m.bytes);
+        let (tier, bytes, pending) = (m.tier, m.bytes, m.job);
         let load = self.state.tiers[tier].load_seconds(bytes);
+        if let Some(to) = pending.and_then(|k| self.jobs.get(&k)).map(|j| j.to).filter(|&to| to < tier) {
+            self.metrics.accesses_during_promotion += 1;
+            self.metrics.promotion_wait_s += load - self.state.tiers[to].load_seconds(bytes);
+        }
         self.metrics.accesses += 1;
         self.metrics.load_seconds += load;
         self.metrics.hits_by_tier[tier] += 1;
@@ -1759,6 +1773,8 @@ impl Engine {
             "metrics": {
                 "accesses": m.accesses,
                 "load_seconds": round6(m.load_seconds),
+                "accesses_during_promotion": m.accesses_during_promotion,
+                "promotion_wait_s": round6(m.promotion_wait_s),
                 "hits_by_tier": hits,
                 "moves_started": m.moves_started,
                 "moves_succeeded": m.moves_succeeded,
