@@ -1,6 +1,6 @@
 //! The simulation harness: the lower bound holds, runs are deterministic,
-//! CSV errors name file and line, and the ServeGen converter works on the
-//! real data when it is present.
+//! CSV errors name file and line, and the ServeGen and Azure converters work
+//! on the real data when it is present.
 
 use std::path::Path;
 
@@ -219,6 +219,39 @@ fn servegen_conversion_of_one_day() {
     assert_eq!(again, (catalog, trace));
 }
 
+#[test]
+fn azure_conversion_keeps_every_real_arrival() {
+    use tierd::sim::azure::{AzureSpec, default_inputs};
+    let inputs = default_inputs();
+    if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
+        println!("skipping: Azure trace not found at {}", missing.display());
+        return;
+    }
+    let spec = AzureSpec {
+        inputs,
+        models: 20,
+        zipf_s: 1.0,
+        hours: 2,
+        seed: 1,
+    };
+    let (catalog, trace) = tierd::sim::azure::convert(&spec).unwrap();
+    assert_eq!(catalog.names.len(), 40);
+    assert!(catalog.names[0].starts_with("code-") && catalog.names[39].starts_with("conv-"));
+    // 8,819 + 19,366 requests in the trace's hour, replayed twice.
+    assert_eq!(trace.len(), 2 * (8_819 + 19_366));
+    assert!(trace.times.windows(2).all(|w| w[0] <= w[1]));
+    let span = trace.times.last().copied().unwrap_or(0.0);
+    assert!((7_000.0..7_400.0).contains(&span), "two hours, not {span} s");
+    let again = tierd::sim::azure::convert(&spec).unwrap();
+    assert_eq!(again, (catalog.clone(), trace.clone()));
+    // The replay runs on it, and the bound holds.
+    let cfg = Config::from_toml(DEFAULT_SIM_CONFIG).unwrap();
+    let report = compare(&cfg, &catalog, &trace, &["lru".into(), "tierd".into()], MoveMode::Timed).unwrap();
+    for r in &report.runs {
+        assert!(r.total_load_s >= report.lower_bound_s, "{} below the bound", r.policy);
+    }
+}
+
 #[derive(clap::Parser)]
 struct Cli {
     #[command(flatten)]
@@ -257,6 +290,22 @@ fn the_command_line_parses() {
         Some(SimCommand::Convert { source: ConvertSource::Servegen(ref s) }) if s.days == (2, 4)
     ));
     assert!(Cli::try_parse_from(["tierd-sim", "convert", "servegen", "--days", "4-2", "--out", "x"]).is_err());
+    let c = Cli::try_parse_from([
+        "tierd-sim",
+        "convert",
+        "azure",
+        "--input",
+        "a.csv,b.csv",
+        "--hours",
+        "3",
+        "--out",
+        "x",
+    ])
+    .unwrap();
+    assert!(matches!(
+        c.sim.command,
+        Some(SimCommand::Convert { source: ConvertSource::Azure(ref a) }) if a.input.len() == 2 && a.hours == 3 && a.models == 100
+    ));
     assert!(tierd::sim::cli::policy_list("lru,nope").is_err());
     assert_eq!(tierd::sim::cli::policy_list("all").unwrap().len(), 5);
 }

@@ -4,9 +4,11 @@
 //! - `tierd sim --config FILE --catalog C --trace T --policy all [--moves timed|instant] [--report json|table] [--plot out.svg]`
 //! - `tierd sim gen --family zipf --out DIR ...`
 //! - `tierd sim convert servegen --days 1-7 --out DIR ...`
+//! - `tierd sim convert azure --hours 24 --out DIR ...`
 
 use std::path::{Path, PathBuf};
 
+use super::azure::AzureSpec;
 use super::replay::MoveMode;
 use super::servegen::{DEFAULT_INPUT, ServegenSpec, convert, parse_days};
 use super::synth::{Family, GenSpec, generate};
@@ -81,6 +83,9 @@ pub enum SimCommand {
 pub enum ConvertSource {
     /// ServeGen per-client rate traces (each client becomes a model).
     Servegen(ServegenArgs),
+    /// The Azure LLM inference trace 2023 (each service's real arrivals,
+    /// thinned at random into its models by Zipf popularity).
+    Azure(AzureArgs),
 }
 
 /// `tierd sim gen`.
@@ -129,6 +134,29 @@ pub struct ServegenArgs {
     /// Expected number of accesses over those days (rates are rescaled to it).
     #[arg(long, default_value_t = 1_000_000.0)]
     pub accesses: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Directory for catalog.csv and trace.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `tierd sim convert azure`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AzureArgs {
+    /// One CSV per service (`TIMESTAMP,ContextTokens,GeneratedTokens`);
+    /// default: both files of the trace in /work/shared/data/azure_llm_2023.
+    #[arg(long, value_delimiter = ',')]
+    pub input: Vec<PathBuf>,
+    /// Models per service.
+    #[arg(long, default_value_t = 100)]
+    pub models: usize,
+    /// Zipf exponent of the models' popularity within a service.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Times the trace's hour is replayed in a row.
+    #[arg(long, default_value_t = 24)]
+    pub hours: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Directory for catalog.csv and trace.csv.
@@ -207,6 +235,30 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                 catalog.names.len(),
                 trace.len(),
                 s.out.display()
+            );
+            Ok(())
+        }
+        Some(SimCommand::Convert {
+            source: ConvertSource::Azure(a),
+        }) => {
+            let spec = AzureSpec {
+                inputs: if a.input.is_empty() {
+                    super::azure::default_inputs()
+                } else {
+                    a.input
+                },
+                models: a.models,
+                zipf_s: a.zipf,
+                hours: a.hours,
+                seed: a.seed,
+            };
+            let (catalog, trace) = super::azure::convert(&spec)?;
+            write_workload(&a.out, &catalog, &trace)?;
+            println!(
+                "wrote {} models and {} accesses to {}",
+                catalog.names.len(),
+                trace.len(),
+                a.out.display()
             );
             Ok(())
         }

@@ -6,9 +6,10 @@
 //! - The harness (`tierd sim`) replays a trace through the same engine and
 //!   policies in virtual time and compares them with an offline lower bound:
 //!   [`workload`] (catalog and trace CSVs), [`replay`], [`bound`], [`report`],
-//!   [`synth`] (synthetic families), [`servegen`] (real-trace converter) and
-//!   [`cli`].
+//!   [`synth`] (synthetic families), [`servegen`] and [`azure`] (real-trace
+//!   converters) and [`cli`].
 
+pub mod azure;
 pub mod bound;
 pub mod cli;
 mod hardware;
