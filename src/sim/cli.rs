@@ -210,14 +210,7 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                 seed: g.seed,
             };
             let (catalog, trace) = generate(&spec)?;
-            write_workload(&g.out, &catalog, &trace)?;
-            println!(
-                "wrote {} models and {} accesses to {}",
-                catalog.names.len(),
-                trace.len(),
-                g.out.display()
-            );
-            Ok(())
+            save(&g.out, &catalog, &trace)
         }
         Some(SimCommand::Convert {
             source: ConvertSource::Servegen(s),
@@ -229,14 +222,7 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                 seed: s.seed,
             };
             let (catalog, trace) = convert(&spec)?;
-            write_workload(&s.out, &catalog, &trace)?;
-            println!(
-                "wrote {} models and {} accesses to {}",
-                catalog.names.len(),
-                trace.len(),
-                s.out.display()
-            );
-            Ok(())
+            save(&s.out, &catalog, &trace)
         }
         Some(SimCommand::Convert {
             source: ConvertSource::Azure(a),
@@ -253,14 +239,7 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                 seed: a.seed,
             };
             let (catalog, trace) = super::azure::convert(&spec)?;
-            write_workload(&a.out, &catalog, &trace)?;
-            println!(
-                "wrote {} models and {} accesses to {}",
-                catalog.names.len(),
-                trace.len(),
-                a.out.display()
-            );
-            Ok(())
+            save(&a.out, &catalog, &trace)
         }
         None => {
             let r = args.run;
@@ -318,6 +297,18 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             Ok(())
         }
     }
+}
+
+/// Writes a made workload to `out` and says so.
+fn save(out: &Path, catalog: &Catalog, trace: &Trace) -> Result<(), SimError> {
+    write_workload(out, catalog, trace)?;
+    println!(
+        "wrote {} models and {} accesses to {}",
+        catalog.names.len(),
+        trace.len(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// CPU seconds this thread has used (for `--timing` on a busy machine,
