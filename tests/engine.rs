@@ -277,3 +277,87 @@ fn many_moves_of_one_model_in_one_second_get_distinct_ids() {
     }
     assert!(ids.contains("tier_demote_t5-base_1700000000_2000"));
 }
+
+/// A policy that, on an access to `s1`, asks for `s1` in ram making room
+/// there, then for `r2` in swap, counting on the room `s1` leaves in swap.
+struct MakeRoomPolicy;
+
+impl tierd::optimizer::Policy for MakeRoomPolicy {
+    fn name(&self) -> &'static str {
+        "make-room-test"
+    }
+    fn eviction_rank(&self, _now: f64, state: &tierd::tiers::State, model: tierd::tiers::ModelId) -> f64 {
+        state.model(model).and_then(|m| m.usage.last_access).unwrap_or(f64::NEG_INFINITY)
+    }
+    fn on_access(&mut self, _now: f64, state: &tierd::tiers::State, model: tierd::tiers::ModelId) -> Vec<tierd::optimizer::Desire> {
+        let (Some(s1), Some(r2)) = (state.model_id("s1"), state.model_id("r2")) else {
+            return Vec::new();
+        };
+        if model != s1 {
+            return Vec::new();
+        }
+        let desire = |model, target, make_room| tierd::optimizer::Desire {
+            model,
+            target,
+            reason: "test".into(),
+            make_room,
+        };
+        vec![desire(s1, 0, true), desire(r2, 1, false)]
+    }
+    fn plan(&mut self, _now: f64, _state: &tierd::tiers::State) -> Vec<tierd::optimizer::Desire> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_policy_move_that_makes_room_joins_its_batch_on_the_simulators_path() {
+    // ram and swap full (10 GB each, two 5 GB models). s1 to ram makes room:
+    // r1 (least recently used) goes to storage, swap being full. r2 to swap
+    // then fits only on the room s1 frees there, which the batch must know
+    // of, also on the simulator's access path, where jobs have no ids.
+    let text = r#"
+[[tiers]]
+name = "ram"
+max_gb = 10.0
+access_s_per_gb = 0.1
+[[tiers]]
+name = "swap"
+max_gb = 10.0
+access_s_per_gb = 0.5
+[[tiers]]
+name = "storage"
+access_s_per_gb = 2.0
+[[models]]
+name = "r1"
+size_gb = 5.0
+tier = "ram"
+[[models]]
+name = "r2"
+size_gb = 5.0
+tier = "ram"
+[[models]]
+name = "s1"
+size_gb = 5.0
+tier = "swap"
+[[models]]
+name = "s2"
+size_gb = 5.0
+tier = "swap"
+"#;
+    let cfg = Config::from_toml(text).expect("config");
+    let backend = Box::new(SimBackend::new(&cfg));
+    let mut e = Engine::new(cfg, backend, Box::new(MakeRoomPolicy), T0).expect("engine");
+    let id = |e: &Engine, n: &str| e.state().model_id(n).expect("model");
+    let (s1, r1, r2) = (id(&e, "s1"), id(&e, "r1"), id(&e, "r2"));
+    e.access_load(T0, s1).expect("access");
+    let mut now = T0;
+    while let Some(w) = e.next_wakeup() {
+        now = w.max(now);
+        e.tick(now);
+    }
+    let tier = |e: &Engine, m| e.state().model(m).map(|m| m.tier);
+    assert_eq!(tier(&e, s1), Some(0), "s1 reached ram");
+    assert_eq!(tier(&e, r1), Some(2), "r1 made room, to storage");
+    assert_eq!(tier(&e, r2), Some(1), "r2 moved into the room s1 left in swap");
+    e.check_invariants().unwrap();
+}

@@ -59,6 +59,9 @@ impl Default for MoveOptions {
 /// Answer to an accepted move.
 #[derive(Debug, Clone)]
 pub struct MoveStarted {
+    /// The engine's key of the move (job ids are empty on the simulator's
+    /// hot path, keys never are).
+    pub job_key: JobKey,
     pub job_id: String,
     pub model_name: String,
     pub operation: Operation,
@@ -901,6 +904,7 @@ impl Engine {
                 let make_room_jobs = room_jobs.iter().filter_map(|k| self.jobs.get(k).map(|j| j.id.clone())).collect();
                 self.tick(now);
                 Ok(MoveStarted {
+                    job_key: key,
                     job_id,
                     model_name: model_name.to_string(),
                     operation,
@@ -1008,11 +1012,7 @@ impl Engine {
         if d.make_room && deps.is_empty() {
             let name = name.to_string();
             let target = self.state.tiers[d.target].name.clone();
-            let started = self.move_tier(now, &name, &target, &opts)?;
-            self.job_ids
-                .get(&started.job_id)
-                .copied()
-                .ok_or_else(|| EngineError::Internal(format!("job {} vanished", started.job_id)))
+            Ok(self.move_tier(now, &name, &target, &opts)?.job_key)
         } else {
             self.submit(now, d.model, d.target, deps, &opts)
         }
