@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::synth::{draw_size, merge};
+use super::synth::{draw_size, merge, shuffle, zipf_weights};
 use super::workload::{Catalog, SimError, Trace};
 
 /// Where the Azure trace lives on this machine (never in the repository).
@@ -140,7 +140,7 @@ pub fn convert(spec: &AzureSpec) -> Result<(Catalog, Trace), SimError> {
         names,
     };
     // Zipf weights as a cumulative table; each service ranks its models at random.
-    let weights: Vec<f64> = (0..spec.models).map(|r| 1.0 / ((r + 1) as f64).powf(spec.zipf_s)).collect();
+    let weights = zipf_weights(spec.models, spec.zipf_s);
     let total: f64 = weights.iter().sum();
     let cumulative: Vec<f64> = weights
         .iter()
@@ -152,10 +152,7 @@ pub fn convert(spec: &AzureSpec) -> Result<(Catalog, Trace), SimError> {
     let mut per_model: Vec<Vec<f64>> = vec![Vec::new(); catalog.names.len()];
     for (s, (_, times)) in services.iter().enumerate() {
         let mut ranking: Vec<usize> = (0..spec.models).collect();
-        for i in (1..ranking.len()).rev() {
-            let j = rng.random_range(0..=i);
-            ranking.swap(i, j);
-        }
+        shuffle(&mut ranking, &mut rng);
         for rep in 0..spec.hours {
             let offset = rep as f64 * span;
             for &t in times {

@@ -209,7 +209,7 @@ pub fn generate(spec: &GenSpec) -> Result<(Catalog, Trace), SimError> {
     let windows = (spec.days * 86_400.0 / WINDOW_S).ceil() as usize;
     let duration = windows as f64 * WINDOW_S;
     // Zipf weights over a random ranking (so popularity is independent of size).
-    let zipf: Vec<f64> = (0..n).map(|r| 1.0 / ((r + 1) as f64).powf(spec.zipf_s)).collect();
+    let zipf = zipf_weights(n, spec.zipf_s);
     let zsum: f64 = zipf.iter().sum();
     let mut rank: Vec<usize> = (0..n).collect();
     shuffle(&mut rank, &mut rng);
@@ -281,7 +281,13 @@ fn diurnal_factor(d: f64) -> f64 {
     (0.15 + 3.4 * (-d * d / 8.0).exp()) / mean
 }
 
-fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
+/// Zipf popularity weights of ranks 1..=n with exponent `s` (not normalised).
+pub fn zipf_weights(n: usize, s: f64) -> Vec<f64> {
+    (0..n).map(|r| 1.0 / ((r + 1) as f64).powf(s)).collect()
+}
+
+/// Fisher-Yates shuffle from the workload's generator.
+pub fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
     for i in (1..v.len()).rev() {
         let j = rng.random_range(0..=i);
         v.swap(i, j);
