@@ -1,22 +1,23 @@
-//! `dispatch::execute` (the server's per-request work under its lock) and
-//! `protocol::parse_line` (the work before it), on the seed configuration.
+//! `requests::execute` (the server's per-request work under its lock) and
+//! `requests::parse_line` (the work before it), on the seed configuration.
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tierd::config::Config;
+use tierd::drivers::sim::simulated_machine;
 use tierd::optimizer::UsagePolicy;
-use tierd::server::dispatch::{self, Outcome};
-use tierd::server::protocol::{self, Request};
-use tierd::sim::SimBackend;
+use tierd::requests::cancel_job::CancelJob;
+use tierd::requests::tier_status::{StatusCache, write_tier_status};
+use tierd::requests::{self as protocol, Outcome, Request};
 use tierd::tiers::Engine;
 
 const T0: f64 = 1_700_000_000.0;
 
 fn seed_engine() -> Engine {
     let cfg = Config::seed_default();
-    let backend = Box::new(SimBackend::new(&cfg));
-    match Engine::new(cfg, backend, Box::new(UsagePolicy), T0) {
+    let (machine, _) = simulated_machine(&cfg, false);
+    match Engine::new(cfg, machine, Box::new(UsagePolicy), T0) {
         Ok(e) => e,
         Err(e) => panic!("seed engine: {e}"),
     }
@@ -33,19 +34,20 @@ fn benches(c: &mut Criterion) {
     let mut engine = seed_engine();
     let status = request(r#"{"tier_status": true}"#);
     c.bench_function("execute tier_status", |b| {
-        b.iter(|| black_box(dispatch::execute(&mut engine, T0, status.clone())))
+        b.iter(|| black_box(protocol::execute(&mut engine, T0, status.clone())))
     });
 
     // The server's own tier_status path: the typed view, served from the
     // cache when nothing changed (the common case for a polling client).
     let mut engine = seed_engine();
-    let mut cache = dispatch::StatusCache::default();
+    let mut cache = StatusCache::default();
     let mut out = Vec::with_capacity(4096);
     let id = Some(serde_json::json!(1));
     c.bench_function("write_tier_status (server path)", |b| {
         b.iter(|| {
             out.clear();
-            black_box(dispatch::write_tier_status(&mut engine, T0, &id, &mut cache, &mut out).is_ok())
+            engine.tick(T0);
+            black_box(write_tier_status(&engine, &id, &mut cache, &mut out).is_ok())
         })
     });
 
@@ -58,11 +60,11 @@ fn benches(c: &mut Criterion) {
     c.bench_function("execute move_tier + cancel_job", |b| {
         b.iter(|| {
             now += 1.0;
-            let Ok(Outcome::Reply(v)) = dispatch::execute(&mut engine, now, demote.clone()) else {
+            let Ok(Outcome::Reply(v)) = protocol::execute(&mut engine, now, demote.clone()) else {
                 panic!("move_tier refused")
             };
             let id = v["job_id"].as_str().unwrap_or_default().to_string();
-            black_box(dispatch::execute(&mut engine, now, Request::CancelJob(id)).is_ok())
+            black_box(protocol::execute(&mut engine, now, Request::CancelJob(CancelJob { job_id: id })).is_ok())
         })
     });
 
@@ -70,7 +72,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("execute move_tier (fresh engine)", |b| {
         b.iter_batched(
             seed_engine,
-            |mut e| black_box(dispatch::execute(&mut e, T0, demote.clone()).is_ok()),
+            |mut e| black_box(protocol::execute(&mut e, T0, demote.clone()).is_ok()),
             BatchSize::SmallInput,
         )
     });

@@ -5,8 +5,9 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tierd::config::{Config, ModelConfig};
+use tierd::drivers::sim::simulated_machine;
 use tierd::optimizer::{GdsfPolicy, LruPolicy, Policy, TierdPolicy, UsagePolicy};
-use tierd::sim::{DEFAULT_SIM_CONFIG, SimBackend};
+use tierd::sim::DEFAULT_SIM_CONFIG;
 use tierd::tiers::Engine;
 
 /// An engine with `n` models in storage, and the policies, all fed the
@@ -23,21 +24,23 @@ fn setup(n: usize) -> (Engine, Vec<Box<dyn Policy>>) {
             path: None,
         })
         .collect();
-    let backend = Box::new(SimBackend::new(&cfg));
-    let mut engine = Engine::new(cfg, backend, Box::new(UsagePolicy), 0.0).expect("engine");
+    let (machine, _) = simulated_machine(&cfg, false);
+    let mut engine = Engine::new(cfg, machine, Box::new(UsagePolicy), 0.0).expect("engine");
     let mut policies: Vec<Box<dyn Policy>> = vec![
         Box::new(TierdPolicy::default()),
         Box::new(LruPolicy),
         Box::new(GdsfPolicy::default()),
         Box::new(UsagePolicy),
     ];
+    let mut scratch = Vec::new();
     for i in 0..2 * n {
         let u: f64 = rng.random_range(0.0..1.0);
         let id = ((n as f64).powf(u) as usize).min(n - 1);
         let now = i as f64;
         let _ = engine.access_id(now, id);
         for p in &mut policies {
-            let _ = p.on_access(now, engine.state(), id);
+            p.on_access(now, engine.state(), id, &mut scratch);
+            scratch.clear();
         }
     }
     (engine, policies)
@@ -51,7 +54,11 @@ fn bench_plan(c: &mut Criterion) {
         for p in &mut policies {
             let name = p.name();
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| p.plan(2.0 * n as f64, engine.state()).len());
+                b.iter(|| {
+                    let mut out = Vec::new();
+                    p.plan(2.0 * n as f64, engine.state(), &mut out);
+                    out.len()
+                });
             });
         }
     }

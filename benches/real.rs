@@ -9,7 +9,7 @@ use clap::Parser;
 #[command(name = "real-bench", about = "tierd real backend benchmark")]
 struct Cli {
     #[command(flatten)]
-    args: tierd::real::bench::BenchArgs,
+    args: tierd::bench::real::BenchArgs,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -17,7 +17,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    match tierd::real::bench::run(&cli.args) {
+    match tierd::bench::real::run(&cli.args) {
         Ok(report) => print!("{report}"),
         Err(e) => {
             eprintln!("bench failed: {e}");

@@ -8,8 +8,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tierd::config::Config;
+use tierd::drivers::sim::simulated_machine;
 use tierd::optimizer::UsagePolicy;
-use tierd::sim::SimBackend;
 use tierd::tiers::{Engine, MoveOptions, Priority};
 
 const JOBS: usize = 10_000;
@@ -25,8 +25,8 @@ fn engine() -> Engine {
     }
     let mut cfg = Config::from_toml(&text).expect("bench config");
     cfg.moves.max_concurrent = 8;
-    let backend = Box::new(SimBackend::new(&cfg));
-    Engine::new(cfg, backend, Box::new(UsagePolicy), 0.0).expect("engine")
+    let (machine, _) = simulated_machine(&cfg, false);
+    Engine::new(cfg, machine, Box::new(UsagePolicy), 0.0).expect("engine")
 }
 
 /// Submits every job (0-3 random dependencies on earlier jobs, random
@@ -44,7 +44,7 @@ fn submit_and_run(mut e: Engine) -> usize {
             ..MoveOptions::default()
         };
         let target = if i % 2 == 0 { "ram" } else { "swap" };
-        if let Ok(s) = e.move_tier(0.0, &format!("m{i}"), target, &opts) {
+        if let Ok(s) = e.move_model(0.0, &format!("m{i}"), target, &opts) {
             ids.push(s.job_id);
         }
     }

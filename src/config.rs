@@ -29,6 +29,10 @@ pub fn bytes_to_gb(bytes: u64) -> f64 {
     bytes as f64 / BYTES_PER_GB
 }
 
+/// The policy of the server and the simulator when the configuration names
+/// none.
+pub const DEFAULT_POLICY: &str = "tierd";
+
 /// The embedded default: the seed's configuration and example catalog.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../fixtures/default.toml");
 
@@ -220,7 +224,7 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub pressure: PressureConfig,
-    /// Placement policy name (see `optimizer::policy_names`).
+    /// Placement policy name (see `optimizer::POLICY_NAMES`).
     #[serde(default = "default_policy")]
     pub policy: String,
     /// Run `auto_optimize` every this many seconds; off when absent.
@@ -232,6 +236,10 @@ pub struct Config {
     /// Where the real backend keeps its state file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Entries a registration walks at most in a model's directory (before
+    /// the engine is locked); a larger directory is refused.
+    #[serde(default = "default_max_files")]
+    pub max_files_per_model: usize,
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -241,7 +249,10 @@ fn default_max_single() -> f64 {
     7.0
 }
 fn default_policy() -> String {
-    crate::optimizer::DEFAULT_POLICY.to_string()
+    DEFAULT_POLICY.to_string()
+}
+fn default_max_files() -> usize {
+    10_000
 }
 fn default_job_history() -> usize {
     1000
@@ -287,6 +298,7 @@ impl Config {
             auto_optimize_interval_s: None,
             job_history: default_job_history(),
             state_dir: None,
+            max_files_per_model: default_max_files(),
             models: Vec::new(),
         }
     }
@@ -369,6 +381,9 @@ impl Config {
         if !(self.max_single_model_gb.is_finite() && self.max_single_model_gb > 0.0) {
             return bad("max_single_model_gb must be a positive number".into());
         }
+        if self.max_files_per_model == 0 {
+            return bad("max_files_per_model must be at least 1".into());
+        }
         if !(self.usage.half_life_s.is_finite() && self.usage.half_life_s > 0.0) {
             return bad("usage.half_life_s must be positive".into());
         }
@@ -415,7 +430,7 @@ mod tests {
     #[test]
     fn issue_example_config_parses() {
         // fixtures/sim/config.toml is the issue's example, verbatim.
-        let cfg = Config::from_toml(crate::sim::DEFAULT_SIM_CONFIG).expect("parses");
+        let cfg = Config::from_toml(include_str!("../fixtures/sim/config.toml")).expect("parses");
         assert_eq!(cfg.tiers.len(), 3);
         assert_eq!(cfg.tiers[0].max_gb, Some(48.0));
         assert_eq!(cfg.tiers[1].max_gb, Some(160.0));

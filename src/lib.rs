@@ -1,21 +1,30 @@
 //! tierd: decides, and carries out, where ML model weights live across a
 //! machine's memory and storage tiers.
 //!
-//! Layout (data flows one way, top to bottom):
-//! - [`server`]: transports (stdio, Unix socket), line framing, the request
-//!   enum and its dispatch, and the CLI client;
+//! Layout (data flows one way: bytes → line → typed request → engine
+//! decision → driver action → typed response → bytes; each module uses only
+//! those listed after it):
+//! - [`server`]: transports (stdio, Unix socket), line framing, the shared
+//!   engine and its clock, the server's lifecycle, the CLI client;
+//! - [`bench`]: `tierd bench` (socket round trips) and `tierd bench-real`;
+//! - [`sim`]: the simulation harness (workloads, replay, the lower bound);
+//! - [`store`]: the state file the server saves the engine's snapshot in;
+//! - [`requests`]: the request list, one module per request (fields,
+//!   validation, apply, response);
+//! - [`optimizer`]: the placement policies;
 //! - [`tiers`]: the engine, a synchronous state machine over tiers, models,
-//!   limits and move jobs, with injected time and hardware;
-//! - [`optimizer`]: placement policies behind one trait;
-//! - [`sim`]: the deterministic simulated hardware;
-//! - [`real`]: the real hardware backend (page cache, directories, NVML)
-//!   and its state file;
+//!   limits and move jobs, with injected time, drivers and policy;
+//! - [`drivers`]: one driver per kind of tier (simulated, page cache,
+//!   directory, GPU, storage) and the machine they make up;
 //! - [`config`]: the one configuration structure; [`error`]: the error codes.
 
+pub mod bench;
 pub mod config;
+pub mod drivers;
 pub mod error;
 pub mod optimizer;
-pub mod real;
+pub mod requests;
 pub mod server;
 pub mod sim;
+pub mod store;
 pub mod tiers;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use tierd::server::bench::{self, BenchOptions};
+use tierd::bench::socket::{self as bench, BenchOptions};
 use tierd::server::client::{self, LimitArgs, MoveArgs, QueueAction};
 use tierd::server::serve::{self, BackendKind, ServeOptions};
 
@@ -92,7 +92,7 @@ enum Command {
     Sim(tierd::sim::cli::SimArgs),
     /// Measure the real backend: promotion to RAM against `cat` and
     /// `vmtouch -t`, a verified directory move against `cp`.
-    BenchReal(tierd::real::bench::BenchArgs),
+    BenchReal(tierd::bench::real::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,7 +229,7 @@ fn main() -> ExitCode {
             };
             client::queue(&socket, &action).map_err(|e| e.to_string())
         }
-        Command::BenchReal(args) => match tierd::real::bench::run(&args) {
+        Command::BenchReal(args) => match tierd::bench::real::run(&args) {
             Ok(report) => {
                 print!("{report}");
                 Ok(0)

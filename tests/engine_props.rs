@@ -1,16 +1,25 @@
 //! Property tests of the engine (issue 2): random request sequences and time
-//! steps on the seed configuration, with injected faults.
+//! steps on the seed configuration, with injected faults, under the seed's
+//! `usage` policy and the default `tierd` policy.
+
+mod engine_api;
 
 use std::collections::HashMap;
 
+use engine_api::{Wire, sim_engine};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use tierd::config::Config;
-use tierd::optimizer::UsagePolicy;
-use tierd::server::dispatch::{Outcome, execute};
-use tierd::server::protocol::{MoveTier, RegisterModel, Request};
-use tierd::sim::SimBackend;
-use tierd::tiers::Engine;
+use tierd::optimizer::{TierdParams, TierdPolicy, UsagePolicy};
+use tierd::requests::access_model::AccessModel;
+use tierd::requests::auto_optimize::AutoOptimize;
+use tierd::requests::cancel_job::CancelJob;
+use tierd::requests::move_tier::MoveTier;
+use tierd::requests::register_model::RegisterModel;
+use tierd::requests::unregister_model::UnregisterModel;
+use tierd::requests::update_limits::UpdateLimits;
+use tierd::requests::{Outcome, Request, execute};
+use tierd::tiers::{Engine, Policy};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -57,13 +66,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_invariants_hold(ops in proptest::collection::vec(op(), 1..80), fault in 0.0..0.4f64) {
+    fn engine_invariants_hold(ops in proptest::collection::vec(op(), 1..80), fault in 0.0..0.4f64, default_policy in any::<bool>()) {
         let mut cfg = Config::seed_default();
         cfg.sim.fault_probability = fault;
         cfg.moves.max_retries = 1;
-        let backend = Box::new(SimBackend::new(&cfg));
         let mut now = 1_000.0;
-        let mut engine = Engine::new(cfg, backend, Box::new(UsagePolicy), now).unwrap();
+        let policy: Box<dyn Policy> = if default_policy {
+            Box::new(TierdPolicy::new(TierdParams::for_config(&cfg)))
+        } else {
+            Box::new(UsagePolicy)
+        };
+        let (mut engine, _) = sim_engine(cfg, policy, now);
         let mut names: Vec<String> = engine.state().iter_models().map(|(_, m)| m.name.to_string()).collect();
         names.sort();
         let mut total: u64 = engine.state().tiers.iter().map(|t| t.used).sum();
@@ -82,10 +95,9 @@ proptest! {
             match op {
                 Op::Move { model, tier, make_room } => {
                     if let Some(name) = names.get(model % names.len().max(1)).cloned() {
-                        let req = Request::MoveTier(MoveTier {
-                            model_name: name, target_tier: TIERS[tier].into(), make_room, wait: false,
-                            priority: None, depends_on: vec![], max_retries: None, bandwidth_mb_s: None,
-                        });
+                        let mut m = MoveTier::new(&name, TIERS[tier]);
+                        m.make_room = make_room;
+                        let req = Request::MoveTier(m);
                         if let Ok(v) = run(&mut engine, now, req) {
                             jobs.push(v["job_id"].as_str().unwrap().to_string());
                             for j in v["make_room"].as_array().unwrap() {
@@ -96,7 +108,7 @@ proptest! {
                 }
                 Op::Cancel { job } => {
                     if let Some(id) = jobs.get(job % jobs.len().max(1)).cloned() {
-                        let _ = run(&mut engine, now, Request::CancelJob(id));
+                        let _ = run(&mut engine, now, Request::CancelJob(CancelJob { job_id: id }));
                     }
                 }
                 Op::Limit { tier, gb } => {
@@ -104,7 +116,7 @@ proptest! {
                     let before = engine.state().tiers[tier].limit;
                     let mut m = Map::new();
                     m.insert(key, json!(gb));
-                    if let Ok(v) = run(&mut engine, now, Request::UpdateLimits(m)) {
+                    if let Ok(v) = run(&mut engine, now, Request::UpdateLimits(UpdateLimits { entries: m })) {
                         for j in v["rebalance"].as_array().unwrap() {
                             jobs.push(j.as_str().unwrap().to_string());
                         }
@@ -116,7 +128,8 @@ proptest! {
                 }
                 Op::Access { model } => {
                     if let Some(name) = names.get(model % names.len().max(1)).cloned() {
-                        prop_assert!(run(&mut engine, now, Request::AccessModel(name)).is_ok());
+                        let req = Request::AccessModel(AccessModel { model_name: name });
+                        prop_assert!(run(&mut engine, now, req).is_ok());
                     }
                 }
                 Op::Register { size_tenths, tier } => {
@@ -124,7 +137,7 @@ proptest! {
                     next_name += 1;
                     let req = Request::RegisterModel(RegisterModel {
                         model_name: name.clone(), size_gb: Some(size_tenths as f64 / 10.0),
-                        preferred_tier: Some(TIERS[tier].into()), path: None,
+                        preferred_tier: Some(TIERS[tier].into()), path: None, files: None,
                     });
                     let v = run(&mut engine, now, req);
                     prop_assert!(v.is_ok(), "{v:?}");
@@ -134,14 +147,14 @@ proptest! {
                 Op::Unregister { model } => {
                     if let Some(name) = names.get(model % names.len().max(1)).cloned() {
                         let size = engine.state().model(engine.state().model_id(&name).unwrap()).unwrap().bytes;
-                        if run(&mut engine, now, Request::UnregisterModel(name.clone())).is_ok() {
+                        if run(&mut engine, now, Request::UnregisterModel(UnregisterModel { model_name: name.clone() })).is_ok() {
                             total -= size;
                             names.retain(|n| n != &name);
                         }
                     }
                 }
                 Op::Optimize => {
-                    let v = run(&mut engine, now, Request::AutoOptimize { dry_run: false }).unwrap();
+                    let v = run(&mut engine, now, Request::AutoOptimize(AutoOptimize { dry_run: false })).unwrap();
                     for j in v["jobs"].as_array().unwrap() {
                         jobs.push(j.as_str().unwrap().to_string());
                     }
@@ -171,11 +184,11 @@ proptest! {
             // A move that ended without success left its model where it was.
             for id in &jobs {
                 if checked.contains_key(id) { continue; }
-                if let Ok(st) = engine.job_status(now, id) {
+                if let Ok(st) = engine.job_json(now, id) {
                     match st["status"].as_str().unwrap() {
                         "failed" | "cancelled" => {
                             let model = st["model_name"].as_str().unwrap();
-                            if let Ok(info) = engine.model_info(now, model) {
+                            if let Ok(info) = engine.model_json(now, model) {
                                 prop_assert_eq!(&info["model"]["tier"], &st["source_tier"], "{}", st);
                             }
                             checked.insert(id.clone(), true);
@@ -194,7 +207,7 @@ proptest! {
         }
         prop_assert_eq!(engine.active_jobs(), 0);
         for id in &jobs {
-            if let Ok(st) = engine.job_status(now, id) {
+            if let Ok(st) = engine.job_json(now, id) {
                 let s = st["status"].as_str().unwrap();
                 prop_assert!(["success", "failed", "cancelled"].contains(&s), "{}", st);
             }

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use real_support::*;
 use serde_json::json;
+use tierd::drivers::gpu::GpuProbe;
 use tierd::error::ErrorCode;
-use tierd::real::RealRuntime;
-use tierd::real::gpu::GpuProbe;
 use tierd::tiers::MoveOptions;
 
 #[test]
@@ -28,9 +27,9 @@ fn dir_moves_leave_byte_identical_verified_copies() {
         hash(&origin.join("sub/model-00002.safetensors")),
     );
     let (mut e, _store, _) = engine(&cfg);
-    e.register(now(), "sharded", None, Some("storage"), Some(&origin))
+    e.register_json(now(), "sharded", None, Some("storage"), Some(&origin))
         .expect("register");
-    assert_eq!(model(&e, "sharded")["size_gb"], json!((64 * MB + 2) as f64 / 1e9));
+    assert_eq!(model(&mut e, "sharded")["size_gb"], json!((64 * MB + 2) as f64 / 1e9));
 
     let st = move_and_wait(&mut e, "sharded", "swap");
     assert_eq!(st["status"], json!("success"), "{st}");
@@ -38,8 +37,8 @@ fn dir_moves_leave_byte_identical_verified_copies() {
     assert_eq!(hash(&copy.join("model-00001.safetensors")), before.0);
     assert_eq!(hash(&copy.join("sub/model-00002.safetensors")), before.1);
     assert_eq!(std::fs::read(copy.join("config.json")).expect("read"), b"{}");
-    assert_eq!(model(&e, "sharded")["resident_fraction"], json!(1.0));
-    let swap = &e.tier_status(now())["tiers"]["swap"];
+    assert_eq!(model(&mut e, "sharded")["resident_fraction"], json!(1.0));
+    let swap = &e.status_json(now())["tiers"]["swap"];
     assert_eq!(swap["driver"], json!("dir"));
     assert!(swap["fs_available_gb"].as_f64().is_some_and(|g| g > 0.0), "{swap}");
 
@@ -71,17 +70,17 @@ fn cancel_mid_move_leaves_no_partial_file() {
     let file = root.path().join("models/m.bin");
     make_file(&file, 64 * MB, 3);
     let (mut e, _store, _) = engine(&cfg);
-    e.register(now(), "m", None, Some("storage"), Some(&file)).expect("register");
+    e.register_json(now(), "m", None, Some("storage"), Some(&file)).expect("register");
     let opts = MoveOptions {
         bandwidth_mb_s: Some(32.0),
         ..MoveOptions::default()
     };
-    let s = e.move_tier(now(), "m", "swap", &opts).expect("move");
+    let s = e.move_model(now(), "m", "swap", &opts).expect("move");
     // Wait until the copy is under way.
     let t = std::time::Instant::now();
     loop {
         e.tick(now());
-        let p = e.job_status(now(), &s.job_id).expect("status")["progress"].as_f64().unwrap_or(0.0);
+        let p = e.job_json(now(), &s.job_id).expect("status")["progress"].as_f64().unwrap_or(0.0);
         if p > 0.1 {
             break;
         }
@@ -95,7 +94,7 @@ fn cancel_mid_move_leaves_no_partial_file() {
     e.cancel_job(now(), &s.job_id).expect("cancel");
     let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
     assert_eq!(st["status"], json!("cancelled"), "{st}");
-    assert_eq!(model(&e, "m")["tier"], json!("storage"));
+    assert_eq!(model(&mut e, "m")["tier"], json!("storage"));
     let left: Vec<_> = std::fs::read_dir(root.path().join("swap"))
         .expect("read_dir")
         .flatten()
@@ -113,13 +112,14 @@ fn a_vanished_origin_fails_the_move_and_marks_the_model_unavailable() {
     let file = root.path().join("models/gone.bin");
     make_file(&file, MB, 4);
     let (mut e, _store, _) = engine(&cfg);
-    e.register(now(), "gone", None, Some("storage"), Some(&file)).expect("register");
+    e.register_json(now(), "gone", None, Some("storage"), Some(&file))
+        .expect("register");
     std::fs::remove_file(&file).expect("rm");
     let st = move_and_wait(&mut e, "gone", "swap");
     assert_eq!(st["status"], json!("failed"), "{st}");
     assert!(st.to_string().contains("vanished"), "{st}");
     e.tick(now());
-    let m = model(&e, "gone");
+    let m = model(&mut e, "gone");
     assert_eq!(m["status"], json!("unavailable"), "{m}");
     assert!(find(&root.path().join("swap"), "gone").is_empty());
 }
@@ -132,29 +132,29 @@ fn names_that_escape_and_bad_paths_are_invalid_requests() {
     make_file(&file, MB, 5);
     let (mut e, _store, _) = engine(&cfg);
     for bad in ["../etc", "a/b", "..", "x\u{0}y", "ctl\u{7}", "", ".hidden"] {
-        let err = e.register(now(), bad, None, None, Some(&file)).expect_err(bad);
+        let err = e.register_json(now(), bad, None, None, Some(&file)).expect_err(bad);
         assert_eq!(err.code(), ErrorCode::InvalidRequest, "{bad:?}: {err}");
         assert!(err.to_string().contains("not allowed"), "{err}");
     }
-    let err = e.register(now(), "nopath", None, None, None).expect_err("no path");
+    let err = e.register_json(now(), "nopath", None, None, None).expect_err("no path");
     assert_eq!(err.code(), ErrorCode::InvalidRequest);
     assert!(err.to_string().contains("path"), "{err}");
     let err = e
-        .register(now(), "missing", None, None, Some(&root.path().join("nope.bin")))
+        .register_json(now(), "missing", None, None, Some(&root.path().join("nope.bin")))
         .expect_err("missing file");
     assert_eq!(err.code(), ErrorCode::InvalidRequest);
     std::fs::create_dir_all(root.path().join("swap/inside")).expect("mkdir");
     make_file(&root.path().join("swap/inside/w.bin"), 1024, 6);
     let err = e
-        .register(now(), "inside", None, None, Some(&root.path().join("swap/inside/w.bin")))
+        .register_json(now(), "inside", None, None, Some(&root.path().join("swap/inside/w.bin")))
         .expect_err("inside a tier");
     assert!(err.to_string().contains("inside tier directory"), "{err}");
     // A good one: measured, placed in storage, then moved by a job.
-    let r = e.register(now(), "ok", None, Some("swap"), Some(&file)).expect("register");
+    let r = e.register_json(now(), "ok", None, Some("swap"), Some(&file)).expect("register");
     assert_eq!(r["tier"], json!("swap"));
     let id = r["job_id"].as_str().expect("a hot-load job").to_string();
     assert_eq!(wait(&mut e, &id, Duration::from_secs(30))["status"], json!("success"));
-    assert_eq!(model(&e, "ok")["tier"], json!("swap"));
+    assert_eq!(model(&mut e, "ok")["tier"], json!("swap"));
 }
 
 #[test]
@@ -162,9 +162,9 @@ fn gpu_tiers_without_a_driver_are_unavailable_and_refuse_moves() {
     let root = tempfile::tempdir().expect("tempdir");
     let gpu = "[[tiers]]\nname = \"gpu0\"\ndriver = \"gpu\"\nmax_gb = 24.0\naccess_s_per_gb = 0.01\n";
     let cfg = config_with(root.path(), &root.path().join("swap"), gpu);
-    let rt = RealRuntime::open_with_gpu(&cfg, || GpuProbe::open_from(OsStr::new("/nonexistent/libnvidia-ml.so.1"))).expect("opens");
-    let mut e = tierd::tiers::Engine::new(rt.config, rt.backend, Box::new(tierd::optimizer::UsagePolicy), now()).expect("engine");
-    let s = e.tier_status(now());
+    let (mut e, _store, _) =
+        try_engine_with_gpu(&cfg, || GpuProbe::open_from(OsStr::new("/nonexistent/libnvidia-ml.so.1"))).expect("opens");
+    let s = e.status_json(now());
     let g = &s["tiers"]["gpu0"];
     assert_eq!(g["available"], json!(false), "{g}");
     assert!(
@@ -176,11 +176,11 @@ fn gpu_tiers_without_a_driver_are_unavailable_and_refuse_moves() {
     let file = root.path().join("models/g.bin");
     make_file(&file, MB, 8);
     // Registration skips the GPU tier; everything else works.
-    let r = e.register(now(), "g", None, None, Some(&file)).expect("register");
+    let r = e.register_json(now(), "g", None, None, Some(&file)).expect("register");
     assert_eq!(r["tier"], json!("ram"), "{r}");
     let id = r["job_id"].as_str().expect("job").to_string();
     assert_eq!(wait(&mut e, &id, Duration::from_secs(30))["status"], json!("success"));
-    let err = e.move_tier(now(), "g", "gpu0", &MoveOptions::default()).expect_err("gpu move");
+    let err = e.move_model(now(), "g", "gpu0", &MoveOptions::default()).expect_err("gpu move");
     assert_eq!(err.code(), ErrorCode::InvalidRequest, "{err}");
     assert!(err.to_string().contains("GPU memory is not supported"), "{err}");
 }
@@ -197,50 +197,53 @@ fn placement_usage_and_limits_survive_a_restart() {
     make_file(&c, MB, 13);
     {
         let (mut e, store, _) = engine(&cfg);
-        e.register(now(), "a", None, Some("storage"), Some(&a)).expect("register");
-        e.register(now(), "b", None, Some("storage"), Some(&b)).expect("register");
+        e.register_json(now(), "a", None, Some("storage"), Some(&a)).expect("register");
+        e.register_json(now(), "b", None, Some("storage"), Some(&b)).expect("register");
         assert_eq!(move_and_wait(&mut e, "a", "swap")["status"], json!("success"));
         assert_eq!(move_and_wait(&mut e, "b", "ram")["status"], json!("success"));
-        e.register(now(), "c", None, Some("storage"), Some(&c)).expect("register");
+        e.register_json(now(), "c", None, Some("storage"), Some(&c)).expect("register");
         assert_eq!(move_and_wait(&mut e, "c", "ram")["status"], json!("success"));
         for _ in 0..3 {
             e.access(now(), "a").expect("access");
         }
-        let mut limits = serde_json::Map::new();
-        limits.insert("swap_max_gb".into(), json!(6.0));
-        e.update_limits(now(), &limits).expect("limits");
+        e.limits_json(now(), json!({"swap_max_gb": 6.0})).expect("limits");
         e.set_pinned("a", true).expect("pin");
-        store.save_engine(&e, now()).expect("save");
+        save(&mut e, &store);
         // A second tierd on the same state directory is refused.
-        let err = RealRuntime::open(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = try_engine(&cfg).err().unwrap_or_default();
         assert!(err.contains("in use by another tierd"), "{err}");
     }
     // b's origin vanishes while tierd is down.
     std::fs::remove_file(&b).expect("rm");
-    let rt = RealRuntime::open(&cfg).expect("reopen");
-    assert_eq!(rt.report.unavailable.len(), 1, "{:?}", rt.report);
-    assert_eq!(rt.report.repinning, vec!["c".to_string()], "{:?}", rt.report);
-    assert!(!rt.previous_jobs.is_empty());
-    let mut e = tierd::tiers::Engine::new(rt.config, rt.backend, Box::new(tierd::optimizer::UsagePolicy), now()).expect("engine");
-    tierd::real::restore_pins(&mut e, &rt.store);
+    let (mut e, _store, report) = try_engine(&cfg).expect("reopen");
+    assert_eq!(report.unavailable.len(), 1, "{report:?}");
+    assert_eq!(report.restoring, vec!["c".to_string()], "{report:?}");
+    let history = e.history(
+        now(),
+        &tierd::tiers::HistoryFilter {
+            limit: 100,
+            ..Default::default()
+        },
+    );
+    assert!(!history.is_empty(), "the job history survives");
     e.tick(now());
-    let ma = model(&e, "a");
+    let ma = model(&mut e, "a");
     assert_eq!(ma["pinned"], json!(true));
     assert_eq!(ma["tier"], json!("swap"));
     assert_eq!(ma["usage"], json!(3));
     assert_eq!(ma["status"], json!("ready"));
-    let mb = model(&e, "b");
+    let mb = model(&mut e, "b");
     assert_eq!(mb["tier"], json!("ram"));
     assert_eq!(mb["status"], json!("unavailable"), "{mb}");
-    assert_eq!(e.limits_json()["swap_max_gb"], json!(6.0));
+    assert_eq!(e.limits_map()["swap_max_gb"], json!(6.0));
     // c is re-pinned in the background.
     let t = std::time::Instant::now();
-    while e.tier_status(now())["tiers"]["ram"]["pinned_models"] != json!(["c"]) {
+    while e.status_json(now())["tiers"]["ram"]["pinned_models"] != json!(["c"]) {
         assert!(t.elapsed() < Duration::from_secs(20), "c was not re-pinned");
         e.tick(now());
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(model(&e, "c")["tier"], json!("ram"));
-    assert_eq!(model(&e, "c")["resident_fraction"], json!(1.0));
+    assert_eq!(model(&mut e, "c")["tier"], json!("ram"));
+    assert_eq!(model(&mut e, "c")["resident_fraction"], json!(1.0));
     assert_eq!(hash(&root.path().join("swap/a/a.bin")), hash(&a));
 }

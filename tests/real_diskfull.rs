@@ -51,13 +51,14 @@ fn disk_full_fails_the_move_cleanly_and_loses_nothing() {
     make_file(&origin, 24 * MB, 12);
     let want = hash(&origin);
     let (mut e, _store, _) = engine(&cfg);
-    e.register(now(), "big", None, Some("storage"), Some(&origin)).expect("register");
+    e.register_json(now(), "big", None, Some("storage"), Some(&origin))
+        .expect("register");
     let opts = MoveOptions {
         bandwidth_mb_s: Some(8.0),
         ..MoveOptions::default()
     };
     // 24 MiB fit in 32 MiB when the move is accepted ...
-    let s = e.move_tier(now(), "big", "swap", &opts).expect("move accepted");
+    let s = e.move_model(now(), "big", "swap", &opts).expect("move accepted");
     // ... then something else fills the filesystem.
     let _ = std::fs::write(small.join("filler"), vec![1u8; 20 * MB as usize]);
     let st = wait(&mut e, &s.job_id, Duration::from_secs(60));
@@ -65,7 +66,7 @@ fn disk_full_fails_the_move_cleanly_and_loses_nothing() {
     let text = st.to_string();
     assert!(text.contains("no space left"), "the cause is reported: {st}");
     assert_eq!(e.metrics().retries, 0, "ENOSPC is not retried");
-    assert_eq!(model(&e, "big")["tier"], json!("storage"));
+    assert_eq!(model(&mut e, "big")["tier"], json!("storage"));
     assert!(find(&small, ".tierd-partial").is_empty(), "no partial copy left");
     assert!(!small.join("big").exists());
     assert_eq!(hash(&origin), want, "the origin is intact");

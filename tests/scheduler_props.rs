@@ -6,10 +6,12 @@
 use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
+mod engine_api;
+
+use engine_api::{Wire, sim_engine};
 use tierd::config::Config;
 use tierd::optimizer::UsagePolicy;
-use tierd::sim::SimBackend;
-use tierd::tiers::{Engine, JobKey, JobStatus, MoveOptions, Priority, SchedEventKind};
+use tierd::tiers::{JobKey, JobStatus, MoveOptions, Priority, SchedEventKind};
 
 #[derive(Debug, Clone)]
 struct JobSpec {
@@ -67,9 +69,8 @@ proptest! {
         let n = specs.len();
         let cfg = config(n, slots, fault);
         let (base, cap) = (cfg.moves.retry_base_s, cfg.moves.retry_cap_s);
-        let backend = Box::new(SimBackend::new(&cfg));
         let mut now = 0.0;
-        let mut engine = Engine::new(cfg, backend, Box::new(UsagePolicy), now).unwrap();
+        let (mut engine, _) = sim_engine(cfg, Box::new(UsagePolicy), now);
         engine.record_schedule(true);
         let mut ids: Vec<String> = Vec::new();
         let mut max_retries: HashMap<String, u32> = HashMap::new();
@@ -78,7 +79,7 @@ proptest! {
             engine.tick(now);
             let deps: Vec<String> = s.deps.iter().filter(|_| !ids.is_empty()).map(|d| ids[d % ids.len()].clone()).collect();
             let opts = MoveOptions { priority: PRIORITIES[s.priority], depends_on: deps, max_retries: Some(s.max_retries), ..MoveOptions::default() };
-            match engine.move_tier(now, &format!("m{i}"), ["ram", "swap"][s.target], &opts) {
+            match engine.move_model(now, &format!("m{i}"), ["ram", "swap"][s.target], &opts) {
                 Ok(started) => {
                     max_retries.insert(started.job_id.clone(), s.max_retries);
                     ids.push(started.job_id);
@@ -104,7 +105,7 @@ proptest! {
         let mut key_of: HashMap<JobKey, String> = HashMap::new();
         let mut deps_of: HashMap<String, Vec<String>> = HashMap::new();
         for id in &ids {
-            let st = engine.job_status(now, id).unwrap();
+            let st = engine.job_json(now, id).unwrap();
             deps_of.insert(id.clone(), st["depends_on"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect());
         }
         let log = engine.schedule_log();
@@ -167,7 +168,7 @@ proptest! {
         }
         // Every job ends in exactly one terminal state, matching its status.
         for (k, id) in &key_of {
-            let st = engine.job_status(now, id).unwrap();
+            let st = engine.job_json(now, id).unwrap();
             let status = ended.get(k).map(|s| s.as_str());
             prop_assert_eq!(status, st["status"].as_str(), "{}", st);
             // A job whose dependency failed fails too.

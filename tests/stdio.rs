@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Server, code, message, wait_job};
 use serde_json::{Value, json};
-use tierd::server::protocol::{MAX_LINE_BYTES, REQUEST_KEYS};
+use tierd::requests::{MAX_LINE_BYTES, REQUEST_KEYS};
 
 /// Sends `line`, records its request key in `seen`, returns the answer.
 fn ask(s: &mut Server, seen: &mut BTreeSet<String>, line: &str) -> Value {

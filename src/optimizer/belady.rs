@@ -4,7 +4,7 @@
 //! built from a trace by the simulator; the server cannot run it.
 
 use super::place::{Ranking, plan_by_key, promote_on_access};
-use super::{Desire, Policy};
+use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
 /// Furthest-next-use eviction from a known future.
@@ -50,14 +50,14 @@ impl Policy for BeladyPolicy {
         self.key(state, model)
     }
 
-    fn on_access(&mut self, _now: f64, state: &State, model: ModelId) -> Vec<Desire> {
+    fn on_access(&mut self, _now: f64, state: &State, model: ModelId, out: &mut Vec<Desire>) {
         if let Some(s) = self.seen.get_mut(model) {
             *s += 1;
         }
-        promote_on_access(state, self, model, "belady: accessed").desires
+        promote_on_access(state, self, model, "belady: accessed", out);
     }
 
-    fn plan(&mut self, _now: f64, state: &State) -> Vec<Desire> {
-        plan_by_key(state, |id| self.key(state, id), "belady: soonest next use")
+    fn plan(&mut self, _now: f64, state: &State, out: &mut Vec<Desire>) {
+        plan_by_key(state, |id| self.key(state, id), "belady: soonest next use", out);
     }
 }

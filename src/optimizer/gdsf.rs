@@ -7,7 +7,7 @@
 //! the `lru` rule; a full tier pushes out its lowest `H` first.
 
 use super::place::{Ranking, plan_by_key, promote_on_access};
-use super::{Desire, Policy};
+use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
 /// GreedyDual-Size-Frequency with reload seconds as the cost.
@@ -49,32 +49,31 @@ impl Policy for GdsfPolicy {
         self.key(state, model)
     }
 
-    fn on_access(&mut self, _now: f64, state: &State, model: ModelId) -> Vec<Desire> {
+    fn on_access(&mut self, _now: f64, state: &State, model: ModelId, out: &mut Vec<Desire>) {
         if self.l.len() < state.tiers.len() {
             self.l.resize(state.tiers.len(), 0.0);
         }
         let Some(tier) = state.model(model).map(|m| m.tier) else {
-            return Vec::new();
+            return;
         };
         // Value as of this access, in the tier it is headed for.
         let h = self.value(state, model, tier);
         self.set(model, h);
-        let (desires, evicted) = {
-            let plan = promote_on_access(state, self, model, "gdsf: accessed");
-            let evicted: smallvec::SmallVec<[(usize, f64); 4]> = plan.evicted().iter().map(|&(t, _, h)| (t, h)).collect();
-            (plan.desires, evicted)
+        let start = out.len();
+        let evicted: smallvec::SmallVec<[(usize, f64); 4]> = {
+            let plan = promote_on_access(state, self, model, "gdsf: accessed", out);
+            plan.evicted().iter().map(|&(t, _, h)| (t, h)).collect()
         };
         for (tier, h) in evicted {
             self.l[tier] = self.l[tier].max(h);
         }
-        for d in &desires {
+        for d in &out[start..] {
             let h = self.value(state, d.model, d.target);
             self.set(d.model, h);
         }
-        desires
     }
 
-    fn plan(&mut self, _now: f64, state: &State) -> Vec<Desire> {
-        plan_by_key(state, |id| self.key(state, id), "gdsf: highest value")
+    fn plan(&mut self, _now: f64, state: &State, out: &mut Vec<Desire>) {
+        plan_by_key(state, |id| self.key(state, id), "gdsf: highest value", out);
     }
 }

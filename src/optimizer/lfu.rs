@@ -2,7 +2,7 @@
 //! least frequently accessed model (all-time count; ties: least recent).
 
 use super::place::{Ranking, plan_by_key, promote_on_access};
-use super::{Desire, Policy};
+use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
 /// Least frequently used, cascading across tiers.
@@ -25,11 +25,11 @@ impl Policy for LfuPolicy {
         self.key(state, model)
     }
 
-    fn on_access(&mut self, _now: f64, state: &State, model: ModelId) -> Vec<Desire> {
-        promote_on_access(state, self, model, "lfu: accessed").desires
+    fn on_access(&mut self, _now: f64, state: &State, model: ModelId, out: &mut Vec<Desire>) {
+        promote_on_access(state, self, model, "lfu: accessed", out);
     }
 
-    fn plan(&mut self, _now: f64, state: &State) -> Vec<Desire> {
-        plan_by_key(state, |id| self.key(state, id), "lfu: most frequently used")
+    fn plan(&mut self, _now: f64, state: &State, out: &mut Vec<Desire>) {
+        plan_by_key(state, |id| self.key(state, id), "lfu: most frequently used", out);
     }
 }

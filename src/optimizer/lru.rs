@@ -4,7 +4,7 @@
 //! that can hold it. The last tier is unbounded.
 
 use super::place::{Ranking, plan_by_key, promote_on_access};
-use super::{Desire, Policy};
+use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
 /// Least recently used, cascading across tiers.
@@ -26,11 +26,11 @@ impl Policy for LruPolicy {
         self.key(state, model)
     }
 
-    fn on_access(&mut self, _now: f64, state: &State, model: ModelId) -> Vec<Desire> {
-        promote_on_access(state, self, model, "lru: accessed").desires
+    fn on_access(&mut self, _now: f64, state: &State, model: ModelId, out: &mut Vec<Desire>) {
+        promote_on_access(state, self, model, "lru: accessed", out);
     }
 
-    fn plan(&mut self, _now: f64, state: &State) -> Vec<Desire> {
-        plan_by_key(state, |id| self.key(state, id), "lru: most recently used")
+    fn plan(&mut self, _now: f64, state: &State, out: &mut Vec<Desire>) {
+        plan_by_key(state, |id| self.key(state, id), "lru: most recently used", out);
     }
 }

@@ -9,12 +9,13 @@
 
 use std::borrow::Cow;
 
-use super::Desire;
+use crate::tiers::Desire;
 use crate::tiers::{ModelId, State};
 
-/// Whether `bytes` may live in `tier` at all (its capacity, not its room).
+/// Whether `bytes` may live in `tier` at all (its capacity, not its room):
+/// the tier takes moves, and the model is not too large for it.
 pub fn holds(state: &State, bytes: u64, tier: usize) -> bool {
-    state.size_allowed(bytes, tier) && state.tiers[tier].limit.is_none_or(|l| bytes <= l)
+    state.accepts_moves(tier) && state.size_allowed(bytes, tier) && state.tiers[tier].limit.is_none_or(|l| bytes <= l)
 }
 
 /// How a policy orders a tier's models and whether it lets one displace another.
@@ -34,9 +35,8 @@ pub struct Cascade<'a, R: Ranking + ?Sized> {
     state: &'a State,
     ranking: &'a R,
     bufs: Pooled,
-    /// The plan: a vector from [`SPARE_DESIRES`] (the engine gives it back
-    /// with [`recycle_desires`] once the plan is applied).
-    pub desires: Vec<Desire>,
+    /// The plan, written into the engine's vector.
+    desires: &'a mut Vec<Desire>,
     reason: &'static str,
 }
 
@@ -65,31 +65,6 @@ thread_local! {
     // vectors' worth of bytes.
     #[allow(clippy::vec_box)]
     static POOL: std::cell::RefCell<Vec<Box<Bufs>>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Emptied plan vectors, for the next plans (one allocation saved per access).
-    static SPARE_DESIRES: std::cell::RefCell<Vec<Vec<Desire>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Gives an applied plan's vector back for the next plan on this thread.
-pub fn recycle_desires(mut desires: Vec<Desire>) {
-    if desires.capacity() == 0 {
-        return;
-    }
-    desires.clear();
-    let _ = SPARE_DESIRES.try_with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut()
-            && p.len() < 4
-        {
-            p.push(desires);
-        }
-    });
-}
-
-fn spare_desires() -> Vec<Desire> {
-    SPARE_DESIRES
-        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
 }
 
 impl Bufs {
@@ -145,12 +120,13 @@ impl Drop for Pooled {
 }
 
 impl<'a, R: Ranking + ?Sized> Cascade<'a, R> {
-    pub fn new(state: &'a State, ranking: &'a R, reason: &'static str) -> Self {
+    /// A plan that appends its desires to `out`.
+    pub fn new(state: &'a State, ranking: &'a R, reason: &'static str, out: &'a mut Vec<Desire>) -> Self {
         Cascade {
             state,
             ranking,
             bufs: Pooled(std::mem::ManuallyDrop::new(Bufs::take(state.tiers.len()))),
-            desires: spare_desires(),
+            desires: out,
             reason,
         }
     }
@@ -303,9 +279,10 @@ pub fn promote_on_access<'a, R: Ranking + ?Sized>(
     ranking: &'a R,
     model: ModelId,
     reason: &'static str,
+    out: &'a mut Vec<Desire>,
 ) -> Cascade<'a, R> {
     let targets = promotion_targets(state, model);
-    let mut plan = Cascade::new(state, ranking, reason);
+    let mut plan = Cascade::new(state, ranking, reason, out);
     if targets.is_empty() {
         return plan;
     }
@@ -321,7 +298,7 @@ pub fn promote_on_access<'a, R: Ranking + ?Sized>(
 /// A whole placement for `auto_optimize`: movable models by descending key
 /// fill the tiers fastest first; demotions come before the promotions that
 /// need their room. Models never accessed (key `-inf`) are only kept or demoted.
-pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str) -> Vec<Desire> {
+pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str, out: &mut Vec<Desire>) {
     let last = state.last_tier();
     let mut room: Vec<u64> = state
         .tiers
@@ -350,7 +327,7 @@ pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str) ->
         let Some(m) = state.model(id) else { continue };
         let first = if k == f64::NEG_INFINITY { m.tier } else { 0 };
         let target = (first..=last)
-            .find(|&t| state.size_allowed(m.bytes, t) && room[t] >= m.bytes && count_room[t] > 0)
+            .find(|&t| state.accepts_moves(t) && state.size_allowed(m.bytes, t) && room[t] >= m.bytes && count_room[t] > 0)
             .unwrap_or(last);
         room[target] = room[target].saturating_sub(m.bytes);
         count_room[target] = count_room[target].saturating_sub(1);
@@ -371,6 +348,6 @@ pub fn plan_by_key(state: &State, key: impl Fn(ModelId) -> f64, reason: &str) ->
     // first, freeing room in the tiers they leave.
     demotions.sort_by_key(|d| std::cmp::Reverse(state.model(d.model).map(|m| m.tier).unwrap_or(0)));
     promotions.sort_by_key(|d| d.target);
-    demotions.extend(promotions);
-    demotions
+    out.extend(demotions);
+    out.extend(promotions);
 }

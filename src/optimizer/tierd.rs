@@ -33,7 +33,7 @@
 //!   accessed model is admitted (see [`TierdParams::for_config`]).
 
 use super::place::{Cascade, Ranking, plan_by_key, promotion_targets, surely_refused};
-use super::{Desire, Policy};
+use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
 
 /// Tunables of the `tierd` policy.
@@ -194,6 +194,18 @@ impl TierdPolicy {
         }
     }
 
+    /// The model's score as plans and evictions rank it: its effective
+    /// score, or, for a model the policy has not seen accessed (a configured
+    /// starting count, a restart), a rank below every observed rate by its
+    /// count (never used: lowest).
+    fn score(&self, state: &State, id: ModelId) -> f64 {
+        let k = self.effective(id);
+        match state.model(id).map(|m| m.usage.count) {
+            Some(c) if k == f64::NEG_INFINITY && c > 0 => -1e6 + (c as f64).log2(),
+            _ => k,
+        }
+    }
+
     /// Score of a steady rate `per_s`.
     fn key_of_rate(&self, per_s: f64, _now: f64) -> f64 {
         per_s.log2()
@@ -238,23 +250,18 @@ impl TierdPolicy {
     }
 
     /// Plans `model` into the fastest tier faster than its own where it
-    /// passes admission.
-    fn place(&self, state: &State, model: ModelId, reason: &'static str) -> Vec<Desire> {
+    /// passes admission, appending the plan to `out`; whether it found one.
+    fn place(&self, state: &State, model: ModelId, reason: &'static str, out: &mut Vec<Desire>) -> bool {
         let targets = promotion_targets(state, model);
         if targets.is_empty() {
-            return Vec::new();
+            return false;
         }
         let key = self.effective(model);
         let Some(first) = targets.clone().find(|&t| !surely_refused(state, self, model, key, t)) else {
-            return Vec::new();
+            return false;
         };
-        let mut plan = Cascade::new(state, self, reason);
-        for t in first..targets.end {
-            if plan.insert(model, key, t) {
-                return plan.desires;
-            }
-        }
-        Vec::new()
+        let mut plan = Cascade::new(state, self, reason, out);
+        (first..targets.end).any(|t| plan.insert(model, key, t))
     }
 
     /// The model's predicted rate (per second) in the hour holding `at`:
@@ -346,11 +353,15 @@ impl Policy for TierdPolicy {
         "tierd"
     }
 
-    fn eviction_rank(&self, _now: f64, _state: &State, model: ModelId) -> f64 {
-        self.effective(model)
+    /// The plan's score: a model the policy has not seen accessed (a
+    /// configured starting count, a restart) ranks below every observed
+    /// rate, least used first, so make-room, a lowered limit and memory
+    /// pressure demote the least-used first, as documented.
+    fn eviction_rank(&self, _now: f64, state: &State, model: ModelId) -> f64 {
+        self.score(state, model)
     }
 
-    fn on_access(&mut self, now: f64, state: &State, model: ModelId) -> Vec<Desire> {
+    fn on_access(&mut self, now: f64, state: &State, model: ModelId, out: &mut Vec<Desire>) {
         self.now = now;
         self.record(model, now);
         if self.params.short_half_life_s > 0.0 {
@@ -369,14 +380,14 @@ impl Policy for TierdPolicy {
             }
             self.short_burst[model] = adjusted;
         }
-        self.place(state, model, "tierd: rate beats the tier's coldest")
+        self.place(state, model, "tierd: rate beats the tier's coldest", out);
     }
 
     fn tick_interval(&self) -> Option<f64> {
         Some(self.params.tick_s)
     }
 
-    fn on_tick(&mut self, now: f64, state: &State) -> Vec<Desire> {
+    fn on_tick(&mut self, now: f64, state: &State, out: &mut Vec<Desire>) {
         self.now = now;
         if self.floor.len() < state.models.len() {
             self.floor.resize(state.models.len(), (f64::NEG_INFINITY, f64::NEG_INFINITY));
@@ -409,30 +420,17 @@ impl Policy for TierdPolicy {
             }
         }
         wanted.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut out = Vec::new();
         for (_, id) in wanted.into_iter().take(self.params.prefetch_per_tick) {
-            let d = self.place(state, id, "tierd: busy hour ahead");
-            if !d.is_empty() {
-                out.extend(d);
-                // One batch per tick keeps the cascade's books exact.
+            // One batch per tick keeps the cascade's books exact.
+            if self.place(state, id, "tierd: busy hour ahead", out) {
                 break;
             }
         }
-        out
     }
 
-    fn plan(&mut self, now: f64, state: &State) -> Vec<Desire> {
+    fn plan(&mut self, now: f64, state: &State, out: &mut Vec<Desire>) {
         self.now = now;
-        // Models the policy has not seen accessed (a configured starting
-        // count, a restart) rank below every observed rate, by count.
-        let score = |id: ModelId| {
-            let k = self.effective(id);
-            match state.model(id).map(|m| m.usage.count) {
-                Some(c) if k == f64::NEG_INFINITY && c > 0 => -1e6 + (c as f64).log2(),
-                _ => k,
-            }
-        };
-        plan_by_key(state, score, "tierd: ranked by decayed access rate")
+        plan_by_key(state, |id| self.score(state, id), "tierd: ranked by decayed access rate", out);
     }
 }
 
@@ -457,14 +455,16 @@ mod tests {
             job: None,
             unavailable: None,
             path: None,
+            files: None,
             registered_at: 0.0,
         }));
         state.attach(0, last);
         let mut policy = TierdPolicy::new(params);
         let usage_cfg = state.usage_cfg.clone();
-        for &t in times {
-            state.model_mut(0).expect("model").usage.record(t, &usage_cfg);
-            policy.on_access(t, &state, 0);
+        let mut out = Vec::new();
+        for (seq, &t) in times.iter().enumerate() {
+            state.model_mut(0).expect("model").usage.record(t, seq as u64 + 1, &usage_cfg);
+            policy.on_access(t, &state, 0, &mut out);
         }
         (policy, state)
     }

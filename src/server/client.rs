@@ -1,5 +1,7 @@
 //! The client side of the binary, for people: sends requests over the Unix
-//! socket and shows the answers as tables, lines and progress bars.
+//! socket and shows the answers as tables, lines and progress bars. It
+//! builds the server's own request types and reads the answers into their
+//! response types (`requests`).
 //!
 //! Blocking std I/O: one request at a time needs no runtime.
 
@@ -9,7 +11,22 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::requests::Request;
+use crate::requests::auto_optimize::{AutoOptimize, AutoOptimizeResponse};
+use crate::requests::cancel_job::{CancelJob, CancelJobResponse};
+use crate::requests::health::{Health, HealthResponse};
+use crate::requests::list_jobs::{ListJobs, ListJobsResponse};
+use crate::requests::list_models::{ListModels, ListModelsResponse};
+use crate::requests::move_tier::{MoveTier, MoveTierResponse};
+use crate::requests::queue_history::{QueueHistory, QueueHistoryResponse};
+use crate::requests::queue_status::{QueueStatus, QueueStatusResponse};
+use crate::requests::tier_job_status::{TierJobStatus, TierJobStatusResponse};
+use crate::requests::tier_status::{TierStatus, TierStatusResponse};
+use crate::requests::update_limits::{UpdateLimits, UpdateLimitsResponse};
+use crate::tiers::{JobStatus, JobView, ModelView};
 
 /// The socket path used when none is given: `$TIERD_SOCKET`, else
 /// `$XDG_RUNTIME_DIR/tierd.sock`, else `/tmp/tierd-$UID.sock`.
@@ -20,9 +37,7 @@ pub fn default_socket_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         return PathBuf::from(dir).join("tierd.sock");
     }
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    PathBuf::from(format!("/tmp/tierd-{uid}.sock"))
+    PathBuf::from(format!("/tmp/tierd-{}.sock", crate::drivers::sys::uid()))
 }
 
 /// Why a client command could not complete.
@@ -76,18 +91,19 @@ impl Client {
     }
 
     /// Sends a request, returns the response (errors included).
-    pub fn send(&mut self, request: &Value) -> Result<Value, ClientError> {
-        let line = self.raw(&request.to_string())?;
+    pub fn send(&mut self, request: &Request) -> Result<Value, ClientError> {
+        let line = self.raw(&request.to_line(None))?;
         serde_json::from_str(&line).map_err(|e| ClientError::BadResponse(format!("{e}: {line}")))
     }
 
-    /// Sends a request; an error response becomes [`ClientError::Server`].
-    pub fn call(&mut self, request: &Value) -> Result<Value, ClientError> {
-        let v = self.send(request)?;
+    /// Sends a request and reads its answer as `T`; an error response
+    /// becomes [`ClientError::Server`].
+    pub fn call<T: DeserializeOwned>(&mut self, request: impl Into<Request>) -> Result<T, ClientError> {
+        let v = self.send(&request.into())?;
         if is_error(&v) {
             return Err(server_error(&v));
         }
-        Ok(v)
+        serde_json::from_value(v.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {v}")))
     }
 }
 
@@ -103,60 +119,42 @@ fn server_error(v: &Value) -> ClientError {
     }
 }
 
-fn num(v: &Value) -> String {
-    match v.as_f64() {
+fn num(v: Option<f64>) -> String {
+    match v {
         Some(x) => format!("{x:.2}"),
         None => "-".to_string(),
     }
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    }
+fn opt(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_string()
 }
 
-/// The tiers of a `tier_status` answer, fastest first.
-fn tier_order(status: &Value) -> Vec<String> {
-    match status.get("tier_order").and_then(Value::as_array) {
-        Some(o) => o.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
-        None => status["tiers"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default(),
-    }
-}
-
-/// Renders `tier_status` and `list_models` responses as a table of tiers
+/// Renders `tier_status` and `list_models` answers as a table of tiers
 /// followed by the models of each tier.
-pub fn render_status(status: &Value, models: &Value) -> String {
+pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> String {
     let mut out = String::new();
-    let order = tier_order(status);
     let _ = writeln!(
         out,
         "{:<10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
         "TIER", "USED GB", "LIMIT GB", "AVAIL GB", "UTIL", "PRESSURE", "MODELS"
     );
-    for name in &order {
-        let t = &status["tiers"][name];
-        let util = t["utilization"]
-            .as_f64()
-            .map(|u| format!("{:.1}%", u * 100.0))
-            .unwrap_or_else(|| "-".into());
+    for (name, t) in &status.tiers {
+        let util = t.utilization.map(|u| format!("{:.1}%", u * 100.0)).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
             "{:<10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
             name,
-            num(&t["used_gb"]),
-            num(&t["limit_gb"]),
-            num(&t["available_gb"]),
+            num(Some(t.used_gb)),
+            num(t.limit_gb),
+            num(t.available_gb),
             util,
-            text(&t["pressure"]),
-            text(&t["models"])
+            t.pressure,
+            t.models
         );
     }
-    let list = models["models"].as_array().cloned().unwrap_or_default();
-    for name in &order {
-        let here: Vec<&Value> = list.iter().filter(|m| m["tier"].as_str() == Some(name.as_str())).collect();
+    for (name, _) in &status.tiers {
+        let here: Vec<&ModelView> = models.iter().filter(|m| m.tier == *name).collect();
         let _ = writeln!(out, "\n{name}:");
         if here.is_empty() {
             let _ = writeln!(out, "  (none)");
@@ -165,65 +163,60 @@ pub fn render_status(status: &Value, models: &Value) -> String {
             let _ = writeln!(
                 out,
                 "  {:<24} {:>7} GB  usage {:>4}  {}",
-                text(&m["model_name"]),
-                num(&m["size_gb"]),
-                text(&m["usage"]),
-                text(&m["status"])
+                m.model_name,
+                num(Some(m.size_gb)),
+                m.usage,
+                m.status
             );
         }
     }
     out
 }
 
-/// Renders a `list_models` response as a table.
-pub fn render_models(models: &Value) -> String {
+/// Renders a `list_models` answer as a table.
+pub fn render_models(models: &[ModelView]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<24} {:>8} {:<10} {:<8} {:>6}  LAST ACCESS",
         "MODEL", "SIZE GB", "TIER", "STATUS", "USAGE"
     );
-    for m in models["models"].as_array().into_iter().flatten() {
+    for m in models {
         let _ = writeln!(
             out,
             "{:<24} {:>8} {:<10} {:<8} {:>6}  {}",
-            text(&m["model_name"]),
-            num(&m["size_gb"]),
-            text(&m["tier"]),
-            text(&m["status"]),
-            text(&m["usage"]),
-            text(&m["last_access"])
+            m.model_name,
+            num(Some(m.size_gb)),
+            m.tier,
+            m.status,
+            m.usage,
+            m.last_access.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
         );
     }
     out
 }
 
-/// Renders a `list_jobs` response as a table.
-pub fn render_jobs(jobs: &Value) -> String {
+/// Renders a `list_jobs` answer as a table.
+pub fn render_jobs(jobs: &[JobView]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<44} {:<10} {:>8} {:>9} {:>9}  ERROR",
         "JOB", "STATUS", "PROGRESS", "ELAPSED", "ESTIMATE"
     );
-    let list = jobs["jobs"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if jobs.is_empty() {
         let _ = writeln!(out, "(no jobs)");
     }
-    for j in list {
-        let progress = j["progress"]
-            .as_f64()
-            .map(|p| format!("{:.0}%", p * 100.0))
-            .unwrap_or_else(|| "-".into());
+    for j in jobs {
         let _ = writeln!(
             out,
-            "{:<44} {:<10} {:>8} {:>8}s {:>8}s  {}",
-            text(&j["job_id"]),
-            text(&j["status"]),
-            progress,
-            num(&j["elapsed_time"]),
-            num(&j["estimated_time"]),
-            if j["error"].is_null() { String::new() } else { text(&j["error"]) }
+            "{:<44} {:<10} {:>7.0}% {:>8}s {:>8}s  {}",
+            j.job_id,
+            j.status.as_str(),
+            j.progress * 100.0,
+            num(Some(j.elapsed_time)),
+            num(Some(j.estimated_time)),
+            j.error.as_deref().unwrap_or("")
         );
     }
     out
@@ -232,9 +225,9 @@ pub fn render_jobs(jobs: &Value) -> String {
 /// `tierd status`.
 pub fn status(socket: &Path) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let s = c.call(&json!({"tier_status": true}))?;
-    let m = c.call(&json!({"list_models": {}}))?;
-    print!("{}", render_status(&s, &m));
+    let s: TierStatusResponse = c.call(TierStatus)?;
+    let m: ListModelsResponse = c.call(ListModels::default())?;
+    print!("{}", render_status(&s, &m.models));
     Ok(0)
 }
 
@@ -252,25 +245,20 @@ pub struct MoveArgs {
 /// ends and fails unless it succeeded.
 pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let mut body = json!({"model_name": args.model, "target_tier": args.tier});
-    if args.make_room {
-        body["make_room"] = json!(true);
-    }
-    if let Some(p) = &args.priority {
-        body["priority"] = json!(p);
-    }
-    let started = c.call(&json!({ "move_tier": body }))?;
-    let job_id = text(&started["job_id"]);
+    let mut m = MoveTier::new(&args.model, &args.tier);
+    m.make_room = args.make_room;
+    m.priority = args.priority.clone();
+    let started: MoveTierResponse = c.call(m)?;
     println!(
         "{} {} {} -> {}: {}",
-        text(&started["operation"]),
-        text(&started["model_name"]),
-        text(&started["source_tier"]),
-        text(&started["target_tier"]),
-        job_id
+        started.operation.as_str(),
+        started.model_name,
+        started.source_tier,
+        started.target_tier,
+        started.job_id
     );
-    if let Some(extra) = started["make_room"].as_array().filter(|a| !a.is_empty()) {
-        println!("making room first: {}", extra.iter().map(text).collect::<Vec<_>>().join(", "));
+    if !started.make_room.is_empty() {
+        println!("making room first: {}", started.make_room.join(", "));
     }
     if !args.wait {
         return Ok(0);
@@ -279,19 +267,23 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
     if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {percent:>3}% {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
+    let job_id = started.job_id;
     loop {
-        let st = c.call(&json!({ "tier_job_status": job_id }))?;
-        let progress = st["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
-        bar.set_position((progress * 1000.0) as u64);
-        let status = text(&st["status"]);
-        bar.set_message(format!("{status}  {}s / {}s", num(&st["elapsed_time"]), num(&st["estimated_time"])));
-        match status.as_str() {
-            "success" => {
+        let st: TierJobStatusResponse = c.call(TierJobStatus { job_id: job_id.clone() })?;
+        bar.set_position((st.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+        let status = st.status.as_str();
+        bar.set_message(format!(
+            "{status}  {}s / {}s",
+            num(Some(st.elapsed_time)),
+            num(Some(st.estimated_time))
+        ));
+        match st.status {
+            JobStatus::Success => {
                 bar.finish_with_message("success");
                 return Ok(0);
             }
-            "failed" | "cancelled" => {
-                bar.abandon_with_message(format!("{status}: {}", text(&st["error"])));
+            JobStatus::Failed | JobStatus::Cancelled => {
+                bar.abandon_with_message(format!("{status}: {}", opt(st.error.as_deref())));
                 return Ok(1);
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
@@ -309,16 +301,16 @@ pub struct LimitArgs {
     pub set: Vec<String>,
 }
 
-/// Builds the `update_limits` object of `tierd limits`.
-pub fn limits_body(args: &LimitArgs) -> Result<Map<String, Value>, ClientError> {
-    let mut m = Map::new();
+/// Builds the `update_limits` request of `tierd limits`.
+pub fn limits_request(args: &LimitArgs) -> Result<UpdateLimits, ClientError> {
+    let mut r = UpdateLimits::default();
     for (k, v) in [
         ("ram_max_gb", args.ram_max),
         ("swap_max_gb", args.swap_max),
         ("ram_reserved_gb", args.ram_reserved),
     ] {
         if let Some(v) = v {
-            m.insert(k.into(), json!(v));
+            r.set(k, v);
         }
     }
     for kv in &args.set {
@@ -329,40 +321,39 @@ pub fn limits_body(args: &LimitArgs) -> Result<Map<String, Value>, ClientError> 
             .ok()
             .filter(Value::is_number)
             .ok_or_else(|| ClientError::Usage(format!("--set {k}: {v:?} is not a number")))?;
-        m.insert(k.trim().to_string(), value);
+        r.set(k.trim(), value);
     }
-    Ok(m)
+    Ok(r)
 }
 
 /// `tierd limits`: with no changes, shows the current limits.
 pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
-    let body = limits_body(args)?;
+    let req = limits_request(args)?;
     let mut c = Client::connect(socket)?;
-    if body.is_empty() {
-        // `update_limits` needs a change; the health of the tiers shows the
+    if req.entries.is_empty() {
+        // `update_limits` needs a change; the tiers' status shows the
         // limits without changing any.
-        let s = c.call(&json!({"tier_status": true}))?;
-        for name in tier_order(&s) {
-            let t = &s["tiers"][&name];
-            let limit = match t["limit_gb"].as_f64() {
+        let s: TierStatusResponse = c.call(TierStatus)?;
+        for (name, t) in &s.tiers {
+            let limit = match t.limit_gb {
                 Some(l) => format!("{l:.2} GB"),
                 None => "unbounded".to_string(),
             };
-            println!("{name:<10} limit {limit:>12}   reserved {:>6} GB", num(&t["reserved_gb"]));
+            println!("{name:<10} limit {limit:>12}   reserved {:>6} GB", num(Some(t.reserved_gb)));
         }
         return Ok(0);
     }
-    let r = c.call(&json!({ "update_limits": body }))?;
-    let (old, new) = (&r["old_limits"], &r["new_limits"]);
-    for (k, v) in new.as_object().into_iter().flatten() {
-        let before = &old[k];
-        let mark = if before != v { "  (changed)" } else { "" };
-        println!("{k:<22} {:>8} -> {:>8}{mark}", text(before), text(v));
+    let r: UpdateLimitsResponse = c.call(req)?;
+    let (old, new) = (r.old_limits.to_map(), r.new_limits.to_map());
+    for (k, v) in &new {
+        let before = old.get(k).cloned().unwrap_or(Value::Null);
+        let mark = if before != *v { "  (changed)" } else { "" };
+        println!("{k:<22} {:>8} -> {:>8}{mark}", before.to_string(), v.to_string());
     }
-    if let Some(jobs) = r["rebalance"].as_array().filter(|a| !a.is_empty()) {
+    if !r.rebalance.is_empty() {
         println!("rebalancing:");
-        for j in jobs {
-            println!("  {}", j.as_str().map(str::to_string).unwrap_or_else(|| text(&j["job_id"])));
+        for j in &r.rebalance {
+            println!("  {j}");
         }
     }
     Ok(0)
@@ -371,16 +362,15 @@ pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
 /// `tierd optimize`.
 pub fn optimize(socket: &Path, dry_run: bool) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let r = c.call(&json!({"auto_optimize": {"dry_run": dry_run}}))?;
-    let list = r["optimizations"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    let r: AutoOptimizeResponse = c.call(AutoOptimize { dry_run })?;
+    if r.optimizations.is_empty() {
         println!("placement is already optimal");
     }
-    for o in list {
-        println!("{}", text(&o));
+    for o in &r.optimizations {
+        println!("{o}");
     }
-    if !dry_run && let Some(jobs) = r["jobs"].as_array().filter(|a| !a.is_empty()) {
-        println!("started: {}", jobs.iter().map(text).collect::<Vec<_>>().join(", "));
+    if !dry_run && !r.jobs.is_empty() {
+        println!("started: {}", r.jobs.join(", "));
     }
     Ok(0)
 }
@@ -388,30 +378,30 @@ pub fn optimize(socket: &Path, dry_run: bool) -> Result<i32, ClientError> {
 /// `tierd jobs`.
 pub fn jobs(socket: &Path) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    print!("{}", render_jobs(&c.call(&json!({"list_jobs": true}))?));
+    let r: ListJobsResponse = c.call(ListJobs)?;
+    print!("{}", render_jobs(&r.jobs));
     Ok(0)
 }
 
 /// `tierd models`.
 pub fn models(socket: &Path, tier: Option<&str>) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    print!("{}", render_models(&c.call(&json!({"list_models": {"tier": tier}}))?));
+    let r: ListModelsResponse = c.call(ListModels {
+        tier: tier.map(str::to_string),
+    })?;
+    print!("{}", render_models(&r.models));
     Ok(0)
 }
 
 /// `tierd health`.
 pub fn health(socket: &Path) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let h = c.call(&json!({"health": true}))?;
+    let h: HealthResponse = c.call(Health)?;
     println!(
         "healthy: {}  backend: {}  policy: {}  version: {}  models: {}",
-        text(&h["healthy"]),
-        text(&h["backend"]),
-        text(&h["policy"]),
-        text(&h["version"]),
-        text(&h["models"])
+        h.healthy, h.backend, h.policy, h.version, h.models
     );
-    Ok(if h["healthy"].as_bool() == Some(true) { 0 } else { 1 })
+    Ok(if h.healthy { 0 } else { 1 })
 }
 
 /// `tierd request '<json>'`: prints the raw response line; exit 1 when it is
@@ -422,40 +412,6 @@ pub fn request(socket: &Path, line: &str) -> Result<i32, ClientError> {
     println!("{resp}");
     let v: Value = serde_json::from_str(&resp).map_err(|e| ClientError::BadResponse(format!("{e}: {resp}")))?;
     Ok(if is_error(&v) { 1 } else { 0 })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_body_merges_flags_and_set() {
-        let args = LimitArgs {
-            ram_max: Some(6.0),
-            swap_max: None,
-            ram_reserved: Some(1.5),
-            set: vec!["gpu0_max_gb=24".into()],
-        };
-        let m = limits_body(&args).unwrap();
-        assert_eq!(
-            Value::Object(m),
-            json!({"ram_max_gb": 6.0, "ram_reserved_gb": 1.5, "gpu0_max_gb": 24})
-        );
-        let bad = LimitArgs {
-            set: vec!["ram_max_gb".into()],
-            ..LimitArgs::default()
-        };
-        assert!(limits_body(&bad).is_err());
-    }
-
-    #[test]
-    fn status_table_lists_tiers_then_models() {
-        let s = json!({"tiers": {"ram": {"used_gb": 4.8, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1}}, "tier_order": ["ram"]});
-        let m = json!({"models": [{"model_name": "bert-large", "size_gb": 1.3, "tier": "ram", "usage": 8, "status": "ready"}]});
-        let out = render_status(&s, &m);
-        assert!(out.contains("96.0%"), "{out}");
-        assert!(out.contains("bert-large"), "{out}");
-    }
 }
 
 /// What `tierd queue` shows or does.
@@ -473,73 +429,62 @@ pub enum QueueAction {
     Cancel { job_id: String },
 }
 
-/// Renders a `queue_status` response.
-pub fn render_queue(q: &Value) -> String {
-    let t = &q["task_queue"];
+/// Renders a `queue_status` answer.
+pub fn render_queue(q: &QueueStatusResponse) -> String {
+    let t = &q.task_queue;
     let mut out = format!(
         "pending {}  running {}  completed {}  failed {}  (max {} at once)\n",
-        text(&t["pending"]),
-        text(&t["running"]),
-        text(&t["completed"]),
-        text(&t["failed"]),
-        text(&q["max_concurrent_tasks"])
+        t.pending, t.running, t.completed, t.failed, q.max_concurrent_tasks
     );
-    let mut jobs = String::new();
     let _ = writeln!(
-        jobs,
+        out,
         "{:<44} {:<9} {:<9} {:>4} {:>8} {:>9}  DEPENDS ON",
         "JOB", "STATUS", "PRIORITY", "POS", "PROGRESS", "START IN"
     );
-    let list = q["jobs"].as_array().cloned().unwrap_or_default();
-    let now = q["now"].as_f64();
-    for j in &list {
-        let start_in = match (j["estimated_start"].as_f64(), now) {
-            (Some(s), Some(n)) => format!("{:.1}s", (s - n).max(0.0)),
-            (Some(_), None) => "queued".into(),
-            _ => "-".into(),
+    for j in &q.jobs {
+        let start_in = match j.estimated_start {
+            Some(s) => format!("{:.1}s", (s - q.now).max(0.0)),
+            None => "-".into(),
         };
-        let deps: Vec<String> = j["depends_on"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
         let _ = writeln!(
-            jobs,
+            out,
             "{:<44} {:<9} {:<9} {:>4} {:>7.0}% {:>9}  {}",
-            text(&j["job_id"]),
-            text(&j["status"]),
-            text(&j["priority"]),
-            text(&j["position"]),
-            j["progress"].as_f64().unwrap_or(0.0) * 100.0,
+            j.job_id,
+            j.status.as_str(),
+            j.priority.as_str(),
+            j.position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            j.progress * 100.0,
             start_in,
-            deps.join(",")
+            j.depends_on.join(",")
         );
     }
-    if list.is_empty() {
-        jobs.push_str("(no jobs queued or running)\n");
+    if q.jobs.is_empty() {
+        out.push_str("(no jobs queued or running)\n");
     }
-    out.push_str(&jobs);
     out
 }
 
-/// Renders a `queue_history` response.
-pub fn render_history(h: &Value) -> String {
+/// Renders a `queue_history` answer.
+pub fn render_history(h: &QueueHistoryResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<44} {:<9} {:<9} {:>7} {:>8}  ERROR",
         "JOB", "STATUS", "PRIORITY", "ATTEMPT", "ELAPSED"
     );
-    let list = h["history"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if h.history.is_empty() {
         let _ = writeln!(out, "(no jobs)");
     }
-    for j in list {
+    for j in &h.history {
         let _ = writeln!(
             out,
             "{:<44} {:<9} {:<9} {:>7} {:>7}s  {}",
-            text(&j["job_id"]),
-            text(&j["status"]),
-            text(&j["priority"]),
-            text(&j["attempt"]),
-            num(&j["elapsed_time"]),
-            if j["error"].is_null() { String::new() } else { text(&j["error"]) }
+            j.job_id,
+            j.status.as_str(),
+            j.priority.as_str(),
+            j.attempt,
+            num(Some(j.elapsed_time)),
+            j.error.as_deref().unwrap_or("")
         );
     }
     out
@@ -549,24 +494,57 @@ pub fn render_history(h: &Value) -> String {
 pub fn queue(socket: &Path, action: &QueueAction) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
     match action {
-        QueueAction::Status => print!("{}", render_queue(&c.call(&json!({"queue_status": true}))?)),
+        QueueAction::Status => {
+            let q: QueueStatusResponse = c.call(QueueStatus)?;
+            print!("{}", render_queue(&q));
+        }
         QueueAction::History { limit, status, since } => {
-            let mut body = Map::new();
-            if let Some(l) = limit {
-                body.insert("limit".into(), json!(l));
-            }
-            if let Some(s) = status {
-                body.insert("status".into(), json!(s));
-            }
-            if let Some(t) = since {
-                body.insert("since".into(), json!(t));
-            }
-            print!("{}", render_history(&c.call(&json!({ "queue_history": body }))?));
+            let h: QueueHistoryResponse = c.call(QueueHistory {
+                limit: *limit,
+                status: status.clone(),
+                since: *since,
+            })?;
+            print!("{}", render_history(&h));
         }
         QueueAction::Cancel { job_id } => {
-            let v = c.call(&json!({ "cancel_job": job_id }))?;
-            println!("{} {}", text(&v["job_id"]), text(&v["status"]));
+            let v: CancelJobResponse = c.call(CancelJob { job_id: job_id.clone() })?;
+            println!("{} {}", v.job_id, v.status.as_str());
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn limits_request_merges_flags_and_set() {
+        let args = LimitArgs {
+            ram_max: Some(6.0),
+            swap_max: None,
+            ram_reserved: Some(1.5),
+            set: vec!["gpu0_max_gb=24".into()],
+        };
+        let r = limits_request(&args).unwrap();
+        assert_eq!(
+            Value::Object(r.entries),
+            json!({"ram_max_gb": 6.0, "ram_reserved_gb": 1.5, "gpu0_max_gb": 24})
+        );
+        let bad = LimitArgs {
+            set: vec!["ram_max_gb".into()],
+            ..LimitArgs::default()
+        };
+        assert!(limits_request(&bad).is_err());
+    }
+
+    #[test]
+    fn status_table_lists_tiers_then_models() {
+        let s: TierStatusResponse = serde_json::from_value(json!({"status": "success", "tiers": {"ram": {"used_gb": 4.8, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1, "access_s_per_gb": 0.1, "reserved_gb": 1.0, "incoming_gb": 0.0, "max_models": null, "available": true}}, "tier_order": ["ram"]})).unwrap();
+        let m: Vec<ModelView> = serde_json::from_value(json!([{"model_name": "bert-large", "size_gb": 1.3, "tier": "ram", "usage": 8, "status": "ready", "last_access": null, "pinned": false, "frequency": 0.0, "temperature": "cold", "interarrival_mean_s": null, "interarrival_stddev_s": null, "first_access": null, "load_time_s": 0.13, "job_id": null, "unavailable_reason": null, "path": null}])).unwrap();
+        let out = render_status(&s, &m);
+        assert!(out.contains("96.0%"), "{out}");
+        assert!(out.contains("bert-large"), "{out}");
+    }
 }

@@ -5,8 +5,10 @@
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::requests::wire::too_long_response;
+
 use super::framing::{Frame, HasBuffer, LineReader};
-use super::shared::{Answer, SharedEngine, too_long_response};
+use super::shared::{Answer, SharedEngine};
 
 /// Serves one peer until it closes its side, an I/O error occurs, or
 /// `shutdown` fires between two requests. A request already read is always
@@ -33,7 +35,12 @@ where
             Frame::Eof => break,
             Frame::TooLong(bytes) => too_long_response(bytes, &mut out),
             Frame::Line => {
-                if let Answer::Wait { job_id, id } = shared.answer_line(lines.line(), &mut out) {
+                let mut answer = shared.answer_line(lines.line(), &mut out);
+                if let Answer::Prepare(envelope) = answer {
+                    // Blocking work off the engine's lock and off this loop.
+                    answer = shared.answer_prepared(*envelope, &mut out).await;
+                }
+                if let Answer::Wait { job_id, id } = answer {
                     // Answers before this one go out first, so the peer sees
                     // them while the move runs.
                     flush(&mut writer, &mut out).await?;

@@ -5,12 +5,12 @@
 //! wants UTF-8, while the protocol must answer both cases with one error line
 //! and keep the connection. Here an over-long line is skipped to its newline
 //! (never buffered whole) and reported as [`Frame::TooLong`]; UTF-8 is checked
-//! later by `protocol::parse_line`, so non-UTF-8 bytes become an ordinary
+//! later by `requests::parse_line`, so non-UTF-8 bytes become an ordinary
 //! parse error.
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use super::protocol::MAX_LINE_BYTES;
+use crate::requests::MAX_LINE_BYTES;
 
 /// What [`LineReader::next_frame`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,11 @@
-//! The server side: the request list and parsing ([`protocol`]), carrying a
-//! request out on the engine ([`dispatch`]), line framing ([`framing`]), the
-//! shared engine and its clock ([`shared`]), one connection's loop
-//! ([`connection`]), the server's lifecycle ([`serve`]), the CLI client
-//! ([`client`]) and the load benchmark ([`bench`](mod@bench)).
+//! The server side: line framing ([`framing`]), the shared engine and its
+//! clock ([`shared`]), one connection's loop ([`connection`]), the server's
+//! lifecycle and how it builds its machine ([`serve`]), and the CLI client
+//! ([`client`]). What each request does is in `requests`.
 
-pub mod bench;
 pub mod client;
 pub mod connection;
-pub mod dispatch;
 pub mod framing;
-pub mod protocol;
+pub mod open;
 pub mod serve;
 pub mod shared;

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -23,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::error::EngineError;
-use crate::optimizer::policy_by_name;
-use crate::sim::SimBackend;
-use crate::tiers::{Backend, Engine};
+use crate::tiers::{Engine, JobStatus};
 
 use super::connection::serve_connection;
-use super::shared::{Clock, SharedEngine};
+use super::shared::SharedEngine;
+
+pub use super::open::{build_shared, load_config};
 
 /// Which hardware carries the moves out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -99,76 +98,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the configuration and applies the command-line overrides.
-pub fn load_config(opts: &ServeOptions) -> Result<Config, ServeError> {
-    let mut cfg = match &opts.config {
-        Some(path) => Config::load(path)?,
-        None => Config::seed_default(),
-    };
-    if let Some(p) = opts.fault_probability {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(ServeError::Option(format!("--fault-probability must be between 0 and 1, got {p}")));
-        }
-        cfg.sim.fault_probability = p;
-    }
-    Ok(cfg)
-}
-
-/// Builds the engine and its clock from the options.
-pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
-    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
-        return Err(ServeError::Option(format!(
-            "--time-scale must be a positive number, got {}",
-            opts.time_scale
-        )));
-    }
-    let cfg = load_config(opts)?;
-    let policy = policy_by_name(&cfg.policy, &cfg).ok_or_else(|| {
-        ServeError::Option(format!(
-            "unknown policy {:?}; known: {}",
-            cfg.policy,
-            crate::optimizer::POLICY_NAMES.join(", ")
-        ))
-    })?;
-    let clock = Clock::new(opts.time_scale);
-    match opts.backend {
-        BackendKind::Sim => {
-            let backend: Box<dyn Backend> = Box::new(SimBackend::new(&cfg));
-            let engine = Engine::new(cfg, backend, policy, clock.now())?;
-            Ok(SharedEngine::new(engine, clock))
-        }
-        BackendKind::Real => {
-            let rt = crate::real::RealRuntime::open(&cfg).map_err(|e| ServeError::Option(format!("real backend: {e}")))?;
-            let r = &rt.report;
-            info!(
-                removed_partials = r.removed_partials.len(),
-                unavailable = r.unavailable.len(),
-                repinning = r.repinning.len(),
-                "real backend reconciled its state"
-            );
-            for (model, reason) in &r.unavailable {
-                warn!(model, reason, "model unavailable");
-            }
-            let now = clock.now();
-            let mut engine = Engine::new(rt.config, rt.backend, policy, now)?;
-            crate::real::restore_pins(&mut engine, &rt.store);
-            engine.import_history(rt.previous_jobs);
-            // Tiers the configuration's catalog asks for are reached by moves.
-            for (model, tier) in rt.wanted_moves {
-                let opts = crate::tiers::MoveOptions {
-                    origin: crate::tiers::Origin::Register,
-                    reason: Some("catalog placement".into()),
-                    ..crate::tiers::MoveOptions::default()
-                };
-                if let Err(e) = engine.move_tier(now, &model, &tier, &opts) {
-                    warn!(model, tier, "catalog placement not started: {e}");
-                }
-            }
-            Ok(SharedEngine::with_store(engine, clock, rt.store))
-        }
-    }
-}
-
 /// A bound socket; removes its file when dropped, if the file is still the
 /// one it created.
 #[derive(Debug)]
@@ -218,12 +147,9 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, ServeError> {
     }
     // Create the socket with no group/other permissions from the start, so
     // there is no window in which another user could connect.
-    // SAFETY: umask only changes this process's file creation mask; it has
-    // no memory-safety preconditions. It is restored right after the bind.
-    let old = unsafe { libc::umask(0o177) };
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     let listener = bound.map_err(|e| err(format!("cannot listen: {e}")))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
@@ -489,8 +415,8 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
             if let (Some(at), Some(every)) = (next_optimize, interval)
                 && now >= at
             {
-                let v = engine.auto_optimize(now, false);
-                log_optimizations(&v);
+                let o = engine.optimize(now, false);
+                log_optimizations(&o);
                 next_optimize = Some(now + every);
             }
             if let (Some(at), Some(every)) = (next_policy, policy_every)
@@ -505,8 +431,10 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
             let until = [next_optimize, next_policy].into_iter().flatten().map(|t| t - now).reduce(f64::min);
             (engine.next_wakeup().map(|t| t - now), engine.active_jobs() > 0, until)
         });
-        if last_save.elapsed() >= STATE_SAVE_EVERY {
-            shared.save_state();
+        // A commit waiting for its placement to be durable is saved at once.
+        if last_save.elapsed() >= STATE_SAVE_EVERY || shared.save_pending() {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.save_state()).await;
             last_save = tokio::time::Instant::now();
         }
         let longest = if active { TICK_ACTIVE } else { TICK_IDLE };
@@ -525,19 +453,17 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
     }
 }
 
-fn log_optimizations(v: &Value) {
-    if let Some(list) = v.get("optimizations").and_then(Value::as_array)
-        && !list.is_empty()
-    {
-        let list = Value::Array(list.clone());
-        info!(optimizations = %list, "auto_optimize");
+fn log_optimizations(o: &crate::tiers::Optimized) {
+    let list: Vec<String> = o.steps.iter().filter(|s| s.skipped.is_none()).map(|s| s.sentence()).collect();
+    if !list.is_empty() {
+        info!(optimizations = ?list, "auto_optimize");
     }
 }
 
 /// Shutdown step 2: cancel queued moves, give running ones `timeout` of wall
 /// time, then roll the rest back.
 async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
-    let cancelled = shared.with(|engine, now| cancel_jobs(engine, now, "queued"));
+    let cancelled = shared.with(|engine, now| cancel_jobs(engine, now, JobStatus::Queued));
     if cancelled > 0 {
         info!(cancelled, "cancelled queued moves");
     }
@@ -553,8 +479,8 @@ async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
         if tokio::time::Instant::now() >= deadline {
             warn!(active, "moves still running at the drain deadline; rolling them back");
             shared.with(|engine, now| {
-                cancel_jobs(engine, now, "queued");
-                cancel_jobs(engine, now, "running");
+                cancel_jobs(engine, now, JobStatus::Queued);
+                cancel_jobs(engine, now, JobStatus::Running);
             });
             break;
         }
@@ -574,18 +500,13 @@ async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
 }
 
 /// Cancels every job in `status`; returns how many.
-fn cancel_jobs(engine: &mut Engine, now: f64, status: &str) -> usize {
+fn cancel_jobs(engine: &mut Engine, now: f64, status: JobStatus) -> usize {
     let ids: Vec<String> = engine
-        .list_jobs(now)
-        .get("jobs")
-        .and_then(Value::as_array)
-        .map(|jobs| {
-            jobs.iter()
-                .filter(|j| j.get("status").and_then(Value::as_str) == Some(status))
-                .filter_map(|j| j.get("job_id").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+        .jobs(now)
+        .into_iter()
+        .filter(|j| j.status == status)
+        .map(|j| j.job_id)
+        .collect();
     ids.iter().filter(|id| engine.cancel_job(now, id).is_ok()).count()
 }
 

@@ -1,16 +1,19 @@
-//! The state every connection shares: the engine behind a mutex, and the
-//! clock that turns wall time into engine time.
+//! The state every connection shares: the engine behind a mutex, the clock
+//! that turns wall time into engine time, and the state file the engine's
+//! snapshots are saved to.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::drivers::MachineKind;
 use crate::error::EngineError;
+use crate::requests::tier_status::{StatusCache, write_tier_status};
+use crate::requests::wire::{error_response, with_id, write_value};
+use crate::requests::{self, Envelope, Outcome, Prepare, Request};
+use crate::store::StateStore;
 use crate::tiers::Engine;
-
-use super::dispatch::{self, Outcome, StatusCache};
-use super::protocol::{self, Request};
 
 /// Engine time: `start_unix + elapsed_wall * scale`, in unix seconds.
 ///
@@ -62,10 +65,11 @@ impl Clock {
 /// A cheap-to-clone handle on the engine and its clock.
 ///
 /// The engine sits behind a `std::sync::Mutex`, not an async one: every
-/// critical section is short, synchronous work (parse is done before
-/// locking, serialization after), and the lock is never held across an
-/// `.await`, so a blocking mutex is both correct and faster. Requests from
-/// all connections are thereby applied one at a time, in arrival order.
+/// critical section is short, synchronous work (parsing and any blocking
+/// preparation happen before locking, serialization and state-file writes
+/// after), and the lock is never held across an `.await`, so a blocking
+/// mutex is both correct and faster. Requests from all connections are
+/// thereby applied one at a time, in arrival order.
 #[derive(Clone)]
 pub struct SharedEngine {
     inner: Arc<Inner>,
@@ -80,9 +84,11 @@ struct Inner {
     /// the background ticker can sleep long while nothing happens.
     changed: tokio::sync::Notify,
     clock: Clock,
-    /// Where the engine's limits, usage and job history are saved (the real
-    /// backend); `None` with the simulated backend.
-    store: Option<crate::real::store::StateStore>,
+    /// What requests may prepare before the engine is locked.
+    prepare: Prepare,
+    /// Where the engine's snapshots are saved (a real machine); `None` on
+    /// the simulated one.
+    store: Option<StateStore>,
 }
 
 impl std::fmt::Debug for SharedEngine {
@@ -100,6 +106,9 @@ pub enum Answer {
     Nothing,
     /// A `"wait": true` move: answer once this job has ended.
     Wait { job_id: String, id: Option<Value> },
+    /// The request has blocking work to do before the engine is locked:
+    /// [`SharedEngine::answer_prepared`] does it (on a blocking thread).
+    Prepare(Box<Envelope>),
 }
 
 impl SharedEngine {
@@ -107,33 +116,50 @@ impl SharedEngine {
         SharedEngine::build(engine, clock, None)
     }
 
-    /// As [`SharedEngine::new`], saving the engine's state to `store`
-    /// (see [`SharedEngine::save_state`]).
-    pub fn with_store(engine: Engine, clock: Clock, store: crate::real::store::StateStore) -> SharedEngine {
+    /// As [`SharedEngine::new`], saving the engine's snapshots to `store`
+    /// (see [`SharedEngine::save_state`]). The engine's placement becomes
+    /// durable: a move's source is released once a snapshot recording it
+    /// has been saved.
+    pub fn with_store(mut engine: Engine, clock: Clock, store: StateStore) -> SharedEngine {
+        engine.set_durable(true);
         SharedEngine::build(engine, clock, Some(store))
     }
 
-    fn build(engine: Engine, clock: Clock, store: Option<crate::real::store::StateStore>) -> SharedEngine {
+    fn build(engine: Engine, clock: Clock, store: Option<StateStore>) -> SharedEngine {
+        let prepare = Prepare {
+            walk_files: engine.machine_kind() == MachineKind::Real,
+            max_files: engine.config().max_files_per_model,
+        };
         SharedEngine {
             inner: Arc::new(Inner {
                 engine: Mutex::new(engine),
                 status_cache: Mutex::new(StatusCache::default()),
                 changed: tokio::sync::Notify::new(),
                 clock,
+                prepare,
                 store,
             }),
         }
     }
 
-    /// Saves limits, usage, pins and job history where the backend keeps
-    /// its state (a no-op without one; unchanged state is not rewritten).
+    /// Saves the engine's snapshot where the machine keeps its state (a
+    /// no-op without one; unchanged state is not rewritten), then releases
+    /// what the moves it records left behind. The snapshot is taken under
+    /// the lock; the write and its fsyncs happen outside it. Blocking: the
+    /// server calls it on a blocking thread.
     pub fn save_state(&self) {
-        if let Some(store) = &self.inner.store {
-            let result = self.with(|engine, now| store.save_engine(engine, now));
-            if let Err(e) = result {
-                tracing::warn!("cannot save state: {e}");
-            }
+        let Some(store) = &self.inner.store else { return };
+        let (snap, now) = self.with(|engine, now| (engine.snapshot(now), now));
+        match store.save(&snap, now) {
+            Ok(_) => self.with(|engine, _| engine.saved(snap.epoch)),
+            Err(e) => tracing::warn!("cannot save state: {e}"),
         }
+    }
+
+    /// Whether a save is due now: moves have committed whose sources wait
+    /// for their placement to be durable.
+    pub fn save_pending(&self) -> bool {
+        self.inner.store.is_some() && self.lock().pending_releases() > 0
     }
 
     pub fn clock(&self) -> &Clock {
@@ -164,51 +190,93 @@ impl SharedEngine {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Answer::Nothing;
         }
-        let envelope = match protocol::parse_line(line) {
+        let envelope = match requests::parse_line(line) {
             Ok(e) => e,
             Err(f) => {
-                write_value(out, &dispatch::error_response(&f.error, &f.id));
+                write_value(out, &error_response(&f.error, &f.id));
                 return Answer::Written;
             }
         };
-        if envelope.request == Request::TierStatus {
-            let start = out.len();
-            let written = self.with(|engine, now| {
-                let mut cache = self.inner.status_cache.lock().unwrap_or_else(PoisonError::into_inner);
-                dispatch::write_tier_status(engine, now, &envelope.id, &mut cache, out)
-            });
-            if written.is_ok() {
-                out.push(b'\n');
-            } else {
-                out.truncate(start);
-                let e = EngineError::Internal("tier_status could not be serialized".into());
-                write_value(out, &dispatch::error_response(&e, &envelope.id));
-            }
+        if let Request::TierStatus(_) = envelope.request {
+            self.write_status(&envelope.id, out);
             return Answer::Written;
         }
-        let result = self.with(|engine, now| dispatch::execute(engine, now, envelope.request));
+        if envelope.request.needs_prepare(&self.inner.prepare) {
+            // Checks that need no I/O answer first, as if unprepared.
+            if let Request::RegisterModel(r) = &envelope.request
+                && let Err(e) = self.with(|engine, _| r.precheck(engine))
+            {
+                write_value(out, &error_response(&e, &envelope.id));
+                return Answer::Written;
+            }
+            return Answer::Prepare(Box::new(envelope));
+        }
+        self.answer(envelope, out)
+    }
+
+    /// Does a request's blocking preparation (on a blocking thread), then
+    /// answers it.
+    pub async fn answer_prepared(&self, envelope: Envelope, out: &mut Vec<u8>) -> Answer {
+        let Envelope { id, mut request } = envelope;
+        let ctx = self.inner.prepare;
+        let prepared = tokio::task::spawn_blocking(move || request.prepare(&ctx).map(|()| request)).await;
+        match prepared {
+            Ok(Ok(request)) => self.answer(Envelope { id, request }, out),
+            Ok(Err(e)) => {
+                write_value(out, &error_response(&e, &id));
+                Answer::Written
+            }
+            Err(e) => {
+                let e = EngineError::Internal(format!("preparing the request failed: {e}"));
+                write_value(out, &error_response(&e, &id));
+                Answer::Written
+            }
+        }
+    }
+
+    /// Executes a parsed (and prepared) request and writes its answer.
+    fn answer(&self, envelope: Envelope, out: &mut Vec<u8>) -> Answer {
+        let result = self.with(|engine, now| requests::execute(engine, now, envelope.request));
         // One stored permit at most: cheap, and the ticker re-reads the engine.
         self.inner.changed.notify_one();
         match result {
-            Ok(Outcome::Reply(v)) => write_value(out, &dispatch::with_id(v, &envelope.id)),
+            Ok(Outcome::Reply(v)) => write_value(out, &with_id(v, &envelope.id)),
             Ok(Outcome::WaitForJob(job_id)) => return Answer::Wait { job_id, id: envelope.id },
-            Err(e) => write_value(out, &dispatch::error_response(&e, &envelope.id)),
+            Err(e) => write_value(out, &error_response(&e, &envelope.id)),
         }
         Answer::Written
     }
 
-    /// Checks a waited-for job: `Some(response)` once it has ended (or is
-    /// unknown), `None` while it runs, with the engine time of its next event.
+    /// The `tier_status` fast path: the typed view written straight to
+    /// bytes (from the cache while nothing in it changed).
+    fn write_status(&self, id: &Option<Value>, out: &mut Vec<u8>) {
+        let start = out.len();
+        let written = self.with(|engine, now| {
+            engine.tick(now);
+            let mut cache = self.inner.status_cache.lock().unwrap_or_else(PoisonError::into_inner);
+            write_tier_status(engine, id, &mut cache, out)
+        });
+        if written.is_ok() {
+            out.push(b'\n');
+        } else {
+            out.truncate(start);
+            let e = EngineError::Internal("tier_status could not be serialized".into());
+            write_value(out, &error_response(&e, id));
+        }
+    }
+
+    /// Checks a waited-for job: `Ok(response)` once it has ended (or is
+    /// unknown), `Err` while it runs, with the engine time to its next event.
     pub fn poll_wait(&self, job_id: &str, id: &Option<Value>) -> Result<Value, Option<f64>> {
         self.with(|engine, now| {
             engine.tick(now);
             match engine.job_ended(job_id) {
                 Some(false) => Err(engine.next_wakeup().map(|t| t - now)),
-                Some(true) => Ok(match engine.job_status(now, job_id) {
-                    Ok(v) => dispatch::with_id(v, id),
-                    Err(e) => dispatch::error_response(&e, id),
+                Some(true) => Ok(match engine.job(now, job_id) {
+                    Ok(v) => with_id(serde_json::to_value(v).unwrap_or(Value::Null), id),
+                    Err(e) => error_response(&e, id),
                 }),
-                None => Ok(dispatch::error_response(
+                None => Ok(error_response(
                     &EngineError::JobNotFound {
                         job_id: job_id.to_string(),
                     },
@@ -241,30 +309,3 @@ impl SharedEngine {
 
 /// Longest pause between two checks of a waited-for job.
 const MAX_WAIT_POLL: Duration = Duration::from_millis(10);
-
-/// Appends `v` and a newline to `out`.
-pub fn write_value(out: &mut Vec<u8>, v: &Value) {
-    if serde_json::to_writer(&mut *out, v).is_err() {
-        // Serializing a `Value` into a Vec cannot fail; keep the line valid
-        // all the same.
-        out.extend_from_slice(
-            br#"{"status":"error","error":{"code":"INTERNAL_ERROR","message":"response not serializable","details":{}}}"#,
-        );
-    }
-    out.push(b'\n');
-}
-
-/// The response to a line over the size limit.
-pub fn too_long_response(bytes: usize, out: &mut Vec<u8>) {
-    let mut details = serde_json::Map::new();
-    details.insert("bytes".into(), bytes.into());
-    details.insert("limit".into(), protocol::MAX_LINE_BYTES.into());
-    let e = EngineError::BadRequest {
-        message: format!(
-            "request line of {bytes} bytes exceeds the {} byte limit; it was skipped",
-            protocol::MAX_LINE_BYTES
-        ),
-        details,
-    };
-    write_value(out, &dispatch::error_response(&e, &None));
-}

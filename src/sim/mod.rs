@@ -1,8 +1,7 @@
 //! Simulated hardware and workload replay.
 //!
-//! - [`SimBackend`] is the default backend of `tierd serve`: deterministic,
-//!   seeded, with the configured capacities and move speeds and optional
-//!   fault injection.
+//! - The simulated machine itself (every tier a `drivers::sim::SimTier`,
+//!   deterministic and seeded) is the default of `tierd serve`.
 //! - The harness (`tierd sim`) replays a trace through the same engine and
 //!   policies in virtual time and compares them with an offline lower bound:
 //!   [`workload`] (catalog and trace CSVs), [`replay`], [`bound`], [`report`],
@@ -12,14 +11,12 @@
 pub mod azure;
 pub mod bound;
 pub mod cli;
-mod hardware;
 pub mod replay;
 pub mod report;
 pub mod servegen;
 pub mod synth;
 pub mod workload;
 
-pub use hardware::SimBackend;
 pub use replay::{MoveMode, RunResult, replay};
 pub use report::Report;
 pub use workload::{Catalog, SimError, Trace};

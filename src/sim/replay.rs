@@ -3,16 +3,17 @@
 //! Every model starts in the last tier. Before each access the engine is
 //! advanced through every move completion and policy tick due by then, in
 //! time order (so queued moves start the moment a slot frees); then the
-//! access is made with `Engine::access_id`, which charges `size x` the access
+//! access is made with `Engine::access_load` (after the one tick every request
+//! gets), which charges `size x` the access
 //! cost of the tier holding the model at that moment (a model being moved is
 //! still in its source tier) and lets the policy react. After the last access
 //! the moves in flight are run to completion, so bytes moved count every move.
 
 use serde::Serialize;
 
-use super::hardware::SimBackend;
 use super::workload::{Catalog, SimError, Trace};
 use crate::config::{Config, ModelConfig, bytes_to_gb};
+use crate::drivers::sim::simulated_machine;
 use crate::optimizer::{BeladyPolicy, Policy, TierdParams, TierdPolicy, policy_by_name};
 use crate::tiers::Engine;
 
@@ -131,11 +132,11 @@ pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Po
     let cfg = replay_config(&mode_config(cfg, moves), catalog);
     cfg.validate().map_err(|e| SimError::Invalid(e.to_string()))?;
     let tier_names: Vec<String> = cfg.tiers.iter().map(|t| t.name.clone()).collect();
-    let backend = SimBackend::new(&cfg).with_instant_moves(moves == MoveMode::Instant);
+    let (machine, _) = simulated_machine(&cfg, moves == MoveMode::Instant);
     let name = policy.name().to_string();
     let interval = policy.tick_interval().filter(|i| i.is_finite() && *i > 0.0);
     let t0 = trace.times.first().copied().unwrap_or(0.0);
-    let mut engine = Engine::new(cfg, Box::new(backend), policy, t0).map_err(|e| SimError::Invalid(e.to_string()))?;
+    let mut engine = Engine::new(cfg, machine, policy, t0).map_err(|e| SimError::Invalid(e.to_string()))?;
     let mut next_tick = interval.map(|i| t0 + i);
     let n = trace.len();
     let every = n.div_ceil(CURVE_POINTS).max(1);
@@ -145,6 +146,7 @@ pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Po
     for i in 0..n {
         let t = trace.times[i];
         advance(&mut engine, t, &mut next_tick, interval);
+        engine.tick(t);
         let load = engine
             .access_load(t, trace.models[i] as usize)
             .map_err(|e| SimError::Invalid(format!("access {} at {t}: {e}", i + 1)))?;
@@ -214,6 +216,7 @@ fn advance(engine: &mut Engine, t: f64, next_tick: &mut Option<f64>, interval: O
             last_wake = w;
             engine.tick(w);
         } else if let Some(k) = tick {
+            engine.tick(k);
             engine.policy_tick(k);
             *next_tick = interval.map(|i| k + i);
         }

@@ -1,15 +1,16 @@
-//! Move jobs: what a move is, where it stands, and how it is seen on the wire.
+//! Move jobs: what a move is and where it stands. Their wire view is
+//! [`JobView`](super::views::JobView).
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::config::bytes_to_gb;
+pub use crate::drivers::JobKey;
 
-pub use super::backend::JobKey;
-use super::state::{ModelId, round6};
+use super::state::ModelId;
 
 /// Direction of a move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// To a faster tier.
     Promote,
@@ -27,7 +28,8 @@ impl Operation {
 }
 
 /// Seed 001's priority levels; lower value runs first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical = 0,
     High = 1,
@@ -54,7 +56,8 @@ impl Priority {
 }
 
 /// Where a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
     Running,
@@ -80,7 +83,8 @@ impl JobStatus {
 }
 
 /// Who asked for a move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// A `move_tier` request.
     User,
@@ -89,6 +93,7 @@ pub enum Origin {
     /// Demotions after a lowered limit.
     Rebalance,
     /// An `auto_optimize` plan.
+    #[serde(rename = "auto_optimize")]
     Optimize,
     /// A policy's on-access or periodic decision.
     Policy,
@@ -155,6 +160,7 @@ pub struct Job {
     /// Progress at the last look (kept when the job ends).
     pub progress: f64,
     pub estimated_s: f64,
+    /// Why the job did not succeed: (code, message).
     pub error: Option<(String, String)>,
     pub attempts: SmallVec<[Attempt; 1]>,
     pub cancel_requested: bool,
@@ -166,50 +172,4 @@ pub struct Job {
     pub unmet_deps: usize,
     /// Jobs that depend on this one and are told when it ends.
     pub dependents: SmallVec<[JobKey; 2]>,
-}
-
-impl Job {
-    /// The wire view. `progress` is the live progress for a running job;
-    /// `position`/`estimated_start` describe a queued job's place in line.
-    pub fn to_json(&self, tier_names: &[String], now: f64, progress: f64, dep_ids: &[String], queue_pos: Option<(usize, f64)>) -> Value {
-        let elapsed = match (self.started_at, self.ended_at) {
-            (Some(s), Some(e)) => e - s,
-            (Some(s), None) => now - s,
-            _ => 0.0,
-        };
-        let attempts: Vec<Value> = self
-            .attempts
-            .iter()
-            .map(|a| json!({"attempt": a.attempt, "started_at": a.started_at, "ended_at": a.ended_at, "outcome": a.outcome}))
-            .collect();
-        let mut v = json!({
-            "job_id": self.id,
-            "model_name": &*self.model_name,
-            "operation": self.operation.as_str(),
-            "source_tier": tier_names.get(self.from),
-            "target_tier": tier_names.get(self.to),
-            "progress": round6(progress),
-            "status": self.status.as_str(),
-            "elapsed_time": round6(elapsed.max(0.0)),
-            "estimated_time": round6(self.estimated_s),
-            "error": self.error.as_ref().map(|(_, m)| m.clone()),
-            "error_code": self.error.as_ref().map(|(c, _)| c.clone()),
-            "size_gb": bytes_to_gb(self.bytes),
-            "priority": self.priority.as_str(),
-            "origin": self.origin.as_str(),
-            "attempt": self.attempt,
-            "max_retries": self.max_retries,
-            "depends_on": dep_ids,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "attempts": attempts,
-            "reason": self.reason,
-        });
-        if let (Some((pos, start)), Value::Object(m)) = (queue_pos, &mut v) {
-            m.insert("position".into(), json!(pos));
-            m.insert("estimated_start".into(), json!(round6(start)));
-        }
-        v
-    }
 }

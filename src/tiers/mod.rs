@@ -1,21 +1,49 @@
-//! The tier engine: tiers, models, limits and move jobs.
+//! The tier engine: a synchronous state machine over tiers, models, limits
+//! and move jobs, with injected time, drivers and policy. One concern per
+//! module:
 //!
-//! - [`state`]: tiers with their byte books, models with their usage;
-//! - [`job`]: move jobs and their wire view;
-//! - [`engine`]: the synchronous state machine every driver runs;
-//! - [`backend`]: the interface to the hardware that carries moves out;
-//! - [`status`]: `tier_status` as a typed view that serializes without a
-//!   `Value` tree (the server's hot path).
+//! - [`engine`]: the [`Engine`] itself, its construction, and the snapshot
+//!   the server saves (with the rule that a source copy is released only
+//!   once the placement that no longer needs it is durable);
+//! - [`room`]: admission and capacity (the rules of the engine's books);
+//! - [`submit`]: a move becoming a job (`make_room` included), models
+//!   entering and leaving the catalog;
+//! - [`scheduler`]: `tick`, the drivers' events, starting jobs, retries and
+//!   the end of a job;
+//! - [`placement`]: accesses, the policy's decisions, `auto_optimize`, and
+//!   the eviction order of make-room, lowered limits and memory pressure;
+//! - [`limits`]: the run-time limits and `update_limits`;
+//! - [`views`]: the typed answers (tiers, models, jobs, metrics);
+//! - [`invariants`]: the books checked against a recount;
+//! - [`state`] (tiers and models, what policies read), [`job`] (move jobs),
+//!   [`policy`] (the `Policy` trait policies implement), and `table` (the
+//!   job containers of the hot path).
+//!
+//! Every public method that changes the engine leaves time alone: the
+//! caller advances it with one [`Engine::tick`] per request, first.
 
-pub mod backend;
 pub mod engine;
+pub mod invariants;
 pub mod job;
+pub mod limits;
+pub mod placement;
+pub mod policy;
+pub mod room;
+pub mod scheduler;
 pub mod state;
-pub mod status;
+pub mod submit;
 mod table;
+pub mod views;
 
-pub use backend::{Backend, Capacity, JobKey, MoveEvent, MoveOrder};
-pub use engine::{Engine, Metrics, MoveOptions, MoveStarted, PlanStep, SchedEvent, SchedEventKind};
-pub use job::{Job, JobStatus, Operation, Origin, Priority};
+pub use engine::{Engine, ModelSnapshot, Restored, RestoredModel, Snapshot};
+pub use job::{Job, JobKey, JobStatus, Operation, Origin, Priority};
+pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
+pub use placement::{Accessed, Optimized};
+pub use policy::{Desire, Policy};
+pub use scheduler::{SchedEvent, SchedEventKind};
 pub use state::{Model, ModelId, State, Tier, Usage};
-pub use status::{TierStatusView, TierView};
+pub use submit::{MoveOptions, Registered, Registration};
+pub use views::{
+    AttemptView, HistoryFilter, JobView, Metrics, MetricsView, ModelInfoView, ModelView, MoveStarted, PlanStep, QueueCounts,
+    TierStatusView, TierView,
+};

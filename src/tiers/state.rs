@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-
-use serde_json::{Value, json};
+use std::sync::Arc;
 
 use crate::config::{Config, PressureConfig, UsageConfig, bytes_to_gb, gb_to_bytes};
+use crate::drivers::ModelFiles;
 
 use super::job::JobKey;
 
@@ -43,6 +43,9 @@ pub struct Tier {
     pub claimed_out_models: usize,
     /// Memory-pressure floor: demote when the hardware has less free.
     pub min_free: Option<u64>,
+    /// Why the tier's driver refuses moves into it (`None`: it takes them).
+    /// No policy proposes a move into such a tier.
+    pub refuses: Option<String>,
 }
 
 impl Tier {
@@ -95,6 +98,10 @@ pub struct Usage {
     pub count: u64,
     /// Time of the last access.
     pub last_access: Option<f64>,
+    /// Place of the last access in the engine's sequence of accesses (1 for
+    /// the first access the engine saw, 0 for none): orders two accesses
+    /// made at the same time.
+    pub last_seq: u64,
     /// Time of the first access.
     pub first_access: Option<f64>,
     /// Exponentially decayed access count, as of `decayed_at`.
@@ -110,8 +117,9 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Records one access at `now`.
-    pub fn record(&mut self, now: f64, cfg: &UsageConfig) {
+    /// Records one access at `now`, the `seq`-th the engine saw.
+    pub fn record(&mut self, now: f64, seq: u64, cfg: &UsageConfig) {
+        self.last_seq = seq;
         self.decayed = self.frequency(now, cfg) + 1.0;
         self.decayed_at = now;
         if let Some(last) = self.last_access {
@@ -175,10 +183,12 @@ pub struct Model {
     pub pinned: bool,
     /// The model's pending (queued or running) move, if any.
     pub job: Option<JobKey>,
-    /// Set when the backend lost the model's files.
+    /// Set when the driver lost the model's files.
     pub unavailable: Option<String>,
-    /// Origin file or directory (real backend).
+    /// Origin file or directory, as registered.
     pub path: Option<PathBuf>,
+    /// The model's files (real hardware): what moves read and write.
+    pub files: Option<Arc<ModelFiles>>,
     pub registered_at: f64,
 }
 
@@ -228,6 +238,7 @@ impl State {
                 claimed_out: 0,
                 claimed_out_models: 0,
                 min_free: t.min_free_gb.map(gb_to_bytes),
+                refuses: None,
             })
             .collect();
         State {
@@ -272,6 +283,29 @@ impl State {
         self.slots[id] = usize::MAX;
     }
 
+    /// Adds `model` to the catalog in its tier, counting its bytes there;
+    /// returns its id.
+    pub(crate) fn add_model(&mut self, model: Model) -> ModelId {
+        let id = self.models.len();
+        let (tier, bytes) = (model.tier, model.bytes);
+        self.by_name.insert(model.name.to_string(), id);
+        self.models.push(Some(model));
+        self.attach(id, tier);
+        self.tiers[tier].used += bytes;
+        self.tiers[tier].models += 1;
+        id
+    }
+
+    /// Removes model `id` from the catalog and its tier's books.
+    pub(crate) fn remove_model(&mut self, id: ModelId) -> Option<Model> {
+        let m = self.models.get_mut(id)?.take()?;
+        self.tiers[m.tier].used -= m.bytes;
+        self.tiers[m.tier].models -= 1;
+        self.detach(id, m.tier);
+        self.by_name.remove(&*m.name);
+        Some(m)
+    }
+
     /// Index of the last (unbounded) tier.
     pub fn last_tier(&self) -> usize {
         self.tiers.len() - 1
@@ -307,36 +341,9 @@ impl State {
         tier == self.last_tier() || bytes <= self.max_single_model
     }
 
-    /// The wire view of one model.
-    pub fn model_json(&self, m: &Model, now: f64, job_id: Option<&str>, job_status: Option<&str>) -> Value {
-        let status = if m.unavailable.is_some() {
-            "unavailable"
-        } else {
-            match job_status {
-                Some("running") => "moving",
-                Some("queued") => "queued",
-                _ => "ready",
-            }
-        };
-        let u = &m.usage;
-        json!({
-            "model_name": &*m.name,
-            "size_gb": bytes_to_gb(m.bytes),
-            "tier": self.tiers[m.tier].name,
-            "status": status,
-            "usage": u.count,
-            "last_access": u.last_access,
-            "pinned": m.pinned,
-            "frequency": round6(u.frequency(now, &self.usage_cfg)),
-            "temperature": u.class(now, &self.usage_cfg),
-            "interarrival_mean_s": if u.gaps > 0 { Some(round6(u.gap_mean)) } else { None },
-            "interarrival_stddev_s": if u.gaps > 1 { Some(round6(u.gap_stddev())) } else { None },
-            "first_access": u.first_access,
-            "load_time_s": round6(self.tiers[m.tier].load_seconds(m.bytes)),
-            "job_id": job_id,
-            "unavailable_reason": m.unavailable,
-            "path": m.path,
-        })
+    /// Whether tier `tier` takes moves at all (its driver may refuse them).
+    pub fn accepts_moves(&self, tier: usize) -> bool {
+        self.tiers.get(tier).is_some_and(|t| t.refuses.is_none())
     }
 }
 

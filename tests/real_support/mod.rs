@@ -9,10 +9,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tierd::config::Config;
+use tierd::drivers::Machine;
+use tierd::drivers::gpu::GpuProbe;
+use tierd::drivers::machine::ReconcileReport;
 use tierd::optimizer::UsagePolicy;
-use tierd::real::store::StateStore;
-use tierd::real::{RealRuntime, ReconcileReport};
+use tierd::server::open::open_real;
+use tierd::store::StateStore;
 use tierd::tiers::{Engine, MoveOptions};
+
+#[path = "../engine_api/mod.rs"]
+mod engine_api;
+pub use engine_api::Wire;
 
 pub const MB: u64 = 1 << 20;
 
@@ -46,15 +53,29 @@ pub fn config_with(root: &Path, swap: &Path, extra_tiers: &str) -> Config {
 /// An engine on the real backend, with the state store and what start-up
 /// reconciliation did.
 pub fn engine(cfg: &Config) -> (Engine, StateStore, ReconcileReport) {
-    let RealRuntime {
-        backend,
-        config,
-        store,
-        report,
-        ..
-    } = RealRuntime::open(cfg).expect("real runtime opens");
-    let e = Engine::new(config, backend, Box::new(UsagePolicy), now()).expect("engine");
-    (e, store, report)
+    try_engine(cfg).expect("real machine opens")
+}
+
+/// As [`engine`], or why it could not open.
+pub fn try_engine(cfg: &Config) -> Result<(Engine, StateStore, ReconcileReport), String> {
+    try_engine_with_gpu(cfg, GpuProbe::open)
+}
+
+/// As [`try_engine`], with NVML opened by `gpu`.
+pub fn try_engine_with_gpu(
+    cfg: &Config,
+    gpu: impl FnOnce() -> GpuProbe + 'static,
+) -> Result<(Engine, StateStore, ReconcileReport), String> {
+    let machine = Machine::open_with_gpu(cfg, gpu)?;
+    open_real(cfg.clone(), machine, Box::new(UsagePolicy), now())
+}
+
+/// Saves the engine's state as the server does (snapshot, write, then the
+/// releases it allows).
+pub fn save(e: &mut Engine, store: &StateStore) {
+    let snap = e.snapshot(now());
+    store.save(&snap, now()).expect("save state");
+    e.saved(snap.epoch);
 }
 
 /// Writes a file of `bytes` pseudo-random bytes (seeded), fsynced.
@@ -81,7 +102,7 @@ pub fn make_file(path: &Path, bytes: u64, seed: u64) {
 }
 
 pub fn hash(path: &Path) -> String {
-    tierd::real::worker::hash_file(path).expect("hash")
+    tierd::drivers::copy::hash_file(path).expect("hash")
 }
 
 /// Ticks the engine on wall-clock time until job `id` ends; its status.
@@ -90,12 +111,12 @@ pub fn wait(e: &mut Engine, id: &str, timeout: Duration) -> Value {
     loop {
         e.tick(now());
         if e.job_ended(id) != Some(false) {
-            return e.job_status(now(), id).expect("job status");
+            return e.job_json(now(), id).expect("job status");
         }
         assert!(
             t.elapsed() < timeout,
             "job {id} did not end in {timeout:?}: {}",
-            e.job_status(now(), id).expect("status")
+            e.job_json(now(), id).expect("status")
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -103,12 +124,13 @@ pub fn wait(e: &mut Engine, id: &str, timeout: Duration) -> Value {
 
 /// Starts a move and waits for it.
 pub fn move_and_wait(e: &mut Engine, model: &str, to: &str) -> Value {
-    let s = e.move_tier(now(), model, to, &MoveOptions::default()).expect("move accepted");
+    e.tick(now());
+    let s = e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
     wait(e, &s.job_id, Duration::from_secs(120))
 }
 
-pub fn model(e: &Engine, name: &str) -> Value {
-    e.model_info(now(), name).expect("model_info")["model"].clone()
+pub fn model(e: &mut Engine, name: &str) -> Value {
+    e.model_json(now(), name).expect("model_info")["model"].clone()
 }
 
 /// Every entry (recursively) under `dir` whose name contains `needle`.
@@ -128,4 +150,16 @@ pub fn find(dir: &Path, needle: &str) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Reads `read` until `done` holds of it or 10 s passed; the last reading.
+pub fn eventually<T>(read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let t = Instant::now();
+    loop {
+        let v = read();
+        if done(&v) || t.elapsed() > Duration::from_secs(10) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -14,11 +14,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::drivers::{Machine, ModelFiles, sys};
 use crate::optimizer::UsagePolicy;
-use crate::tiers::{Engine, MoveOptions};
+use crate::server::open::open_real;
+use crate::tiers::{Engine, JobStatus, MoveOptions, Registration};
 
-use super::sys;
-use super::{RealError, RealRuntime};
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RealError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    State(String),
+}
 
 /// Options of `tierd bench-real`.
 #[derive(Debug, Clone, clap::Args)]
@@ -242,8 +250,9 @@ fn timed_move(engine: &mut Engine, model: &str, to: &str) -> Result<f64, RealErr
             .unwrap_or(0.0)
     };
     let t = Instant::now();
+    engine.tick(now());
     let started = engine
-        .move_tier(now(), model, to, &MoveOptions::default())
+        .move_model(now(), model, to, &MoveOptions::default())
         .map_err(|e| RealError::State(format!("move of {model} to {to} refused: {e}")))?;
     loop {
         engine.tick(now());
@@ -254,10 +263,13 @@ fn timed_move(engine: &mut Engine, model: &str, to: &str) -> Result<f64, RealErr
     }
     let dt = t.elapsed().as_secs_f64();
     let st = engine
-        .job_status(now(), &started.job_id)
+        .job(now(), &started.job_id)
         .map_err(|e| RealError::State(format!("job vanished: {e}")))?;
-    if st["status"] != "success" {
-        return Err(RealError::State(format!("move of {model} to {to} did not succeed: {st}")));
+    if st.status != JobStatus::Success {
+        return Err(RealError::State(format!(
+            "move of {model} to {to} did not succeed: {}",
+            st.error.unwrap_or_default()
+        )));
     }
     Ok(dt)
 }
@@ -292,16 +304,22 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
         a = root.join("tier-a"),
         b = root.join("tier-b"),
     );
-    let cfg = Config::from_toml(&text).map_err(|e| RealError::Config(e.to_string()))?;
-    let rt = RealRuntime::open(&cfg)?;
+    let cfg = Config::from_toml(&text).map_err(|e| RealError::State(e.to_string()))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let mut engine = Engine::new(rt.config, rt.backend, Box::new(UsagePolicy), now).map_err(|e| RealError::State(e.to_string()))?;
-    engine
-        .register(now, "bench", None, Some("storage"), Some(&file))
-        .map_err(|e| RealError::State(format!("register: {e}")))?;
+    let machine = Machine::open(&cfg).map_err(RealError::State)?;
+    let (mut engine, _store, _) = open_real(cfg, machine, Box::new(UsagePolicy), now).map_err(RealError::State)?;
+    let files = ModelFiles::walk(&file, 16).map_err(RealError::State)?;
+    let reg = Registration {
+        name: "bench".into(),
+        path: Some(file.clone()),
+        files: Some(files),
+        preferred_tier: Some("storage".into()),
+        ..Registration::default()
+    };
+    engine.register(now, reg).map_err(|e| RealError::State(format!("register: {e}")))?;
 
     // ---- promotion to RAM, methods interleaved run by run
     let vmtouch_ok = Command::new("sh")
@@ -325,8 +343,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
         }
         cold(&[&file]);
         series.add(PROMOTE, Ok(timed_move(&mut engine, "bench", "ram")?));
-        let st = engine.tier_status(now);
-        locked &= st["tiers"]["ram"]["locked"] == serde_json::json!(true);
+        let st = engine.tier_status();
+        locked &= st.tier("ram").and_then(|t| t.details.get("locked")) == Some(&serde_json::json!(true));
         timed_move(&mut engine, "bench", "storage")?;
     }
     let promotion = series.measures();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::serve::{ServeOptions, bind_socket, build_shared, runtime, serve_with};
+use crate::server::serve::{ServeOptions, bind_socket, build_shared, runtime, serve_with};
 
 /// The request every client sends.
 pub const REQUEST: &[u8] = b"{\"tier_status\": true}\n";

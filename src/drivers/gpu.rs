@@ -1,20 +1,30 @@
-//! GPU tiers through NVML (nvml-wrapper, which loads `libnvidia-ml.so` at
-//! run time, so tierd builds and runs on machines without NVIDIA drivers).
+//! `gpu`: a GPU observed through NVML (nvml-wrapper, which loads
+//! `libnvidia-ml.so` at run time, so tierd builds and runs on machines
+//! without NVIDIA drivers).
 //!
 //! A GPU tier reports live memory, utilization, temperature and processes.
-//! Placing weights into GPU memory is not supported: moves into a GPU tier
-//! are refused. Without a driver every GPU tier is unavailable, with the
-//! reason, and nothing else is affected.
+//! Placing weights into GPU memory is not supported by this driver: it
+//! refuses moves, so no policy proposes one (the inference-engine drivers
+//! are the tiers that load models onto a GPU). Without a driver every GPU
+//! tier is unavailable, with the reason, and nothing else is affected.
+//! Readings are cached for [`NVML_MAX_AGE`].
 
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use serde_json::{Map, Value, json};
 
-use crate::config::bytes_to_gb;
+use super::files::ModelFiles;
+use super::machine::OpenContext;
+use super::{Capacity, DriverEvent, JobKey, MoveOrder, TierDriver};
+use crate::config::{TierConfig, bytes_to_gb};
+
+/// Longest an NVML reading is used for before it is taken again.
+pub const NVML_MAX_AGE: Duration = Duration::from_millis(500);
 
 /// The message a move into a GPU tier is refused with.
 pub const GPU_MOVES_UNSUPPORTED: &str =
@@ -124,6 +134,94 @@ impl GpuProbe {
         }
         m.insert("processes".into(), Value::Array(procs));
         m
+    }
+}
+
+/// One NVML reading of a GPU: free bytes (or why unknown) and the details.
+type Reading = (Result<u64, String>, Map<String, Value>);
+
+/// A GPU tier. See the module docs.
+pub struct GpuDriver {
+    index: u32,
+    probe: Arc<GpuProbe>,
+    /// The last reading and when it was taken.
+    cache: Mutex<Option<(Instant, Reading)>>,
+}
+
+impl std::fmt::Debug for GpuDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDriver").field("index", &self.index).finish()
+    }
+}
+
+/// Opens a GPU tier: its index comes from the tier's name (`gpu1` is GPU
+/// 1), else from its place among the GPU tiers.
+pub fn open(ctx: &mut OpenContext, tier: &TierConfig) -> Result<Box<dyn TierDriver>, String> {
+    let fallback = ctx.gpu_tiers;
+    ctx.gpu_tiers += 1;
+    Ok(Box::new(GpuDriver::new(gpu_index(&tier.name, fallback), ctx.gpu())))
+}
+
+impl GpuDriver {
+    pub fn new(index: u32, probe: Arc<GpuProbe>) -> GpuDriver {
+        GpuDriver {
+            index,
+            probe,
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn readings(&self) -> Reading {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, reading)) = &*cache
+            && at.elapsed() < NVML_MAX_AGE
+        {
+            return reading.clone();
+        }
+        let reading = (self.probe.free_bytes(self.index), self.probe.details(self.index));
+        *cache = Some((Instant::now(), reading.clone()));
+        reading
+    }
+}
+
+impl TierDriver for GpuDriver {
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn accepts_moves(&self) -> Result<(), String> {
+        Err(GPU_MOVES_UNSUPPORTED.to_string())
+    }
+
+    fn capacity(&self) -> Capacity {
+        match self.readings().0 {
+            Ok(free) => Capacity::Free(free),
+            Err(e) => Capacity::Unavailable(e),
+        }
+    }
+
+    fn start_move(&mut self, _now: f64, _order: &MoveOrder) -> Result<(), String> {
+        Err(GPU_MOVES_UNSUPPORTED.to_string())
+    }
+
+    fn cancel_move(&mut self, _now: f64, _job: JobKey) {}
+
+    fn progress(&self, _now: f64, _job: JobKey) -> f64 {
+        0.0
+    }
+
+    fn poll(&mut self, _now: f64, _events: &mut Vec<DriverEvent>) {}
+
+    fn next_event_time(&self) -> Option<f64> {
+        None
+    }
+
+    fn details(&self) -> Map<String, Value> {
+        self.readings().1
+    }
+
+    fn check_copy(&self, _model: &str, _files: &ModelFiles) -> Result<(), String> {
+        Err("a GPU tier holds no copies of its own".into())
     }
 }
 

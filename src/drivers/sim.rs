@@ -1,15 +1,20 @@
-//! The simulated machine: tier capacities, moves that take
-//! `size x seconds-per-GB` of engine time, and seeded fault injection.
+//! The simulated tier: a capacity, moves that take `size x seconds-per-GB`
+//! of engine time, and seeded fault injection. Every tier of the simulated
+//! machine is one of these ([`simulated_machine`]); they share the machine's
+//! one random generator, so a run is a pure function of its inputs and seed.
 //!
-//! Everything happens in the time the engine passes in, so a run is a pure
-//! function of its inputs and seed.
+//! Everything happens in the time the engine passes in.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
+use super::machine::{Machine, MachineKind};
+use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, TierDriver};
 use crate::config::{Config, bytes_to_gb, gb_to_bytes};
-use crate::tiers::{Backend, Capacity, JobKey, MoveEvent, MoveOrder};
 
 #[derive(Debug, Clone)]
 struct SimMove {
@@ -32,66 +37,86 @@ impl SimMove {
     }
 }
 
-/// Deterministic simulated hardware.
+/// What the simulated tiers of one machine share: the seeded generator of
+/// faults and its probability.
+#[derive(Debug)]
+struct Faults {
+    rng: ChaCha8Rng,
+    probability: f64,
+}
+
+/// A handle on a simulated machine for tests and demos: the bytes the rest
+/// of the machine takes in each tier.
 #[derive(Debug, Clone)]
-pub struct SimBackend {
-    /// Hardware size per tier; `None` = unbounded.
-    total: Vec<Option<u64>>,
-    /// Bytes taken by the rest of the machine, per tier.
-    external: Vec<u64>,
+pub struct SimControl {
+    external: Vec<Arc<AtomicU64>>,
+}
+
+impl SimControl {
+    /// Simulated use of tier `tier` by programs outside tierd (memory
+    /// pressure), in bytes.
+    pub fn set_external_use(&self, tier: usize, bytes: u64) {
+        if let Some(e) = self.external.get(tier) {
+            e.store(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One simulated tier. See the module docs.
+#[derive(Debug)]
+pub struct SimTier {
+    /// Hardware size; `None` = unbounded.
+    total: Option<u64>,
+    /// Bytes taken by the rest of the machine.
+    external: Arc<AtomicU64>,
     running: Running,
     /// Scratch of `poll`: the moves due, by time.
     due: Vec<(f64, JobKey)>,
     /// The earliest event time of `running`, kept up to date on each change
     /// (asked on every engine tick, changed once per move).
     next_event: Option<f64>,
-    rng: ChaCha8Rng,
-    fault_probability: f64,
+    faults: Arc<Mutex<Faults>>,
+    /// Whether any fault can strike (the generator is only drawn from then).
+    faulty: bool,
     /// Moves complete the moment they start (`--moves instant`).
     instant: bool,
 }
 
-impl SimBackend {
-    /// Hardware as configured: a tier's size is its `hardware_gb`, or its
-    /// limit plus reserve when absent; the last tier is unbounded.
-    pub fn new(cfg: &Config) -> SimBackend {
-        let n = cfg.tiers.len();
-        let total = cfg
-            .tiers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if i + 1 == n {
-                    return t.hardware_gb.map(gb_to_bytes);
-                }
-                Some(match t.hardware_gb {
-                    Some(h) => gb_to_bytes(h),
-                    None => gb_to_bytes(t.max_gb.unwrap_or(0.0)) + gb_to_bytes(t.reserved_gb.unwrap_or(0.0)),
-                })
+/// The simulated machine of `cfg`: a tier's size is its `hardware_gb`, or
+/// its limit plus reserve when absent; the last tier is unbounded unless it
+/// gives `hardware_gb`. With `instant`, moves complete the moment they start.
+pub fn simulated_machine(cfg: &Config, instant: bool) -> (Machine, SimControl) {
+    let n = cfg.tiers.len();
+    let faults = Arc::new(Mutex::new(Faults {
+        rng: ChaCha8Rng::seed_from_u64(cfg.sim.seed),
+        probability: cfg.sim.fault_probability,
+    }));
+    let mut external = Vec::with_capacity(n);
+    let mut drivers: Vec<Box<dyn TierDriver>> = Vec::with_capacity(n);
+    for (i, t) in cfg.tiers.iter().enumerate() {
+        let total = if i + 1 == n {
+            t.hardware_gb.map(gb_to_bytes)
+        } else {
+            Some(match t.hardware_gb {
+                Some(h) => gb_to_bytes(h),
+                None => gb_to_bytes(t.max_gb.unwrap_or(0.0)) + gb_to_bytes(t.reserved_gb.unwrap_or(0.0)),
             })
-            .collect();
-        SimBackend {
+        };
+        let ext = Arc::new(AtomicU64::new(0));
+        external.push(ext.clone());
+        drivers.push(Box::new(SimTier {
             total,
-            external: vec![0; n],
+            external: ext,
             running: Running::default(),
             due: Vec::new(),
             next_event: None,
-            rng: ChaCha8Rng::seed_from_u64(cfg.sim.seed),
-            fault_probability: cfg.sim.fault_probability,
-            instant: false,
-        }
+            faults: faults.clone(),
+            faulty: cfg.sim.fault_probability > 0.0,
+            instant,
+        }));
     }
-
-    /// Moves complete at once instead of taking their modelled time.
-    pub fn with_instant_moves(mut self, instant: bool) -> SimBackend {
-        self.instant = instant;
-        self
-    }
-
-    /// Changes the fault probability (tests).
-    pub fn set_fault_probability(&mut self, p: f64) {
-        self.fault_probability = p.clamp(0.0, 1.0);
-    }
+    let control = SimControl { external };
+    (Machine::new(MachineKind::Simulated, drivers), control)
 }
 
 /// The moves in flight by job key: a sorted vector (there are at most
@@ -128,20 +153,34 @@ impl Running {
     }
 }
 
-impl SimBackend {
+impl SimTier {
     fn refresh_next_event(&mut self) {
         self.next_event = self.running.values().map(SimMove::event_time).min_by(f64::total_cmp);
     }
+
+    /// Whether this move fails, and at which fraction of its duration.
+    fn draw_fault(&self) -> Option<f64> {
+        if !self.faulty {
+            return None;
+        }
+        let mut f = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = f.probability;
+        if p > 0.0 && f.rng.random_bool(p) {
+            Some(f.rng.random_range(0.0..1.0))
+        } else {
+            None
+        }
+    }
 }
 
-impl Backend for SimBackend {
-    fn name(&self) -> &'static str {
+impl TierDriver for SimTier {
+    fn kind(&self) -> &'static str {
         "sim"
     }
 
-    fn capacity(&self, tier: usize) -> Capacity {
-        match self.total.get(tier).copied().flatten() {
-            Some(t) => Capacity::Total(t.saturating_sub(self.external.get(tier).copied().unwrap_or(0))),
+    fn capacity(&self) -> Capacity {
+        match self.total {
+            Some(t) => Capacity::Total(t.saturating_sub(self.external.load(Ordering::Relaxed))),
             None => Capacity::Unbounded,
         }
     }
@@ -153,12 +192,7 @@ impl Backend for SimBackend {
         {
             duration = duration.max(order.bytes as f64 / (cap * 1e6));
         }
-        let fail_at = if self.fault_probability > 0.0 && self.rng.random_bool(self.fault_probability) {
-            let at: f64 = self.rng.random_range(0.0..1.0);
-            Some(now + duration * at)
-        } else {
-            None
-        };
+        let fail_at = self.draw_fault().map(|at| now + duration * at);
         self.running.insert(
             order.job,
             SimMove {
@@ -189,7 +223,7 @@ impl Backend for SimBackend {
         }
     }
 
-    fn poll(&mut self, now: f64, events: &mut Vec<MoveEvent>) {
+    fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
         if self.next_event.is_none_or(|t| t > now) {
             return;
         }
@@ -202,13 +236,13 @@ impl Backend for SimBackend {
                 .map(|(k, m)| (m.event_time(), *k)),
         );
         due.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for &(_, job) in &due {
+        for &(at, job) in &due {
             let Some(m) = self.running.remove(&job) else { continue };
-            events.push(if m.cancelled {
+            let event = if m.cancelled {
                 MoveEvent::Cancelled { job }
-            } else if let Some(at) = m.fail_at {
+            } else if let Some(fail) = m.fail_at {
                 let pct = if m.duration > 0.0 {
-                    (at - m.start) / m.duration * 100.0
+                    (fail - m.start) / m.duration * 100.0
                 } else {
                     0.0
                 };
@@ -218,8 +252,9 @@ impl Backend for SimBackend {
                     retryable: true,
                 }
             } else {
-                MoveEvent::Finished { job }
-            });
+                MoveEvent::Finished { job, checksums: None }
+            };
+            events.push(DriverEvent { at, event });
         }
         self.due = due;
         self.refresh_next_event();
@@ -229,20 +264,15 @@ impl Backend for SimBackend {
         self.next_event
     }
 
-    fn tier_details(&self, tier: usize) -> Map<String, Value> {
+    fn details(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        if let Some(t) = self.total.get(tier).copied().flatten() {
+        if let Some(t) = self.total {
             m.insert("hardware_gb".into(), json!(bytes_to_gb(t)));
         }
-        if let Some(e) = self.external.get(tier).copied().filter(|e| *e > 0) {
+        let e = self.external.load(Ordering::Relaxed);
+        if e > 0 {
             m.insert("external_gb".into(), json!(bytes_to_gb(e)));
         }
         m
-    }
-
-    fn set_external_use(&mut self, tier: usize, bytes: u64) {
-        if let Some(e) = self.external.get_mut(tier) {
-            *e = bytes;
-        }
     }
 }

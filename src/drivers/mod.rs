@@ -1,0 +1,247 @@
+//! One driver per tier: the hardware that holds a tier's models and carries
+//! out the moves into it.
+//!
+//! The engine never performs I/O. For a move from tier `a` to tier `b` it
+//! asks `b`'s driver to bring the model in ([`TierDriver::start_move`], told
+//! by `a`'s driver where to read it: [`TierDriver::source_of`]); the driver
+//! reports the end through [`TierDriver::poll`]. Once the engine has
+//! committed the move (and, with a state file, made the new placement
+//! durable), it tells `a`'s driver to let go of what it held
+//! ([`TierDriver::release`]). So a model always has a complete copy, and
+//! every method here returns at once: the work runs on the driver's own
+//! threads.
+//!
+//! A machine ([`Machine`]) is the list of its tiers' drivers, fastest first:
+//! - the simulated tier ([`sim`]), every tier of the simulated backend;
+//! - `pagecache` ([`pagecache`]): RAM, origin files pinned with `mlock`;
+//! - `dir` ([`dir`]): verified, fsynced copies in a directory;
+//! - `gpu` ([`gpu`]): observed through NVML, refuses moves;
+//! - `storage` ([`storage`]): the origins, never modified.
+//!
+//! Adding a kind of tier is one new file implementing [`TierDriver`] and one
+//! line in [`DRIVERS`].
+//!
+//! Support modules: [`files`] (a model's files and names), [`sys`] (the
+//! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
+//! [`pin`], [`copy`] and [`machine`] (opening a real machine and reconciling
+//! it with its state at start).
+
+pub mod copy;
+pub mod dir;
+pub mod files;
+pub mod gpu;
+pub mod machine;
+pub mod pagecache;
+pub mod pin;
+pub mod sim;
+pub mod storage;
+pub mod sys;
+pub mod work;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::TierConfig;
+
+pub use self::files::ModelFiles;
+pub use self::machine::{Machine, MachineKind};
+
+/// Which job a driver event is about (the engine's internal job number).
+pub type JobKey = u64;
+
+/// What the hardware says about a tier's room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Capacity {
+    /// No hardware bound (the storage tier, or an unmeasured one).
+    Unbounded,
+    /// The tier's total bytes; the engine subtracts the reserve, what the
+    /// tier holds and what is on its way in (simulated hardware).
+    Total(u64),
+    /// Bytes the hardware can take now, measured; the engine subtracts the
+    /// reserve and the moves on their way in that are not resident yet.
+    Free(u64),
+    /// The tier cannot take models at all, and why.
+    Unavailable(String),
+}
+
+/// Where a move reads a model's bytes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The model's origin files (a model in storage, or pinned in RAM).
+    Origin,
+    /// A complete copy of the model in this directory (a `dir` tier), with
+    /// the checksums it was verified against.
+    Copy(PathBuf),
+}
+
+impl Source {
+    /// Whether the source is a copy of its own: then it may be the model's
+    /// last complete copy when the origin is damaged.
+    pub fn is_copy(&self) -> bool {
+        matches!(self, Source::Copy(_))
+    }
+}
+
+/// One move for the target tier's driver to carry out.
+#[derive(Debug, Clone)]
+pub struct MoveOrder {
+    pub job: JobKey,
+    pub model: Arc<str>,
+    /// The model's files (real hardware); `None` on the simulated machine.
+    pub files: Option<Arc<ModelFiles>>,
+    pub bytes: u64,
+    pub from: usize,
+    pub to: usize,
+    /// Where the source tier holds the model.
+    pub source: Source,
+    /// Expected duration in engine seconds (the simulated tier's duration).
+    pub expected_s: f64,
+    /// Optional rate cap for this move, MB/s.
+    pub bandwidth_mb_s: Option<f64>,
+}
+
+/// What a driver reports back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MoveEvent {
+    /// The move completed: the model is complete (and durable) in the
+    /// target tier. A copy reports the checksums it verified, one per file.
+    Finished { job: JobKey, checksums: Option<Vec<String>> },
+    /// The move failed and was rolled back; the model is still in its source.
+    Failed { job: JobKey, message: String, retryable: bool },
+    /// A cancel took effect and the move was rolled back.
+    Cancelled { job: JobKey },
+    /// A model's files changed under the driver (vanished, changed size).
+    ModelUnavailable { model: String, reason: String },
+}
+
+impl MoveEvent {
+    /// The job the event ends, if it is about one.
+    pub fn job(&self) -> Option<JobKey> {
+        match self {
+            MoveEvent::Finished { job, .. } | MoveEvent::Failed { job, .. } | MoveEvent::Cancelled { job } => Some(*job),
+            MoveEvent::ModelUnavailable { .. } => None,
+        }
+    }
+}
+
+/// A driver's event and the engine time it happened at (events of several
+/// tiers are applied in time order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriverEvent {
+    pub at: f64,
+    pub event: MoveEvent,
+}
+
+/// What a driver found and did when the machine started.
+#[derive(Debug, Clone, Default)]
+pub struct StartupReport {
+    /// Partial copies of interrupted moves (and old copies whose background
+    /// removal was interrupted) that were removed.
+    pub removed_partials: Vec<PathBuf>,
+    /// Entries in the tier that tierd does not know (left alone).
+    pub unknown_entries: Vec<PathBuf>,
+}
+
+/// The hardware of one tier. See the module docs for a move's life.
+pub trait TierDriver: Send {
+    /// The driver's name in the configuration (`sim`, `pagecache`, `dir`,
+    /// `gpu`, `storage`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether the tier takes models at all; an `Err` says why not. The
+    /// engine refuses such moves with `INVALID_REQUEST`, and no policy
+    /// proposes them.
+    fn accepts_moves(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What the hardware says about the tier's room. Called often, under
+    /// the engine's lock: a driver that measures caches its reading with a
+    /// bounded age rather than reading the hardware each time.
+    fn capacity(&self) -> Capacity;
+
+    /// Starts bringing a model into this tier; an `Err` means it could not
+    /// even start (nothing was changed).
+    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String>;
+
+    /// Asks a running move to stop and roll back; confirmed by a
+    /// `Cancelled` event (or, if it was too late, `Finished`).
+    fn cancel_move(&mut self, now: f64, job: JobKey);
+
+    /// Progress of a running move, 0..=1.
+    fn progress(&self, now: f64, job: JobKey) -> f64;
+
+    /// Appends the events since the last poll to `events`, in the order
+    /// they happened (the caller reuses one buffer).
+    fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>);
+
+    /// The earliest time at which `poll` will have something new (virtual
+    /// time drivers jump to it); `None` when nothing is pending.
+    fn next_event_time(&self) -> Option<f64>;
+
+    /// The model left this tier for good (its move out committed, or it
+    /// was unregistered): drop what the tier holds of it. Never blocks; the
+    /// driver does slow work on a thread of its own.
+    fn release(&mut self, _model: &str, _files: Option<&ModelFiles>) {}
+
+    /// Where a move out of this tier reads the model from.
+    fn source_of(&self, _model: &str) -> Source {
+        Source::Origin
+    }
+
+    /// Whether `path` (canonical) lies inside what this tier manages (a
+    /// model registered from there would be tierd's own copy).
+    fn owns_path(&self, _path: &Path) -> bool {
+        false
+    }
+
+    /// The driver's own facts about the tier, for `tier_status`.
+    fn details(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    /// Measured fraction of a model's bytes that is resident in this tier,
+    /// where the driver can measure it.
+    fn resident_fraction(&self, _model: &str, _files: Option<&ModelFiles>) -> Option<f64> {
+        None
+    }
+
+    // ---------------------------------------------------------- start-up
+
+    /// Cleans what interrupted moves left in the tier; `known` tells the
+    /// models of the state file.
+    fn startup(&mut self, _known: &dyn Fn(&str) -> bool) -> Result<StartupReport, String> {
+        Ok(StartupReport::default())
+    }
+
+    /// Whether this tier holds a complete copy of the model that loads can
+    /// be served from (`Err` says what is wrong).
+    fn check_copy(&self, _model: &str, _files: &ModelFiles) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Removes a copy of the model that the state file does not place here
+    /// (a move interrupted after its copy was renamed into place); returns
+    /// what was removed.
+    fn remove_leftover(&mut self, _model: &str) -> Result<Option<PathBuf>, String> {
+        Ok(None)
+    }
+
+    /// Puts back what the tier holds of a model that the state file places
+    /// here (re-pins it in RAM); in the background.
+    fn restore(&mut self, _model: &str, _files: &ModelFiles) {}
+}
+
+/// How a driver is built from its tier's configuration.
+pub type OpenDriver = fn(&mut machine::OpenContext, &TierConfig) -> Result<Box<dyn TierDriver>, String>;
+
+/// The real drivers, by the name a tier's `driver` gives. A new kind of tier
+/// is one file and one line here.
+pub const DRIVERS: &[(&str, OpenDriver)] = &[
+    ("pagecache", pagecache::open),
+    ("dir", dir::open),
+    ("gpu", gpu::open),
+    ("storage", storage::open),
+];

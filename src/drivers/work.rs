@@ -1,0 +1,121 @@
+//! What the work of a move shares, whether it pins or copies: progress and
+//! cancel between the worker thread and its driver ([`MoveShared`]), why a
+//! worker stopped ([`WorkError`]), and the rate cap ([`Throttle`]).
+//!
+//! Each move runs on its own thread: the worker advances `done`, the driver
+//! reads it for progress and sets `cancel`. Workers clean up after
+//! themselves on failure and cancel, and never touch a model's origin except
+//! to read it.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// State shared between a running move and the backend.
+#[derive(Debug)]
+pub struct MoveShared {
+    /// Bytes of work done (a copy counts its bytes twice: written, verified).
+    pub done: AtomicU64,
+    /// Total bytes of work.
+    pub total: u64,
+    pub cancel: AtomicBool,
+}
+
+impl MoveShared {
+    pub fn new(total: u64) -> Arc<MoveShared> {
+        Arc::new(MoveShared {
+            done: AtomicU64::new(0),
+            total,
+            cancel: AtomicBool::new(false),
+        })
+    }
+
+    pub fn progress(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        (self.done.load(Ordering::Relaxed) as f64 / self.total as f64).clamp(0.0, 1.0)
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a worker stopped without finishing.
+#[derive(Debug)]
+pub enum WorkError {
+    Cancelled,
+    /// A failure, with the message for the job's `error` and whether a retry
+    /// may help.
+    Failed {
+        message: String,
+        retryable: bool,
+        vanished: bool,
+    },
+}
+
+impl WorkError {
+    /// Classifies an I/O error on `path` during `what`.
+    pub fn io(what: &str, path: &Path, e: &io::Error) -> WorkError {
+        let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        let vanished = e.kind() == io::ErrorKind::NotFound;
+        let message = if no_space {
+            format!("{what} {}: no space left on the target filesystem ({e})", path.display())
+        } else if vanished {
+            format!("{what} {}: the file vanished ({e})", path.display())
+        } else {
+            format!("{what} {}: {e}", path.display())
+        };
+        WorkError::Failed {
+            message,
+            retryable: !no_space && !vanished,
+            vanished,
+        }
+    }
+
+    pub fn failed(message: String) -> WorkError {
+        WorkError::Failed {
+            message,
+            retryable: false,
+            vanished: false,
+        }
+    }
+}
+
+/// Keeps a move at or under a rate, sleeping in short slices so cancel stays
+/// prompt.
+pub struct Throttle {
+    start: Instant,
+    bytes_per_s: Option<f64>,
+}
+
+impl Throttle {
+    pub fn new(bandwidth_mb_s: Option<f64>) -> Throttle {
+        Throttle {
+            start: Instant::now(),
+            bytes_per_s: bandwidth_mb_s.filter(|b| b.is_finite() && *b > 0.0).map(|b| b * 1e6),
+        }
+    }
+
+    pub fn wait(&self, done: u64, shared: &MoveShared) -> Result<(), WorkError> {
+        let Some(rate) = self.bytes_per_s else { return Ok(()) };
+        let due = Duration::from_secs_f64(done as f64 / rate);
+        loop {
+            if shared.cancelled() {
+                return Err(WorkError::Cancelled);
+            }
+            let elapsed = self.start.elapsed();
+            if elapsed >= due {
+                return Ok(());
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
+        }
+    }
+}

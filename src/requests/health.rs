@@ -1,0 +1,54 @@
+//! `health`: whether the server answers, and what it serves: the backend
+//! (`sim` or `real`), the policy, the version, the model count, the tiers
+//! and the requests it knows.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::EngineError;
+use crate::tiers::Engine;
+
+use super::wire::flag;
+use super::{Command, Outcome, REQUEST_KEYS};
+
+/// `{"health": true}`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health;
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: String,
+    pub healthy: bool,
+    pub backend: String,
+    pub policy: String,
+    pub version: String,
+    pub models: usize,
+    pub tiers: Vec<String>,
+    pub requests: Vec<String>,
+}
+
+impl Command for Health {
+    const KEY: &'static str = "health";
+
+    fn parse(body: Value) -> Result<Self, EngineError> {
+        flag(Self::KEY, &body).map(|()| Health)
+    }
+
+    fn body(&self) -> Value {
+        Value::Bool(true)
+    }
+
+    fn apply(self, engine: &mut Engine, _now: f64) -> Result<Outcome, EngineError> {
+        Outcome::reply(&HealthResponse {
+            status: "success".into(),
+            healthy: true,
+            backend: engine.machine_kind().as_str().into(),
+            policy: engine.policy_name().into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            models: engine.state().by_name.len(),
+            tiers: engine.state().tier_names(),
+            requests: REQUEST_KEYS.iter().map(|k| k.to_string()).collect(),
+        })
+    }
+}

@@ -1,0 +1,44 @@
+//! `model_info`: `"model_name"`. One model: what `list_models` shows, plus
+//! its hour-of-day and day-of-week access profiles and when it was
+//! registered.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::EngineError;
+use crate::tiers::{Engine, ModelInfoView};
+
+use super::wire::name_arg;
+use super::{Command, Outcome};
+
+/// `{"model_info": "<model>"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub model_name: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfoResponse {
+    pub status: String,
+    pub model: ModelInfoView,
+}
+
+impl Command for ModelInfo {
+    const KEY: &'static str = "model_info";
+
+    fn parse(body: Value) -> Result<Self, EngineError> {
+        name_arg(Self::KEY, "model_name", body).map(|model_name| ModelInfo { model_name })
+    }
+
+    fn body(&self) -> Value {
+        Value::String(self.model_name.clone())
+    }
+
+    fn apply(self, engine: &mut Engine, now: f64) -> Result<Outcome, EngineError> {
+        Outcome::reply(&ModelInfoResponse {
+            status: "success".into(),
+            model: engine.model(now, &self.model_name)?,
+        })
+    }
+}

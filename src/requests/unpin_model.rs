@@ -1,0 +1,35 @@
+//! `unpin_model`: `"model_name"`. Lets the policy and the engine move the
+//! model again (see `pin_model`).
+
+use serde_json::Value;
+
+use crate::error::EngineError;
+use crate::tiers::Engine;
+
+use super::pin_model::set_pinned;
+use super::wire::name_arg;
+use super::{Command, Outcome};
+
+pub use super::pin_model::PinResponse as UnpinResponse;
+
+/// `{"unpin_model": "<model>"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnpinModel {
+    pub model_name: String,
+}
+
+impl Command for UnpinModel {
+    const KEY: &'static str = "unpin_model";
+
+    fn parse(body: Value) -> Result<Self, EngineError> {
+        name_arg(Self::KEY, "model_name", body).map(|model_name| UnpinModel { model_name })
+    }
+
+    fn body(&self) -> Value {
+        Value::String(self.model_name.clone())
+    }
+
+    fn apply(self, engine: &mut Engine, _now: f64) -> Result<Outcome, EngineError> {
+        set_pinned(engine, self.model_name, false)
+    }
+}

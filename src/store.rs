@@ -1,0 +1,329 @@
+//! The state file under `state_dir`: where each model's verified copies
+//! are, and the engine's limits, usage counts, pins and job history. The
+//! server writes it from an engine [`Snapshot`], outside the engine's lock;
+//! at start it is read back, reconciled with the files
+//! ([`Machine::reconcile`](crate::drivers::Machine::reconcile)) and
+//! restored into the engine ([`StateFile::restored`]).
+//!
+//! Every write is atomic: a temporary file, fsync, rename over the state
+//! file, fsync of the directory. A crash leaves either the old or the new
+//! file, never a torn one. An exclusive lock on `<state_dir>/tierd.lock`
+//! keeps a second tierd off the same state.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::drivers::files::ModelFile;
+use crate::drivers::machine::{Placed, Record};
+use crate::drivers::{ModelFiles, sys};
+use crate::tiers::{JobView, Limits, Restored, RestoredModel, Snapshot};
+
+/// File name of the state file inside `state_dir`.
+pub const STATE_FILE: &str = "tierd-state.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// Why the state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    State(String),
+}
+
+/// What the file records of one model's files and placement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelRecord {
+    /// The origin file or directory (absolute); never modified by tierd.
+    pub origin: PathBuf,
+    /// Whether the origin is a single file (else a directory of shards).
+    pub single: bool,
+    pub files: Vec<ModelFile>,
+    pub bytes: u64,
+    /// Name of the tier holding the model's serving copy.
+    pub tier: String,
+}
+
+/// Usage of one model as the engine last reported it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelUsage {
+    pub usage: u64,
+    pub last_access: Option<f64>,
+    pub pinned: bool,
+}
+
+/// The engine's part of the state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineState {
+    /// `update_limits`' view: `<tier>_max_gb`, `<tier>_reserved_gb`, ...
+    pub limits: Limits,
+    pub models: BTreeMap<String, ModelUsage>,
+    /// Ended and pending jobs, newest first, as the history shows them.
+    pub jobs: Vec<Value>,
+    pub saved_at: f64,
+}
+
+/// The whole state file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StateFile {
+    pub version: u32,
+    pub models: BTreeMap<String, ModelRecord>,
+    #[serde(default)]
+    pub engine: EngineState,
+}
+
+impl ModelRecord {
+    fn files(&self) -> ModelFiles {
+        ModelFiles {
+            origin: self.origin.clone(),
+            single: self.single,
+            files: self.files.clone(),
+            bytes: self.bytes,
+        }
+    }
+}
+
+impl StateFile {
+    /// The placement records start-up reconciliation checks.
+    pub fn records(&self) -> BTreeMap<String, Record> {
+        self.models
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    Record {
+                        files: r.files(),
+                        tier: r.tier.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// What the engine takes back: the reconciled placement with each
+    /// model's usage and pin, the limits, and the readable jobs.
+    pub fn restored(&self, placed: Vec<Placed>) -> Restored {
+        let models = placed
+            .into_iter()
+            .map(|p| {
+                let u = self.engine.models.get(&p.name).cloned().unwrap_or_default();
+                RestoredModel {
+                    name: p.name,
+                    tier: p.tier,
+                    files: Some(p.files),
+                    usage: u.usage,
+                    last_access: u.last_access,
+                    pinned: u.pinned,
+                    unavailable: p.unavailable,
+                }
+            })
+            .collect();
+        Restored {
+            models,
+            limits: Some(self.engine.limits.clone()),
+            jobs: self
+                .engine
+                .jobs
+                .iter()
+                .filter_map(|j| serde_json::from_value::<JobView>(j.clone()).ok())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Holds the exclusive lock on `<state_dir>/tierd.lock` for as long as
+    /// any handle lives: two tierds on one state directory would undo each
+    /// other's moves. The kernel releases it when the process dies.
+    _lock: File,
+    dir: PathBuf,
+    /// The bytes last written, to skip writes that change nothing.
+    last: Vec<u8>,
+}
+
+/// A cheap-to-clone handle on the state file. Writes take its own lock,
+/// never the engine's.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl StateStore {
+    /// Opens (or starts) the state in `dir`; a corrupt state file is an
+    /// error, not a silent fresh start.
+    pub fn open(dir: &Path) -> Result<(StateStore, StateFile), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join(STATE_FILE);
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let f: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::State(format!(
+                        "state file {} is corrupt ({e}); move it away to start with an empty state (model origins are never touched)",
+                        path.display()
+                    ))
+                })?;
+                if f.version > FORMAT_VERSION {
+                    return Err(StoreError::State(format!(
+                        "state file {} has format version {}, newer than this tierd ({FORMAT_VERSION})",
+                        path.display(),
+                        f.version
+                    )));
+                }
+                f
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
+                version: FORMAT_VERSION,
+                ..StateFile::default()
+            },
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        // Leftover temporary files of an interrupted write.
+        let _ = std::fs::remove_file(dir.join(format!("{STATE_FILE}.tmp")));
+        let store = StateStore {
+            inner: Arc::new(Mutex::new(Inner {
+                _lock: lock,
+                dir: dir.to_path_buf(),
+                last: Vec::new(),
+            })),
+        };
+        Ok((store, file))
+    }
+
+    /// Path of the state file.
+    pub fn path(&self) -> PathBuf {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).dir.join(STATE_FILE)
+    }
+
+    /// Writes `snap` durably unless it changes nothing; returns whether it
+    /// wrote. Blocking (fsyncs): call it outside the engine's lock.
+    pub fn save(&self, snap: &Snapshot, now: f64) -> Result<bool, StoreError> {
+        let mut file = StateFile {
+            version: FORMAT_VERSION,
+            models: BTreeMap::new(),
+            engine: EngineState {
+                limits: snap.limits.clone(),
+                models: BTreeMap::new(),
+                jobs: snap.jobs.iter().filter_map(|j| serde_json::to_value(j).ok()).collect(),
+                saved_at: 0.0,
+            },
+        };
+        for m in &snap.models {
+            if let Some(f) = &m.files {
+                file.models.insert(
+                    m.name.clone(),
+                    ModelRecord {
+                        origin: f.origin.clone(),
+                        single: f.single,
+                        files: f.files.clone(),
+                        bytes: f.bytes,
+                        tier: m.tier.clone(),
+                    },
+                );
+            }
+            file.engine.models.insert(
+                m.name.clone(),
+                ModelUsage {
+                    usage: m.usage,
+                    last_access: m.last_access,
+                    pinned: m.pinned,
+                },
+            );
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // Compared without the time of the save: an unchanged state is not rewritten.
+        let unstamped = encode(&file)?;
+        if unstamped == inner.last {
+            return Ok(false);
+        }
+        file.engine.saved_at = now;
+        write(&inner.dir, &encode(&file)?)?;
+        inner.last = unstamped;
+        Ok(true)
+    }
+}
+
+fn encode(file: &StateFile) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec_pretty(file).map_err(|e| StoreError::State(format!("cannot encode state: {e}")))
+}
+
+/// Takes the state directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("tierd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(e) => Err(StoreError::State(format!(
+            "state directory {} is in use by another tierd ({}: {e})",
+            dir.display(),
+            path.display()
+        ))),
+    }
+}
+
+/// Atomic write: temp file, fsync, rename, fsync of the directory.
+fn write(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sys::fsync_dir(dir).map_err(io(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_store_on_one_directory_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (_a, _) = StateStore::open(d.path()).expect("first");
+        let err = StateStore::open(d.path()).expect_err("second");
+        assert!(err.to_string().contains("in use by another tierd"), "{err}");
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_is_not_rewritten() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (s, _) = StateStore::open(d.path()).expect("open");
+        let snap = Snapshot {
+            epoch: 1,
+            limits: Limits::default(),
+            models: Vec::new(),
+            jobs: Vec::new(),
+        };
+        assert!(s.save(&snap, 1.0).expect("save"));
+        assert!(!s.save(&snap, 2.0).expect("save again"));
+        let (_, file) = {
+            drop(s);
+            StateStore::open(d.path()).expect("reopen")
+        };
+        assert_eq!(file.engine.saved_at, 1.0);
+    }
+}
