@@ -28,7 +28,7 @@ fn setup(n: usize) -> (Engine, Vec<Box<dyn Policy>>) {
     let mut engine = Engine::new(cfg, machine, Box::new(UsagePolicy), 0.0).expect("engine");
     let mut policies: Vec<Box<dyn Policy>> = vec![
         Box::new(TierdPolicy::default()),
-        Box::new(LruPolicy),
+        Box::new(LruPolicy::default()),
         Box::new(GdsfPolicy::default()),
         Box::new(UsagePolicy),
     ];

@@ -1,5 +1,8 @@
-//! Each policy on small hand-made traces, with the costs worked out by hand
-//! (instant moves, so every move completes before the next access).
+//! Each policy on small hand-made traces, with the costs worked out by hand.
+//! The policies are built for the timed configuration (so `lru` uses the
+//! committed-bytes cascade that timed moves need) and run with instant
+//! moves, so every move completes before the next access. The exact LRU of
+//! `--moves instant` is checked in `tests/lru_reference.rs`.
 //!
 //! Tiers: ram 12 GB (0.1 s/GB), swap 12 GB (0.5 s/GB), storage (2.0 s/GB);
 //! models A, B, C, D of 6 GB. A 6 GB access costs 0.6 s from ram, 3 s from

@@ -157,6 +157,14 @@ pub trait TierDriver: Send {
         Ok(())
     }
 
+    /// Whether a move into this tier completes the moment it starts, in
+    /// engine time (the simulated tier with `--moves instant`): then a
+    /// batch of such moves may pass through states over a tier's limit
+    /// that no one can observe (see `Policy::exchanges`).
+    fn instant(&self) -> bool {
+        false
+    }
+
     /// What the hardware says about the tier's room. Called often, under
     /// the engine's lock: a driver that measures caches its reading with a
     /// bounded age rather than reading the hardware each time.

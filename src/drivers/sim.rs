@@ -178,6 +178,10 @@ impl TierDriver for SimTier {
         "sim"
     }
 
+    fn instant(&self) -> bool {
+        self.instant
+    }
+
     fn capacity(&self) -> Capacity {
         match self.total {
             Some(t) => Capacity::Total(t.saturating_sub(self.external.load(Ordering::Relaxed))),

@@ -64,7 +64,7 @@ pub enum WorkError {
 impl WorkError {
     /// Classifies an I/O error on `path` during `what`.
     pub fn io(what: &str, path: &Path, e: &io::Error) -> WorkError {
-        let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        let no_space = matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded);
         let vanished = e.kind() == io::ErrorKind::NotFound;
         let message = if no_space {
             format!("{what} {}: no space left on the target filesystem ({e})", path.display())

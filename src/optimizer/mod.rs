@@ -39,7 +39,7 @@ pub use crate::config::DEFAULT_POLICY;
 pub fn policy_by_name(name: &str, cfg: &Config) -> Option<Box<dyn Policy>> {
     match name {
         "tierd" => Some(Box::new(TierdPolicy::new(TierdParams::for_config(cfg)))),
-        "lru" => Some(Box::new(LruPolicy)),
+        "lru" => Some(Box::new(LruPolicy::for_config(cfg))),
         "lfu" => Some(Box::new(LfuPolicy)),
         "gdsf" => Some(Box::new(GdsfPolicy::default())),
         "usage" => Some(Box::new(UsagePolicy)),

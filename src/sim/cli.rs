@@ -314,12 +314,6 @@ fn save(out: &Path, catalog: &Catalog, trace: &Trace) -> Result<(), SimError> {
 /// CPU seconds this thread has used (for `--timing` on a busy machine,
 /// where wall time also counts other processes' turns).
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec and the clock id is a
-    // constant the kernel knows; the call only writes into `ts`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }

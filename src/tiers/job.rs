@@ -172,4 +172,7 @@ pub struct Job {
     pub unmet_deps: usize,
     /// Jobs that depend on this one and are told when it ends.
     pub dependents: SmallVec<[JobKey; 2]>,
+    /// Part of an exchange batch: admitted on the batch's end state, and
+    /// started without waiting for room (its move completes at once).
+    pub exchange: bool,
 }

@@ -138,6 +138,15 @@ impl Engine {
         if desires.is_empty() {
             return Vec::new();
         }
+        let n = self.state.tiers.len();
+        if origin == Origin::Policy
+            && desires.len() > 1
+            && self.policy.exchanges()
+            && desires.iter().all(|d| d.target < n && self.machine.drivers[d.target].instant())
+            && let Some(steps) = self.apply_exchange(now, desires, origin, priority)
+        {
+            return steps;
+        }
         let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
         let mut batch: SmallVec<[JobKey; 8]> = SmallVec::new();
         let mut retry: Vec<(usize, Desire)> = Vec::new();
@@ -192,6 +201,88 @@ impl Engine {
         }
         self.start_ready(now);
         steps
+    }
+
+    /// Applies a batch as one placement change ([`Policy::exchanges`]):
+    /// each model moves at most once, every move is valid on its own, and
+    /// the state after all of them fits every tier they fill (limit, model
+    /// count, hardware). Then the moves are queued without room checks of
+    /// their own and started; they complete the moment they start, so the
+    /// states they pass through are never seen. `None` (nothing changed)
+    /// when the batch is not such a placement.
+    ///
+    /// [`Policy::exchanges`]: super::policy::Policy::exchanges
+    fn apply_exchange(&mut self, now: f64, desires: &mut Vec<Desire>, origin: Origin, priority: Priority) -> Option<Vec<PlanStep>> {
+        let n = self.state.tiers.len();
+        let mut bytes_in: SmallVec<[i128; 4]> = SmallVec::from_elem(0, n);
+        let mut models_in: SmallVec<[i64; 4]> = SmallVec::from_elem(0, n);
+        for (i, d) in desires.iter().enumerate() {
+            if desires[..i].iter().any(|e| e.model == d.model) {
+                return None;
+            }
+            let (_, bytes, from) = self.validate(d.model, d.target, &[]).ok()?;
+            bytes_in[from] -= i128::from(bytes);
+            bytes_in[d.target] += i128::from(bytes);
+            models_in[from] -= 1;
+            models_in[d.target] += 1;
+        }
+        for t in 0..n {
+            let tier = &self.state.tiers[t];
+            let (db, dm) = (bytes_in[t], models_in[t]);
+            if db > 0 {
+                let end = i128::from(tier.committed()) + db;
+                if tier.limit.is_some_and(|l| end > i128::from(l)) {
+                    return None;
+                }
+                match self.hardware_available(t) {
+                    Ok(None) => {}
+                    Ok(Some(avail)) if db <= i128::from(avail) => {}
+                    _ => return None,
+                }
+            }
+            if dm > 0
+                && let Some(max) = tier.max_models
+                && tier.committed_models() as i64 + dm > max as i64
+            {
+                return None;
+            }
+        }
+        let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
+        for d in desires.drain(..) {
+            let opts = MoveOptions {
+                priority,
+                origin,
+                reason: self.explain.then(|| d.reason.to_string()),
+                ..MoveOptions::default()
+            };
+            let step = self.explain.then(|| self.plan_step(&d));
+            // Validated above, and nothing changed since but the queue.
+            let key = self.enqueue_exchange(now, d.model, d.target, &opts).ok();
+            if let Some(mut step) = step {
+                step.job_id = key.and_then(|k| self.jobs.get(&k)).map(|j| j.id.clone());
+                steps.push(step);
+            }
+        }
+        self.start_ready(now);
+        Some(steps)
+    }
+
+    /// The plan step of desire `d`, not started yet.
+    fn plan_step(&self, d: &Desire) -> PlanStep {
+        let (name, from, usage) = match self.state.model(d.model) {
+            Some(m) => (m.name.to_string(), m.tier, m.usage.count),
+            None => (String::new(), d.target, 0),
+        };
+        PlanStep {
+            model_name: name,
+            operation: if d.target < from { Operation::Promote } else { Operation::Demote },
+            source_tier: self.state.tiers[from].name.clone(),
+            target_tier: self.state.tiers[d.target].name.clone(),
+            reason: d.reason.to_string(),
+            usage,
+            job_id: None,
+            skipped: None,
+        }
     }
 
     /// Submits one desire of a batch, counting on just as many of the

@@ -47,6 +47,16 @@ pub trait Policy: Send {
         None
     }
 
+    /// Whether the policy's on-access batches are placements to reach as a
+    /// whole: each move may count on the room any other move of the batch
+    /// frees, in whatever order they run. The engine applies a batch so
+    /// where every move of it completes the moment it starts (and the end
+    /// state fits every tier); elsewhere one move after the other, each
+    /// counting only on the moves before it.
+    fn exchanges(&self) -> bool {
+        false
+    }
+
     /// A whole placement plan, for `auto_optimize`, appended to `out`:
     /// demotions before the promotions that need their room.
     fn plan(&mut self, now: f64, state: &State, out: &mut Vec<Desire>);

@@ -207,7 +207,8 @@ impl Engine {
     /// Whether a queued job may start now: its bytes physically fit, and
     /// its target has released what it held of the model before.
     pub(crate) fn fits_now(&self, job: &Job) -> bool {
-        self.fits_physically(job.to, job.bytes) && (self.pending_releases.is_empty() || !self.release_pending(&job.model_name, job.to))
+        (job.exchange || self.fits_physically(job.to, job.bytes))
+            && (self.pending_releases.is_empty() || !self.release_pending(&job.model_name, job.to))
     }
 
     /// Whether `bytes` more fit in `tier` right now, counting what it holds

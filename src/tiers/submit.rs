@@ -113,7 +113,7 @@ impl Engine {
     /// the target takes moves, the model is not there already, not moving,
     /// not over the size limit, available, and none of `deps` has failed.
     /// Returns its name, bytes and tier.
-    fn validate(&self, model: ModelId, to: usize, deps: &[JobKey]) -> Result<(Arc<str>, u64, usize), EngineError> {
+    pub(crate) fn validate(&self, model: ModelId, to: usize, deps: &[JobKey]) -> Result<(Arc<str>, u64, usize), EngineError> {
         let Some(m) = self.state.model(model) else {
             return Err(EngineError::Internal(format!("model id {model} vanished")));
         };
@@ -167,13 +167,35 @@ impl Engine {
         &mut self,
         now: f64,
         model: ModelId,
-        (name, bytes, from): (Arc<str>, u64, usize),
+        checked: (Arc<str>, u64, usize),
         to: usize,
         deps: SmallVec<[JobKey; 2]>,
         opts: &MoveOptions,
     ) -> Result<JobKey, EngineError> {
         let relief = self.relief_from(to, &deps);
-        self.room(to, bytes, relief, &name)?;
+        self.room(to, checked.1, relief, &checked.0)?;
+        Ok(self.insert_job(now, model, checked, to, deps, opts, false))
+    }
+
+    /// Queues one move of an exchange batch whose end state was checked as
+    /// a whole (see [`Engine::apply_exchange`]): no room check of its own.
+    pub(crate) fn enqueue_exchange(&mut self, now: f64, model: ModelId, to: usize, opts: &MoveOptions) -> Result<JobKey, EngineError> {
+        let checked = self.validate(model, to, &[])?;
+        Ok(self.insert_job(now, model, checked, to, SmallVec::new(), opts, true))
+    }
+
+    /// Records a move as a queued job and reserves its room in the target.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_job(
+        &mut self,
+        now: f64,
+        model: ModelId,
+        (name, bytes, from): (Arc<str>, u64, usize),
+        to: usize,
+        deps: SmallVec<[JobKey; 2]>,
+        opts: &MoveOptions,
+        exchange: bool,
+    ) -> JobKey {
         // Room this move lacks without its dependencies (none to claim without them).
         let mut need = if deps.is_empty() {
             Relief::default()
@@ -261,6 +283,7 @@ impl Engine {
             reason: opts.reason.clone(),
             unmet_deps,
             dependents: SmallVec::new(),
+            exchange,
         });
         if !id.is_empty() {
             self.job_ids.insert(id, key);
@@ -272,7 +295,7 @@ impl Engine {
         self.record(now, SchedEventKind::Submitted, key, opts.priority);
         self.metrics.jobs_submitted += 1;
         self.dirty = true;
-        Ok(key)
+        key
     }
 
     /// Removes a queued job that never started, as if never submitted (used
