@@ -325,6 +325,7 @@ mod tests {
             reason: None,
             unmet_deps: 0,
             dependents: Default::default(),
+            exchange: false,
         }
     }
 
