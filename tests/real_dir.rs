@@ -247,3 +247,24 @@ fn placement_usage_and_limits_survive_a_restart() {
     assert_eq!(model(&mut e, "c")["resident_fraction"], json!(1.0));
     assert_eq!(hash(&root.path().join("swap/a/a.bin")), hash(&a));
 }
+
+#[test]
+fn a_copy_whose_origin_vanished_is_never_demoted_to_storage() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cfg = config(root.path());
+    let file = root.path().join("models/last.bin");
+    make_file(&file, MB, 14);
+    let want = hash(&file);
+    let (mut e, _store, _) = engine(&cfg);
+    e.register_json(now(), "last", None, Some("storage"), Some(&file))
+        .expect("register");
+    assert_eq!(move_and_wait(&mut e, "last", "swap")["status"], json!("success"));
+    std::fs::remove_file(&file).expect("rm origin");
+    // The copy in swap is the model's last complete copy: refused, kept.
+    let st = move_and_wait(&mut e, "last", "storage");
+    assert_eq!(st["status"], json!("failed"), "{st}");
+    assert!(st["error"].as_str().is_some_and(|m| m.contains("last complete copy")), "{st}");
+    assert_eq!(model(&mut e, "last")["tier"], json!("swap"));
+    assert_eq!(hash(&root.path().join("swap/last/last.bin")), want);
+    e.check_invariants().expect("books balance");
+}

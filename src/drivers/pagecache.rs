@@ -224,9 +224,8 @@ impl TierDriver for PageCacheDriver {
         if self.running.values().any(|r| r.model == order.model) {
             return Err(format!("model {} already has a move running", order.model));
         }
-        if let Some(p) = files.origin_problem() {
-            return Err(format!("cannot pin {}: {p}", order.model));
-        }
+        // The worker checks each file's size as it opens it: a vanished or
+        // changed origin fails the move there, not here under the lock.
         let shared = self.spawn_pin(order.job, &files, order.bandwidth_mb_s);
         self.running.insert(
             order.job,
