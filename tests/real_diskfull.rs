@@ -1,9 +1,10 @@
 //! A `dir` tier on a small filesystem (a 32 MiB tmpfs mounted by the test)
 //! runs out of space mid-copy: the move fails cleanly with the cause, is not
-//! retried, leaves no partial file, and loses nothing. Skipped, with the
-//! reason printed, where mounting is not allowed.
+//! retried, leaves no partial file, and loses nothing. Skipped (reported as
+//! such, see `tests/skip`) where mounting is not allowed.
 
 mod real_support;
+mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +43,10 @@ fn disk_full_fails_the_move_cleanly_and_loses_nothing() {
     let _mount = match mount_tmpfs(&small) {
         Ok(m) => m,
         Err(why) => {
-            println!("SKIPPED disk_full test: cannot mount a tmpfs ({why})");
+            skip::skip(
+                "disk_full_fails_the_move_cleanly_and_loses_nothing",
+                &format!("cannot mount a tmpfs ({why})"),
+            );
             return;
         }
     };

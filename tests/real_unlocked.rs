@@ -3,10 +3,11 @@
 //! `tier_status` says the pages are not locked and why.
 //!
 //! The test re-runs this binary on `unlocked_helper` under
-//! `capsh --drop=cap_ipc_lock` with `ulimit -l 0` (skipped, with the reason
-//! printed, where capsh is missing).
+//! `capsh --drop=cap_ipc_lock` with `ulimit -l 0` (skipped and reported as
+//! such where capsh is missing).
 
 mod real_support;
+mod skip;
 
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +40,10 @@ fn unlocked_helper() {
 #[test]
 fn without_the_lock_privilege_pages_are_populated_and_reported_unlocked() {
     if Command::new("capsh").arg("--help").output().is_err() {
-        println!("SKIPPED unlocked test: capsh is not installed (Debian package libcap2-bin)");
+        skip::skip(
+            "without_the_lock_privilege_pages_are_populated_and_reported_unlocked",
+            "capsh is not installed (Debian package libcap2-bin)",
+        );
         return;
     }
     let root = tempfile::tempdir().expect("tempdir");

@@ -2,6 +2,8 @@
 //! CSV errors name file and line, and the ServeGen and Azure converters work
 //! on the real data when it is present.
 
+mod skip;
+
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -198,7 +200,10 @@ fn csv_errors_name_the_file_and_line() {
 fn servegen_conversion_of_one_day() {
     let input = Path::new(DEFAULT_INPUT);
     if !input.exists() {
-        println!("skipping: ServeGen data not found at {DEFAULT_INPUT}");
+        skip::skip(
+            "servegen_conversion_of_one_day",
+            &format!("ServeGen data not found at {DEFAULT_INPUT}"),
+        );
         return;
     }
     let spec = ServegenSpec {
@@ -224,7 +229,10 @@ fn azure_conversion_keeps_every_real_arrival() {
     use tierd::sim::azure::{AzureSpec, default_inputs};
     let inputs = default_inputs();
     if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
-        println!("skipping: Azure trace not found at {}", missing.display());
+        skip::skip(
+            "azure_conversion_keeps_every_real_arrival",
+            &format!("Azure trace not found at {}", missing.display()),
+        );
         return;
     }
     let spec = AzureSpec {
