@@ -6,12 +6,13 @@
 
 use serde_json::{Map, Value, json};
 
-/// Seed 001's error codes.
+/// Seed 001's error codes of error answers. (A move that fails after it
+/// was accepted ends its job with an `error_code` instead, such as
+/// `TASK_FAILED`: no request answers with that one.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     ResourceUnavailable,
     ModelNotFound,
-    TaskFailed,
     DependencyFailed,
     InvalidRequest,
     Conflict,
@@ -23,7 +24,6 @@ impl ErrorCode {
         match self {
             ErrorCode::ResourceUnavailable => "RESOURCE_UNAVAILABLE",
             ErrorCode::ModelNotFound => "MODEL_NOT_FOUND",
-            ErrorCode::TaskFailed => "TASK_FAILED",
             ErrorCode::DependencyFailed => "DEPENDENCY_FAILED",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Conflict => "CONFLICT",
@@ -89,8 +89,6 @@ pub enum EngineError {
     },
     #[error("Model {model} has a pending move ({job_id}); cancel it or wait for it first")]
     ModelBusy { model: String, job_id: String },
-    #[error("Model {model} is pinned")]
-    Pinned { model: String, tier: String },
     #[error("{message}")]
     PinnedConflict { tier: String, message: String },
     #[error("Unknown dependency job: {job_id}")]
@@ -101,8 +99,6 @@ pub enum EngineError {
     TierUnavailable { tier: String, reason: String },
     #[error("Model {model} is unavailable: {reason}")]
     ModelUnavailable { model: String, reason: String },
-    #[error("Move failed: {message}")]
-    MoveFailed { message: String, retryable: bool },
     #[error("Internal error: {0}")]
     Internal(String),
 }
@@ -130,7 +126,6 @@ impl EngineError {
             | DuplicateModel { .. }
             | JobEnded { .. }
             | ModelBusy { .. }
-            | Pinned { .. }
             | PinnedConflict { .. } => ErrorCode::Conflict,
             LimitExceeded { .. } | ModelCountExceeded { .. } | Insufficient { .. } | ModelUnavailable { .. } => {
                 ErrorCode::ResourceUnavailable
@@ -139,7 +134,6 @@ impl EngineError {
             // request naming something that does not exist.
             JobNotFound { .. } => ErrorCode::InvalidRequest,
             DependencyFailed { .. } => ErrorCode::DependencyFailed,
-            MoveFailed { .. } => ErrorCode::TaskFailed,
             Internal(_) => ErrorCode::Internal,
         }
     }
@@ -183,13 +177,11 @@ impl EngineError {
             JobNotFound { job_id } => json!({ "job_id": job_id }),
             JobEnded { job_id, status } => json!({ "job_id": job_id, "status": status }),
             InvalidLimit { key, value, minimum, .. } => json!({ "key": key, "value": value, "minimum": minimum }),
-            Pinned { model, tier } => json!({ "model_name": model, "tier": tier }),
             PinnedConflict { tier, .. } => json!({ "tier": tier }),
             UnknownDependency { job_id } => json!({ "job_id": job_id }),
             DependencyFailed { job_id, status } => json!({ "job_id": job_id, "status": status }),
             TierUnavailable { tier, reason } => json!({ "tier": tier, "reason": reason }),
             ModelUnavailable { model, reason } => json!({ "model_name": model, "reason": reason }),
-            MoveFailed { retryable, .. } => json!({ "retryable": retryable }),
             Internal(_) => json!({}),
         };
         match v {
