@@ -169,13 +169,13 @@ impl TierDriver for DirDriver {
         }
     }
 
-    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String> {
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         self.last_now = now;
         let files = order
             .files
-            .clone()
+            .cloned()
             .ok_or_else(|| format!("model {} has no files to copy", order.model))?;
-        if self.running.values().any(|r| r.model == order.model) {
+        if self.running.values().any(|r| r.model == *order.model) {
             return Err(format!("model {} already has a move running", order.model));
         }
         let sources: Vec<CopyFile> = files
@@ -245,7 +245,7 @@ impl TierDriver for DirDriver {
 
     fn next_event_time(&self) -> Option<f64> {
         // Wall-clock work: look again shortly.
-        (!self.running.is_empty()).then_some(self.last_now + 0.05)
+        (!self.running.is_empty()).then_some(self.last_now + super::POLL_EVERY_S)
     }
 
     /// Renamed out of the way at once, deleted in the background: unlinking

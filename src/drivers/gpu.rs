@@ -200,7 +200,7 @@ impl TierDriver for GpuDriver {
         }
     }
 
-    fn start_move(&mut self, _now: f64, _order: &MoveOrder) -> Result<(), String> {
+    fn start_move(&mut self, _now: f64, _order: &MoveOrder<'_>) -> Result<(), String> {
         Err(GPU_MOVES_UNSUPPORTED.to_string())
     }
 

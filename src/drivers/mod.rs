@@ -51,6 +51,10 @@ pub use self::machine::{Machine, MachineKind};
 /// Which job a driver event is about (the engine's internal job number).
 pub type JobKey = u64;
 
+/// How often a driver whose work runs on threads wants to be polled while
+/// it works, in engine seconds (the server's ticker wakes as often).
+pub const POLL_EVERY_S: f64 = 0.02;
+
 /// What the hardware says about a tier's room.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Capacity {
@@ -84,13 +88,14 @@ impl Source {
     }
 }
 
-/// One move for the target tier's driver to carry out.
+/// One move for the target tier's driver to carry out (borrowed from the
+/// engine's records: a driver that keeps a part clones it).
 #[derive(Debug, Clone)]
-pub struct MoveOrder {
+pub struct MoveOrder<'a> {
     pub job: JobKey,
-    pub model: Arc<str>,
+    pub model: &'a Arc<str>,
     /// The model's files (real hardware); `None` on the simulated machine.
-    pub files: Option<Arc<ModelFiles>>,
+    pub files: Option<&'a Arc<ModelFiles>>,
     pub bytes: u64,
     pub from: usize,
     pub to: usize,
@@ -172,7 +177,7 @@ pub trait TierDriver: Send {
 
     /// Starts bringing a model into this tier; an `Err` means it could not
     /// even start (nothing was changed).
-    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String>;
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String>;
 
     /// Asks a running move to stop and roll back; confirmed by a
     /// `Cancelled` event (or, if it was too late, `Finished`).
@@ -186,7 +191,10 @@ pub trait TierDriver: Send {
     fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>);
 
     /// The earliest time at which `poll` will have something new (virtual
-    /// time drivers jump to it); `None` when nothing is pending.
+    /// time drivers jump to it); `None` when nothing is pending. The engine
+    /// polls a driver only once this time has come, and asks again after
+    /// each call into it: a driver whose work runs on threads of its own
+    /// answers [`POLL_EVERY_S`] after its last call while work is under way.
     fn next_event_time(&self) -> Option<f64>;
 
     /// The model left this tier for good (its move out committed, or it

@@ -215,13 +215,13 @@ impl TierDriver for PageCacheDriver {
         }
     }
 
-    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String> {
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         self.last_now = now;
         let files = order
             .files
-            .clone()
+            .cloned()
             .ok_or_else(|| format!("model {} has no files to pin", order.model))?;
-        if self.running.values().any(|r| r.model == order.model) {
+        if self.running.values().any(|r| r.model == *order.model) {
             return Err(format!("model {} already has a move running", order.model));
         }
         // The worker checks each file's size as it opens it: a vanished or
@@ -266,7 +266,7 @@ impl TierDriver for PageCacheDriver {
 
     fn next_event_time(&self) -> Option<f64> {
         // Wall-clock work: look again shortly.
-        (!self.running.is_empty() || !self.restoring.is_empty()).then_some(self.last_now + 0.05)
+        (!self.running.is_empty() || !self.restoring.is_empty()).then_some(self.last_now + super::POLL_EVERY_S)
     }
 
     fn release(&mut self, model: &str, _files: Option<&ModelFiles>) {

@@ -189,7 +189,7 @@ impl TierDriver for SimTier {
         }
     }
 
-    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String> {
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         let mut duration = if self.instant { 0.0 } else { order.expected_s.max(0.0) };
         if let Some(cap) = order.bandwidth_mb_s.filter(|c| *c > 0.0)
             && !self.instant

@@ -48,12 +48,12 @@ impl TierDriver for StorageDriver {
         Capacity::Unbounded
     }
 
-    fn start_move(&mut self, now: f64, order: &MoveOrder) -> Result<(), String> {
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         self.last_now = now;
         let (job, tx) = (order.job, self.tx.clone());
         match (&order.files, order.source.is_copy()) {
             (Some(files), true) => {
-                let (files, model) = (files.clone(), order.model.clone());
+                let (files, model) = (std::sync::Arc::clone(files), order.model.clone());
                 std::thread::spawn(move || {
                     let out = match files.origin_problem() {
                         Some(problem) => Err(format!(

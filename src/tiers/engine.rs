@@ -43,6 +43,14 @@ pub struct Engine {
     /// Queued jobs waiting out a retry delay, by the time it ends.
     pub(crate) delayed: BTreeSet<(TimeKey, JobKey)>,
     pub(crate) running: SortedKeys,
+    /// Running moves per target tier (whose driver is polled while it has any).
+    pub(crate) running_in: Vec<usize>,
+    /// Each driver's next event time, as it last said (see
+    /// `Engine::refresh_next_event`): asked on every tick, changed only by
+    /// the engine's calls into the driver.
+    pub(crate) next_events: Vec<Option<f64>>,
+    /// The earliest of `next_events`.
+    pub(crate) next_event: Option<f64>,
     /// Ended jobs, oldest first, bounded by `cfg.job_history`.
     pub(crate) ended: VecDeque<JobKey>,
     /// The drivers' events of one poll (a buffer kept between ticks).
@@ -189,6 +197,8 @@ impl Engine {
             });
         }
         let tiers = state.tiers.len();
+        let next_events: Vec<Option<f64>> = machine.drivers.iter().map(|d| d.next_event_time()).collect();
+        let next_event = next_events.iter().copied().flatten().min_by(f64::total_cmp);
         let has_floors = state.tiers.iter().any(|t| t.min_free.is_some());
         Ok(Engine {
             state,
@@ -202,6 +212,9 @@ impl Engine {
             ready: ReadyQueue::default(),
             delayed: BTreeSet::new(),
             running: SortedKeys::default(),
+            running_in: vec![0; tiers],
+            next_events,
+            next_event,
             ended: VecDeque::new(),
             events: Vec::new(),
             desires: Vec::new(),
@@ -401,6 +414,7 @@ impl Engine {
         for r in std::mem::take(&mut self.pending_releases) {
             if r.epoch <= epoch {
                 self.machine.drivers[r.tier].release(&r.model, r.files.as_deref());
+                self.refresh_next_event(r.tier);
                 self.dirty = true;
             } else {
                 keep.push(r);
@@ -417,6 +431,23 @@ impl Engine {
     /// The current placement epoch (see [`Snapshot::epoch`]).
     pub fn placement_epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Tier `tier` no longer needs what it holds of model `id` (still in
+    /// the catalog): released now, or once the placement is durable.
+    pub(crate) fn release_model(&mut self, id: ModelId, tier: usize) {
+        self.epoch += 1;
+        let Some(m) = self.state.model(id) else { return };
+        if self.durable {
+            self.pending_releases.push(PendingRelease {
+                epoch: self.epoch,
+                model: m.name.clone(),
+                tier,
+                files: m.files.clone(),
+            });
+        } else {
+            self.machine.drivers[tier].release(&m.name, m.files.as_deref());
+        }
     }
 
     /// Tier `tier` no longer needs what it holds of `model`: released now,

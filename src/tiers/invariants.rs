@@ -27,6 +27,7 @@ impl Engine {
         }
         let mut incoming = vec![0u64; n];
         let mut incoming_running = vec![0u64; n];
+        let mut running_in = vec![0usize; n];
         let mut busy = HashSet::new();
         let mut claimed_out = vec![0u64; n];
         for j in self.jobs.values() {
@@ -39,6 +40,7 @@ impl Engine {
                 incoming[j.to] += j.bytes;
                 if j.status == JobStatus::Running {
                     incoming_running[j.to] += j.bytes;
+                    running_in[j.to] += 1;
                 }
                 if !busy.insert(j.model) {
                     return Err(format!("model {} has two pending jobs", j.model_name));
@@ -64,6 +66,24 @@ impl Engine {
             if (j.status == JobStatus::Running) != self.running.contains(&j.key) {
                 return Err(format!("job {} running set mismatch", j.id));
             }
+        }
+        if running_in != self.running_in {
+            return Err(format!("running moves per tier {:?}, recount {running_in:?}", self.running_in));
+        }
+        // The engine's copy of each driver's next event time is what the
+        // driver says now (else a due event would never be polled).
+        for (i, d) in self.machine.drivers.iter().enumerate() {
+            if self.next_events.get(i) != Some(&d.next_event_time()) {
+                return Err(format!(
+                    "tier {i}: cached next event {:?}, driver says {:?}",
+                    self.next_events.get(i),
+                    d.next_event_time()
+                ));
+            }
+        }
+        let earliest = self.next_events.iter().copied().flatten().min_by(f64::total_cmp);
+        if earliest != self.next_event {
+            return Err(format!("earliest next event {:?}, recount {earliest:?}", self.next_event));
         }
         for (i, t) in self.state.tiers.iter().enumerate() {
             if t.claimed_out != claimed_out[i] {

@@ -299,13 +299,16 @@ impl Engine {
             make_room: d.make_room,
             ..MoveOptions::default()
         };
-        let leaving = batch.iter().copied().filter(|k| {
-            self.jobs
-                .get(k)
-                .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal())
-        });
         let mut deps: SmallVec<[JobKey; 2]> = SmallVec::new();
-        for k in leaving {
+        // The batch's moves out of the target that still free room.
+        for &k in batch {
+            let leaving = self
+                .jobs
+                .get(&k)
+                .is_some_and(|j| j.from == d.target && j.unclaimed_bytes > 0 && !j.status.is_terminal());
+            if !leaving {
+                continue;
+            }
             if self.lack_of_room(d.target, bytes, self.relief_from(d.target, &deps)).is_none() {
                 break;
             }

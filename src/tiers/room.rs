@@ -213,6 +213,7 @@ impl Engine {
 
     /// Whether `bytes` more fit in `tier` right now, counting what it holds
     /// and the copies in flight into it (not room that is yet to be freed).
+    #[inline]
     pub(crate) fn fits_physically(&self, tier: usize, bytes: u64) -> bool {
         let t = &self.state.tiers[tier];
         if let Some(limit) = t.limit

@@ -102,12 +102,47 @@ impl Engine {
         }
     }
 
+    /// The earliest next event of any driver, from the engine's copy of
+    /// each driver's answer (refreshed after every call that changes it).
+    #[inline]
     fn drivers_next_event(&self) -> Option<f64> {
-        self.machine
-            .drivers
-            .iter()
-            .filter_map(|d| d.next_event_time())
-            .min_by(f64::total_cmp)
+        self.next_event
+    }
+
+    /// Re-reads driver `tier`'s next event time after a call into it.
+    #[inline(always)]
+    pub(crate) fn refresh_next_event(&mut self, tier: usize) {
+        let t = self.machine.drivers[tier].next_event_time();
+        let old = std::mem::replace(&mut self.next_events[tier], t);
+        if t == old {
+            return;
+        }
+        match (t, self.next_event) {
+            // Earlier than every other driver's: the new earliest.
+            (Some(t), Some(m)) if t <= m => self.next_event = Some(t),
+            (Some(t), None) => self.next_event = Some(t),
+            // The earliest moved later (or went): look at them all.
+            _ if old == self.next_event => {
+                self.next_event = self.next_events.iter().copied().flatten().min_by(f64::total_cmp);
+            }
+            _ => {}
+        }
+    }
+
+    /// Polls every driver that has something due by `now`, in tier order,
+    /// into `events` (then sorted by time).
+    #[inline(always)]
+    fn poll_drivers(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
+        for i in 0..self.next_events.len() {
+            if matches!(self.next_events[i], Some(t) if t <= now) {
+                self.machine.drivers[i].poll(now, events);
+                self.refresh_next_event(i);
+            }
+        }
+        if events.len() > 1 {
+            // Stable: one driver's events keep their order.
+            events.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.event.job().cmp(&b.event.job())));
+        }
     }
 
     /// Advances the engine to `now`: checks memory-pressure floors, applies
@@ -126,18 +161,14 @@ impl Engine {
         loop {
             let mut events = std::mem::take(&mut self.events);
             events.clear();
-            if !self.running.is_empty() || self.drivers_next_event().is_some_and(|t| t <= now) {
-                for d in &mut self.machine.drivers {
-                    d.poll(now, &mut events);
-                }
-                if events.len() > 1 {
-                    // Stable: one driver's events keep their order.
-                    events.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.event.job().cmp(&b.event.job())));
-                }
+            if self.drivers_next_event().is_some_and(|t| t <= now) {
+                self.poll_drivers(now, &mut events);
             }
             let had_events = !events.is_empty();
-            for e in events.drain(..) {
-                self.apply_event(now, e);
+            if had_events {
+                for e in events.drain(..) {
+                    self.apply_event(now, e);
+                }
             }
             self.events = events;
             // Retry delays that are over make their jobs ready again.
@@ -213,6 +244,7 @@ impl Engine {
                 job.cancel_requested = true;
                 let to = job.to;
                 self.machine.drivers[to].cancel_move(now, key);
+                self.refresh_next_event(to);
                 // A driver that rolls back at once (the simulated one) says
                 // so in its next events: take them now.
                 self.apply_due_events(now);
@@ -234,10 +266,7 @@ impl Engine {
         if self.drivers_next_event().is_some_and(|t| t <= now) {
             let mut events = std::mem::take(&mut self.events);
             events.clear();
-            for d in &mut self.machine.drivers {
-                d.poll(now, &mut events);
-            }
-            events.sort_by(|a, b| a.at.total_cmp(&b.at).then(a.event.job().cmp(&b.event.job())));
+            self.poll_drivers(now, &mut events);
             for e in events.drain(..) {
                 self.apply_event(now, e);
             }
@@ -245,13 +274,14 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn apply_event(&mut self, now: f64, e: DriverEvent) {
         match e.event {
             MoveEvent::Finished { job, checksums } => self.finish_job(now, job, checksums),
             MoveEvent::Failed { job, message, retryable } => self.fail_run(now, job, message, retryable),
             MoveEvent::Cancelled { job } => {
                 if self.running.contains(&job) {
-                    self.stop_running(now, job, "cancelled");
+                    self.stop_running(now, job, "cancelled", false);
                     self.end_job(
                         now,
                         job,
@@ -270,11 +300,17 @@ impl Engine {
         }
     }
 
-    /// Bookkeeping common to every end of a run.
-    fn stop_running(&mut self, now: f64, key: JobKey, outcome: impl Into<Cow<'static, str>>) {
+    /// Bookkeeping common to every end of a run. A run that `completed`
+    /// is at full progress; any other keeps what its driver last reached.
+    fn stop_running(&mut self, now: f64, key: JobKey, outcome: impl Into<Cow<'static, str>>, completed: bool) {
         self.running.remove(&key);
         let Some(job) = self.jobs.get_mut(&key) else { return };
-        job.progress = self.machine.drivers[job.to].progress(now, key).clamp(0.0, 1.0).max(job.progress);
+        self.running_in[job.to] -= 1;
+        job.progress = if completed {
+            1.0
+        } else {
+            self.machine.drivers[job.to].progress(now, key).clamp(0.0, 1.0).max(job.progress)
+        };
         if let Some(a) = job.attempts.last_mut() {
             a.ended_at = Some(now);
             a.outcome = Some(outcome.into());
@@ -290,9 +326,8 @@ impl Engine {
         if !self.running.contains(&key) {
             return;
         }
-        self.stop_running(now, key, "success");
-        let Some(job) = self.jobs.get_mut(&key) else { return };
-        job.progress = 1.0;
+        self.stop_running(now, key, "success", true);
+        let Some(job) = self.jobs.get(&key) else { return };
         let (from, to, bytes, model) = (job.from, job.to, job.bytes, job.model);
         let tiers = &mut self.state.tiers;
         tiers[from].used -= bytes;
@@ -301,7 +336,6 @@ impl Engine {
         tiers[to].models += 1;
         tiers[to].incoming -= bytes;
         tiers[to].incoming_models -= 1;
-        let mut released = None;
         if let Some(m) = self.state.model_mut(model) {
             m.tier = to;
             m.job = None;
@@ -311,12 +345,9 @@ impl Engine {
                     f.blake3 = Some(h);
                 }
             }
-            released = Some((m.name.clone(), m.files.clone()));
             self.state.detach(model, from);
             self.state.attach(model, to);
-        }
-        if let Some((name, files)) = released {
-            self.release(name, from, files);
+            self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;
         self.metrics.bytes_moved += bytes;
@@ -351,7 +382,7 @@ impl Engine {
         if !self.running.contains(&key) {
             return;
         }
-        self.stop_running(now, key, format!("failed: {message}"));
+        self.stop_running(now, key, format!("failed: {message}"), false);
         let Some(job) = self.jobs.get_mut(&key) else { return };
         if retryable && !job.cancel_requested && job.attempt <= job.max_retries {
             // attempt n failed; retry n waits base * 2^(n-1), capped.
@@ -460,25 +491,32 @@ impl Engine {
                 blocked_on_room.push(key);
                 continue;
             }
-            let source = self.machine.drivers[job.from].source_of(&job.model_name);
-            let files = self.state.model(job.model).and_then(|m| m.files.clone());
-            let order = MoveOrder {
-                job: key,
-                model: job.model_name.clone(),
-                files,
-                bytes: job.bytes,
-                from: job.from,
-                to: job.to,
-                source,
-                expected_s: job.estimated_s,
-                bandwidth_mb_s: job.bandwidth_mb_s,
-            };
+            let (to, bytes) = (job.to, job.bytes);
             self.ready.remove(&(prio, key));
-            match self.machine.drivers[order.to].start_move(now, &order) {
+            // The order borrows the job and its model; the drivers are
+            // another field of the engine.
+            let started_move = {
+                let source = self.machine.drivers[job.from].source_of(&job.model_name);
+                let order = MoveOrder {
+                    job: key,
+                    model: &job.model_name,
+                    files: self.state.model(job.model).and_then(|m| m.files.as_ref()),
+                    bytes,
+                    from: job.from,
+                    to,
+                    source,
+                    expected_s: job.estimated_s,
+                    bandwidth_mb_s: job.bandwidth_mb_s,
+                };
+                self.machine.drivers[to].start_move(now, &order)
+            };
+            self.refresh_next_event(to);
+            match started_move {
                 Ok(()) => {
                     self.queued -= 1;
                     self.running.insert(key);
-                    self.state.tiers[order.to].incoming_running += order.bytes;
+                    self.running_in[to] += 1;
+                    self.state.tiers[to].incoming_running += bytes;
                     self.metrics.moves_started += 1;
                     started += 1;
                     self.record(now, SchedEventKind::Started, key, prio);

@@ -254,6 +254,7 @@ impl State {
     }
 
     /// Records that model `id` now lives in `tier` (after placing it).
+    #[inline]
     pub fn attach(&mut self, id: ModelId, tier: usize) {
         if self.slots.len() <= id {
             self.slots.resize(id + 1, usize::MAX);
@@ -270,6 +271,7 @@ impl State {
     }
 
     /// Records that model `id` left `tier` (moved away or unregistered).
+    #[inline]
     pub fn detach(&mut self, id: ModelId, tier: usize) {
         let Some(&slot) = self.slots.get(id) else { return };
         let list = &mut self.members[tier];

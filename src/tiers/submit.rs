@@ -113,6 +113,7 @@ impl Engine {
     /// the target takes moves, the model is not there already, not moving,
     /// not over the size limit, available, and none of `deps` has failed.
     /// Returns its name, bytes and tier.
+    #[inline(always)]
     pub(crate) fn validate(&self, model: ModelId, to: usize, deps: &[JobKey]) -> Result<(Arc<str>, u64, usize), EngineError> {
         let Some(m) = self.state.model(model) else {
             return Err(EngineError::Internal(format!("model id {model} vanished")));
@@ -163,6 +164,7 @@ impl Engine {
 
     /// Queues a validated move if there is room for it, counting what
     /// `deps` free in the target (and claiming just as much of it).
+    #[inline(always)]
     fn enqueue(
         &mut self,
         now: f64,
@@ -186,6 +188,7 @@ impl Engine {
 
     /// Records a move as a queued job and reserves its room in the target.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn insert_job(
         &mut self,
         now: f64,
