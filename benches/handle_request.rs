@@ -72,7 +72,11 @@ fn benches(c: &mut Criterion) {
     c.bench_function("execute move_tier (fresh engine)", |b| {
         b.iter_batched(
             seed_engine,
-            |mut e| black_box(protocol::execute(&mut e, T0, demote.clone()).is_ok()),
+            |mut e| {
+                let ok = protocol::execute(&mut e, T0, demote.clone()).is_ok();
+                black_box(ok);
+                e
+            },
             BatchSize::SmallInput,
         )
     });
