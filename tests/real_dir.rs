@@ -263,7 +263,9 @@ fn a_copy_whose_origin_vanished_is_never_demoted_to_storage() {
     // The copy in swap is the model's last complete copy: refused, kept.
     let st = move_and_wait(&mut e, "last", "storage");
     assert_eq!(st["status"], json!("failed"), "{st}");
-    assert!(st["error"].as_str().is_some_and(|m| m.contains("last complete copy")), "{st}");
+    let msg = st["error"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("refusing to demote last to storage: origin file "), "{st}");
+    assert!(msg.ends_with("; the copy in swap is its last complete copy"), "{st}");
     assert_eq!(model(&mut e, "last")["tier"], json!("swap"));
     assert_eq!(hash(&root.path().join("swap/last/last.bin")), want);
     e.check_invariants().expect("books balance");

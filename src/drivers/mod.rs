@@ -99,6 +99,9 @@ pub struct MoveOrder<'a> {
     pub bytes: u64,
     pub from: usize,
     pub to: usize,
+    /// The source and target tiers' names (for messages).
+    pub from_name: &'a str,
+    pub to_name: &'a str,
     /// Where the source tier holds the model.
     pub source: Source,
     /// Expected duration in engine seconds (the simulated tier's duration).

@@ -54,10 +54,11 @@ impl TierDriver for StorageDriver {
         match (&order.files, order.source.is_copy()) {
             (Some(files), true) => {
                 let (files, model) = (std::sync::Arc::clone(files), order.model.clone());
+                let (from, to) = (order.from_name.to_string(), order.to_name.to_string());
                 std::thread::spawn(move || {
                     let out = match files.origin_problem() {
                         Some(problem) => Err(format!(
-                            "refusing to demote {model} to storage: {problem}; the copy it leaves is its last complete copy"
+                            "refusing to demote {model} to {to}: {problem}; the copy in {from} is its last complete copy"
                         )),
                         None => Ok(()),
                     };

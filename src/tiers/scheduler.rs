@@ -504,6 +504,8 @@ impl Engine {
                     bytes,
                     from: job.from,
                     to,
+                    from_name: &self.state.tiers[job.from].name,
+                    to_name: &self.state.tiers[to].name,
                     source,
                     expected_s: job.estimated_s,
                     bandwidth_mb_s: job.bandwidth_mb_s,
