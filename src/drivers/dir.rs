@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use super::copy::{CopyFile, copy_dir, copy_model};
 use super::files::{ModelFiles, PARTIAL_SUFFIX};
 use super::machine::OpenContext;
 use super::sys;
-use super::work::{MoveShared, WorkError};
+use super::work::{MoveShared, WorkError, WorkerMove};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, Source, StartupReport, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -29,20 +28,13 @@ pub const STATVFS_MAX_AGE: Duration = Duration::from_millis(200);
 const TRASH_MARK: &str = ".tierd-trash-";
 
 /// A copy in progress.
-struct Running {
-    model: Arc<str>,
-    files: Arc<ModelFiles>,
-    shared: Arc<MoveShared>,
-    source_is_copy: bool,
-}
-
 /// A directory tier. See the module docs.
 pub struct DirDriver {
     /// The directory, canonical.
     root: PathBuf,
     /// Models whose complete copy is here and serves them.
     copies: BTreeSet<String>,
-    running: HashMap<JobKey, Running>,
+    running: HashMap<JobKey, WorkerMove>,
     tx: Sender<(JobKey, Result<Vec<String>, WorkError>)>,
     rx: Receiver<(JobKey, Result<Vec<String>, WorkError>)>,
     /// The last `statvfs` reading and when it was taken.
@@ -135,24 +127,7 @@ impl DirDriver {
                 message,
                 retryable,
                 vanished,
-            }) => {
-                let mut events = Vec::with_capacity(2);
-                if vanished
-                    && !run.source_is_copy
-                    && let Some(problem) = run.files.origin_problem()
-                {
-                    events.push(MoveEvent::ModelUnavailable {
-                        model: run.model.to_string(),
-                        reason: problem,
-                    });
-                }
-                events.push(MoveEvent::Failed {
-                    job: key,
-                    message,
-                    retryable,
-                });
-                events
-            }
+            }) => run.failure_events(key, message, retryable, vanished),
         }
     }
 }
@@ -212,7 +187,7 @@ impl TierDriver for DirDriver {
         });
         self.running.insert(
             order.job,
-            Running {
+            WorkerMove {
                 model: order.model.clone(),
                 files,
                 shared,

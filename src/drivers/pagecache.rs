@@ -19,7 +19,7 @@ use super::files::ModelFiles;
 use super::machine::OpenContext;
 use super::pin::{Pin, pin_files};
 use super::sys::{self, MemInfo};
-use super::work::{MoveShared, WorkError};
+use super::work::{MoveShared, WorkError, WorkerMove};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -30,20 +30,11 @@ pub const MEMINFO_MAX_AGE: Duration = Duration::from_millis(200);
 const RESTORE_KEY_BASE: JobKey = u64::MAX / 2;
 
 /// A pin in progress for the engine.
-struct Running {
-    model: Arc<str>,
-    files: Arc<ModelFiles>,
-    shared: Arc<MoveShared>,
-    /// The model's source holds a copy of its own (so a vanished origin
-    /// does not make it unavailable).
-    source_is_copy: bool,
-}
-
 /// The page-cache tier. See the module docs.
 pub struct PageCacheDriver {
     /// Live pins, by model.
     pins: HashMap<String, Pin>,
-    running: HashMap<JobKey, Running>,
+    running: HashMap<JobKey, WorkerMove>,
     /// Re-pins at start in progress: key → model.
     restoring: HashMap<JobKey, String>,
     next_restore: JobKey,
@@ -181,24 +172,7 @@ impl PageCacheDriver {
                 message,
                 retryable,
                 vanished,
-            }) => {
-                let mut events = Vec::with_capacity(2);
-                if vanished
-                    && !run.source_is_copy
-                    && let Some(problem) = run.files.origin_problem()
-                {
-                    events.push(MoveEvent::ModelUnavailable {
-                        model: run.model.to_string(),
-                        reason: problem,
-                    });
-                }
-                events.push(MoveEvent::Failed {
-                    job: key,
-                    message,
-                    retryable,
-                });
-                events
-            }
+            }) => run.failure_events(key, message, retryable, vanished),
         }
     }
 }
@@ -229,7 +203,7 @@ impl TierDriver for PageCacheDriver {
         let shared = self.spawn_pin(order.job, &files, order.bandwidth_mb_s);
         self.running.insert(
             order.job,
-            Running {
+            WorkerMove {
                 model: order.model.clone(),
                 files,
                 shared,

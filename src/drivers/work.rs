@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::files::ModelFiles;
+use super::{JobKey, MoveEvent};
+
 /// State shared between a running move and the backend.
 #[derive(Debug)]
 pub struct MoveShared {
@@ -45,6 +48,36 @@ impl MoveShared {
 
     pub fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A move a driver's worker thread is carrying out, as the driver keeps it.
+pub struct WorkerMove {
+    pub model: Arc<str>,
+    pub files: Arc<ModelFiles>,
+    pub shared: Arc<MoveShared>,
+    /// The model's source holds a copy of its own (so a vanished origin
+    /// does not make it unavailable).
+    pub source_is_copy: bool,
+}
+
+impl WorkerMove {
+    /// The events of a worker's failure: the move failed, and, where a
+    /// file vanished from the origin the model is served from, the model
+    /// is unavailable.
+    pub fn failure_events(&self, job: JobKey, message: String, retryable: bool, vanished: bool) -> Vec<MoveEvent> {
+        let mut events = Vec::with_capacity(2);
+        if vanished
+            && !self.source_is_copy
+            && let Some(problem) = self.files.origin_problem()
+        {
+            events.push(MoveEvent::ModelUnavailable {
+                model: self.model.to_string(),
+                reason: problem,
+            });
+        }
+        events.push(MoveEvent::Failed { job, message, retryable });
+        events
     }
 }
 

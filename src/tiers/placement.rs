@@ -151,8 +151,9 @@ impl Engine {
         let mut batch: SmallVec<[JobKey; 8]> = SmallVec::new();
         let mut retry: Vec<(usize, Desire)> = Vec::new();
         for d in desires.drain(..) {
-            let Some(m) = self.state.model(d.model) else { continue };
-            let (from, usage) = (m.tier, m.usage.count);
+            let Some(from) = self.state.model(d.model).map(|m| m.tier) else {
+                continue;
+            };
             if d.target >= self.state.tiers.len() || d.target == from {
                 continue;
             }
@@ -163,16 +164,7 @@ impl Engine {
                 }
                 continue;
             }
-            let mut step = PlanStep {
-                model_name: m.name.to_string(),
-                operation: if d.target < from { Operation::Promote } else { Operation::Demote },
-                source_tier: self.state.tiers[from].name.clone(),
-                target_tier: self.state.tiers[d.target].name.clone(),
-                reason: d.reason.to_string(),
-                usage,
-                job_id: None,
-                skipped: None,
-            };
+            let mut step = self.plan_step(&d);
             match self.submit_desire(now, &d, &batch, origin, priority) {
                 Ok(k) => {
                     batch.push(k);
