@@ -5,7 +5,7 @@
 //!
 //! [`copy`]: super::copy
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -17,7 +17,7 @@ use super::copy::{CopyFile, copy_dir, copy_model};
 use super::files::{ModelFiles, PARTIAL_SUFFIX};
 use super::machine::OpenContext;
 use super::sys;
-use super::work::{MoveShared, WorkError, WorkerMove};
+use super::work::{MoveShared, WorkError, WorkerMoves};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, Source, StartupReport, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -34,7 +34,7 @@ pub struct DirDriver {
     root: PathBuf,
     /// Models whose complete copy is here and serves them.
     copies: BTreeSet<String>,
-    running: HashMap<JobKey, WorkerMove>,
+    running: WorkerMoves,
     tx: Sender<(JobKey, Result<Vec<String>, WorkError>)>,
     rx: Receiver<(JobKey, Result<Vec<String>, WorkError>)>,
     /// The last `statvfs` reading and when it was taken.
@@ -69,7 +69,7 @@ impl DirDriver {
         Ok(DirDriver {
             root,
             copies: BTreeSet::new(),
-            running: HashMap::new(),
+            running: WorkerMoves::default(),
             tx,
             rx,
             free: std::sync::Mutex::new(None),
@@ -106,7 +106,7 @@ impl DirDriver {
 
     /// A copy ended: say how.
     fn completed(&mut self, key: JobKey, out: Result<Vec<String>, WorkError>) -> Vec<MoveEvent> {
-        let Some(run) = self.running.remove(&key) else {
+        let Some(run) = self.running.remove(key) else {
             return Vec::new();
         };
         let cancelled = run.shared.cancel.load(Ordering::Relaxed);
@@ -146,13 +146,7 @@ impl TierDriver for DirDriver {
 
     fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         self.last_now = now;
-        let files = order
-            .files
-            .cloned()
-            .ok_or_else(|| format!("model {} has no files to copy", order.model))?;
-        if self.running.values().any(|r| r.model == *order.model) {
-            return Err(format!("model {} already has a move running", order.model));
-        }
+        let files = self.running.files_for(order, "copy")?;
         let sources: Vec<CopyFile> = files
             .files
             .iter()
@@ -185,27 +179,17 @@ impl TierDriver for DirDriver {
             let out = copy_model(&root, &model, &sources, &s, bw);
             let _ = tx.send((job, out));
         });
-        self.running.insert(
-            order.job,
-            WorkerMove {
-                model: order.model.clone(),
-                files,
-                shared,
-                source_is_copy: order.source.is_copy(),
-            },
-        );
+        self.running.insert(order, files, shared);
         Ok(())
     }
 
     fn cancel_move(&mut self, now: f64, job: JobKey) {
         self.last_now = now;
-        if let Some(r) = self.running.get(&job) {
-            r.shared.cancel.store(true, Ordering::Relaxed);
-        }
+        self.running.cancel(job);
     }
 
     fn progress(&self, _now: f64, job: JobKey) -> f64 {
-        self.running.get(&job).map(|r| r.shared.progress()).unwrap_or(0.0)
+        self.running.progress(job)
     }
 
     fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {

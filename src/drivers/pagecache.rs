@@ -19,7 +19,7 @@ use super::files::ModelFiles;
 use super::machine::OpenContext;
 use super::pin::{Pin, pin_files};
 use super::sys::{self, MemInfo};
-use super::work::{MoveShared, WorkError, WorkerMove};
+use super::work::{MoveShared, WorkError, WorkerMoves};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -34,7 +34,7 @@ const RESTORE_KEY_BASE: JobKey = u64::MAX / 2;
 pub struct PageCacheDriver {
     /// Live pins, by model.
     pins: HashMap<String, Pin>,
-    running: HashMap<JobKey, WorkerMove>,
+    running: WorkerMoves,
     /// Re-pins at start in progress: key → model.
     restoring: HashMap<JobKey, String>,
     next_restore: JobKey,
@@ -73,7 +73,7 @@ impl PageCacheDriver {
         let (tx, rx) = channel();
         PageCacheDriver {
             pins: HashMap::new(),
-            running: HashMap::new(),
+            running: WorkerMoves::default(),
             restoring: HashMap::new(),
             next_restore: RESTORE_KEY_BASE,
             pin_errors: BTreeMap::new(),
@@ -147,7 +147,7 @@ impl PageCacheDriver {
 
     /// A pin for the engine ended: say how.
     fn completed(&mut self, key: JobKey, out: Result<Pin, WorkError>) -> Vec<MoveEvent> {
-        let Some(run) = self.running.remove(&key) else {
+        let Some(run) = self.running.remove(key) else {
             if let Ok(pin) = out {
                 pin.release_in_background();
             }
@@ -191,37 +191,21 @@ impl TierDriver for PageCacheDriver {
 
     fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
         self.last_now = now;
-        let files = order
-            .files
-            .cloned()
-            .ok_or_else(|| format!("model {} has no files to pin", order.model))?;
-        if self.running.values().any(|r| r.model == *order.model) {
-            return Err(format!("model {} already has a move running", order.model));
-        }
+        let files = self.running.files_for(order, "pin")?;
         // The worker checks each file's size as it opens it: a vanished or
         // changed origin fails the move there, not here under the lock.
         let shared = self.spawn_pin(order.job, &files, order.bandwidth_mb_s);
-        self.running.insert(
-            order.job,
-            WorkerMove {
-                model: order.model.clone(),
-                files,
-                shared,
-                source_is_copy: order.source.is_copy(),
-            },
-        );
+        self.running.insert(order, files, shared);
         Ok(())
     }
 
     fn cancel_move(&mut self, now: f64, job: JobKey) {
         self.last_now = now;
-        if let Some(r) = self.running.get(&job) {
-            r.shared.cancel.store(true, Ordering::Relaxed);
-        }
+        self.running.cancel(job);
     }
 
     fn progress(&self, _now: f64, job: JobKey) -> f64 {
-        self.running.get(&job).map(|r| r.shared.progress()).unwrap_or(0.0)
+        self.running.progress(job)
     }
 
     fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {

@@ -7,6 +7,7 @@
 //! themselves on failure and cancel, and never touch a model's origin except
 //! to read it.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::files::ModelFiles;
-use super::{JobKey, MoveEvent};
+use super::{JobKey, MoveEvent, MoveOrder};
 
 /// State shared between a running move and the backend.
 #[derive(Debug)]
@@ -78,6 +79,61 @@ impl WorkerMove {
         }
         events.push(MoveEvent::Failed { job, message, retryable });
         events
+    }
+}
+
+/// The moves a driver's worker threads are carrying out, by job.
+#[derive(Default)]
+pub struct WorkerMoves(HashMap<JobKey, WorkerMove>);
+
+impl WorkerMoves {
+    /// The files of `order`, checked as the driver needs them: the model
+    /// has files, and no other move of it is running here. `what` names
+    /// the driver's work in the error ("copy", "pin").
+    pub fn files_for(&self, order: &MoveOrder<'_>, what: &str) -> Result<Arc<ModelFiles>, String> {
+        let files = order
+            .files
+            .cloned()
+            .ok_or_else(|| format!("model {} has no files to {what}", order.model))?;
+        if self.0.values().any(|r| r.model == *order.model) {
+            return Err(format!("model {} already has a move running", order.model));
+        }
+        Ok(files)
+    }
+
+    /// Records the move of `order`, carried out by a worker sharing `shared`.
+    pub fn insert(&mut self, order: &MoveOrder<'_>, files: Arc<ModelFiles>, shared: Arc<MoveShared>) {
+        let run = WorkerMove {
+            model: order.model.clone(),
+            files,
+            shared,
+            source_is_copy: order.source.is_copy(),
+        };
+        self.0.insert(order.job, run);
+    }
+
+    /// Asks the worker of `job` to stop (it rolls back and says so).
+    pub fn cancel(&self, job: JobKey) {
+        if let Some(r) = self.0.get(&job) {
+            r.shared.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// How far the worker of `job` got, 0 to 1.
+    pub fn progress(&self, job: JobKey) -> f64 {
+        self.0.get(&job).map(|r| r.shared.progress()).unwrap_or(0.0)
+    }
+
+    pub fn remove(&mut self, job: JobKey) -> Option<WorkerMove> {
+        self.0.remove(&job)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
