@@ -185,6 +185,47 @@ fn gpu_tiers_without_a_driver_are_unavailable_and_refuse_moves() {
     assert!(err.to_string().contains("GPU memory is not supported"), "{err}");
 }
 
+/// With a GPU tier first (as in `fixtures/real.toml`), the policy's moves
+/// go to the fastest tier that takes them: before the engine knew which
+/// tiers refuse moves, every step targeted the GPU and was skipped.
+#[test]
+fn policies_place_past_a_gpu_tier_that_refuses_moves() {
+    let gpu = "[[tiers]]\nname = \"gpu0\"\ndriver = \"gpu\"\nmax_gb = 24.0\naccess_s_per_gb = 0.01\n";
+    type MakePolicy = fn(&tierd::config::Config) -> Box<dyn tierd::tiers::Policy>;
+    let policies: [(&str, MakePolicy); 2] = [
+        ("usage", |_| Box::new(tierd::optimizer::UsagePolicy)),
+        ("tierd", |cfg| {
+            Box::new(tierd::optimizer::TierdPolicy::new(tierd::optimizer::TierdParams::for_config(cfg)))
+        }),
+    ];
+    for (name, make) in policies {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cfg = config_with(root.path(), &root.path().join("swap"), gpu);
+        let no_nvml = || GpuProbe::open_from(OsStr::new("/nonexistent/libnvidia-ml.so.1"));
+        let (mut e, _store, _) = try_engine_with(&cfg, no_nvml, make(&cfg)).expect("opens");
+        let file = root.path().join("models/hot.bin");
+        make_file(&file, MB, 21);
+        e.register_json(now(), "hot", None, Some("storage"), Some(&file)).expect("register");
+        for _ in 0..5 {
+            e.access(now(), "hot").expect("access");
+        }
+        // `tierd` promotes on the accesses themselves, `usage` when asked
+        // to optimize: either way the move goes to ram.
+        let plan = e.optimize_json(now(), false);
+        let steps = plan["plan"].as_array().cloned().unwrap_or_default();
+        assert!(steps.iter().all(|s| s["target_tier"] != json!("gpu0")), "{name}: {plan}");
+        let jobs = e.jobs_json(now());
+        let jobs = jobs["jobs"].as_array().cloned().unwrap_or_default();
+        assert!(jobs.iter().all(|j| j["target_tier"] != json!("gpu0")), "{name}: {jobs:?}");
+        let hot = jobs.iter().find(|j| j["model_name"] == json!("hot"));
+        let hot = hot.unwrap_or_else(|| panic!("{name}: the hot model is not moved: {plan}"));
+        assert_eq!(hot["target_tier"], json!("ram"), "{name}: {hot}");
+        let id = hot["job_id"].as_str().expect("job id").to_string();
+        assert_eq!(wait(&mut e, &id, Duration::from_secs(30))["status"], json!("success"), "{name}");
+        assert_eq!(model(&mut e, "hot")["tier"], json!("ram"), "{name}");
+    }
+}
+
 #[test]
 fn placement_usage_and_limits_survive_a_restart() {
     let root = tempfile::tempdir().expect("tempdir");

@@ -15,7 +15,7 @@ use tierd::drivers::machine::ReconcileReport;
 use tierd::optimizer::UsagePolicy;
 use tierd::server::open::open_real;
 use tierd::store::StateStore;
-use tierd::tiers::{Engine, MoveOptions};
+use tierd::tiers::{Engine, MoveOptions, Policy};
 
 #[path = "../engine_api/mod.rs"]
 mod engine_api;
@@ -66,8 +66,17 @@ pub fn try_engine_with_gpu(
     cfg: &Config,
     gpu: impl FnOnce() -> GpuProbe + 'static,
 ) -> Result<(Engine, StateStore, ReconcileReport), String> {
+    try_engine_with(cfg, gpu, Box::new(UsagePolicy))
+}
+
+/// As [`try_engine_with_gpu`], under `policy`.
+pub fn try_engine_with(
+    cfg: &Config,
+    gpu: impl FnOnce() -> GpuProbe + 'static,
+    policy: Box<dyn Policy>,
+) -> Result<(Engine, StateStore, ReconcileReport), String> {
     let machine = Machine::open_with_gpu(cfg, gpu)?;
-    open_real(cfg.clone(), machine, Box::new(UsagePolicy), now())
+    open_real(cfg.clone(), machine, policy, now())
 }
 
 /// Saves the engine's state as the server does (snapshot, write, then the
