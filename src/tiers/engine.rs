@@ -447,6 +447,7 @@ impl Engine {
             });
         } else {
             self.machine.drivers[tier].release(&m.name, m.files.as_deref());
+            self.refresh_next_event(tier);
         }
     }
 
@@ -463,6 +464,7 @@ impl Engine {
             });
         } else {
             self.machine.drivers[tier].release(&model, files.as_deref());
+            self.refresh_next_event(tier);
         }
     }
 
