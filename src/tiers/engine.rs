@@ -43,8 +43,6 @@ pub struct Engine {
     /// Queued jobs waiting out a retry delay, by the time it ends.
     pub(crate) delayed: BTreeSet<(TimeKey, JobKey)>,
     pub(crate) running: SortedKeys,
-    /// Running moves per target tier (whose driver is polled while it has any).
-    pub(crate) running_in: Vec<usize>,
     /// Each driver's next event time, as it last said (see
     /// `Engine::refresh_next_event`): asked on every tick, changed only by
     /// the engine's calls into the driver.
@@ -212,7 +210,6 @@ impl Engine {
             ready: ReadyQueue::default(),
             delayed: BTreeSet::new(),
             running: SortedKeys::default(),
-            running_in: vec![0; tiers],
             next_events,
             next_event,
             ended: VecDeque::new(),

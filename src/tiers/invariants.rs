@@ -27,7 +27,6 @@ impl Engine {
         }
         let mut incoming = vec![0u64; n];
         let mut incoming_running = vec![0u64; n];
-        let mut running_in = vec![0usize; n];
         let mut busy = HashSet::new();
         let mut claimed_out = vec![0u64; n];
         for j in self.jobs.values() {
@@ -40,7 +39,6 @@ impl Engine {
                 incoming[j.to] += j.bytes;
                 if j.status == JobStatus::Running {
                     incoming_running[j.to] += j.bytes;
-                    running_in[j.to] += 1;
                 }
                 if !busy.insert(j.model) {
                     return Err(format!("model {} has two pending jobs", j.model_name));
@@ -66,9 +64,6 @@ impl Engine {
             if (j.status == JobStatus::Running) != self.running.contains(&j.key) {
                 return Err(format!("job {} running set mismatch", j.id));
             }
-        }
-        if running_in != self.running_in {
-            return Err(format!("running moves per tier {:?}, recount {running_in:?}", self.running_in));
         }
         // The engine's copy of each driver's next event time is what the
         // driver says now (else a due event would never be polled).

@@ -305,7 +305,6 @@ impl Engine {
     fn stop_running(&mut self, now: f64, key: JobKey, outcome: impl Into<Cow<'static, str>>, completed: bool) {
         self.running.remove(&key);
         let Some(job) = self.jobs.get_mut(&key) else { return };
-        self.running_in[job.to] -= 1;
         job.progress = if completed {
             1.0
         } else {
@@ -517,7 +516,6 @@ impl Engine {
                 Ok(()) => {
                     self.queued -= 1;
                     self.running.insert(key);
-                    self.running_in[to] += 1;
                     self.state.tiers[to].incoming_running += bytes;
                     self.metrics.moves_started += 1;
                     started += 1;
