@@ -430,8 +430,9 @@ impl Engine {
         self.epoch
     }
 
-    /// Tier `tier` no longer needs what it holds of model `id` (still in
-    /// the catalog): released now, or once the placement is durable.
+    /// Tier `tier` no longer needs what it holds of model `id` (a move out
+    /// of it committed, or the model is being unregistered): released now,
+    /// or once the placement is durable.
     pub(crate) fn release_model(&mut self, id: ModelId, tier: usize) {
         self.epoch += 1;
         let Some(m) = self.state.model(id) else { return };
@@ -444,23 +445,6 @@ impl Engine {
             });
         } else {
             self.machine.drivers[tier].release(&m.name, m.files.as_deref());
-            self.refresh_next_event(tier);
-        }
-    }
-
-    /// Tier `tier` no longer needs what it holds of `model`: released now,
-    /// or once the placement is durable.
-    pub(crate) fn release(&mut self, model: Arc<str>, tier: usize, files: Option<Arc<ModelFiles>>) {
-        self.epoch += 1;
-        if self.durable {
-            self.pending_releases.push(PendingRelease {
-                epoch: self.epoch,
-                model,
-                tier,
-                files,
-            });
-        } else {
-            self.machine.drivers[tier].release(&model, files.as_deref());
             self.refresh_next_event(tier);
         }
     }

@@ -555,11 +555,11 @@ impl Engine {
                 job_id,
             });
         }
-        let Some(m) = self.state.remove_model(id) else {
-            return Err(EngineError::ModelNotFound { model: name.to_string() });
-        };
         let tier = m.tier;
-        self.release(m.name, tier, m.files);
+        self.release_model(id, tier);
+        if self.state.remove_model(id).is_none() {
+            return Err(EngineError::ModelNotFound { model: name.to_string() });
+        }
         self.dirty = true;
         Ok(self.state.tiers[tier].name.clone())
     }
