@@ -208,11 +208,16 @@ impl Engine {
         let n = self.state.tiers.len();
         let mut bytes_in: SmallVec<[i128; 4]> = SmallVec::from_elem(0, n);
         let mut models_in: SmallVec<[i64; 4]> = SmallVec::from_elem(0, n);
+        // Each move validated once; queueing one changes no other's answer
+        // (the models are distinct).
+        let mut checked = Vec::with_capacity(desires.len());
         for (i, d) in desires.iter().enumerate() {
             if desires[..i].iter().any(|e| e.model == d.model) {
                 return None;
             }
-            let (_, bytes, from) = self.validate(d.model, d.target, &[]).ok()?;
+            let c = self.validate(d.model, d.target, &[]).ok()?;
+            let (bytes, from) = (c.1, c.2);
+            checked.push(c);
             bytes_in[from] -= i128::from(bytes);
             bytes_in[d.target] += i128::from(bytes);
             models_in[from] -= 1;
@@ -240,7 +245,7 @@ impl Engine {
             }
         }
         let mut steps = Vec::with_capacity(if self.explain { desires.len() } else { 0 });
-        for d in desires.drain(..) {
+        for (d, c) in desires.drain(..).zip(checked) {
             let opts = MoveOptions {
                 priority,
                 origin,
@@ -248,10 +253,9 @@ impl Engine {
                 ..MoveOptions::default()
             };
             let step = self.explain.then(|| self.plan_step(&d));
-            // Validated above, and nothing changed since but the queue.
-            let key = self.enqueue_exchange(now, d.model, d.target, &opts).ok();
+            let key = self.enqueue_exchange(now, d.model, c, d.target, &opts);
             if let Some(mut step) = step {
-                step.job_id = key.and_then(|k| self.jobs.get(&k)).map(|j| j.id.clone());
+                step.job_id = self.jobs.get(&key).map(|j| j.id.clone());
                 steps.push(step);
             }
         }

@@ -179,11 +179,18 @@ impl Engine {
         Ok(self.insert_job(now, model, checked, to, deps, opts, false))
     }
 
-    /// Queues one move of an exchange batch whose end state was checked as
-    /// a whole (see [`Engine::apply_exchange`]): no room check of its own.
-    pub(crate) fn enqueue_exchange(&mut self, now: f64, model: ModelId, to: usize, opts: &MoveOptions) -> Result<JobKey, EngineError> {
-        let checked = self.validate(model, to, &[])?;
-        Ok(self.insert_job(now, model, checked, to, SmallVec::new(), opts, true))
+    /// Queues one move of an exchange batch, validated (`checked` is what
+    /// [`Engine::validate`] answered) and its end state checked as a whole
+    /// (see [`Engine::apply_exchange`]): no room check of its own.
+    pub(crate) fn enqueue_exchange(
+        &mut self,
+        now: f64,
+        model: ModelId,
+        checked: (Arc<str>, u64, usize),
+        to: usize,
+        opts: &MoveOptions,
+    ) -> JobKey {
+        self.insert_job(now, model, checked, to, SmallVec::new(), opts, true)
     }
 
     /// Records a move as a queued job and reserves its room in the target.
