@@ -15,6 +15,16 @@ use serde::{Deserialize, Serialize};
 /// byte figures: 16 GB = 16_000_000_000).
 pub const BYTES_PER_GB: f64 = 1e9;
 
+/// The largest GB figure tierd accepts anywhere (sizes, limits, reserves):
+/// one million GB (1 PB). Larger figures are refused, never saturated, so
+/// sums of them fit the byte books' `u64` by a wide margin.
+pub const MAX_GB: f64 = 1_000_000.0;
+
+/// Whether `gb` is a GB figure tierd accepts: finite, 0 to [`MAX_GB`].
+pub fn in_gb_range(gb: f64) -> bool {
+    gb.is_finite() && (0.0..=MAX_GB).contains(&gb)
+}
+
 /// Converts a protocol GB figure to bytes (rounded to the nearest byte).
 pub fn gb_to_bytes(gb: f64) -> u64 {
     if gb.is_finite() && gb > 0.0 {
@@ -92,6 +102,10 @@ pub struct TierConfig {
     /// coldest unpinned models are demoted until it recovers.
     #[serde(default)]
     pub min_free_gb: Option<f64>,
+    /// Permission bits of a `dir` tier's directory when tierd creates it
+    /// (TOML octal, `mode = 0o700`); 0700 when absent.
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 fn default_access() -> f64 {
@@ -240,6 +254,24 @@ pub struct Config {
     /// the engine is locked); a larger directory is refused.
     #[serde(default = "default_max_files")]
     pub max_files_per_model: usize,
+    /// Socket connections served at once. At the cap, the connection idle
+    /// longest (no request in flight, no watch) is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a partial request line may take from its first byte to its
+    /// newline before the connection is closed.
+    #[serde(default = "default_line_timeout")]
+    pub line_timeout_s: f64,
+    /// Bytes all connections together may hold in partial request lines;
+    /// a line that would exceed it is refused.
+    #[serde(default = "default_max_partial_bytes")]
+    pub max_partial_line_bytes: u64,
+    /// Peer uids allowed on the socket besides the server's own and root.
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
+    /// Peer gids (primary) allowed on the socket.
+    #[serde(default)]
+    pub allowed_gids: Vec<u32>,
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -256,6 +288,15 @@ fn default_max_files() -> usize {
 }
 fn default_job_history() -> usize {
     1000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_line_timeout() -> f64 {
+    30.0
+}
+fn default_max_partial_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 impl Config {
@@ -280,6 +321,7 @@ impl Config {
             hardware_gb: None,
             max_models: None,
             min_free_gb: None,
+            mode: None,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
         ram.reserved_gb = Some(1.0);
@@ -299,6 +341,11 @@ impl Config {
             job_history: default_job_history(),
             state_dir: None,
             max_files_per_model: default_max_files(),
+            max_connections: default_max_connections(),
+            line_timeout_s: default_line_timeout(),
+            max_partial_line_bytes: default_max_partial_bytes(),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
             models: Vec::new(),
         }
     }
@@ -338,10 +385,15 @@ impl Config {
                 None if !last => {
                     return bad(format!("tier {:?} needs max_gb (only the last tier is unbounded)", t.name));
                 }
-                Some(m) if !(m.is_finite() && m >= 0.0) => {
-                    return bad(format!("tier {:?}: max_gb must be a non-negative number", t.name));
+                Some(m) if !in_gb_range(m) => {
+                    return bad(format!("tier {:?}: max_gb must be between 0 and {MAX_GB}", t.name));
                 }
                 _ => {}
+            }
+            if let Some(mode) = t.mode
+                && mode > 0o777
+            {
+                return bad(format!("tier {:?}: mode {mode:o} is not a permission mode (0o000 to 0o777)", t.name));
             }
             if !(t.access_s_per_gb.is_finite() && t.access_s_per_gb >= 0.0) {
                 return bad(format!("tier {:?}: access_s_per_gb must be a non-negative number", t.name));
@@ -354,9 +406,9 @@ impl Config {
                 ("min_free_gb", t.min_free_gb),
             ] {
                 if let Some(v) = v
-                    && !(v.is_finite() && v >= 0.0)
+                    && !in_gb_range(v)
                 {
-                    return bad(format!("tier {:?}: {what} must be a non-negative number", t.name));
+                    return bad(format!("tier {:?}: {what} must be between 0 and {MAX_GB}", t.name));
                 }
             }
             if let (Some(m), Some(min)) = (t.max_gb, t.min_max_gb)
@@ -378,8 +430,17 @@ impl Config {
         if !(0.0..=1.0).contains(&self.sim.fault_probability) {
             return bad("sim.fault_probability must be between 0 and 1".into());
         }
-        if !(self.max_single_model_gb.is_finite() && self.max_single_model_gb > 0.0) {
-            return bad("max_single_model_gb must be a positive number".into());
+        if !(in_gb_range(self.max_single_model_gb) && self.max_single_model_gb > 0.0) {
+            return bad(format!("max_single_model_gb must be a positive number up to {MAX_GB}"));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if !(self.line_timeout_s.is_finite() && self.line_timeout_s > 0.0 && self.line_timeout_s <= 86_400.0) {
+            return bad("line_timeout_s must be between 0 (excluded) and 86400".into());
+        }
+        if self.max_partial_line_bytes == 0 {
+            return bad("max_partial_line_bytes must be at least 1".into());
         }
         if self.max_files_per_model == 0 {
             return bad("max_files_per_model must be at least 1".into());
@@ -392,8 +453,8 @@ impl Config {
             if !names.insert(model.name.as_str()) {
                 return bad(format!("model {:?} is listed twice", model.name));
             }
-            if !(model.size_gb.is_finite() && model.size_gb >= 0.0) {
-                return bad(format!("model {:?}: size_gb must be a non-negative number", model.name));
+            if !in_gb_range(model.size_gb) {
+                return bad(format!("model {:?}: size_gb must be between 0 and {MAX_GB}", model.name));
             }
             if let Some(tier) = &model.tier
                 && !self.tiers.iter().any(|t| &t.name == tier)
@@ -444,6 +505,22 @@ mod tests {
         let text = "[[tiers]]\nname='a'\n[[tiers]]\nname='b'\n";
         let err = Config::from_toml(text).unwrap_err().to_string();
         assert!(err.contains("needs max_gb"), "{err}");
+    }
+
+    #[test]
+    fn over_range_figures_are_refused_not_saturated() {
+        let base = "[[tiers]]\nname='a'\nmax_gb=MAX\n[[tiers]]\nname='b'\n";
+        let err = Config::from_toml(&base.replace("MAX", "1e308")).unwrap_err().to_string();
+        assert!(err.contains("max_gb must be between 0 and 1000000"), "{err}");
+        assert!(Config::from_toml(&base.replace("MAX", "1000000.0")).is_ok());
+        let model = format!("{}[[models]]\nname='m'\nsize_gb=1e300\n", base.replace("MAX", "1.0"));
+        let err = Config::from_toml(&model).unwrap_err().to_string();
+        assert!(err.contains("size_gb must be between"), "{err}");
+        let mode = base.replace("MAX", "1.0").replace("name='a'", "name='a'\nmode=0o1777");
+        let err = Config::from_toml(&mode).unwrap_err().to_string();
+        assert!(err.contains("not a permission mode"), "{err}");
+        let ok = base.replace("MAX", "1.0").replace("name='a'", "name='a'\nmode=0o750");
+        assert_eq!(Config::from_toml(&ok).map(|c| c.tiers[0].mode).ok(), Some(Some(0o750)));
     }
 
     #[test]
