@@ -8,7 +8,13 @@
 //! Every write is atomic: a temporary file, fsync, rename over the state
 //! file, fsync of the directory. A crash leaves either the old or the new
 //! file, never a torn one. An exclusive lock on `<state_dir>/tierd.lock`
-//! keeps a second tierd off the same state.
+//! keeps a second tierd off the same state. The state directory is created
+//! 0700; the state file (and its temporary file) and the lock file are 0600.
+//!
+//! A state file is not trusted further than a request: every model name in
+//! it must pass the check a registration's name passes, and every file of a
+//! model must be a plain relative path, or the start stops with a message
+//! naming the record (tier directories are cleaned by these names).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::drivers::files::ModelFile;
+use crate::drivers::files::{ModelFile, check_model_name};
 use crate::drivers::machine::{Placed, Record};
 use crate::drivers::{ModelFiles, sys};
 use crate::tiers::{JobView, Limits, Restored, RestoredModel, Snapshot};
@@ -159,7 +165,7 @@ impl StateStore {
     /// Opens (or starts) the state in `dir`; a corrupt state file is an
     /// error, not a silent fresh start.
     pub fn open(dir: &Path) -> Result<(StateStore, StateFile), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        sys::create_dir_mode(dir, 0o700).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -180,6 +186,7 @@ impl StateStore {
                         f.version
                     )));
                 }
+                check_records(&f).map_err(|e| StoreError::State(format!("state file {}: {e}", path.display())))?;
                 f
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
@@ -257,18 +264,49 @@ fn encode(file: &StateFile) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec_pretty(file).map_err(|e| StoreError::State(format!("cannot encode state: {e}")))
 }
 
+/// Every model name of the file passes a registration's name check, and
+/// every file of a model is a plain relative path (no `..`, not absolute).
+fn check_records(f: &StateFile) -> Result<(), String> {
+    let names = f.models.keys().chain(f.engine.models.keys());
+    for name in names {
+        check_model_name(name).map_err(|e| format!("record {name:?} refused: {e}; remove the record to start"))?;
+    }
+    for (name, m) in &f.models {
+        for file in &m.files {
+            let plain = file.rel.components().count() > 0
+                && file.rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(format!(
+                    "record {name:?} refused: file {} is not a plain relative path; remove the record to start",
+                    file.rel.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, created 0600 (and set to 0600 if it existed).
+fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(truncate)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 /// Takes the state directory's lock, or says who holds it.
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("tierd.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let f = open_private(&path, false).map_err(|source| StoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(e) => Err(StoreError::State(format!(
@@ -287,7 +325,7 @@ fn write(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let p = p.to_path_buf();
         move |source| StoreError::Io { path: p, source }
     };
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = open_private(&tmp, true).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
@@ -306,6 +344,67 @@ mod tests {
         let (_a, _) = StateStore::open(d.path()).expect("first");
         let err = StateStore::open(d.path()).expect_err("second");
         assert!(err.to_string().contains("in use by another tierd"), "{err}");
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_state_file_and_lock_are_private() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("state");
+        // A temporary file left world-readable by an older tierd.
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("{STATE_FILE}.tmp")), b"{}").expect("write");
+        std::fs::write(dir.join("tierd.lock"), b"").expect("write");
+        let (s, _) = StateStore::open(&dir).expect("open");
+        let snap = Snapshot {
+            epoch: 1,
+            limits: Limits::default(),
+            models: Vec::new(),
+            jobs: Vec::new(),
+        };
+        assert!(s.save(&snap, 1.0).expect("save"));
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+        assert_eq!(mode(&dir.join("tierd.lock")), 0o600);
+        let fresh = d.path().join("new/state");
+        let (_s2, _) = StateStore::open(&fresh).expect("open");
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join("tierd.lock")), 0o600);
+    }
+
+    #[test]
+    fn the_temporary_state_file_is_private_before_its_rename() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // Stop the write between the temporary file and its rename: the
+        // state file's name is taken by a directory, so the rename fails.
+        std::fs::create_dir_all(d.path().join(STATE_FILE).join("x")).expect("mkdir");
+        assert!(write(d.path(), b"{}").is_err());
+        assert_eq!(mode(&d.path().join(format!("{STATE_FILE}.tmp"))), 0o600);
+    }
+
+    #[test]
+    fn a_record_with_an_escaping_name_stops_the_start() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let rec = |name: &str, rel: &str| {
+            format!(
+                r#"{{"version":1,"models":{{"{name}":{{"origin":"/x","single":false,"files":[{{"rel":"{rel}","size":1}}],"bytes":1,"tier":"swap"}}}}}}"#
+            )
+        };
+        for (name, rel, what) in [
+            ("../victimdir", "w.bin", "\"../victimdir\""),
+            ("ok", "../../etc/passwd", "../../etc/passwd"),
+            ("ok", "/etc/passwd", "/etc/passwd"),
+            (".hidden", "w.bin", "\".hidden\""),
+        ] {
+            std::fs::write(d.path().join(STATE_FILE), rec(name, rel)).expect("write");
+            let err = StateStore::open(d.path()).expect_err("refused").to_string();
+            assert!(err.contains(what) && err.contains("refused"), "{err}");
+        }
+        std::fs::write(d.path().join(STATE_FILE), rec("fine", "sub/w.bin")).expect("write");
+        assert!(StateStore::open(d.path()).is_ok());
     }
 
     #[test]

@@ -171,6 +171,76 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// Removes `path` (a file, a symbolic link or a directory tree) when it
+/// lies inside the directory `root` (canonical, as a tier keeps it), and
+/// refuses with an error otherwise; `Ok(false)` when there is nothing to
+/// remove.
+///
+/// The check runs on the canonical path just before the unlink: `root`
+/// must still canonicalize to itself (a tier directory swapped for a
+/// symbolic link is refused), `path`'s parent must canonicalize to a
+/// directory inside `root`, and `path`'s last component must be a plain
+/// name (no `..`). A symbolic link is removed itself, never followed, and
+/// a directory tree is removed without following the links inside it.
+pub fn remove_inside(root: &Path, path: &Path) -> io::Result<bool> {
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing to remove {}: {why}", path.display()),
+        ))
+    };
+    let Some(std::path::Component::Normal(_)) = path.components().next_back() else {
+        return refuse(format!("it does not end in a plain name inside {}", root.display()));
+    };
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return refuse("it contains \"..\"".into());
+    }
+    let real_root = root.canonicalize()?;
+    if real_root != root {
+        return refuse(format!("{} now resolves to {}", root.display(), real_root.display()));
+    }
+    let parent = match path.parent().map(Path::canonicalize) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Some(Err(e)) => return Err(e),
+        None => return refuse("it has no parent directory".into()),
+    };
+    if !parent.starts_with(&real_root) {
+        return refuse(format!("it lies outside {}", root.display()));
+    }
+    let Some(name) = path.file_name() else {
+        return refuse("it has no file name".into());
+    };
+    let target = parent.join(name);
+    if target == real_root {
+        return refuse("it is the tier directory itself".into());
+    }
+    let meta = match std::fs::symlink_metadata(&target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // `remove_dir_all` does not follow symbolic links, at the top or inside.
+    if meta.is_dir() {
+        std::fs::remove_dir_all(&target)?;
+    } else {
+        std::fs::remove_file(&target)?;
+    }
+    Ok(true)
+}
+
+/// Creates the directory `path` (and missing parents) with permission
+/// `mode`; a directory this call creates gets exactly `mode`, whatever the
+/// umask. An existing directory is left as it is.
+pub fn create_dir_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 /// The real user id of this process.
 pub fn uid() -> u32 {
     rustix::process::getuid().as_raw()
@@ -199,6 +269,57 @@ mod tests {
         assert_eq!(len, 1 << 20);
         assert!(res <= len);
         assert!(statvfs_available(dir.path()).expect("statvfs") > 0);
+    }
+
+    #[test]
+    fn removals_never_leave_the_root() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("tier");
+        let outside = d.path().join("victimdir");
+        std::fs::create_dir_all(root.join("m/sub")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("keep"), b"keep").expect("write");
+        let root = root.canonicalize().expect("canonical");
+        // A `..` name, and a path through a link that leads outside.
+        assert!(remove_inside(&root, &root.join("../victimdir")).is_err());
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        assert!(remove_inside(&root, &root.join("link/keep")).is_err());
+        assert!(remove_inside(&root, &root).is_err(), "not the root itself");
+        // A link inside is removed itself; what it points at stays.
+        std::os::unix::fs::symlink(&outside, root.join("m/sub/out")).expect("symlink");
+        assert!(remove_inside(&root, &root.join("link")).expect("link removed"));
+        assert!(remove_inside(&root, &root.join("m")).expect("tree removed"));
+        assert!(!root.join("m").exists() && !root.join("link").exists());
+        assert_eq!(std::fs::read(outside.join("keep")).expect("kept"), b"keep");
+        assert!(!remove_inside(&root, &root.join("m")).expect("nothing left"));
+    }
+
+    #[test]
+    fn a_root_swapped_for_a_link_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("tier");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let root = root.canonicalize().expect("canonical");
+        let victim = d.path().join("victim");
+        std::fs::create_dir_all(victim.join("m")).expect("mkdir");
+        std::fs::write(victim.join("m/w"), b"w").expect("write");
+        std::fs::rename(&root, d.path().join("tier.old")).expect("mv");
+        std::os::unix::fs::symlink(&victim, &root).expect("symlink");
+        let err = remove_inside(&root, &root.join("m")).expect_err("refused");
+        assert!(err.to_string().contains("now resolves to"), "{err}");
+        assert!(victim.join("m/w").exists());
+    }
+
+    #[test]
+    fn directories_get_their_mode_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("a/b");
+        create_dir_mode(&p, 0o750).expect("mkdir");
+        assert_eq!(std::fs::metadata(&p).expect("stat").permissions().mode() & 0o777, 0o750);
+        let q = d.path().join("c");
+        create_dir_mode(&q, 0o700).expect("mkdir");
+        assert_eq!(std::fs::metadata(&q).expect("stat").permissions().mode() & 0o777, 0o700);
     }
 
     #[test]
