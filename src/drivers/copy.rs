@@ -52,7 +52,9 @@ pub fn copy_model(
     let partial = partial_dir(tier_dir, model);
     let result = copy_into(tier_dir, model, &partial, files, shared, bandwidth_mb_s);
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&partial);
+        if let Err(e) = sys::remove_inside(tier_dir, &partial) {
+            tracing::warn!(path = %partial.display(), error = %e, "cannot remove a partial copy");
+        }
         let _ = sys::fsync_dir(tier_dir);
     }
     result
@@ -71,10 +73,13 @@ fn copy_into(
         let what = what.to_string();
         move |e: io::Error| WorkError::io(&what, &p, &e)
     };
-    if partial.exists() {
-        std::fs::remove_dir_all(partial).map_err(io_err("cannot remove stale", partial))?;
-    }
-    std::fs::create_dir_all(partial).map_err(io_err("cannot create", partial))?;
+    sys::remove_inside(tier_dir, partial).map_err(io_err("cannot remove stale", partial))?;
+    // The copy's directories take the tier directory's mode.
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(tier_dir).map_err(io_err("cannot stat", tier_dir))?.permissions().mode() & 0o777
+    };
+    sys::create_dir_mode(partial, mode).map_err(io_err("cannot create", partial))?;
     let throttle = Throttle::new(bandwidth_mb_s);
     let mut hashes = Vec::with_capacity(files.len());
     let mut done = 0u64;
@@ -84,7 +89,7 @@ fn copy_into(
         if let Some(parent) = dst.parent()
             && !dirs.iter().any(|d| d == parent)
         {
-            std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            sys::create_dir_mode(parent, mode).map_err(io_err("cannot create", parent))?;
             dirs.push(parent.to_path_buf());
         }
         let hash = copy_file(f, &dst, shared, &throttle, &mut done)?;
@@ -97,9 +102,7 @@ fn copy_into(
         return Err(WorkError::Cancelled);
     }
     let target = copy_dir(tier_dir, model);
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(io_err("cannot replace stale", &target))?;
-    }
+    sys::remove_inside(tier_dir, &target).map_err(io_err("cannot replace stale", &target))?;
     std::fs::rename(partial, &target).map_err(io_err("cannot rename into place", &target))?;
     sys::fsync_dir(tier_dir).map_err(io_err("cannot fsync", tier_dir))?;
     Ok(hashes)

@@ -1,28 +1,49 @@
 //! `dir`: a directory on a disk. A model in it has a checksummed, fsynced,
 //! verified copy at `<path>/<model>/`, renamed into place atomically
-//! ([`copy`]). Capacity is the filesystem's free space (`statvfs`), read at
-//! most every [`STATVFS_MAX_AGE`] and again after each copy or release.
+//! ([`copy`]). Capacity is the filesystem's free space (`statvfs`) net of
+//! the copies running into it, from this tier or another on the same
+//! filesystem ([`space`]).
+//!
+//! On disk: the tier directory is created with the tier's `mode` (0700 by
+//! default), and so are the directories of its copies. It holds a lock file
+//! ([`LOCK_FILE`]) that the server owning the tier takes when it opens the
+//! tier, before it cleans anything up: a second server over the same
+//! directory refuses to start and touches nothing. Every removal goes
+//! through [`sys::remove_inside`], which refuses anything that resolves
+//! outside the tier directory.
 //!
 //! [`copy`]: super::copy
+//! [`space`]: super::space
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
 use super::copy::{CopyFile, copy_dir, copy_model};
-use super::files::{ModelFiles, PARTIAL_SUFFIX};
+use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name};
 use super::machine::OpenContext;
+use super::space::{FsSpace, FsSpaces};
 use super::sys;
 use super::work::{MoveShared, WorkError, WorkerMoves};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, Source, StartupReport, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
-/// Longest a `statvfs` reading is used for before it is read again.
-pub const STATVFS_MAX_AGE: Duration = Duration::from_millis(200);
+pub use super::space::STATVFS_MAX_AGE;
+
+/// The lock file in a tier directory, held by the server that owns the tier.
+pub const LOCK_FILE: &str = ".tierd-lock";
+
+/// Mode of a tier directory (and of its copies' directories) unless the
+/// tier's configuration names one.
+pub const DEFAULT_DIR_MODE: u32 = 0o700;
+
+/// Tells apart the tiers whose copies share a filesystem's books.
+static NEXT_TIER_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// Marks an old copy being deleted in the background (`.<model>.tierd-trash-N`).
 const TRASH_MARK: &str = ".tierd-trash-";
@@ -32,13 +53,17 @@ const TRASH_MARK: &str = ".tierd-trash-";
 pub struct DirDriver {
     /// The directory, canonical.
     root: PathBuf,
+    /// Holds the lock on [`LOCK_FILE`] for as long as the tier is open (the
+    /// kernel releases it when the process dies).
+    _lock: File,
+    /// Free-space books of the tier's filesystem, and this tier's key in them.
+    space: Arc<FsSpace>,
+    id: usize,
     /// Models whose complete copy is here and serves them.
     copies: BTreeSet<String>,
     running: WorkerMoves,
     tx: Sender<(JobKey, Result<Vec<String>, WorkError>)>,
     rx: Receiver<(JobKey, Result<Vec<String>, WorkError>)>,
-    /// The last `statvfs` reading and when it was taken.
-    free: std::sync::Mutex<Option<(Instant, Result<u64, String>)>>,
     last_now: f64,
 }
 
@@ -52,27 +77,47 @@ impl std::fmt::Debug for DirDriver {
 }
 
 /// Opens a directory tier: its `path` is created if missing.
-pub fn open(_ctx: &mut OpenContext, tier: &TierConfig) -> Result<Box<dyn TierDriver>, String> {
+pub fn open(ctx: &mut OpenContext, tier: &TierConfig) -> Result<Box<dyn TierDriver>, String> {
     let p = tier
         .path
         .clone()
         .ok_or_else(|| format!("tier {:?} (driver dir) needs a path", tier.name))?;
-    Ok(Box::new(DirDriver::open(&p)?))
+    Ok(Box::new(DirDriver::open_with(&p, tier.mode, &ctx.spaces)?))
 }
 
 impl DirDriver {
-    /// The tier at directory `path` (created if missing).
+    /// The tier at directory `path` (created 0700 if missing), with
+    /// free-space books of its own.
     pub fn open(path: &Path) -> Result<DirDriver, String> {
-        std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let root = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::open_with(path, None, &FsSpaces::default())
+    }
+
+    /// The tier at directory `path`: created with `mode` (0700 when
+    /// `None`) if missing, set to `mode` if it exists and `mode` is given;
+    /// its lock taken; its free space booked in `spaces`.
+    pub fn open_with(path: &Path, mode: Option<u32>, spaces: &FsSpaces) -> Result<DirDriver, String> {
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        if path.is_dir() {
+            if let Some(m) = mode {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).map_err(io)?;
+            }
+        } else {
+            sys::create_dir_mode(path, mode.unwrap_or(DEFAULT_DIR_MODE)).map_err(io)?;
+        }
+        let root = path.canonicalize().map_err(io)?;
+        let lock = lock_tier(&root)?;
+        let space = spaces.for_dir(&root)?;
         let (tx, rx) = channel();
         Ok(DirDriver {
             root,
+            _lock: lock,
+            space,
+            id: NEXT_TIER_ID.fetch_add(1, Ordering::Relaxed),
             copies: BTreeSet::new(),
             running: WorkerMoves::default(),
             tx,
             rx,
-            free: std::sync::Mutex::new(None),
             last_now: 0.0,
         })
     }
@@ -82,25 +127,26 @@ impl DirDriver {
         &self.root
     }
 
+    /// Bytes a new copy can take: see [`space`](super::space).
     fn free_bytes(&self) -> Result<u64, String> {
-        let mut cache = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match &*cache {
-            Some((at, f)) if at.elapsed() < STATVFS_MAX_AGE => f.clone(),
-            _ => {
-                let f = sys::statvfs_available(&self.root).map_err(|e| format!("{}: {e}", self.root.display()));
-                *cache = Some((Instant::now(), f.clone()));
-                f
-            }
-        }
+        self.space.free(&self.root)
     }
 
     fn invalidate(&self) {
-        *self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.space.invalidate();
+    }
+
+    /// Removes `path`, which must lie inside the tier directory
+    /// ([`sys::remove_inside`]); whether there was something to remove.
+    fn remove(&self, path: &Path) -> Result<bool, String> {
+        sys::remove_inside(&self.root, path).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Rolls back a copy that completed after its move was cancelled.
     fn undo(&self, model: &str) {
-        let _ = std::fs::remove_dir_all(copy_dir(&self.root, model));
+        if let Err(e) = self.remove(&copy_dir(&self.root, model)) {
+            tracing::warn!(error = %e, "cannot roll back a cancelled copy");
+        }
         let _ = sys::fsync_dir(&self.root);
     }
 
@@ -109,6 +155,7 @@ impl DirDriver {
         let Some(run) = self.running.remove(key) else {
             return Vec::new();
         };
+        self.space.end(self.id, key);
         let cancelled = run.shared.cancel.load(Ordering::Relaxed);
         match out {
             Err(WorkError::Cancelled) => vec![MoveEvent::Cancelled { job: key }],
@@ -167,6 +214,7 @@ impl TierDriver for DirDriver {
             })
             .collect();
         let shared = MoveShared::new(files.bytes.saturating_mul(2));
+        self.space.start(self.id, order.job, files.bytes, shared.clone());
         let (s, tx, root, model, job, bw) = (
             shared.clone(),
             self.tx.clone(),
@@ -210,10 +258,14 @@ impl TierDriver for DirDriver {
     /// Renamed out of the way at once, deleted in the background: unlinking
     /// a large file can take a second, and the move is already durable. A
     /// crash leaves a trash entry that the next start removes.
-    fn release(&mut self, model: &str, _files: Option<&ModelFiles>) {
+    fn release(&mut self, model: &str, files: Option<&ModelFiles>) {
         self.copies.remove(model);
         self.invalidate();
         let p = copy_dir(&self.root, model);
+        if !p.starts_with(&self.root) || check_model_name(model).is_err() {
+            tracing::warn!(path = %p.display(), "refusing to release a copy outside the tier directory");
+            return;
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -222,18 +274,24 @@ impl TierDriver for DirDriver {
         match std::fs::rename(&p, &trash) {
             Ok(()) => {
                 let dir = self.root.clone();
+                let space = self.space.clone();
+                let bytes = files.map(|f| f.bytes).unwrap_or(0);
+                space.freeing(bytes);
                 std::thread::spawn(move || {
                     let _ = sys::fsync_dir(&dir);
-                    if let Err(e) = std::fs::remove_dir_all(&trash) {
+                    if let Err(e) = sys::remove_inside(&dir, &trash) {
                         tracing::warn!(path = %trash.display(), error = %e, "cannot remove an old copy");
                     }
                     let _ = sys::fsync_dir(&dir);
+                    space.freed(bytes);
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(path = %p.display(), error = %e, "cannot move an old copy aside; removing it in place");
-                let _ = std::fs::remove_dir_all(&p);
+                if let Err(e) = self.remove(&p) {
+                    tracing::warn!(error = %e, "cannot remove an old copy");
+                }
             }
         }
     }
@@ -249,7 +307,7 @@ impl TierDriver for DirDriver {
     fn details(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("path".into(), json!(self.root));
-        match self.free_bytes() {
+        match self.space.available(&self.root) {
             Ok(a) => {
                 m.insert("fs_available_gb".into(), json!(bytes_to_gb(a)));
             }
@@ -284,14 +342,12 @@ impl TierDriver for DirDriver {
         let mut removed = false;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
+            if name == LOCK_FILE {
+                continue;
+            }
             if name.ends_with(PARTIAL_SUFFIX) || (name.starts_with('.') && name.contains(TRASH_MARK)) {
                 let p = e.path();
-                let r = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.map_err(|err| format!("{}: {err}", p.display()))?;
+                self.remove(&p)?;
                 report.removed_partials.push(p);
                 removed = true;
             } else if !known(&name) {
@@ -319,15 +375,96 @@ impl TierDriver for DirDriver {
 
     fn remove_leftover(&mut self, model: &str) -> Result<Option<PathBuf>, String> {
         let p = copy_dir(&self.root, model);
-        if !p.exists() {
+        if !self.remove(&p)? {
             return Ok(None);
         }
-        std::fs::remove_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let _ = sys::fsync_dir(&self.root);
         Ok(Some(p))
     }
 
     fn restore(&mut self, model: &str, _files: &ModelFiles) {
         self.copies.insert(model.to_string());
+    }
+}
+
+/// Takes the tier directory's lock, or says who holds it. The lock file is
+/// created 0600.
+fn lock_tier(root: &Path) -> Result<File, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = root.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(format!(
+                "tier directory {} is in use by another tierd ({}: {e}); nothing in it was touched",
+                root.display(),
+                path.display()
+            ));
+        }
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_tier_directory_is_private_or_takes_the_configured_mode() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let t = DirDriver::open(&d.path().join("new/tier")).expect("open");
+        assert_eq!(mode(t.root()), 0o700);
+        assert_eq!(mode(&t.root().join(LOCK_FILE)), 0o600);
+        drop(t);
+        let old = d.path().join("old");
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let t = DirDriver::open_with(&old, Some(0o750), &FsSpaces::default()).expect("open");
+        assert_eq!(mode(t.root()), 0o750);
+        let t2 = DirDriver::open_with(&d.path().join("made"), Some(0o710), &FsSpaces::default()).expect("open");
+        assert_eq!(mode(t2.root()), 0o710);
+    }
+
+    #[test]
+    fn a_tier_directory_has_one_owner() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let _a = DirDriver::open(d.path()).expect("first");
+        let err = DirDriver::open(d.path()).expect_err("second");
+        assert!(err.contains("in use by another tierd") && err.contains(LOCK_FILE), "{err}");
+    }
+
+    #[test]
+    fn a_leftover_outside_the_tier_is_never_removed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let victim = d.path().join("victimdir");
+        std::fs::create_dir_all(&victim).expect("mkdir");
+        std::fs::write(victim.join("keep"), b"keep").expect("write");
+        let mut t = DirDriver::open(&d.path().join("tier")).expect("open");
+        // The name check is bypassed here: the removal itself refuses.
+        let err = t.remove_leftover("../victimdir").expect_err("refused");
+        assert!(err.contains("refusing to remove"), "{err}");
+        t.release("../victimdir", None);
+        assert!(victim.join("keep").exists());
+        // A partial that is a link to a directory outside: the link goes, not its content.
+        std::os::unix::fs::symlink(&victim, t.root().join(format!("m{PARTIAL_SUFFIX}"))).expect("symlink");
+        let report = t.startup(&|_| false).expect("startup");
+        assert_eq!(report.removed_partials.len(), 1, "{report:?}");
+        assert!(report.unknown_entries.is_empty(), "the lock file is tierd's own: {report:?}");
+        assert_eq!(std::fs::read(victim.join("keep")).expect("kept"), b"keep");
     }
 }

@@ -58,6 +58,9 @@ pub struct OpenContext {
     /// GPU tiers opened so far (a GPU tier without a number in its name
     /// takes the next index).
     pub gpu_tiers: u32,
+    /// Free-space books of the filesystems under `dir` tiers, shared by
+    /// the tiers on one filesystem.
+    pub spaces: super::space::FsSpaces,
     probe: Option<Arc<GpuProbe>>,
     open_gpu: Option<Box<dyn FnOnce() -> GpuProbe>>,
 }
@@ -133,6 +136,7 @@ impl Machine {
         let n = cfg.tiers.len();
         let mut ctx = OpenContext {
             gpu_tiers: 0,
+            spaces: Default::default(),
             probe: None,
             open_gpu: Some(Box::new(gpu)),
         };

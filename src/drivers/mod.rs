@@ -23,8 +23,9 @@
 //!
 //! Support modules: [`files`] (a model's files and names), [`sys`] (the
 //! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
-//! [`pin`], [`copy`] and [`machine`] (opening a real machine and reconciling
-//! it with its state at start).
+//! [`pin`], [`copy`], [`space`] (a `dir` filesystem's free space net of the
+//! copies running into it) and [`machine`] (opening a real machine and
+//! reconciling it with its state at start).
 
 pub mod copy;
 pub mod dir;
@@ -34,6 +35,7 @@ pub mod machine;
 pub mod pagecache;
 pub mod pin;
 pub mod sim;
+pub mod space;
 pub mod storage;
 pub mod sys;
 pub mod work;
@@ -63,8 +65,11 @@ pub enum Capacity {
     /// The tier's total bytes; the engine subtracts the reserve, what the
     /// tier holds and what is on its way in (simulated hardware).
     Total(u64),
-    /// Bytes the hardware can take now, measured; the engine subtracts the
-    /// reserve and the moves on their way in that are not resident yet.
+    /// Bytes the hardware can take now for moves not yet started, measured
+    /// and net of what the driver's running moves have still to bring in
+    /// (a `dir` tier: [`space`]); the engine subtracts the reserve and the
+    /// queued moves on their way in, and starts a queued move only while it
+    /// fits here.
     Free(u64),
     /// The tier cannot take models at all, and why.
     Unavailable(String),

@@ -10,7 +10,8 @@
 //!   moves never overcommit a tier;
 //! - **start**: a queued move starts only when its dependencies have
 //!   succeeded and its bytes physically fit (`used + incoming_running +
-//!   size <= limit`, and the hardware's total where it has one);
+//!   size <= limit`, and the hardware's total where it has one, or its
+//!   measured free space net of the moves running in, less the reserve);
 //! - a model is in exactly one tier; while it moves it stays in its source.
 
 use crate::drivers::Capacity;
@@ -221,11 +222,11 @@ impl Engine {
         {
             return false;
         }
-        if let Capacity::Total(total) = self.machine.drivers[tier].capacity()
-            && t.reserved + t.used + t.incoming_running + bytes > total
-        {
-            return false;
+        match self.machine.drivers[tier].capacity() {
+            Capacity::Total(total) => t.reserved + t.used + t.incoming_running + bytes <= total,
+            // Measured free space is already net of the moves running in.
+            Capacity::Free(free) => free.saturating_sub(t.reserved) >= bytes,
+            Capacity::Unbounded | Capacity::Unavailable(_) => true,
         }
-        true
     }
 }
