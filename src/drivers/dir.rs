@@ -262,8 +262,8 @@ impl TierDriver for DirDriver {
         self.copies.remove(model);
         self.invalidate();
         let p = copy_dir(&self.root, model);
-        if !p.starts_with(&self.root) || check_model_name(model).is_err() {
-            tracing::warn!(path = %p.display(), "refusing to release a copy outside the tier directory");
+        if let Err(e) = check_model_name(model).and_then(|()| sys::resolve_inside(&self.root, &p).map_err(|e| e.to_string())) {
+            tracing::warn!(path = %p.display(), error = %e, "refusing to release a copy outside the tier directory");
             return;
         }
         let stamp = std::time::SystemTime::now()

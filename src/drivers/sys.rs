@@ -171,25 +171,22 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// Removes `path` (a file, a symbolic link or a directory tree) when it
-/// lies inside the directory `root` (canonical, as a tier keeps it), and
-/// refuses with an error otherwise; `Ok(false)` when there is nothing to
-/// remove.
-///
-/// The check runs on the canonical path just before the unlink: `root`
-/// must still canonicalize to itself (a tier directory swapped for a
-/// symbolic link is refused), `path`'s parent must canonicalize to a
-/// directory inside `root`, and `path`'s last component must be a plain
-/// name (no `..`). A symbolic link is removed itself, never followed, and
-/// a directory tree is removed without following the links inside it.
-pub fn remove_inside(root: &Path, path: &Path) -> io::Result<bool> {
+/// Where `path` is, checked to lie inside the directory `root` (canonical,
+/// as a tier keeps it), or an error saying why not; `Ok(None)` when there
+/// is nothing there. The check runs on the canonical path: `root` must
+/// still canonicalize to itself (a tier directory swapped for a symbolic
+/// link is refused), `path`'s parent must canonicalize to a directory
+/// inside `root`, and `path`'s last component must be a plain name (no
+/// `..`). The returned path is `path` itself when `path` is a symbolic
+/// link: the link is what lies inside, not what it points at.
+pub fn resolve_inside(root: &Path, path: &Path) -> io::Result<Option<std::path::PathBuf>> {
     let refuse = |why: String| {
         Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("refusing to remove {}: {why}", path.display()),
         ))
     };
-    let Some(std::path::Component::Normal(_)) = path.components().next_back() else {
+    let Some(std::path::Component::Normal(name)) = path.components().next_back() else {
         return refuse(format!("it does not end in a plain name inside {}", root.display()));
     };
     if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -201,27 +198,36 @@ pub fn remove_inside(root: &Path, path: &Path) -> io::Result<bool> {
     }
     let parent = match path.parent().map(Path::canonicalize) {
         Some(Ok(p)) => p,
-        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Some(Err(e)) => return Err(e),
         None => return refuse("it has no parent directory".into()),
     };
     if !parent.starts_with(&real_root) {
         return refuse(format!("it lies outside {}", root.display()));
     }
-    let Some(name) = path.file_name() else {
-        return refuse("it has no file name".into());
-    };
     let target = parent.join(name);
     if target == real_root {
         return refuse("it is the tier directory itself".into());
     }
-    let meta = match std::fs::symlink_metadata(&target) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    match std::fs::symlink_metadata(&target) {
+        Ok(_) => Ok(Some(target)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `path` (a file, a symbolic link or a directory tree) when it
+/// lies inside the directory `root` ([`resolve_inside`], checked just
+/// before the unlink), and refuses with an error otherwise; `Ok(false)`
+/// when there is nothing to remove. A symbolic link is removed itself,
+/// never followed, and a directory tree is removed without following the
+/// links inside it.
+pub fn remove_inside(root: &Path, path: &Path) -> io::Result<bool> {
+    let Some(target) = resolve_inside(root, path)? else {
+        return Ok(false);
     };
     // `remove_dir_all` does not follow symbolic links, at the top or inside.
-    if meta.is_dir() {
+    if std::fs::symlink_metadata(&target)?.is_dir() {
         std::fs::remove_dir_all(&target)?;
     } else {
         std::fs::remove_file(&target)?;
