@@ -273,8 +273,7 @@ fn check_records(f: &StateFile) -> Result<(), String> {
     }
     for (name, m) in &f.models {
         for file in &m.files {
-            let plain = file.rel.components().count() > 0
-                && file.rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            let plain = file.rel.components().count() > 0 && file.rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
             if !plain {
                 return Err(format!(
                     "record {name:?} refused: file {} is not a plain relative path; remove the record to start",

@@ -23,6 +23,14 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
 }
 
+/// Why the real backend refuses to start on `cfg` (it must refuse).
+fn refused(cfg: &Config) -> String {
+    match try_engine(cfg) {
+        Ok(_) => panic!("the start was not refused"),
+        Err(e) => e,
+    }
+}
+
 fn tier_mut<'a>(cfg: &'a mut Config, name: &str) -> &'a mut tierd::config::TierConfig {
     cfg.tiers.iter_mut().find(|t| t.name == name).expect("tier")
 }
@@ -77,12 +85,12 @@ fn a_planted_dotdot_record_stops_the_start_and_deletes_nothing() {
     let victim = root.path().join("victimdir");
     make_file(&victim.join("w.bin"), 4096, 1);
     plant_record(&root.path().join("state"), "../victimdir", &victim, "w.bin", 4096, "swap");
-    let err = try_engine(&cfg).err().expect("the start is refused");
+    let err = refused(&cfg);
     assert!(err.contains("\"../victimdir\"") && err.contains("refused"), "{err}");
     assert!(victim.join("w.bin").exists(), "nothing outside the tiers is deleted");
     // A record whose file escapes its model's directory is refused too.
     plant_record(&root.path().join("state"), "m", &victim, "../../w.bin", 4096, "swap");
-    let err = try_engine(&cfg).err().expect("the start is refused");
+    let err = refused(&cfg);
     assert!(err.contains("\"m\"") && err.contains("../../w.bin"), "{err}");
     assert!(victim.join("w.bin").exists());
 }
@@ -106,7 +114,11 @@ fn start_up_cleanup_never_follows_a_link_out_of_the_tier() {
     let (e, _store, report) = engine(&cfg);
     assert_eq!(report.removed_partials.len(), 2, "{report:?}");
     assert_eq!(report.removed_orphans.len(), 1, "{report:?}");
-    assert!(std::fs::read_dir(&swap).expect("ls").all(|d| d.expect("entry").file_name() == ".tierd-lock"));
+    assert!(
+        std::fs::read_dir(&swap)
+            .expect("ls")
+            .all(|d| d.expect("entry").file_name() == ".tierd-lock")
+    );
     assert!(outside.join("keep.bin").exists(), "what the links point at stays");
     drop(e);
 }
@@ -159,7 +171,7 @@ fn a_second_server_over_the_same_tier_directory_refuses_and_touches_nothing() {
     // Another server, another state directory, the same tier directories.
     let mut other = cfg.clone();
     other.state_dir = Some(root.path().join("state2"));
-    let err = try_engine(&other).err().expect("the second server is refused");
+    let err = refused(&other);
     assert!(err.contains("in use by another tierd") && err.contains(".tierd-lock"), "{err}");
     assert!(!find(&swap, ".tierd-partial").is_empty(), "the live partial copy survives");
     let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
@@ -175,10 +187,7 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         // A background deletion may still hold the filesystem for a moment.
         for _ in 0..50 {
-            let quiet = Command::new("umount")
-                .arg(&self.0)
-                .stderr(std::process::Stdio::null())
-                .status();
+            let quiet = Command::new("umount").arg(&self.0).stderr(std::process::Stdio::null()).status();
             if quiet.is_ok_and(|s| s.success()) {
                 return;
             }
@@ -335,7 +344,11 @@ fn making_room_on_a_full_filesystem_still_works() {
             make_room: true,
             ..MoveOptions::default()
         };
-        let (x, y) = if model(&mut e, "a")["tier"] == json!("swap") { ("b", "a") } else { ("a", "b") };
+        let (x, y) = if model(&mut e, "a")["tier"] == json!("swap") {
+            ("b", "a")
+        } else {
+            ("a", "b")
+        };
         let s = e.move_model(now(), x, "swap", &opts).expect("admitted with room made");
         let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
         assert_eq!(st["status"], json!("success"), "{st}");

@@ -77,7 +77,11 @@ fn copy_into(
     // The copy's directories take the tier directory's mode.
     let mode = {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(tier_dir).map_err(io_err("cannot stat", tier_dir))?.permissions().mode() & 0o777
+        std::fs::metadata(tier_dir)
+            .map_err(io_err("cannot stat", tier_dir))?
+            .permissions()
+            .mode()
+            & 0o777
     };
     sys::create_dir_mode(partial, mode).map_err(io_err("cannot create", partial))?;
     let throttle = Throttle::new(bandwidth_mb_s);

@@ -176,10 +176,7 @@ mod tests {
         let during = sb.free(&b).expect("free");
         // Nothing is written yet: the whole copy is still to come (other
         // writers on the machine may move the figure a little).
-        assert!(
-            during + (1 << 30) <= before + (64 << 20),
-            "before {before}, during {during}"
-        );
+        assert!(during + (1 << 30) <= before + (64 << 20), "before {before}, during {during}");
         // Bytes written so far are in statvfs already: not counted twice.
         shared.add(1 << 29);
         sb.invalidate();
