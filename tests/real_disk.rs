@@ -171,9 +171,11 @@ fn a_second_server_over_the_same_tier_directory_refuses_and_touches_nothing() {
     // Another server, another state directory, the same tier directories.
     let mut other = cfg.clone();
     other.state_dir = Some(root.path().join("state2"));
+    tier_mut(&mut other, "nvme").mode = Some(0o777);
     let err = refused(&other);
     assert!(err.contains("in use by another tierd") && err.contains(".tierd-lock"), "{err}");
     assert!(!find(&swap, ".tierd-partial").is_empty(), "the live partial copy survives");
+    assert_eq!(mode(&root.path().join("nvme")), 0o700, "the live tier's mode is not changed");
     let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
     assert_eq!(st["status"], json!("success"), "{st}");
     assert_eq!(hash(&swap.join("slow/slow.bin")), hash(&origin));

@@ -97,16 +97,17 @@ impl DirDriver {
     /// its lock taken; its free space booked in `spaces`.
     pub fn open_with(path: &Path, mode: Option<u32>, spaces: &FsSpaces) -> Result<DirDriver, String> {
         let io = |e: std::io::Error| format!("{}: {e}", path.display());
-        if path.is_dir() {
-            if let Some(m) = mode {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).map_err(io)?;
-            }
-        } else {
+        let existed = path.is_dir();
+        if !existed {
             sys::create_dir_mode(path, mode.unwrap_or(DEFAULT_DIR_MODE)).map_err(io)?;
         }
         let root = path.canonicalize().map_err(io)?;
+        // Nothing in a directory another server owns is changed.
         let lock = lock_tier(&root)?;
+        if let (true, Some(m)) = (existed, mode) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(m)).map_err(io)?;
+        }
         let space = spaces.for_dir(&root)?;
         let (tx, rx) = channel();
         Ok(DirDriver {
@@ -189,6 +190,10 @@ impl TierDriver for DirDriver {
             Ok(f) => Capacity::Free(f),
             Err(e) => Capacity::Unavailable(e),
         }
+    }
+
+    fn free_is_net_of_running_moves(&self) -> bool {
+        true
     }
 
     fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {

@@ -65,11 +65,11 @@ pub enum Capacity {
     /// The tier's total bytes; the engine subtracts the reserve, what the
     /// tier holds and what is on its way in (simulated hardware).
     Total(u64),
-    /// Bytes the hardware can take now for moves not yet started, measured
-    /// and net of what the driver's running moves have still to bring in
-    /// (a `dir` tier: [`space`]); the engine subtracts the reserve and the
-    /// queued moves on their way in, and starts a queued move only while it
-    /// fits here.
+    /// Bytes the hardware can take now, measured; the engine subtracts the
+    /// reserve and the queued moves on their way in. Where the driver says
+    /// the figure is net of what its running moves have still to bring in
+    /// ([`TierDriver::free_is_net_of_running_moves`]; a `dir` tier:
+    /// [`space`]), the engine also starts a queued move only while it fits.
     Free(u64),
     /// The tier cannot take models at all, and why.
     Unavailable(String),
@@ -182,6 +182,13 @@ pub trait TierDriver: Send {
     /// the engine's lock: a driver that measures caches its reading with a
     /// bounded age rather than reading the hardware each time.
     fn capacity(&self) -> Capacity;
+
+    /// Whether a [`Capacity::Free`] reading already leaves out what the
+    /// driver's running moves have still to bring in (so that a queued move
+    /// is started only while it fits in it).
+    fn free_is_net_of_running_moves(&self) -> bool {
+        false
+    }
 
     /// Starts bringing a model into this tier; an `Err` means it could not
     /// even start (nothing was changed).

@@ -10,8 +10,9 @@
 //!   moves never overcommit a tier;
 //! - **start**: a queued move starts only when its dependencies have
 //!   succeeded and its bytes physically fit (`used + incoming_running +
-//!   size <= limit`, and the hardware's total where it has one, or its
-//!   measured free space net of the moves running in, less the reserve);
+//!   size <= limit`, and the hardware's total where it has one, or, for a
+//!   `dir` tier, its measured free space net of the copies running in, less
+//!   the reserve);
 //! - a model is in exactly one tier; while it moves it stays in its source.
 
 use crate::drivers::Capacity;
@@ -222,11 +223,12 @@ impl Engine {
         {
             return false;
         }
-        match self.machine.drivers[tier].capacity() {
+        let driver = &self.machine.drivers[tier];
+        match driver.capacity() {
             Capacity::Total(total) => t.reserved + t.used + t.incoming_running + bytes <= total,
-            // Measured free space is already net of the moves running in.
-            Capacity::Free(free) => free.saturating_sub(t.reserved) >= bytes,
-            Capacity::Unbounded | Capacity::Unavailable(_) => true,
+            // Measured free space net of the moves running in (a `dir` tier).
+            Capacity::Free(free) if driver.free_is_net_of_running_moves() => free.saturating_sub(t.reserved) >= bytes,
+            Capacity::Free(_) | Capacity::Unbounded | Capacity::Unavailable(_) => true,
         }
     }
 }
