@@ -91,11 +91,16 @@ impl FsSpace {
     /// through `dir`) less what the running copies have still to write,
     /// plus what deletions under way give back.
     pub fn free(&self, dir: &Path) -> Result<u64, String> {
+        self.free_by(|| sys::statvfs_available(dir).map_err(|e| format!("{}: {e}", dir.display())))
+    }
+
+    /// As [`FsSpace::free`], with the available bytes read by `statvfs`.
+    fn free_by(&self, statvfs: impl FnOnce() -> Result<u64, String>) -> Result<u64, String> {
         let mut b = self.books();
         let fresh = b.reading.as_ref().is_some_and(|r| r.at.elapsed() < STATVFS_MAX_AGE);
         if !fresh {
             let written = b.writing.values().map(Writing::written_at_least).sum();
-            let available = sys::statvfs_available(dir).map_err(|e| format!("{}: {e}", dir.display()));
+            let available = statvfs();
             b.reading = Some(Reading {
                 at: Instant::now(),
                 available,
@@ -170,23 +175,38 @@ mod tests {
         let spaces = FsSpaces::default();
         let (sa, sb) = (spaces.for_dir(&a).expect("a"), spaces.for_dir(&b).expect("b"));
         assert!(Arc::ptr_eq(&sa, &sb), "one filesystem, one book");
-        let before = sb.free(&b).expect("free");
-        let shared = MoveShared::new(2 << 30);
-        sa.start(1, 7, 1 << 30, shared.clone());
-        let during = sb.free(&b).expect("free");
-        // Nothing is written yet: the whole copy is still to come (other
-        // writers on the machine may move the figure a little).
-        assert!(during + (1 << 30) <= before + (64 << 20), "before {before}, during {during}");
-        // Bytes written so far are in statvfs already: not counted twice.
-        shared.add(1 << 29);
-        sb.invalidate();
-        let later = sb.free(&b).expect("free");
-        assert!(later + (1 << 30) <= before + (64 << 20) + (1 << 28), "{later}");
+        assert!(sb.free(&b).expect("statvfs") > 0);
+        const G: u64 = 1 << 30;
+        // The filesystem as statvfs shows it: 3 GiB available.
+        let disk = std::cell::Cell::new(3 * G);
+        let free = || {
+            sb.invalidate();
+            sb.free_by(|| Ok(disk.get())).expect("free")
+        };
+        assert_eq!(free(), 3 * G);
+        let shared = MoveShared::new(2 * G);
+        sa.start(1, 7, G, shared.clone());
+        assert_eq!(free(), 2 * G, "nothing written yet: the whole copy is to come");
+        // Half written (and a quarter verified): statvfs shows the half.
+        shared.add(G / 2 + G / 4);
+        disk.set(3 * G - G / 2);
+        assert!(free() <= 2 * G, "what is written is not counted twice");
+        shared.add(G / 2 + 3 * G / 4);
+        disk.set(2 * G);
+        assert_eq!(free(), 2 * G);
         sa.end(1, 7);
-        let after = sb.free(&b).expect("free");
-        assert!(after + (64 << 20) >= before && after > during, "after {after}, before {before}");
-        sb.freeing(1 << 20);
-        assert!(sb.free(&b).expect("free") >= after + (1 << 20) - (64 << 20));
-        sb.freed(1 << 20);
+        assert_eq!(free(), 2 * G);
+        // An old copy of 1 GiB being deleted gives its bytes back.
+        sb.freeing(G);
+        assert_eq!(free(), 3 * G);
+        disk.set(3 * G);
+        sb.freed(G);
+        assert_eq!(free(), 3 * G);
+        // A cached reading is used while fresh, and dropped when a copy starts.
+        sb.free_by(|| Ok(disk.get())).expect("free");
+        disk.set(0);
+        assert_eq!(sb.free_by(|| Ok(disk.get())).expect("cached"), 3 * G);
+        sb.start(2, 8, G, MoveShared::new(2 * G));
+        assert_eq!(sb.free_by(|| Ok(disk.get())).expect("read again"), 0);
     }
 }
