@@ -76,6 +76,13 @@ pub enum EngineError {
     },
     #[error("Model {model} is already registered")]
     DuplicateModel { model: String },
+    #[error("{path} is the same file (device and inode) as {other_path} of model {other}, already registered; a file can belong to one model only")]
+    SharedFile {
+        model: String,
+        other: String,
+        path: String,
+        other_path: String,
+    },
     #[error("Job not found: {job_id}")]
     JobNotFound { job_id: String },
     #[error("Job {job_id} has already ended ({status})")]
@@ -124,6 +131,7 @@ impl EngineError {
             AlreadyInTier { .. }
             | AlreadyMoving { .. }
             | DuplicateModel { .. }
+            | SharedFile { .. }
             | JobEnded { .. }
             | ModelBusy { .. }
             | PinnedConflict { .. } => ErrorCode::Conflict,
@@ -174,6 +182,12 @@ impl EngineError {
                 "tier": tier, "model_name": model, "required": gb(*required), "available": gb(*available), "unit": "GB"
             }),
             DuplicateModel { model } => json!({ "model_name": model }),
+            SharedFile {
+                model,
+                other,
+                path,
+                other_path,
+            } => json!({ "model_name": model, "registered_model": other, "path": path, "registered_path": other_path }),
             JobNotFound { job_id } => json!({ "job_id": job_id }),
             JobEnded { job_id, status } => json!({ "job_id": job_id, "status": status }),
             InvalidLimit { key, value, minimum, .. } => json!({ "key": key, "value": value, "minimum": minimum }),
