@@ -32,7 +32,7 @@ fn a_copy_of_a_symlinked_0640_file_is_0640_in_every_tier() {
     let cfg = config(root.path());
     let secret = root.path().join("etc/shadow-like");
     make_file(&secret, MB, 11);
-    chmod(&secret.parent().expect("parent").to_path_buf(), 0o755);
+    chmod(secret.parent().expect("parent"), 0o755);
     chmod(&secret, 0o640);
     let _ = std::os::unix::fs::chown(&secret, Some(0), Some(42));
     let link = root.path().join("models/link.bin");
@@ -155,7 +155,8 @@ fn the_same_file_cannot_be_registered_under_a_second_name() {
     make_file(&dir.join("own.bin"), 1024, 15);
     std::fs::hard_link(&file, dir.join("shared.bin")).expect("hard link");
     let (mut e, _store, _) = engine(&cfg);
-    e.register_json(now(), "first", None, Some("storage"), Some(&file)).expect("register");
+    e.register_json(now(), "first", None, Some("storage"), Some(&file))
+        .expect("register");
     for (name, path) in [("again", &file), ("hard", &hard), ("soft", &soft), ("dir", &dir)] {
         let err = e.register_json(now(), name, None, None, Some(path)).expect_err(name);
         assert_eq!(err.code(), ErrorCode::Conflict, "{name}: {err}");
@@ -164,14 +165,16 @@ fn the_same_file_cannot_be_registered_under_a_second_name() {
     }
     // Directory models sharing a file, the other way round.
     e.unregister("first").expect("unregister");
-    e.register_json(now(), "dir", None, Some("storage"), Some(&dir)).expect("register the directory");
+    e.register_json(now(), "dir", None, Some("storage"), Some(&dir))
+        .expect("register the directory");
     let err = e.register_json(now(), "single", None, None, Some(&hard)).expect_err("in dir");
     assert_eq!(err.code(), ErrorCode::Conflict, "{err}");
     assert!(err.to_string().contains("model dir"), "{err}");
     // Another file is fine.
     let other = root.path().join("models/other.bin");
     make_file(&other, 1024, 16);
-    e.register_json(now(), "other", None, Some("storage"), Some(&other)).expect("another file");
+    e.register_json(now(), "other", None, Some("storage"), Some(&other))
+        .expect("another file");
 }
 
 #[test]
@@ -221,7 +224,10 @@ fn registration_walks_its_files_off_the_engine_lock() {
     let line = json!({"register_model": {"model_name": "many", "path": dir}}).to_string();
     let mut out = Vec::new();
     let Answer::Prepare(envelope) = shared.answer_line(line.as_bytes(), &mut out) else {
-        panic!("a registration with a path is prepared before the lock: {}", String::from_utf8_lossy(&out));
+        panic!(
+            "a registration with a path is prepared before the lock: {}",
+            String::from_utf8_lossy(&out)
+        );
     };
     // The walk needs no engine: it completes while another holder has it.
     let guard = shared.lock();
@@ -240,7 +246,9 @@ fn registration_walks_its_files_off_the_engine_lock() {
     }
     drop(guard);
     let request = walker.join().expect("no panic").expect("walked");
-    let Request::RegisterModel(r) = &request else { panic!("a registration") };
+    let Request::RegisterModel(r) = &request else {
+        panic!("a registration")
+    };
     assert_eq!(r.files.as_ref().map(|f| f.files.len()), Some(2000));
     // Over the bound: refused, before the lock, naming the key.
     let mut small = r.clone();

@@ -137,7 +137,9 @@ fn create_private_dir(path: &Path) -> io::Result<()> {
 fn origin_file_perm(origin: &Path) -> Option<Perm> {
     let meta = std::fs::metadata(origin).ok()?;
     let p = Perm::of(&meta);
-    let linked = std::fs::symlink_metadata(origin).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    let linked = std::fs::symlink_metadata(origin)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
     if linked {
         let target = origin.canonicalize().ok()?;
         return Some(p.behind_parents_of(&target));
@@ -709,7 +711,10 @@ mod tests {
             .expect("append");
         let shared = MoveShared::new(2 << 20);
         let err = copy_model(&tier, "m", std::slice::from_ref(&f), &single(&src), &shared, None).expect_err("grew");
-        assert!(matches!(&err, WorkError::Failed { message, .. } if message.contains("changed size")), "{err:?}");
+        assert!(
+            matches!(&err, WorkError::Failed { message, .. } if message.contains("changed size")),
+            "{err:?}"
+        );
         assert!(!partial_dir(&tier, "m").exists() && !copy_dir(&tier, "m").exists());
 
         // Growing while it is copied (slowly): it stops at the registered size.
@@ -733,7 +738,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         let err = worker.join().expect("no panic").expect_err("grew during the copy");
-        assert!(matches!(&err, WorkError::Failed { message, .. } if message.contains("changed size")), "{err:?}");
+        assert!(
+            matches!(&err, WorkError::Failed { message, .. } if message.contains("changed size")),
+            "{err:?}"
+        );
         assert!(largest <= 8 << 20, "wrote {largest} bytes of an 8 MiB registration");
         assert!(!partial_dir(&tier, "g").exists());
     }

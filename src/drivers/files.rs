@@ -505,7 +505,7 @@ mod tests {
         std::fs::create_dir(d.path().join("sub")).expect("mkdir");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &d.path().join("sub/fifo"),
+            d.path().join("sub/fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,
@@ -519,7 +519,10 @@ mod tests {
         let t = std::time::Instant::now();
         let err = ModelFiles::walk(Path::new("/"), DEFAULT_MAX_FILES).expect_err("/");
         assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
-        assert!(err.contains("entries") || err.contains("under /") || err.contains("only regular"), "{err}");
+        assert!(
+            err.contains("entries") || err.contains("under /") || err.contains("only regular"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -534,7 +537,10 @@ mod tests {
         let first = ModelFiles::walk(&a, DEFAULT_MAX_FILES).expect("walk");
         let second = ModelFiles::walk(&dir, DEFAULT_MAX_FILES).expect("walk");
         let (here, there) = second.shared_file(&second.ids(), &first).expect("shared");
-        assert_eq!((here, there), (dir.canonicalize().expect("c").join("same.bin"), a.canonicalize().expect("c")));
+        assert_eq!(
+            (here, there),
+            (dir.canonicalize().expect("c").join("same.bin"), a.canonicalize().expect("c"))
+        );
         // A record that no longer holds (the file was replaced) does not count.
         // (Made before the old one goes, so it cannot reuse its inode.)
         std::fs::write(d.path().join("a.new"), b"new").expect("write");

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::files::{ModelFiles, check_file_system};
@@ -328,20 +328,25 @@ mod tests {
     #[test]
     fn a_panicking_worker_is_a_failed_move() {
         let (tx, rx) = std::sync::mpsc::channel::<(JobKey, Result<u32, WorkError>)>();
-        spawn_worker("copy", 7, &tx, || -> Result<u32, WorkError> { panic!("injected fault {}", 42) })
-            .expect("thread started");
+        spawn_worker("copy", 7, &tx, || -> Result<u32, WorkError> { panic!("injected fault {}", 42) }).expect("thread started");
         let (key, out) = rx.recv_timeout(Duration::from_secs(10)).expect("the driver hears of the panic");
         assert_eq!(key, 7);
         match out {
             Err(WorkError::Failed { message, retryable, .. }) => {
-                assert!(message.contains("copy worker panicked") && message.contains("injected fault 42"), "{message}");
+                assert!(
+                    message.contains("copy worker panicked") && message.contains("injected fault 42"),
+                    "{message}"
+                );
                 assert!(!retryable);
             }
             other => panic!("expected a failure, got {other:?}"),
         }
         // A static message, and a worker that does not panic.
         let out = run_caught("pin", || -> Result<(), WorkError> { panic!("static") });
-        assert!(matches!(&out, Err(WorkError::Failed { message, .. }) if message.contains("static")), "{out:?}");
+        assert!(
+            matches!(&out, Err(WorkError::Failed { message, .. }) if message.contains("static")),
+            "{out:?}"
+        );
         spawn_worker("pin", 8, &tx, || Ok(5)).expect("thread started");
         let (key, out) = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
         assert!(key == 8 && matches!(out, Ok(5)));

@@ -536,8 +536,7 @@ impl Engine {
                 return Err(EngineError::SharedFile {
                     model: name.to_string(),
                     other: m.name.to_string(),
-                    path: path.display().to_string(),
-                    other_path: other_path.display().to_string(),
+                    paths: Box::new((path.display().to_string(), other_path.display().to_string())),
                 });
             }
         }
