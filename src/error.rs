@@ -76,6 +76,17 @@ pub enum EngineError {
     },
     #[error("Model {model} is already registered")]
     DuplicateModel { model: String },
+    #[error(
+        "{} is the same file (device and inode) as {} of model {other}, already registered; a file can belong to one model only",
+        paths.0,
+        paths.1
+    )]
+    SharedFile {
+        model: String,
+        other: String,
+        /// This model's path of the file, and the registered model's.
+        paths: Box<(String, String)>,
+    },
     #[error("Job not found: {job_id}")]
     JobNotFound { job_id: String },
     #[error("Job {job_id} has already ended ({status})")]
@@ -124,6 +135,7 @@ impl EngineError {
             AlreadyInTier { .. }
             | AlreadyMoving { .. }
             | DuplicateModel { .. }
+            | SharedFile { .. }
             | JobEnded { .. }
             | ModelBusy { .. }
             | PinnedConflict { .. } => ErrorCode::Conflict,
@@ -174,6 +186,9 @@ impl EngineError {
                 "tier": tier, "model_name": model, "required": gb(*required), "available": gb(*available), "unit": "GB"
             }),
             DuplicateModel { model } => json!({ "model_name": model }),
+            SharedFile { model, other, paths } => {
+                json!({ "model_name": model, "registered_model": other, "path": paths.0, "registered_path": paths.1 })
+            }
             JobNotFound { job_id } => json!({ "job_id": job_id }),
             JobEnded { job_id, status } => json!({ "job_id": job_id, "status": status }),
             InvalidLimit { key, value, minimum, .. } => json!({ "key": key, "value": value, "minimum": minimum }),

@@ -53,6 +53,8 @@ fn tier_and_copy_directories_are_private_or_take_the_configured_mode() {
     assert_eq!(mode(&swap.join("m")), 0o700);
     assert_eq!(mode(&swap.join("m/sub")), 0o700);
     assert_eq!(move_and_wait(&mut e, "m", "nvme")["status"], json!("success"));
+    // The origin is open (0755 everywhere): the tier's mode is the bound.
+    assert_eq!(mode(&origin.join("sub")), 0o755);
     assert_eq!(mode(&nvme.join("m")), 0o750);
     assert_eq!(mode(&nvme.join("m/sub")), 0o750);
     save(&mut e, &store);

@@ -24,12 +24,12 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use serde_json::{Map, Value, json};
 
-use super::copy::{CopyFile, copy_dir, copy_model};
+use super::copy::{CopyFile, CopyOrigin, copy_dir, copy_model};
 use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name};
 use super::machine::OpenContext;
 use super::space::{FsSpace, FsSpaces};
 use super::sys;
-use super::work::{MoveShared, WorkError, WorkerMoves};
+use super::work::{MoveShared, WorkError, WorkerMoves, spawn_worker};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, Source, StartupReport, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -209,29 +209,28 @@ impl TierDriver for DirDriver {
                     rel: f.rel.clone(),
                     size: f.size,
                     expected: f.blake3.clone(),
+                    origin: files.origin_file(f),
                 },
                 Source::Origin => CopyFile {
                     src: files.origin_file(f),
                     rel: f.rel.clone(),
                     size: f.size,
                     expected: None,
+                    origin: files.origin_file(f),
                 },
             })
             .collect();
         let shared = MoveShared::new(files.bytes.saturating_mul(2));
+        let origin = CopyOrigin {
+            path: files.origin.clone(),
+            single: files.single,
+        };
+        let (s, root, model, bw) = (shared.clone(), self.root.clone(), order.model.clone(), order.bandwidth_mb_s);
+        // A panic in the copy is a failed move (its partial removed).
+        spawn_worker("copy", order.job, &self.tx, move || {
+            copy_model(&root, &model, &sources, &origin, &s, bw)
+        })?;
         self.space.start(self.id, order.job, files.bytes, shared.clone());
-        let (s, tx, root, model, job, bw) = (
-            shared.clone(),
-            self.tx.clone(),
-            self.root.clone(),
-            order.model.clone(),
-            order.job,
-            order.bandwidth_mb_s,
-        );
-        std::thread::spawn(move || {
-            let out = copy_model(&root, &model, &sources, &s, bw);
-            let _ = tx.send((job, out));
-        });
         self.running.insert(order, files, shared);
         Ok(())
     }

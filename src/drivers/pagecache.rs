@@ -19,7 +19,7 @@ use super::files::ModelFiles;
 use super::machine::OpenContext;
 use super::pin::{Pin, pin_files};
 use super::sys::{self, MemInfo};
-use super::work::{MoveShared, WorkError, WorkerMoves};
+use super::work::{MoveShared, WorkError, WorkerMoves, run_caught, spawn_worker};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
 
@@ -103,22 +103,23 @@ impl PageCacheDriver {
     }
 
     /// Spawns a pin of `files` under `key`.
-    fn spawn_pin(&self, key: JobKey, files: &ModelFiles, bandwidth: Option<f64>) -> Arc<MoveShared> {
+    /// A panic in the pin is a failed move (what it mapped is unmapped as
+    /// the panic unwinds, its pages dropped).
+    fn spawn_pin(&self, key: JobKey, files: &ModelFiles, bandwidth: Option<f64>) -> Result<Arc<MoveShared>, String> {
         let paths = files.origin_paths();
         let shared = MoveShared::new(files.bytes);
         let s = shared.clone();
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            let out = pin_files(&paths, &s, bandwidth);
+        spawn_worker("pin", key, &self.tx, move || {
+            let out = run_caught("pin", || pin_files(&paths, &s, bandwidth));
             if out.is_err() {
                 // Roll back fully: what the pin read leaves the cache too.
                 for (p, _) in &paths {
                     let _ = sys::drop_cache(p);
                 }
             }
-            let _ = tx.send((key, out));
-        });
-        shared
+            out
+        })?;
+        Ok(shared)
     }
 
     /// A re-pin at start ended.
@@ -194,7 +195,7 @@ impl TierDriver for PageCacheDriver {
         let files = self.running.files_for(order, "pin")?;
         // The worker checks each file's size as it opens it: a vanished or
         // changed origin fails the move there, not here under the lock.
-        let shared = self.spawn_pin(order.job, &files, order.bandwidth_mb_s);
+        let shared = self.spawn_pin(order.job, &files, order.bandwidth_mb_s)?;
         self.running.insert(order, files, shared);
         Ok(())
     }
@@ -279,7 +280,14 @@ impl TierDriver for PageCacheDriver {
     fn restore(&mut self, model: &str, files: &ModelFiles) {
         let key = self.next_restore;
         self.next_restore += 1;
-        self.spawn_pin(key, files, None);
-        self.restoring.insert(key, model.to_string());
+        match self.spawn_pin(key, files, None) {
+            Ok(_) => {
+                self.restoring.insert(key, model.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(model = %model, error = %e, "re-pin at start not started");
+                self.pin_errors.insert(model.to_string(), e);
+            }
+        }
     }
 }

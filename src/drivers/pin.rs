@@ -3,13 +3,12 @@
 //! cap work between pieces; where locking is refused the pages are
 //! populated unlocked and the [`Pin`] says why.
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use memmap2::{Advice as MapAdvice, Mmap};
 
 use super::sys::{self, Advice};
-use super::work::{MoveShared, Throttle, WorkError};
+use super::work::{MoveShared, Throttle, WorkError, open_source};
 
 /// Chunk of a mapping locked at a time (progress and cancel granularity).
 pub const PIN_CHUNK: usize = 64 << 20;
@@ -98,14 +97,10 @@ pub fn pin_files(paths: &[(PathBuf, u64)], shared: &MoveShared, bandwidth_mb_s: 
         _ => PIN_CHUNK,
     };
     for (path, expected) in paths {
-        let file = File::open(path).map_err(|e| WorkError::io("cannot open", path, &e))?;
-        let len = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?.len();
-        if len != *expected {
-            return Err(WorkError::failed(format!(
-                "{} changed size: {len} bytes, registered with {expected}",
-                path.display()
-            )));
-        }
+        // A regular file on a disk, of the registered size (never a FIFO to
+        // block on, nor a /proc file that only looks like one).
+        let file = open_source(path, *expected)?;
+        let len = *expected;
         if len == 0 {
             continue;
         }

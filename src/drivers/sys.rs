@@ -41,9 +41,24 @@ pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io::Result
     rustix::fs::fadvise(file, offset, NonZeroU64::new(len), a).map_err(io::Error::from)
 }
 
+/// Opens `path` for reading without ever blocking (a FIFO put in place of
+/// a model file would block a plain `open` forever) and only if it is a
+/// regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Drops the page cache of the file at `path` (its clean pages).
 pub fn drop_cache(path: &Path) -> io::Result<()> {
-    let f = File::open(path)?;
+    let f = open_regular(path)?;
     fadvise(&f, 0, 0, Advice::DontNeed)
 }
 
@@ -68,7 +83,7 @@ pub fn resident_pages(map: &Mmap) -> io::Result<(usize, usize)> {
 /// Resident bytes and length of the file at `path` (the page cache's share
 /// of it). Maps the file without touching its pages.
 pub fn file_resident_fraction(path: &Path) -> io::Result<(u64, u64)> {
-    let f = File::open(path)?;
+    let f = open_regular(path)?;
     let len = f.metadata()?.len();
     if len == 0 {
         return Ok((0, 0));

@@ -8,13 +8,15 @@
 //! to read it.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use super::files::ModelFiles;
+use super::files::{ModelFiles, check_file_system};
 use super::{JobKey, MoveEvent, MoveOrder};
 
 /// State shared between a running move and the backend.
@@ -178,6 +180,87 @@ impl WorkError {
     }
 }
 
+/// What a panic said, for a job's `error`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Runs a worker's body, turning a panic in it (a bug) into a failed move
+/// that says so: the caller's roll-back and the driver's bookkeeping then
+/// run exactly as for any other failure.
+pub fn run_caught<T>(what: &str, work: impl FnOnce() -> Result<T, WorkError>) -> Result<T, WorkError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(out) => out,
+        Err(payload) => {
+            let message = format!("the {what} worker panicked: {}", panic_message(payload.as_ref()));
+            tracing::error!("{message}");
+            Err(WorkError::failed(message))
+        }
+    }
+}
+
+/// Starts the worker of move `key` on a thread of its own named
+/// `tierd-<what>`: `work` runs under [`run_caught`] and its outcome, a panic
+/// included, is always sent on `tx`, so the driver always hears how the
+/// move ended. Fails (and runs nothing) where no thread can be started.
+pub fn spawn_worker<T: Send + 'static>(
+    what: &'static str,
+    key: JobKey,
+    tx: &Sender<(JobKey, Result<T, WorkError>)>,
+    work: impl FnOnce() -> Result<T, WorkError> + Send + 'static,
+) -> Result<(), String> {
+    let tx = tx.clone();
+    std::thread::Builder::new()
+        .name(format!("tierd-{what}"))
+        .spawn(move || {
+            let out = run_caught(what, work);
+            let _ = tx.send((key, out));
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start a {what} worker thread: {e}"))
+}
+
+/// Opens `path`, a file of a model, to read it: never blocks on a FIFO,
+/// refuses anything but a regular file on an ordinary filesystem, and
+/// checks it still has the `size` it was registered with.
+pub fn open_source(path: &Path, size: u64) -> Result<File, WorkError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| WorkError::io("cannot open source", path, &e))?;
+    let meta = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?;
+    if !meta.is_file() {
+        return Err(WorkError::failed(format!(
+            "{} is no longer a regular file; only regular files are moved",
+            path.display()
+        )));
+    }
+    check_file_system(&file).map_err(|e| WorkError::failed(format!("{}: {e}", path.display())))?;
+    if meta.len() != size {
+        return Err(WorkError::failed(format!(
+            "{} changed size: {} bytes, registered with {size}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    Ok(file)
+}
+
+/// When `done` bytes are due at `rate` bytes a second: any rate, however
+/// small, gives a time (a rate too small for `Duration` waits "forever",
+/// that is until the move is cancelled), never a panic.
+fn due_after(done: u64, rate: f64) -> Duration {
+    Duration::try_from_secs_f64(done as f64 / rate).unwrap_or(Duration::MAX)
+}
+
 /// Keeps a move at or under a rate, sleeping in short slices so cancel stays
 /// prompt.
 pub struct Throttle {
@@ -195,7 +278,7 @@ impl Throttle {
 
     pub fn wait(&self, done: u64, shared: &MoveShared) -> Result<(), WorkError> {
         let Some(rate) = self.bytes_per_s else { return Ok(()) };
-        let due = Duration::from_secs_f64(done as f64 / rate);
+        let due = due_after(done, rate);
         loop {
             if shared.cancelled() {
                 return Err(WorkError::Cancelled);
@@ -206,5 +289,66 @@ impl Throttle {
             }
             std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_rate_gives_a_due_time_without_panicking() {
+        for mb_s in [1e-30, 5e-324, f64::MIN_POSITIVE, 1e-300, 1e-6, 1.0, 1e300, f64::MAX] {
+            let t = Throttle::new(Some(mb_s));
+            let rate = t.bytes_per_s.expect("a positive finite rate is kept");
+            for done in [0, 1, 1 << 20, u64::MAX] {
+                let _ = due_after(done, rate);
+            }
+        }
+        assert_eq!(due_after(1 << 20, 1e-24), Duration::MAX, "a rate too small waits until cancelled");
+        assert_eq!(due_after(0, 1e-24), Duration::ZERO);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(Throttle::new(Some(bad)).bytes_per_s.is_none(), "{bad} is no cap");
+        }
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_until_cancelled() {
+        let shared = MoveShared::new(1 << 20);
+        let t = Throttle::new(Some(1e-30));
+        let s = shared.clone();
+        let waiter = std::thread::spawn(move || t.wait(1 << 20, &s));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "1e-30 MB/s waits");
+        shared.cancel.store(true, Ordering::Relaxed);
+        let out = waiter.join().expect("the throttle does not panic");
+        assert!(matches!(out, Err(WorkError::Cancelled)), "{out:?}");
+    }
+
+    #[test]
+    fn a_panicking_worker_is_a_failed_move() {
+        let (tx, rx) = std::sync::mpsc::channel::<(JobKey, Result<u32, WorkError>)>();
+        spawn_worker("copy", 7, &tx, || -> Result<u32, WorkError> { panic!("injected fault {}", 42) }).expect("thread started");
+        let (key, out) = rx.recv_timeout(Duration::from_secs(10)).expect("the driver hears of the panic");
+        assert_eq!(key, 7);
+        match out {
+            Err(WorkError::Failed { message, retryable, .. }) => {
+                assert!(
+                    message.contains("copy worker panicked") && message.contains("injected fault 42"),
+                    "{message}"
+                );
+                assert!(!retryable);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        // A static message, and a worker that does not panic.
+        let out = run_caught("pin", || -> Result<(), WorkError> { panic!("static") });
+        assert!(
+            matches!(&out, Err(WorkError::Failed { message, .. }) if message.contains("static")),
+            "{out:?}"
+        );
+        spawn_worker("pin", 8, &tx, || Ok(5)).expect("thread started");
+        let (key, out) = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+        assert!(key == 8 && matches!(out, Ok(5)));
     }
 }

@@ -465,6 +465,7 @@ impl Engine {
             (MachineKind::Real, Some(files), _) => {
                 check_model_name(name).map_err(EngineError::bad_request)?;
                 self.check_origin(&files.origin)?;
+                self.check_shared_files(name, &files)?;
                 (files.bytes, Some(Arc::new(files)))
             }
             (MachineKind::Real, None, _) => {
@@ -522,6 +523,24 @@ impl Engine {
             tier: self.state.tiers[chosen].name.clone(),
             job_id,
         })
+    }
+
+    /// Refuses a model with a file (same device and inode) that a
+    /// registered model already has, naming that model. No I/O but one
+    /// `stat` per match, to check a recorded id still holds.
+    fn check_shared_files(&self, name: &str, files: &ModelFiles) -> Result<(), EngineError> {
+        let mine = files.ids();
+        for (_, m) in self.state.iter_models() {
+            let Some(other) = &m.files else { continue };
+            if let Some((path, other_path)) = files.shared_file(&mine, other) {
+                return Err(EngineError::SharedFile {
+                    model: name.to_string(),
+                    other: m.name.to_string(),
+                    paths: Box::new((path.display().to_string(), other_path.display().to_string())),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a model origin that is tierd's own: inside a tier a driver
