@@ -21,8 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// Unix socket of the server [default: $TIERD_SOCKET, else
-    /// $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-$UID.sock]. With
-    /// `serve`, listen there instead of on stdio.
+    /// $XDG_RUNTIME_DIR/tierd/tierd.sock, else /tmp/tierd-$UID/tierd.sock;
+    /// `serve` creates that directory with mode 0700]. With `serve`, listen
+    /// there instead of on stdio.
     #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
     socket: Option<Option<PathBuf>>,
 
@@ -140,6 +141,10 @@ struct ServeArgs {
     /// CPU core, at most 4].
     #[arg(long, value_name = "N", default_value_t = serve::default_workers(), hide_default_value = true)]
     workers: usize,
+    /// Socket connections served at once; at the cap the one idle longest
+    /// is closed to make room [default: the config's max_connections, 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +182,12 @@ fn main() -> ExitCode {
                 time_scale: a.time_scale,
                 stdio: a.stdio || cli.socket.is_none(),
                 socket: cli.socket.as_ref().map(|_| socket),
+                // `--socket` without a path: the default one, in its private directory.
+                socket_dir: match cli.socket {
+                    Some(None) => client::default_socket_dir(),
+                    _ => None,
+                },
+                max_connections: a.max_connections.map(|n| n as usize),
                 fault_probability: a.fault_probability,
                 backend: a.backend,
                 drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),

@@ -7,10 +7,75 @@
 //! (never buffered whole) and reported as [`Frame::TooLong`]; UTF-8 is checked
 //! later by `requests::parse_line`, so non-UTF-8 bytes become an ordinary
 //! parse error.
+//!
+//! On the socket a reader is also bounded in time and memory: a partial
+//! line must reach its newline within the line timeout of its first byte
+//! ([`Frame::TimedOut`]), and the bytes every connection holds in partial
+//! lines come out of one [`PartialBudget`] ([`Frame::OverBudget`] when it is
+//! spent).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::requests::MAX_LINE_BYTES;
+
+/// Line buffers larger than this are freed after their line, so a
+/// connection that once sent a long line does not keep its memory.
+const KEEP_LINE_CAPACITY: usize = 64 * 1024;
+
+/// The bytes all connections together may hold in lines not yet complete
+/// (`max_partial_line_bytes`). Cheap to clone; clones share the count.
+#[derive(Debug, Clone)]
+pub struct PartialBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl PartialBudget {
+    pub fn new(limit: u64) -> PartialBudget {
+        PartialBudget {
+            inner: Arc::new(BudgetInner {
+                used: AtomicU64::new(0),
+                limit,
+            }),
+        }
+    }
+
+    /// Takes `n` bytes if they fit under the limit.
+    fn take(&self, n: usize) -> bool {
+        let n = n as u64;
+        let limit = self.inner.limit;
+        self.inner
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_add(n).filter(|t| *t <= limit))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        let n = n as u64;
+        let _ = self
+            .inner
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.inner.used.load(Ordering::Acquire)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.inner.limit
+    }
+}
 
 /// What [`LineReader::next_frame`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +86,12 @@ pub enum Frame {
     TooLong(usize),
     /// The peer closed its side and every line has been returned.
     Eof,
+    /// A partial line of this many bytes did not reach its newline within
+    /// the line timeout of its first byte.
+    TimedOut(usize),
+    /// Buffering more of the current line would exceed the [`PartialBudget`]
+    /// shared by all connections; the line had this many bytes so far.
+    OverBudget(usize),
 }
 
 /// Reads lines into one reused buffer.
@@ -32,6 +103,11 @@ pub struct LineReader<R> {
     line: Vec<u8>,
     /// Longest line accepted, in bytes (without its newline).
     max: usize,
+    /// Shared bound on partial-line bytes, and how much of it `line` holds.
+    budget: Option<PartialBudget>,
+    held: usize,
+    /// Time a line may take from its first byte to its newline.
+    timeout: Option<Duration>,
 }
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
@@ -46,7 +122,40 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
             inner,
             line: Vec::with_capacity(1024),
             max,
+            budget: None,
+            held: 0,
+            timeout: None,
         }
+    }
+
+    /// Draws the bytes of partial lines from `budget`.
+    pub fn with_budget(mut self, budget: PartialBudget) -> LineReader<R> {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Gives each line `timeout` from its first byte to its newline.
+    pub fn with_timeout(mut self, timeout: Duration) -> LineReader<R> {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Empties the line buffer, returns its bytes to the budget and frees
+    /// a large buffer.
+    fn reset(&mut self) {
+        self.line.clear();
+        if self.line.capacity() > KEEP_LINE_CAPACITY {
+            self.line = Vec::with_capacity(1024);
+        }
+        if let Some(b) = &self.budget {
+            b.give(self.held);
+        }
+        self.held = 0;
+    }
+
+    /// The byte budget's limit, when the reader draws on one.
+    pub fn budget_limit(&self) -> Option<u64> {
+        self.budget.as_ref().map(PartialBudget::limit)
     }
 
     /// The line of the last [`Frame::Line`].
@@ -66,12 +175,20 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// Reads the next line. Cancel-safe only between lines: a cancelled call
     /// may lose a partly read line (used only at shutdown).
     pub async fn next_frame(&mut self) -> std::io::Result<Frame> {
-        self.line.clear();
+        self.reset();
         // Bytes of the current line seen so far, kept or not.
         let mut seen = 0usize;
         let mut too_long = false;
+        // Set by the line's first byte.
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
-            let available = self.inner.fill_buf().await?;
+            let available = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, self.inner.fill_buf()).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(Frame::TimedOut(seen)),
+                },
+                None => self.inner.fill_buf().await?,
+            };
             if available.is_empty() {
                 // End of stream: a last line without its newline still counts.
                 return Ok(if too_long {
@@ -93,9 +210,22 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                     // One byte of slack for a `\r` before the newline.
                     too_long = true;
                     self.line.clear();
+                    if let Some(b) = &self.budget {
+                        b.give(self.held);
+                    }
+                    self.held = 0;
                 } else {
+                    if let Some(b) = &self.budget {
+                        if !b.take(chunk.len()) {
+                            return Ok(Frame::OverBudget(seen - chunk.len()));
+                        }
+                        self.held += chunk.len();
+                    }
                     self.line.extend_from_slice(chunk);
                 }
+            }
+            if deadline.is_none() && seen > 0 && !found {
+                deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
             }
             let used = chunk.len() + usize::from(found);
             self.inner.consume(used);
@@ -117,6 +247,14 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     fn trim_cr(&mut self) {
         if self.line.last() == Some(&b'\r') {
             self.line.pop();
+        }
+    }
+}
+
+impl<R> Drop for LineReader<R> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.held);
         }
     }
 }
