@@ -24,7 +24,7 @@ use crate::requests::MAX_LINE_BYTES;
 
 /// Line buffers larger than this are freed after their line, so a
 /// connection that once sent a long line does not keep its memory.
-const KEEP_LINE_CAPACITY: usize = 64 * 1024;
+const KEEP_LINE_CAPACITY: usize = 16 * 1024;
 
 /// The bytes all connections together may hold in lines not yet complete
 /// (`max_partial_line_bytes`). Cheap to clone; clones share the count.
@@ -215,11 +215,19 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                     }
                     self.held = 0;
                 } else {
-                    if let Some(b) = &self.budget {
-                        if !b.take(chunk.len()) {
-                            return Ok(Frame::OverBudget(seen - chunk.len()));
+                    let need = self.line.len() + chunk.len();
+                    if need > self.line.capacity() {
+                        // Grow by doubling, up to the longest line; the
+                        // budget pays for the capacity, not just the bytes.
+                        let cap = need.max(self.line.capacity().saturating_mul(2)).min(self.max.saturating_add(1)).max(need);
+                        if let Some(b) = &self.budget {
+                            let extra = cap.saturating_sub(self.held);
+                            if !b.take(extra) {
+                                return Ok(Frame::OverBudget(seen - chunk.len()));
+                            }
+                            self.held += extra;
                         }
-                        self.held += chunk.len();
+                        self.line.reserve_exact(cap - self.line.len());
                     }
                     self.line.extend_from_slice(chunk);
                 }
@@ -304,6 +312,46 @@ mod tests {
                 (Frame::Line, b"last".to_vec()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn partial_lines_draw_on_the_shared_budget_and_give_it_back() {
+        let budget = PartialBudget::new(64 * 1024);
+        let big = vec![b'x'; 40 * 1024];
+        let mut a = LineReader::new(BufReader::with_capacity(4096, &big[..])).with_budget(budget.clone());
+        // At the end of input the line counts as complete; it held its bytes.
+        assert_eq!(a.next_frame().await.unwrap(), Frame::Line);
+        assert!(budget.used() >= 40 * 1024, "{}", budget.used());
+        // A second line of the same size does not fit beside it.
+        let mut b = LineReader::new(BufReader::with_capacity(4096, &big[..])).with_budget(budget.clone());
+        assert!(matches!(b.next_frame().await.unwrap(), Frame::OverBudget(n) if n < 40 * 1024));
+        drop(b);
+        // The next frame frees the first line: its buffer and its budget.
+        assert_eq!(a.next_frame().await.unwrap(), Frame::Eof);
+        assert_eq!(budget.used(), 0);
+        assert!(a.line.capacity() <= KEEP_LINE_CAPACITY);
+        let mut c = LineReader::new(BufReader::with_capacity(4096, &big[..])).with_budget(budget.clone());
+        assert_eq!(c.next_frame().await.unwrap(), Frame::Line);
+        drop(c);
+        assert_eq!(budget.used(), 0, "dropping a reader returns its bytes");
+    }
+
+    #[tokio::test]
+    async fn a_partial_line_must_end_within_the_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let timeout = Duration::from_millis(200);
+        let mut r = LineReader::new(BufReader::new(server)).with_timeout(timeout);
+        client.write_all(b"{\"health\": true}\n").await.unwrap();
+        assert_eq!(r.next_frame().await.unwrap(), Frame::Line);
+        // Silence without a partial line is not timed out.
+        let waited = tokio::time::timeout(timeout * 2, r.next_frame()).await;
+        assert!(waited.is_err(), "an idle reader waits");
+        client.write_all(b"{\"hea").await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(r.next_frame().await.unwrap(), Frame::TimedOut(5));
+        let took = started.elapsed();
+        assert!(took >= timeout && took < timeout * 5, "{took:?}");
     }
 
     #[tokio::test]
