@@ -138,6 +138,11 @@ where
                 last_done = Instant::now();
             }
         }
+        // One unit of the task's cooperative budget per request: a peer
+        // with a long pipeline of buffered requests (answered without
+        // touching the socket) yields its loop to the other connections
+        // every 128 requests.
+        tokio::task::coop::consume_budget().await;
         // Batch the answers to pipelined requests: write once the input
         // already received has been answered. A peer that does not read
         // may be closed to make room meanwhile.

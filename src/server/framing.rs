@@ -22,9 +22,90 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::requests::MAX_LINE_BYTES;
 
-/// Line buffers larger than this are freed after their line, so a
-/// connection that once sent a long line does not keep its memory.
-const KEEP_LINE_CAPACITY: usize = 16 * 1024;
+/// Lines up to this size are held in a reused heap buffer; a longer one
+/// moves to an anonymous mapping of the longest line's size, unmapped after
+/// the line. Only touched pages count in RSS, and unmapping gives them back
+/// to the system at once (a freed heap block may stay with the allocator):
+/// memory returns to its baseline when long-line senders go.
+const SMALL_LINE: usize = 4 * 1024;
+
+/// The current line's bytes.
+#[derive(Debug)]
+enum LineBuf {
+    Small(Vec<u8>),
+    Big { map: memmap2::MmapMut, len: usize },
+}
+
+impl LineBuf {
+    fn new() -> LineBuf {
+        LineBuf::Small(Vec::with_capacity(1024))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            LineBuf::Small(v) => v,
+            LineBuf::Big { map, len } => &map[..*len],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Empties the buffer; a mapping is unmapped.
+    fn clear(&mut self) {
+        match self {
+            LineBuf::Small(v) => {
+                v.clear();
+                if v.capacity() > SMALL_LINE {
+                    *v = Vec::with_capacity(1024);
+                }
+            }
+            LineBuf::Big { .. } => *self = LineBuf::new(),
+        }
+    }
+
+    /// Appends `chunk`; a line that outgrows [`SMALL_LINE`] moves to a
+    /// mapping of `max` bytes (the longest line kept). False when no
+    /// mapping could be made.
+    fn extend(&mut self, chunk: &[u8], max: usize) -> bool {
+        match self {
+            LineBuf::Small(v) if v.len() + chunk.len() <= SMALL_LINE.max(v.capacity()) || max <= SMALL_LINE => {
+                v.extend_from_slice(chunk);
+            }
+            LineBuf::Small(v) => {
+                let Ok(mut map) = memmap2::MmapMut::map_anon(max.max(v.len() + chunk.len())) else {
+                    return false;
+                };
+                let len = v.len();
+                map[..len].copy_from_slice(v);
+                map[len..len + chunk.len()].copy_from_slice(chunk);
+                *self = LineBuf::Big {
+                    map,
+                    len: len + chunk.len(),
+                };
+            }
+            LineBuf::Big { map, len } => {
+                let end = *len + chunk.len();
+                if end > map.len() {
+                    return false;
+                }
+                map[*len..end].copy_from_slice(chunk);
+                *len = end;
+            }
+        }
+        true
+    }
+
+    fn pop(&mut self) {
+        match self {
+            LineBuf::Small(v) => {
+                v.pop();
+            }
+            LineBuf::Big { len, .. } => *len = len.saturating_sub(1),
+        }
+    }
+}
 
 /// The bytes all connections together may hold in lines not yet complete
 /// (`max_partial_line_bytes`). Cheap to clone; clones share the count.
@@ -100,7 +181,7 @@ pub struct LineReader<R> {
     inner: R,
     /// The current line; reused so a steady stream of requests does not
     /// allocate per line.
-    line: Vec<u8>,
+    line: LineBuf,
     /// Longest line accepted, in bytes (without its newline).
     max: usize,
     /// Shared bound on partial-line bytes, and how much of it `line` holds.
@@ -120,7 +201,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     pub fn with_limit(inner: R, max: usize) -> LineReader<R> {
         LineReader {
             inner,
-            line: Vec::with_capacity(1024),
+            line: LineBuf::new(),
             max,
             budget: None,
             held: 0,
@@ -144,9 +225,6 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// a large buffer.
     fn reset(&mut self) {
         self.line.clear();
-        if self.line.capacity() > KEEP_LINE_CAPACITY {
-            self.line = Vec::with_capacity(1024);
-        }
         if let Some(b) = &self.budget {
             b.give(self.held);
         }
@@ -160,7 +238,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 
     /// The line of the last [`Frame::Line`].
     pub fn line(&self) -> &[u8] {
-        &self.line
+        self.line.as_slice()
     }
 
     /// Whether more input is already buffered (the caller may then delay
@@ -215,21 +293,16 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                     }
                     self.held = 0;
                 } else {
-                    let need = self.line.len() + chunk.len();
-                    if need > self.line.capacity() {
-                        // Grow by doubling, up to the longest line; the
-                        // budget pays for the capacity, not just the bytes.
-                        let cap = need.max(self.line.capacity().saturating_mul(2)).min(self.max.saturating_add(1)).max(need);
-                        if let Some(b) = &self.budget {
-                            let extra = cap.saturating_sub(self.held);
-                            if !b.take(extra) {
-                                return Ok(Frame::OverBudget(seen - chunk.len()));
-                            }
-                            self.held += extra;
+                    if let Some(b) = &self.budget {
+                        if !b.take(chunk.len()) {
+                            return Ok(Frame::OverBudget(seen - chunk.len()));
                         }
-                        self.line.reserve_exact(cap - self.line.len());
+                        self.held += chunk.len();
                     }
-                    self.line.extend_from_slice(chunk);
+                    // One byte of slack for a `\r` before the newline.
+                    if !self.line.extend(chunk, self.max.saturating_add(1)) {
+                        return Ok(Frame::OverBudget(seen - chunk.len()));
+                    }
                 }
             }
             if deadline.is_none() && seen > 0 && !found {
@@ -253,7 +326,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     }
 
     fn trim_cr(&mut self) {
-        if self.line.last() == Some(&b'\r') {
+        if self.line.as_slice().last() == Some(&b'\r') {
             self.line.pop();
         }
     }
@@ -329,7 +402,7 @@ mod tests {
         // The next frame frees the first line: its buffer and its budget.
         assert_eq!(a.next_frame().await.unwrap(), Frame::Eof);
         assert_eq!(budget.used(), 0);
-        assert!(a.line.capacity() <= KEEP_LINE_CAPACITY);
+        assert!(matches!(&a.line, LineBuf::Small(v) if v.capacity() <= SMALL_LINE));
         let mut c = LineReader::new(BufReader::with_capacity(4096, &big[..])).with_budget(budget.clone());
         assert_eq!(c.next_frame().await.unwrap(), Frame::Line);
         drop(c);
