@@ -177,16 +177,11 @@ fn main() -> ExitCode {
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
             serve::init_logging();
-            let opts = ServeOptions {
+            let mut opts = ServeOptions {
                 config: a.config,
                 time_scale: a.time_scale,
                 stdio: a.stdio || cli.socket.is_none(),
                 socket: cli.socket.as_ref().map(|_| socket),
-                // `--socket` without a path: the default one, in its private directory.
-                socket_dir: match cli.socket {
-                    Some(None) => client::default_socket_dir(),
-                    _ => None,
-                },
                 max_connections: a.max_connections.map(|n| n as usize),
                 fault_probability: a.fault_probability,
                 backend: a.backend,
@@ -194,6 +189,10 @@ fn main() -> ExitCode {
                 workers: a.workers,
                 ..ServeOptions::default()
             };
+            // `--socket` without a path: the default one, in its private directory.
+            if let Some(None) = cli.socket {
+                opts.socket_dir = client::default_socket_dir();
+            }
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
         Command::Status => client::status(&socket).map_err(|e| e.to_string()),

@@ -28,10 +28,7 @@ const HEALTH_BOUND: Duration = Duration::from_secs(1);
 /// The soft open-file limit raised to the hard one (the attacks hold over
 /// a thousand sockets).
 fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain getrlimit/setrlimit on a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

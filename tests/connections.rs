@@ -113,6 +113,18 @@ fn at_the_cap_the_longest_idle_connection_makes_room() {
 }
 
 #[test]
+fn the_command_line_cap_overrides_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, sock) = server_with(dir.path(), "max_connections = 5", &["--max-connections", "1"]);
+    let mut a = Conn::open(&sock);
+    assert_eq!(a.req(r#"{"health": true}"#)["healthy"], true);
+    let mut b = Conn::open(&sock);
+    assert_eq!(b.req(r#"{"health": true}"#)["healthy"], true);
+    let v = a.last_line();
+    assert_eq!(v["error"]["details"]["max_connections"], 1, "{v}");
+}
+
+#[test]
 fn a_newcomer_is_refused_only_when_every_connection_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     // A quarter of real time: the moves below take seconds.

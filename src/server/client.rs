@@ -86,7 +86,9 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("tierd closed the connection without answering")]
     Closed,
-    #[error("refusing to talk to {path}: {what} is owned by uid {owner}, neither you (uid {me}) nor root; another user may be posing as tierd there")]
+    #[error(
+        "refusing to talk to {path}: {what} is owned by uid {owner}, neither you (uid {me}) nor root; another user may be posing as tierd there"
+    )]
     Untrusted {
         path: PathBuf,
         what: &'static str,

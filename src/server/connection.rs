@@ -177,7 +177,9 @@ fn timed_out_line(bytes: usize, timeout: Option<Duration>) -> Vec<u8> {
     details.insert("line_timeout_s".into(), secs.into());
     error_line(
         ErrorCode::InvalidRequest,
-        &format!("request line not completed within {secs} s (line_timeout_s) of its first byte ({bytes} bytes, no newline); closing the connection"),
+        &format!(
+            "request line not completed within {secs} s (line_timeout_s) of its first byte ({bytes} bytes, no newline); closing the connection"
+        ),
         details,
     )
 }

@@ -183,7 +183,8 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ServeError> {
     let meta = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
     if !meta.file_type().is_dir() {
         return Err(err(
-            "the socket directory is not a directory (a symlink or another file); refusing to use it: remove it, or choose --socket PATH".into(),
+            "the socket directory is not a directory (a symlink or another file); refusing to use it: remove it, or choose --socket PATH"
+                .into(),
         ));
     }
     let me = rustix::process::geteuid().as_raw();
