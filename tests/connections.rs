@@ -282,6 +282,39 @@ fn socket_peers_are_checked_with_so_peercred() {
     let out = cli_as(NOBODY - 1, NOBODY - 1, &sock, &["health"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    drop(_server);
+
+    // A supplementary group counts too (SO_PEERGROUPS).
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        skip::skip(
+            "socket_peers_are_checked_with_so_peercred (supplementary groups)",
+            "setpriv is not installed",
+        );
+        return;
+    }
+    let dir = open_dir();
+    let (_server, sock) = server_with(dir.path(), "allowed_gids = [4242]", &[]);
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let setpriv = |groups: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534"]);
+        match groups {
+            "" => cmd.arg("--clear-groups"),
+            g => cmd.arg(format!("--groups={g}")),
+        };
+        cmd.arg(BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("health")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = setpriv("4242");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = setpriv("");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
 }
 
 #[test]

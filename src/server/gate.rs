@@ -70,6 +70,12 @@ impl PeerPolicy {
         uid == self.own_uid || uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid)
     }
 
+    /// [`PeerPolicy::allows`], or one of the peer's supplementary groups
+    /// (asked for only when that can decide) is allowed.
+    pub fn admits(&self, uid: u32, gid: u32, groups: impl FnOnce() -> Vec<u32>) -> bool {
+        self.allows(uid, gid) || (!self.gids.is_empty() && groups().iter().any(|g| self.gids.contains(g)))
+    }
+
     /// The line a refused peer gets.
     pub fn refusal(&self, uid: u32, gid: u32) -> Vec<u8> {
         let mut allowed = vec![0, self.own_uid];
@@ -86,6 +92,40 @@ impl PeerPolicy {
         );
         error_line(ErrorCode::PermissionDenied, &message, details)
     }
+}
+
+/// The supplementary groups of the process at the other end of a Unix
+/// socket, as they were at connect() (`SO_PEERGROUPS`, Linux 4.13+);
+/// empty where the kernel cannot say.
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let gid_size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    // A second try with the size the kernel asked for (NGROUPS_MAX at most).
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(groups.len() * gid_size).unwrap_or(libc::socklen_t::MAX);
+        // SAFETY: `groups` holds `len` writable bytes; the fd is borrowed,
+        // so open, for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = usize::try_from(len).unwrap_or(0) / gid_size;
+        if rc == 0 {
+            groups.truncate(len.min(groups.len()));
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || len <= groups.len() || len > 65_536 {
+            break;
+        }
+        groups = vec![0; len];
+    }
+    Vec::new()
 }
 
 /// One error line (no `id`: it answers no request), newline included.
@@ -284,6 +324,9 @@ mod tests {
         };
         assert!(p.allows(1000, 1000) && p.allows(0, 0) && p.allows(1001, 7) && p.allows(65534, 50));
         assert!(!p.allows(65534, 65534));
+        assert!(p.admits(65534, 65534, || vec![7, 50]) && !p.admits(65534, 65534, || vec![7]));
+        let no_gids = PeerPolicy { gids: vec![], ..p.clone() };
+        assert!(!no_gids.admits(65534, 65534, || unreachable!("groups are not asked for without allowed_gids")));
         let line: Value = serde_json::from_slice(&p.refusal(65534, 65534)).unwrap();
         assert_eq!(line["error"]["code"], "PERMISSION_DENIED");
         assert!(line["error"]["message"].as_str().unwrap().contains("uid 65534"));

@@ -443,7 +443,10 @@ async fn accept_loop(
         };
         // Who is calling: SO_PEERCRED, taken by the kernel at connect().
         match stream.peer_cred() {
-            Ok(cred) if limits.peers.allows(cred.uid(), cred.gid()) => {}
+            Ok(cred)
+                if limits.peers.admits(cred.uid(), cred.gid(), || {
+                    super::gate::peer_groups(std::os::fd::AsFd::as_fd(&stream))
+                }) => {}
             Ok(cred) => {
                 warn!(
                     uid = cred.uid(),
