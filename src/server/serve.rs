@@ -195,14 +195,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), ServeError> {
         )));
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        if created {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
-        } else {
-            return Err(err(format!(
-                "the socket directory has mode {mode:04o}; it must be 0700 (no access for group or others). `chmod 700` it, or choose --socket PATH"
-            )));
-        }
+    if created {
+        // Exactly 0700, whatever the umask took away.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
+    } else if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "the socket directory has mode {mode:04o}; it must be 0700 (no access for group or others). `chmod 700` it, or choose --socket PATH"
+        )));
     }
     Ok(())
 }
