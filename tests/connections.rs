@@ -125,6 +125,69 @@ fn the_command_line_cap_overrides_the_configuration() {
 }
 
 #[test]
+fn out_of_file_descriptors_idle_connections_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tierd.sock");
+    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket")
+        .arg(&sock)
+        .args(["serve", "--time-scale", "50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let until = Instant::now() + DEADLINE;
+    while UnixStream::connect(&sock).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        assert!(Instant::now() < until, "the socket never came up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // 48 descriptors hold far fewer than max_connections (1024): each
+    // newcomer past them is still answered, an idle one closed for it.
+    let mut conns = Vec::new();
+    for i in 0..100 {
+        let s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut c = Conn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        c.w.write_all(b"{\"health\": true}\n").unwrap();
+        let v = read_line(&mut c.r).unwrap_or_else(|| panic!("connection {i} got no answer"));
+        assert_eq!(v["healthy"], true, "connection {i}: {v}");
+        conns.push(c);
+    }
+    let mut evicted = 0;
+    for c in &mut conns {
+        c.r.get_ref().set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if let Some(v) = read_line(&mut c.r) {
+            assert_eq!(code(&v), "RESOURCE_UNAVAILABLE", "{v}");
+            evicted += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(evicted >= 100 - 48, "only {evicted} closed to make room");
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(err.contains("out of file descriptors"), "{err}");
+}
+
+#[test]
 fn a_newcomer_is_refused_only_when_every_connection_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     // A quarter of real time: the moves below take seconds.

@@ -175,6 +175,26 @@ struct Conns {
     open: HashMap<u64, Entry>,
 }
 
+impl Conns {
+    /// Closes the connection that has gone longest without completing a
+    /// request and has none in flight.
+    fn evict_one(conns: &mut Conns) -> bool {
+        let victim = conns
+            .open
+            .iter()
+            .filter(|(_, e)| !e.busy)
+            .min_by_key(|(_, e)| e.last_done)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| conns.open.remove(&id)) {
+            Some(e) => {
+                e.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// A request is being answered (a `wait` included).
@@ -213,17 +233,25 @@ impl Registry {
     /// without completing a request, and has none in flight, is told to
     /// close (its slot is free at once); `None` when none qualifies.
     pub fn admit(self: &Arc<Self>) -> Option<Ticket> {
+        self.admit_under(self.max)
+    }
+
+    /// [`Registry::admit`] when the process is out of file descriptors:
+    /// the open connections are the cap, whatever `max_connections` says.
+    pub fn admit_making_room(self: &Arc<Self>) -> Option<Ticket> {
+        let n = self.len();
+        self.admit_under(n.clamp(1, self.max))
+    }
+
+    /// Tells the connection idle longest to close; false when none qualifies.
+    pub fn evict_one(&self) -> bool {
+        Conns::evict_one(&mut self.conns())
+    }
+
+    fn admit_under(self: &Arc<Self>, cap: usize) -> Option<Ticket> {
         let mut conns = self.conns();
-        if conns.open.len() >= self.max {
-            let victim = conns
-                .open
-                .iter()
-                .filter(|(_, e)| !e.busy)
-                .min_by_key(|(_, e)| e.last_done)
-                .map(|(id, _)| *id)?;
-            if let Some(e) = conns.open.remove(&victim) {
-                e.evict.cancel();
-            }
+        if conns.open.len() >= cap && !Conns::evict_one(&mut conns) {
+            return None;
         }
         let id = conns.next;
         conns.next += 1;

@@ -410,6 +410,11 @@ impl ConnectionLoops {
     }
 }
 
+/// The reserve descriptor of the accept loop.
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 /// Sends `line` to a peer that is refused and closes it, without waiting:
 /// the socket is fresh, its send buffer empty.
 fn refuse(stream: tokio::net::UnixStream, line: &[u8]) {
@@ -426,15 +431,43 @@ async fn accept_loop(
     loops: Option<&ConnectionLoops>,
 ) {
     let registry = Registry::new(limits.max_connections);
+    // A descriptor held in reserve: out of descriptors, it is given up to
+    // take the newcomer (which then gets a line instead of waiting in the
+    // kernel's backlog), and an idle connection is closed to make room.
+    let mut spare = open_spare();
+    let mut warned_fds = false;
     loop {
+        if spare.is_none() {
+            spare = open_spare();
+        }
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = token.cancelled() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, out_of_fds) = match accepted {
+            Ok((stream, _)) => (stream, false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if !warned_fds {
+                    warn!(
+                        open = registry.len(),
+                        max_connections = registry.max(),
+                        "out of file descriptors: closing idle connections to make room; raise the open-file limit or lower max_connections"
+                    );
+                    warned_fds = true;
+                }
+                if spare.take().is_none() {
+                    // No reserve left: free a descriptor for the next try.
+                    registry.evict_one();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+                    Ok(Ok((stream, _))) => (stream, true),
+                    _ => continue,
+                }
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // Back off instead of spinning.
                 warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -462,7 +495,12 @@ async fn accept_loop(
                 continue;
             }
         }
-        let Some(ticket) = registry.admit() else {
+        let admitted = if out_of_fds {
+            registry.admit_making_room()
+        } else {
+            registry.admit()
+        };
+        let Some(ticket) = admitted else {
             warn!(
                 max_connections = registry.max(),
                 "refused a socket connection: too many connections, all with a request in flight"
