@@ -269,7 +269,7 @@ pub struct Config {
     /// Peer uids allowed on the socket besides the server's own and root.
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
-    /// Peer gids (primary) allowed on the socket.
+    /// Peer gids (primary or supplementary) allowed on the socket.
     #[serde(default)]
     pub allowed_gids: Vec<u32>,
     /// Models present at start (the simulated default catalog).

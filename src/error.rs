@@ -17,6 +17,9 @@ pub enum ErrorCode {
     InvalidRequest,
     Conflict,
     Internal,
+    /// A socket peer whose uid/gid the server does not admit (sent by the
+    /// connection gate, never by a request).
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -28,6 +31,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }

@@ -21,8 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Cli {
     /// Unix socket of the server [default: $TIERD_SOCKET, else
-    /// $XDG_RUNTIME_DIR/tierd.sock, else /tmp/tierd-$UID.sock]. With
-    /// `serve`, listen there instead of on stdio.
+    /// $XDG_RUNTIME_DIR/tierd/tierd.sock, else /tmp/tierd-$UID/tierd.sock;
+    /// `serve` creates that directory with mode 0700]. With `serve`, listen
+    /// there instead of on stdio.
     #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
     socket: Option<Option<PathBuf>>,
 
@@ -140,6 +141,10 @@ struct ServeArgs {
     /// CPU core, at most 4].
     #[arg(long, value_name = "N", default_value_t = serve::default_workers(), hide_default_value = true)]
     workers: usize,
+    /// Socket connections served at once; at the cap the one idle longest
+    /// is closed to make room [default: the config's max_connections, 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -172,17 +177,22 @@ fn main() -> ExitCode {
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
             serve::init_logging();
-            let opts = ServeOptions {
+            let mut opts = ServeOptions {
                 config: a.config,
                 time_scale: a.time_scale,
                 stdio: a.stdio || cli.socket.is_none(),
                 socket: cli.socket.as_ref().map(|_| socket),
+                max_connections: a.max_connections.map(|n| n as usize),
                 fault_probability: a.fault_probability,
                 backend: a.backend,
                 drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
                 workers: a.workers,
                 ..ServeOptions::default()
             };
+            // `--socket` without a path: the default one, in its private directory.
+            if let Some(None) = cli.socket {
+                opts.socket_dir = client::default_socket_dir();
+            }
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
         Command::Status => client::status(&socket).map_err(|e| e.to_string()),

@@ -29,15 +29,52 @@ use crate::requests::update_limits::{UpdateLimits, UpdateLimitsResponse};
 use crate::tiers::{JobStatus, JobView, ModelView};
 
 /// The socket path used when none is given: `$TIERD_SOCKET`, else
-/// `$XDG_RUNTIME_DIR/tierd.sock`, else `/tmp/tierd-$UID.sock`.
+/// `tierd.sock` in [`default_socket_dir`].
 pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("TIERD_SOCKET").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return PathBuf::from(dir).join("tierd.sock");
+    private_socket_dir().join("tierd.sock")
+}
+
+/// The private directory of the default socket, which `tierd serve` creates
+/// with mode 0700 (or checks): `$XDG_RUNTIME_DIR/tierd`, else
+/// `/tmp/tierd-$UID`. `None` when `$TIERD_SOCKET` names the socket.
+pub fn default_socket_dir() -> Option<PathBuf> {
+    match std::env::var_os("TIERD_SOCKET").filter(|p| !p.is_empty()) {
+        Some(_) => None,
+        None => Some(private_socket_dir()),
     }
-    PathBuf::from(format!("/tmp/tierd-{}.sock", crate::drivers::sys::uid()))
+}
+
+fn private_socket_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(dir).join("tierd");
+    }
+    PathBuf::from(format!("/tmp/tierd-{}", rustix::process::geteuid().as_raw()))
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // the descriptor is open for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Why a client command could not complete.
@@ -49,6 +86,15 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("tierd closed the connection without answering")]
     Closed,
+    #[error(
+        "refusing to talk to {path}: {what} is owned by uid {owner}, neither you (uid {me}) nor root; another user may be posing as tierd there"
+    )]
+    Untrusted {
+        path: PathBuf,
+        what: &'static str,
+        owner: u32,
+        me: u32,
+    },
     #[error("unreadable response from tierd: {0}")]
     BadResponse(String),
     #[error("{code}: {message}")]
@@ -65,11 +111,34 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the socket at `path`, which must be owned by this user
+    /// or root, as must the server listening there.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        let untrusted = |what, owner| ClientError::Untrusted {
+            path: path.to_path_buf(),
+            what,
+            owner,
+            me,
+        };
+        // The file connect() reaches (symlinks followed); a missing one is
+        // reported by connect().
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.uid() != me
+            && meta.uid() != 0
+        {
+            return Err(untrusted("the socket file", meta.uid()));
+        }
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
+        // The server itself, whatever the file looked like a moment ago.
+        let server = peer_uid(&stream)?;
+        if server != me && server != 0 {
+            return Err(untrusted("the server process", server));
+        }
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::new(stream),
@@ -82,7 +151,15 @@ impl Client {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.trim_end_matches(['\r', '\n']).as_bytes());
         buf.push(b'\n');
-        self.writer.write_all(&buf)?;
+        if let Err(e) = self.writer.write_all(&buf) {
+            // The server may have refused the connection with one error
+            // line before closing it: show that line rather than EPIPE.
+            let mut resp = String::new();
+            if matches!(self.reader.read_line(&mut resp), Ok(n) if n > 0) {
+                return Ok(resp.trim_end_matches(['\r', '\n']).to_string());
+            }
+            return Err(e.into());
+        }
         let mut resp = String::new();
         if self.reader.read_line(&mut resp)? == 0 {
             return Err(ClientError::Closed);

@@ -1,11 +1,13 @@
 //! The server side: line framing ([`framing`]), the shared engine and its
-//! clock ([`shared`]), one connection's loop ([`connection`]), the server's
+//! clock ([`shared`]), who may connect and how many ([`gate`]), one
+//! connection's loop ([`connection`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), and the CLI client
 //! ([`client`]). What each request does is in `requests`.
 
 pub mod client;
 pub mod connection;
 pub mod framing;
+pub mod gate;
 pub mod open;
 pub mod serve;
 pub mod shared;

@@ -10,14 +10,12 @@
 //!    last answers; the socket file is removed.
 
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::BufReader;
 use tokio::net::UnixListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -26,7 +24,8 @@ use crate::config::ConfigError;
 use crate::error::EngineError;
 use crate::tiers::{Engine, JobStatus};
 
-use super::connection::serve_connection;
+use super::connection::{Bounds, serve_connection};
+use super::gate::{ConnLimits, Registry, too_many_line};
 use super::shared::SharedEngine;
 
 pub use super::open::{build_shared, load_config};
@@ -51,6 +50,10 @@ pub struct ServeOptions {
     pub time_scale: f64,
     /// Unix socket to listen on.
     pub socket: Option<PathBuf>,
+    /// A private directory the socket lives in (the default socket path's):
+    /// created with mode 0700, or checked to be owned by the server and
+    /// closed to everyone else, before binding.
+    pub socket_dir: Option<PathBuf>,
     /// Serve stdin/stdout (also when `socket` is set).
     pub stdio: bool,
     /// Overrides `sim.fault_probability`.
@@ -59,8 +62,10 @@ pub struct ServeOptions {
     /// Wall time running moves get to finish at shutdown before they are
     /// rolled back.
     pub drain_timeout: Duration,
-    /// Most socket connections served at once; more wait to be accepted.
-    pub max_connections: usize,
+    /// Most socket connections served at once (overrides the
+    /// configuration's `max_connections`). At the cap, the one idle longest
+    /// is closed to make room; a newcomer is refused only when all are busy.
+    pub max_connections: Option<usize>,
     /// Connection loops serving the socket; 0 = connections on the main thread.
     pub workers: usize,
 }
@@ -71,11 +76,12 @@ impl Default for ServeOptions {
             config: None,
             time_scale: 1.0,
             socket: None,
+            socket_dir: None,
             stdio: true,
             fault_probability: None,
             backend: BackendKind::Sim,
             drain_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            max_connections: None,
             workers: default_workers(),
         }
     }
@@ -151,7 +157,6 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, ServeError> {
     let bound = UnixListener::bind(path);
     rustix::process::umask(old);
     let listener = bound.map_err(|e| err(format!("cannot listen: {e}")))?;
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(format!("cannot set mode 0600: {e}")))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
     Ok(BoundSocket {
@@ -159,6 +164,74 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, ServeError> {
         path: path.to_path_buf(),
         identity: (meta.dev(), meta.ino()),
     })
+}
+
+/// Creates `dir` with mode 0700, or checks an existing one: it must be a
+/// real directory (not a symlink), owned by the server's uid, with no
+/// permissions for group or others. Anything else could let another user
+/// put their own socket where clients look for tierd's, so it is refused.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), ServeError> {
+    let err = |message: String| ServeError::Socket {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(err(format!("cannot create the socket directory: {e}"))),
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| err(e.to_string()))?;
+    if !meta.file_type().is_dir() {
+        return Err(err(
+            "the socket directory is not a directory (a symlink or another file); refusing to use it: remove it, or choose --socket PATH"
+                .into(),
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(err(format!(
+            "the socket directory is owned by uid {}, not by tierd's uid {me}; another user could control the socket in it. Remove it, or choose --socket PATH",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if created {
+        // Exactly 0700, whatever the umask took away.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
+    } else if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "the socket directory has mode {mode:04o}; it must be 0700 (no access for group or others). `chmod 700` it, or choose --socket PATH"
+        )));
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit (to the hard one at most) so that
+/// `max_connections` sockets fit; warns when they cannot.
+fn raise_nofile_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // The state file, tier files, stdio, the listener and workers.
+    let want = (max_connections as u64).saturating_add(256);
+    let mut lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return;
+    }
+    let target = lim.maximum.map_or(want, |max| want.min(max));
+    if target > current {
+        lim.current = Some(target);
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            warn!("cannot raise the open-file limit to {target}: {e}");
+            return;
+        }
+    }
+    if target < want {
+        warn!(
+            max_connections,
+            open_files = target,
+            "the open-file limit is below max_connections + 256; connections beyond it wait in the kernel's backlog"
+        );
+    }
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -179,6 +252,9 @@ pub async fn shutdown_signal() {
 /// served), then shuts down gracefully.
 pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let shared = build_shared(&opts)?;
+    if let Some(dir) = &opts.socket_dir {
+        ensure_private_dir(dir)?;
+    }
     let socket = match &opts.socket {
         Some(path) => Some(bind_socket(path)?),
         None => None,
@@ -196,6 +272,10 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let limits = ConnLimits::from_config(shared.lock().config(), opts.max_connections);
+    if socket.is_some() {
+        raise_nofile_limit(limits.max_connections);
+    }
     // Socket connections run on their own loops when workers are asked for.
     let loops = match (&socket, opts.workers) {
         (Some(_), n) if n > 0 => Some(ConnectionLoops::start(n)?),
@@ -225,7 +305,7 @@ pub async fn serve_with(
                     shared.clone(),
                     token.clone(),
                     tracker.clone(),
-                    opts.max_connections,
+                    &limits,
                     loops.as_ref(),
                 )
                 .await
@@ -259,7 +339,8 @@ fn start_stdio(shared: &SharedEngine, token: &CancellationToken, tracker: &TaskT
     let (shared, token) = (shared.clone(), token.clone());
     tracker.spawn(async move {
         let reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-        if let Err(e) = serve_connection(shared, reader, tokio::io::stdout(), token.clone()).await {
+        // stdio is the server's own peer: no credentials, no connection limits.
+        if let Err(e) = serve_connection(shared, reader, tokio::io::stdout(), token.clone(), Bounds::none()).await {
             warn!("stdio: {e}");
         }
         if !token.is_cancelled() {
@@ -269,9 +350,9 @@ fn start_stdio(shared: &SharedEngine, token: &CancellationToken, tracker: &TaskT
     });
 }
 
-async fn serve_stream(stream: tokio::net::UnixStream, shared: SharedEngine, token: CancellationToken) {
+async fn serve_stream(stream: tokio::net::UnixStream, shared: SharedEngine, token: CancellationToken, bounds: Bounds) {
     let (r, w) = stream.into_split();
-    if let Err(e) = serve_connection(shared, BufReader::with_capacity(16 * 1024, r), w, token).await {
+    if let Err(e) = serve_connection(shared, BufReader::with_capacity(16 * 1024, r), w, token, bounds).await {
         debug!("connection ended: {e}");
     }
 }
@@ -329,60 +410,130 @@ impl ConnectionLoops {
     }
 }
 
+/// The reserve descriptor of the accept loop.
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Sends `line` to a peer that is refused and closes it, without waiting:
+/// the socket is fresh, its send buffer empty.
+fn refuse(stream: tokio::net::UnixStream, line: &[u8]) {
+    let _ = stream.try_write(line);
+    drop(stream);
+}
+
 async fn accept_loop(
     listener: &UnixListener,
     shared: SharedEngine,
     token: CancellationToken,
     tracker: TaskTracker,
-    max: usize,
+    limits: &ConnLimits,
     loops: Option<&ConnectionLoops>,
 ) {
-    let slots = Arc::new(Semaphore::new(max.max(1)));
+    let registry = Registry::new(limits.max_connections);
+    // A descriptor held in reserve: out of descriptors, it is given up to
+    // take the newcomer (which then gets a line instead of waiting in the
+    // kernel's backlog), and an idle connection is closed to make room.
+    let mut spare = open_spare();
+    let mut warned_fds = false;
     loop {
-        // Hold a slot before accepting: at the bound, new peers wait in the
-        // kernel's backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = token.cancelled() => return,
-        };
+        if spare.is_none() {
+            spare = open_spare();
+        }
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = token.cancelled() => return,
         };
-        match accepted {
-            Ok((stream, _)) => {
-                let (shared, token) = (shared.clone(), token.clone());
-                match loops {
-                    None => {
-                        tracker.spawn(async move {
-                            serve_stream(stream, shared, token).await;
-                            drop(permit);
-                        });
-                    }
-                    Some(loops) => {
-                        // Re-registered with the chosen loop's reactor, so
-                        // its readiness events wake that loop only.
-                        let std_stream = match stream.into_std() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                warn!("cannot hand a connection over: {e}");
-                                continue;
-                            }
-                        };
-                        loops.pick().spawn(tracker.track_future(async move {
-                            match tokio::net::UnixStream::from_std(std_stream) {
-                                Ok(stream) => serve_stream(stream, shared, token).await,
-                                Err(e) => warn!("cannot serve a connection: {e}"),
-                            }
-                            drop(permit);
-                        }));
-                    }
+        let (stream, out_of_fds) = match accepted {
+            Ok((stream, _)) => (stream, false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if !warned_fds {
+                    warn!(
+                        open = registry.len(),
+                        max_connections = registry.max(),
+                        "out of file descriptors: closing idle connections to make room; raise the open-file limit or lower max_connections"
+                    );
+                    warned_fds = true;
+                }
+                if spare.take().is_none() {
+                    // No reserve left: free a descriptor for the next try.
+                    registry.evict_one();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_millis(50), listener.accept()).await {
+                    Ok(Ok((stream, _))) => (stream, true),
+                    _ => continue,
                 }
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // Back off instead of spinning.
                 warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Who is calling: SO_PEERCRED, taken by the kernel at connect().
+        match stream.peer_cred() {
+            Ok(cred)
+                if limits.peers.admits(cred.uid(), cred.gid(), || {
+                    super::gate::peer_groups(std::os::fd::AsFd::as_fd(&stream))
+                }) => {}
+            Ok(cred) => {
+                warn!(
+                    uid = cred.uid(),
+                    gid = cred.gid(),
+                    pid = ?cred.pid(),
+                    "refused a socket connection: uid {} is not allowed (allowed: the server's uid, root, allowed_uids, allowed_gids)",
+                    cred.uid()
+                );
+                refuse(stream, &limits.peers.refusal(cred.uid(), cred.gid()));
+                continue;
+            }
+            Err(e) => {
+                warn!("refused a socket connection: cannot read its credentials: {e}");
+                continue;
+            }
+        }
+        let admitted = if out_of_fds {
+            registry.admit_making_room()
+        } else {
+            registry.admit()
+        };
+        let Some(ticket) = admitted else {
+            warn!(
+                max_connections = registry.max(),
+                "refused a socket connection: too many connections, all with a request in flight"
+            );
+            refuse(stream, &too_many_line(registry.max()));
+            continue;
+        };
+        let bounds = Bounds {
+            ticket: Some(ticket),
+            budget: Some(limits.budget.clone()),
+            line_timeout: Some(limits.line_timeout),
+        };
+        let (shared, token) = (shared.clone(), token.clone());
+        match loops {
+            None => {
+                tracker.spawn(serve_stream(stream, shared, token, bounds));
+            }
+            Some(loops) => {
+                // Re-registered with the chosen loop's reactor, so its
+                // readiness events wake that loop only.
+                let std_stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("cannot hand a connection over: {e}");
+                        continue;
+                    }
+                };
+                loops.pick().spawn(tracker.track_future(async move {
+                    match tokio::net::UnixStream::from_std(std_stream) {
+                        Ok(stream) => serve_stream(stream, shared, token, bounds).await,
+                        Err(e) => warn!("cannot serve a connection: {e}"),
+                    }
+                }));
             }
         }
     }

@@ -1,0 +1,363 @@
+//! Who may connect to the socket, and how many at once.
+//!
+//! - [`PeerPolicy`]: each socket peer's credentials (`SO_PEERCRED`) are
+//!   checked on accept. The server's own uid and root are admitted, plus the
+//!   configuration's `allowed_uids` and `allowed_gids`; anyone else gets one
+//!   `PERMISSION_DENIED` line naming its uid and is closed.
+//! - [`Registry`]: at most `max_connections` connections. At the cap, the
+//!   connection that has gone longest without completing a request (none in
+//!   flight, no `wait` under way) is closed with one error line to make room;
+//!   only when every connection is busy is the newcomer refused, with one
+//!   `RESOURCE_UNAVAILABLE` line ("too many connections").
+//!
+//! The lines are written without waiting (a fresh socket's buffer is empty),
+//! so the accept loop never blocks on a peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::ErrorCode;
+
+use super::framing::PartialBudget;
+
+/// The connection limits of the configuration, as the server uses them.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub line_timeout: Duration,
+    pub budget: PartialBudget,
+    pub peers: PeerPolicy,
+}
+
+impl ConnLimits {
+    /// From the configuration; `max_connections` overrides its cap.
+    pub fn from_config(cfg: &Config, max_connections: Option<usize>) -> ConnLimits {
+        let line_timeout = Duration::try_from_secs_f64(cfg.line_timeout_s).unwrap_or(Duration::from_secs(30));
+        ConnLimits {
+            max_connections: max_connections.unwrap_or(cfg.max_connections).max(1),
+            line_timeout,
+            budget: PartialBudget::new(cfg.max_partial_line_bytes),
+            peers: PeerPolicy::new(cfg),
+        }
+    }
+}
+
+/// Which socket peers are admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// The server's effective uid.
+    pub own_uid: u32,
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl PeerPolicy {
+    pub fn new(cfg: &Config) -> PeerPolicy {
+        PeerPolicy {
+            own_uid: rustix::process::geteuid().as_raw(),
+            uids: cfg.allowed_uids.clone(),
+            gids: cfg.allowed_gids.clone(),
+        }
+    }
+
+    /// Whether a peer running as `uid` with primary group `gid` may talk.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == self.own_uid || uid == 0 || self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+
+    /// [`PeerPolicy::allows`], or one of the peer's supplementary groups
+    /// (asked for only when that can decide) is allowed.
+    pub fn admits(&self, uid: u32, gid: u32, groups: impl FnOnce() -> Vec<u32>) -> bool {
+        self.allows(uid, gid) || (!self.gids.is_empty() && groups().iter().any(|g| self.gids.contains(g)))
+    }
+
+    /// The line a refused peer gets.
+    pub fn refusal(&self, uid: u32, gid: u32) -> Vec<u8> {
+        let mut allowed = vec![0, self.own_uid];
+        allowed.extend(&self.uids);
+        allowed.sort_unstable();
+        allowed.dedup();
+        let mut details = Map::new();
+        details.insert("uid".into(), uid.into());
+        details.insert("gid".into(), gid.into());
+        details.insert("allowed_uids".into(), json!(allowed));
+        details.insert("allowed_gids".into(), json!(self.gids));
+        let message = format!(
+            "uid {uid} (gid {gid}) may not use this tierd: the socket admits the server's own uid, root, and the configuration's allowed_uids / allowed_gids"
+        );
+        error_line(ErrorCode::PermissionDenied, &message, details)
+    }
+}
+
+/// The supplementary groups of the process at the other end of a Unix
+/// socket, as they were at connect() (`SO_PEERGROUPS`, Linux 4.13+);
+/// empty where the kernel cannot say.
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let gid_size = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    // A second try with the size the kernel asked for (NGROUPS_MAX at most).
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(groups.len() * gid_size).unwrap_or(libc::socklen_t::MAX);
+        // SAFETY: `groups` holds `len` writable bytes; the fd is borrowed,
+        // so open, for the duration of the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let len = usize::try_from(len).unwrap_or(0) / gid_size;
+        if rc == 0 {
+            groups.truncate(len.min(groups.len()));
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || len <= groups.len() || len > 65_536 {
+            break;
+        }
+        groups = vec![0; len];
+    }
+    Vec::new()
+}
+
+/// One error line (no `id`: it answers no request), newline included.
+pub fn error_line(code: ErrorCode, message: &str, details: Map<String, Value>) -> Vec<u8> {
+    let v = json!({"status": "error", "error": {"code": code.as_str(), "message": message, "details": Value::Object(details)}});
+    let mut out = serde_json::to_vec(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// The line a newcomer gets when every connection is busy.
+pub fn too_many_line(max: usize) -> Vec<u8> {
+    let mut details = Map::new();
+    details.insert("max_connections".into(), max.into());
+    error_line(
+        ErrorCode::ResourceUnavailable,
+        &format!("too many connections: all {max} (max_connections) have a request in flight; try again later"),
+        details,
+    )
+}
+
+/// The line a connection closed to make room gets.
+pub fn evicted_line(max: usize, idle: Duration) -> Vec<u8> {
+    let idle_s = (idle.as_secs_f64() * 10.0).round() / 10.0;
+    let mut details = Map::new();
+    details.insert("max_connections".into(), max.into());
+    details.insert("idle_s".into(), idle_s.into());
+    error_line(
+        ErrorCode::ResourceUnavailable,
+        &format!(
+            "connection closed to make room for a new one: the server is at max_connections ({max}) and this connection had gone longest without a request ({idle_s} s)"
+        ),
+        details,
+    )
+}
+
+/// The open socket connections, and which of them may be closed to make room.
+#[derive(Debug)]
+pub struct Registry {
+    max: usize,
+    inner: Mutex<Conns>,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    next: u64,
+    open: HashMap<u64, Entry>,
+}
+
+impl Conns {
+    /// Closes the connection that has gone longest without completing a
+    /// request and has none in flight.
+    fn evict_one(conns: &mut Conns) -> bool {
+        let victim = conns
+            .open
+            .iter()
+            .filter(|(_, e)| !e.busy)
+            .min_by_key(|(_, e)| e.last_done)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| conns.open.remove(&id)) {
+            Some(e) => {
+                e.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// A request is being answered (a `wait` included).
+    busy: bool,
+    /// When the connection last completed a request (or was accepted).
+    last_done: Instant,
+    evict: CancellationToken,
+}
+
+impl Registry {
+    pub fn new(max: usize) -> Arc<Registry> {
+        Arc::new(Registry {
+            max: max.max(1),
+            inner: Mutex::new(Conns::default()),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.conns().open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Admits a newcomer. At the cap, the connection that has gone longest
+    /// without completing a request, and has none in flight, is told to
+    /// close (its slot is free at once); `None` when none qualifies.
+    pub fn admit(self: &Arc<Self>) -> Option<Ticket> {
+        self.admit_under(self.max)
+    }
+
+    /// [`Registry::admit`] when the process is out of file descriptors:
+    /// the open connections are the cap, whatever `max_connections` says.
+    pub fn admit_making_room(self: &Arc<Self>) -> Option<Ticket> {
+        let n = self.len();
+        self.admit_under(n.clamp(1, self.max))
+    }
+
+    /// Tells the connection idle longest to close; false when none qualifies.
+    pub fn evict_one(&self) -> bool {
+        Conns::evict_one(&mut self.conns())
+    }
+
+    fn admit_under(self: &Arc<Self>, cap: usize) -> Option<Ticket> {
+        let mut conns = self.conns();
+        if conns.open.len() >= cap && !Conns::evict_one(&mut conns) {
+            return None;
+        }
+        let id = conns.next;
+        conns.next += 1;
+        let evict = CancellationToken::new();
+        conns.open.insert(
+            id,
+            Entry {
+                busy: false,
+                last_done: Instant::now(),
+                evict: evict.clone(),
+            },
+        );
+        Some(Ticket {
+            id,
+            registry: Arc::clone(self),
+            evict,
+        })
+    }
+}
+
+/// A connection's place in the [`Registry`]; frees it when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    registry: Arc<Registry>,
+    evict: CancellationToken,
+}
+
+impl Ticket {
+    /// Cancelled when the connection is closed to make room.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evict
+    }
+
+    /// A request starts: the connection may not be closed to make room
+    /// until [`Ticket::done`]. False when it was already chosen to close.
+    pub fn begin(&self) -> bool {
+        match self.registry.conns().open.get_mut(&self.id) {
+            Some(e) => {
+                e.busy = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The request has been answered.
+    pub fn done(&self) {
+        if let Some(e) = self.registry.conns().open.get_mut(&self.id) {
+            e.busy = false;
+            e.last_done = Instant::now();
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.registry.max
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.registry.conns().open.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_longest_idle_goes_and_busy_ones_stay() {
+        let r = Registry::new(2);
+        let a = r.admit().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = r.admit().unwrap();
+        assert_eq!(r.len(), 2);
+        // a is idle longest: it is told to close.
+        let c = r.admit().unwrap();
+        assert!(a.evicted().is_cancelled() && !b.evicted().is_cancelled());
+        assert!(!a.begin(), "an evicted connection starts no request");
+        assert_eq!(r.len(), 2);
+        // Both busy: the newcomer is refused.
+        assert!(b.begin() && c.begin());
+        assert!(r.admit().is_none());
+        c.done();
+        let d = r.admit().unwrap();
+        assert!(c.evicted().is_cancelled() && !b.evicted().is_cancelled());
+        drop((a, b, c, d));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn peers_own_uid_root_and_the_configured_ones() {
+        let p = PeerPolicy {
+            own_uid: 1000,
+            uids: vec![1001],
+            gids: vec![50],
+        };
+        assert!(p.allows(1000, 1000) && p.allows(0, 0) && p.allows(1001, 7) && p.allows(65534, 50));
+        assert!(!p.allows(65534, 65534));
+        assert!(p.admits(65534, 65534, || vec![7, 50]) && !p.admits(65534, 65534, || vec![7]));
+        let no_gids = PeerPolicy { gids: vec![], ..p.clone() };
+        assert!(!no_gids.admits(65534, 65534, || unreachable!("groups are not asked for without allowed_gids")));
+        let line: Value = serde_json::from_slice(&p.refusal(65534, 65534)).unwrap();
+        assert_eq!(line["error"]["code"], "PERMISSION_DENIED");
+        assert!(line["error"]["message"].as_str().unwrap().contains("uid 65534"));
+        assert_eq!(line["error"]["details"]["allowed_uids"], json!([0, 1000, 1001]));
+    }
+}
