@@ -340,3 +340,42 @@ fn a_damaged_copy_of_a_vanished_origin_is_kept_and_the_model_unavailable() {
     );
     assert!(copy.exists(), "the damaged copy survives the restart");
 }
+
+#[test]
+fn an_origin_rewritten_during_its_copy_fails_the_move() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cfg = config(root.path());
+    let (mut e, _store, _) = engine(&cfg);
+    let origin = root.path().join("models/moving.bin");
+    make_file(&origin, 16 * MB, 42);
+    e.register_json(now(), "moving", None, Some("storage"), Some(&origin))
+        .expect("register");
+    let opts = tierd::tiers::MoveOptions {
+        bandwidth_mb_s: Some(8.0),
+        ..Default::default()
+    };
+    let s = e.move_model(now(), "moving", "swap", &opts).expect("move");
+    // Once more than the first MiB was copied, it is rewritten in place:
+    // same size, new bytes in what the copy already read.
+    let t = Instant::now();
+    while e.job_json(now(), &s.job_id).expect("status")["progress"].as_f64().unwrap_or(0.0) < 0.15 {
+        e.tick(now());
+        assert!(t.elapsed() < Duration::from_secs(20), "the copy never progressed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(&origin).expect("open origin");
+    f.write_all(&vec![0x5a; MB as usize]).expect("rewrite");
+    f.sync_all().expect("fsync");
+    drop(f);
+    let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
+    assert_eq!(st["status"], json!("failed"), "a copy of the old bytes is not kept: {st}");
+    assert!(st["error"].as_str().is_some_and(|m| m.contains("rewritten during the copy")), "{st}");
+    assert_eq!(model(&mut e, "moving")["tier"], json!("storage"));
+    assert!(!root.path().join("swap/moving").exists());
+    assert!(find(root.path(), ".tierd-partial").is_empty());
+    // The new stamps are recorded, and the next copy is of the new bytes.
+    tick_until(&mut e, "moving", "new stamps", |m| m["fault"]["kind"] == json!("origin_changed"));
+    assert_eq!(move_and_wait(&mut e, "moving", "swap")["status"], json!("success"));
+    assert_eq!(hash(&root.path().join("swap/moving/moving.bin")), hash(&origin));
+    e.check_invariants().expect("books balance");
+}
