@@ -369,7 +369,10 @@ fn an_origin_rewritten_during_its_copy_fails_the_move() {
     drop(f);
     let st = wait(&mut e, &s.job_id, Duration::from_secs(20));
     assert_eq!(st["status"], json!("failed"), "a copy of the old bytes is not kept: {st}");
-    assert!(st["error"].as_str().is_some_and(|m| m.contains("rewritten during the copy")), "{st}");
+    assert!(
+        st["error"].as_str().is_some_and(|m| m.contains("rewritten during the copy")),
+        "{st}"
+    );
     assert_eq!(model(&mut e, "moving")["tier"], json!("storage"));
     assert!(!root.path().join("swap/moving").exists());
     assert!(find(root.path(), ".tierd-partial").is_empty());
@@ -378,4 +381,43 @@ fn an_origin_rewritten_during_its_copy_fails_the_move() {
     assert_eq!(move_and_wait(&mut e, "moving", "swap")["status"], json!("success"));
     assert_eq!(hash(&root.path().join("swap/moving/moving.bin")), hash(&origin));
     e.check_invariants().expect("books balance");
+}
+
+/// The engine's part of a round is handing out the list: cheap even with
+/// many models (the `stat`s run on the watcher's thread). Prints the
+/// figures; the bound is loose, for a loaded machine.
+#[test]
+fn a_round_costs_the_engine_little_with_many_models() {
+    const MODELS: usize = 2_000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let cfg = config(root.path());
+    let (mut e, _store, _) = engine(&cfg);
+    let dir = root.path().join("models/many");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for i in 0..MODELS {
+        let p = dir.join(format!("m{i}.bin"));
+        std::fs::write(&p, [i as u8; 64]).expect("write");
+        e.register_json(now(), &format!("m{i}"), None, Some("storage"), Some(&p))
+            .expect("register");
+    }
+    // One of them vanishes: noticed in a round like any other.
+    std::fs::remove_file(dir.join("m7.bin")).expect("rm");
+    let (mut ticks, mut longest, mut total) = (0u32, Duration::ZERO, Duration::ZERO);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(3_500) {
+        let s = Instant::now();
+        e.tick(now());
+        let d = s.elapsed();
+        longest = longest.max(d);
+        total += d;
+        ticks += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "{MODELS} models: {ticks} ticks over 3.5 s, longest {longest:?}, mean {:?}",
+        total / ticks.max(1)
+    );
+    assert_eq!(model(&mut e, "m7")["status"], json!("unavailable"));
+    assert_eq!(model(&mut e, "m8")["status"], json!("ready"));
+    assert!(longest < Duration::from_millis(500), "a tick took {longest:?}");
 }
