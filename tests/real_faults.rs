@@ -7,6 +7,7 @@
 //! the fault is visible in `model_info` and `tier_status`, and nothing that
 //! may be a model's last bytes is deleted.
 
+mod common;
 mod real_support;
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -420,4 +421,48 @@ fn a_round_costs_the_engine_little_with_many_models() {
     assert_eq!(model(&mut e, "m7")["status"], json!("unavailable"));
     assert_eq!(model(&mut e, "m8")["status"], json!("ready"));
     assert!(longest < Duration::from_millis(500), "a tick took {longest:?}");
+}
+
+/// The daemon notices a fault by itself: no request between the damage
+/// and the look; its ticker drives the watcher, and it logs the fault.
+#[test]
+fn the_daemon_notices_a_truncated_copy_without_a_request() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let r = root.path();
+    let weights = r.join("models/served.bin");
+    make_file(&weights, 4 * MB, 43);
+    let cfg = r.join("tierd.toml");
+    let text = format!(
+        "state_dir = {state:?}\npolicy = \"usage\"\n\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 4.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\npath = {swap:?}\nmax_gb = 4.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = r.join("state"),
+        swap = r.join("swap"),
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let sock = r.join("tierd.sock");
+    let cfg_arg = cfg.to_str().expect("utf-8");
+    let server = common::Server::socket(&sock, &["--config", cfg_arg, "--backend", "real", "--time-scale", "1"]);
+    let mut c = common::Client::connect(&sock);
+    let reg = c.req(&json!({"register_model": {"model_name": "served", "path": weights, "preferred_tier": "swap"}}).to_string());
+    let job = reg["job_id"].as_str().expect("placement job").to_string();
+    assert_eq!(common::wait_job(|l| c.req(l), &job)["status"], json!("success"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(r.join("swap/served/served.bin"))
+        .expect("open copy")
+        .set_len(MB)
+        .expect("truncate");
+    // No request for a while: the daemon's own ticks notice it (a round
+    // a second, acted on at the next tick; slack for a loaded machine).
+    std::thread::sleep(Duration::from_secs(5));
+    let info = c.req(r#"{"model_info": "served"}"#);
+    assert_eq!(info["model"]["tier"], json!("storage"), "{info}");
+    assert_eq!(info["model"]["status"], json!("ready"), "{info}");
+    assert_eq!(info["model"]["fault"]["kind"], json!("copy_changed"), "{info}");
+    let st = c.req(r#"{"tier_status": true}"#);
+    assert_eq!(st["tiers"]["swap"]["faults"][0]["model_name"], json!("served"), "{st}");
+    let log = server.stderr_with("fault noticed while running");
+    assert!(log.contains("fault noticed while running"), "{log}");
 }
