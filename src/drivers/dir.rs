@@ -24,11 +24,12 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use serde_json::{Map, Value, json};
 
-use super::copy::{CopyFile, CopyOrigin, copy_dir, copy_model};
-use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name};
+use super::copy::{CopyFile, CopyOrigin, copy_dir, copy_model, hash_file};
+use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name, mtime_ns};
 use super::machine::OpenContext;
 use super::space::{FsSpace, FsSpaces};
 use super::sys;
+use super::watch::{CopyLook, OriginLook};
 use super::work::{MoveShared, WorkError, WorkerMoves, spawn_worker};
 use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, Source, StartupReport, TierDriver};
 use crate::config::{TierConfig, bytes_to_gb};
@@ -48,7 +49,27 @@ static NEXT_TIER_ID: AtomicUsize = AtomicUsize::new(0);
 /// Marks an old copy being deleted in the background (`.<model>.tierd-trash-N`).
 const TRASH_MARK: &str = ".tierd-trash-";
 
-/// A copy in progress.
+/// What a copy's worker reports: the copy's checksums and the modification
+/// times of its files in place, or why it stopped.
+type CopyResult = Result<(Vec<String>, Vec<i64>), WorkError>;
+
+/// A worker's report: how the copy ended, and, where the move read a copy
+/// that turned out corrupt, what is wrong. (A worker that panicked sends
+/// no report, only its failure.)
+struct CopyReport {
+    out: CopyResult,
+    corrupt: Option<Corrupt>,
+}
+
+/// A source copy found corrupt, the tier that holds it (`from`), and what
+/// is wrong with the origin (if anything: then the corrupt copy may hold
+/// the last bytes there are).
+struct Corrupt {
+    reason: String,
+    origin_problem: Option<String>,
+    from: usize,
+}
+
 /// A directory tier. See the module docs.
 pub struct DirDriver {
     /// The directory, canonical.
@@ -62,8 +83,8 @@ pub struct DirDriver {
     /// Models whose complete copy is here and serves them.
     copies: BTreeSet<String>,
     running: WorkerMoves,
-    tx: Sender<(JobKey, Result<Vec<String>, WorkError>)>,
-    rx: Receiver<(JobKey, Result<Vec<String>, WorkError>)>,
+    tx: Sender<(JobKey, Result<CopyReport, WorkError>)>,
+    rx: Receiver<(JobKey, Result<CopyReport, WorkError>)>,
     last_now: f64,
 }
 
@@ -152,7 +173,8 @@ impl DirDriver {
     }
 
     /// A copy ended: say how.
-    fn completed(&mut self, key: JobKey, out: Result<Vec<String>, WorkError>) -> Vec<MoveEvent> {
+    fn completed(&mut self, key: JobKey, report: CopyReport) -> Vec<MoveEvent> {
+        let CopyReport { out, corrupt } = report;
         let Some(run) = self.running.remove(key) else {
             return Vec::new();
         };
@@ -164,20 +186,94 @@ impl DirDriver {
                 self.undo(&run.model);
                 vec![MoveEvent::Cancelled { job: key }]
             }
-            Ok(checksums) => {
+            Ok((checksums, mtimes)) => {
                 self.copies.insert(run.model.to_string());
                 vec![MoveEvent::Finished {
                     job: key,
                     checksums: Some(checksums),
+                    mtimes: Some(mtimes),
                 }]
             }
             Err(WorkError::Failed {
                 message,
                 retryable,
                 vanished,
-            }) => run.failure_events(key, message, retryable, vanished),
+            }) => {
+                let mut events = run.failure_events(key, message, retryable && corrupt.is_none(), vanished);
+                if let Some(c) = corrupt {
+                    events.push(MoveEvent::CopyCorrupt {
+                        job: key,
+                        model: run.model.to_string(),
+                        tier: c.from,
+                        reason: c.reason,
+                        origin_problem: c.origin_problem,
+                    });
+                }
+                events
+            }
         }
     }
+}
+
+/// Once a copy from the origin is in place: the origin must not have been
+/// rewritten meanwhile (a same-size rewrite passes every other check), so
+/// its files still have the size and modification time recorded when the
+/// move started. Then reads the copy's own modification times, which say
+/// later whether the copy is still the one made. A copy that fails either
+/// is removed.
+fn settle(root: &Path, model: &str, sources: &[CopyFile], origin_mtimes: &[Option<i64>]) -> Result<Vec<i64>, WorkError> {
+    let undo = || {
+        let _ = std::fs::remove_dir_all(copy_dir(root, model));
+        let _ = sys::fsync_dir(root);
+    };
+    for (f, recorded) in sources.iter().zip(origin_mtimes) {
+        let Some(recorded) = recorded else { continue };
+        let changed = match std::fs::metadata(&f.src) {
+            Ok(m) => m.len() != f.size || mtime_ns(&m) != *recorded,
+            Err(_) => true,
+        };
+        if changed {
+            undo();
+            return Err(WorkError::failed(format!(
+                "origin file {} was rewritten during the copy; the copy was discarded",
+                f.src.display()
+            )));
+        }
+    }
+    let dir = copy_dir(root, model);
+    let mut mtimes = Vec::with_capacity(sources.len());
+    for f in sources {
+        let p = dir.join(&f.rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => mtimes.push(mtime_ns(&m)),
+            Err(e) => {
+                undo();
+                return Err(WorkError::io("cannot stat", &p, &e));
+            }
+        }
+    }
+    Ok(mtimes)
+}
+
+/// After a failed move out of a copy: whether that copy is corrupt, read
+/// again in full against its recorded checksums (a failure of the target,
+/// such as a full disk, leaves the source alone). `None` when it matches,
+/// or when nothing was recorded to compare with.
+fn source_corruption(sources: &[CopyFile]) -> Option<String> {
+    for f in sources {
+        let Some(expected) = &f.expected else { continue };
+        match hash_file(&f.src) {
+            Ok(h) if h == *expected => {}
+            Ok(h) => {
+                return Some(format!(
+                    "copy file {} does not match its recorded checksum (expected {expected}, read {h})",
+                    f.src.display()
+                ));
+            }
+            Err(e) => return Some(format!("copy file {} cannot be read ({e})", f.src.display())),
+        }
+    }
+    None
 }
 
 impl TierDriver for DirDriver {
@@ -220,15 +316,39 @@ impl TierDriver for DirDriver {
                 },
             })
             .collect();
+        // What the origin's files were when measured (read from a copy:
+        // its checksums say whether it changed).
+        let origin_mtimes: Vec<Option<i64>> = match &order.source {
+            Source::Origin => files.files.iter().map(|f| f.mtime_ns).collect(),
+            Source::Copy(_) => vec![None; files.files.len()],
+        };
         let shared = MoveShared::new(files.bytes.saturating_mul(2));
         let origin = CopyOrigin {
             path: files.origin.clone(),
             single: files.single,
         };
-        let (s, root, model, bw) = (shared.clone(), self.root.clone(), order.model.clone(), order.bandwidth_mb_s);
+        let (s, root, model, bw, from) = (
+            shared.clone(),
+            self.root.clone(),
+            order.model.clone(),
+            order.bandwidth_mb_s,
+            order.from,
+        );
+        let (from_copy, model_files) = (order.source.is_copy(), files.clone());
         // A panic in the copy is a failed move (its partial removed).
         spawn_worker("copy", order.job, &self.tx, move || {
-            copy_model(&root, &model, &sources, &origin, &s, bw)
+            let out = copy_model(&root, &model, &sources, &origin, &s, bw)
+                .and_then(|sums| settle(&root, &model, &sources, &origin_mtimes).map(|t| (sums, t)));
+            // A move out of a copy that failed may have failed on the copy.
+            let corrupt = match &out {
+                Err(WorkError::Failed { .. }) if from_copy => source_corruption(&sources).map(|reason| Corrupt {
+                    reason,
+                    origin_problem: model_files.origin_problem(),
+                    from,
+                }),
+                _ => None,
+            };
+            Ok(CopyReport { out, corrupt })
         })?;
         self.space.start(self.id, order.job, files.bytes, shared.clone());
         self.running.insert(order, files, shared);
@@ -246,9 +366,10 @@ impl TierDriver for DirDriver {
 
     fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
         self.last_now = now;
-        while let Ok((key, out)) = self.rx.try_recv() {
+        while let Ok((key, sent)) = self.rx.try_recv() {
             self.invalidate();
-            for event in self.completed(key, out) {
+            let report = sent.unwrap_or_else(|e| CopyReport { out: Err(e), corrupt: None });
+            for event in self.completed(key, report) {
                 events.push(DriverEvent { at: now, event });
             }
         }
@@ -364,17 +485,20 @@ impl TierDriver for DirDriver {
         Ok(report)
     }
 
+    /// Sizes and modification times (a copy written to since it was made
+    /// is not the verified copy any more), and the origin: a copy of an
+    /// origin rewritten since is stale (a vanished origin leaves the copy
+    /// its last one, which is kept).
     fn check_copy(&self, model: &str, files: &ModelFiles) -> Result<(), String> {
         let root = copy_dir(&self.root, model);
-        for f in &files.files {
-            let p = root.join(&f.rel);
-            match std::fs::metadata(&p) {
-                Ok(m) if m.len() == f.size => {}
-                Ok(m) => return Err(format!("copy {} has {} bytes, expected {}", p.display(), m.len(), f.size)),
-                Err(e) => return Err(format!("copy {} is missing ({e})", p.display())),
-            }
+        match super::watch::look_copy(files, &root) {
+            CopyLook::Intact | CopyLook::Unrecorded(_) => {}
+            CopyLook::Damaged(why) => return Err(why),
         }
-        Ok(())
+        match super::watch::look_origin(files) {
+            OriginLook::Changed { reason, .. } => Err(format!("{reason}; the copy is stale")),
+            _ => Ok(()),
+        }
     }
 
     fn remove_leftover(&mut self, model: &str) -> Result<Option<PathBuf>, String> {

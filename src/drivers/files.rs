@@ -190,6 +190,26 @@ pub struct ModelFile {
     /// records written before they were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<FileId>,
+    /// The origin file's modification time (ns since the epoch) when it was
+    /// measured; a change means the origin was rewritten ([`super::watch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    /// The modification time of the file in the `dir` copy that serves the
+    /// model, as read once the copy was in place (`None` when no copy
+    /// serves it): a copy whose file has another is no longer that copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_mtime_ns: Option<i64>,
+}
+
+/// The `copy_mtime_ns` of a copy found corrupt and kept (it may hold the
+/// last bytes of a model whose origin is gone): no file has it, so the copy
+/// never counts as intact again.
+pub const CORRUPT_MTIME: i64 = i64::MIN;
+
+/// A file's modification time in nanoseconds since the epoch.
+pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec())
 }
 
 /// Where a model's weights are: its origin (a file, or a directory of
@@ -309,6 +329,8 @@ pub fn list_files(origin: &Path, max_files: usize) -> Result<Vec<ModelFile>, Str
             size: meta.len(),
             blake3: None,
             id: Some(FileId::of_meta(&meta)),
+            mtime_ns: Some(mtime_ns(&meta)),
+            copy_mtime_ns: None,
         }]);
     }
     let mut out = Vec::new();
@@ -367,6 +389,8 @@ pub fn list_files(origin: &Path, max_files: usize) -> Result<Vec<ModelFile>, Str
                 size: m.len(),
                 blake3: None,
                 id: Some(FileId::of_meta(&m)),
+                mtime_ns: Some(mtime_ns(&m)),
+                copy_mtime_ns: None,
             });
         }
     }

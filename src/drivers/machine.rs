@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::files::ModelFiles;
 use super::gpu::GpuProbe;
+use super::watch::Watcher;
 use super::{DRIVERS, Source, TierDriver};
 use crate::config::Config;
 
@@ -41,6 +42,8 @@ impl MachineKind {
 pub struct Machine {
     pub kind: MachineKind,
     pub drivers: Vec<Box<dyn TierDriver>>,
+    /// The look at every origin and copy while running (a real machine).
+    pub watch: Option<Watcher>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -120,7 +123,11 @@ pub struct ReconcileReport {
 
 impl Machine {
     pub fn new(kind: MachineKind, drivers: Vec<Box<dyn TierDriver>>) -> Machine {
-        Machine { kind, drivers }
+        let watch = match kind {
+            MachineKind::Real => Watcher::spawn(),
+            MachineKind::Simulated => None,
+        };
+        Machine { kind, drivers, watch }
     }
 
     /// Opens the real drivers of `cfg`'s tiers (the `driver` of each
@@ -208,11 +215,20 @@ impl Machine {
                     last
                 }
             };
+            // A damaged copy is dropped, unless the origin is damaged too:
+            // then it may hold the last bytes there are, and is kept (the
+            // model unavailable).
+            let mut kept_damaged = None;
             if serving != last
                 && let Err(problem) = self.drivers[serving].check_copy(name, &rec.files)
             {
-                report.fell_back.push((name.clone(), problem));
-                serving = last;
+                match rec.files.origin_problem() {
+                    Some(origin) => kept_damaged = Some(format!("{problem}, and {origin}; the copy is kept")),
+                    None => {
+                        report.fell_back.push((name.clone(), problem));
+                        serving = last;
+                    }
+                }
             }
             // Copies in tiers other than the serving one are leftovers of a
             // move interrupted after its rename (or a damaged copy): remove them.
@@ -224,8 +240,9 @@ impl Machine {
                 }
             }
             let origin_problem = rec.files.origin_problem();
-            let unavailable = match (&origin_problem, self.drivers[serving].source_of(name)) {
-                (Some(p), Source::Origin) => Some(p.clone()),
+            let unavailable = match (kept_damaged, &origin_problem, self.drivers[serving].source_of(name)) {
+                (Some(why), _, _) => Some(why),
+                (None, Some(p), Source::Origin) => Some(p.clone()),
                 _ => None,
             };
             if let Some(p) = &unavailable {

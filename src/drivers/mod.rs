@@ -24,8 +24,9 @@
 //! Support modules: [`files`] (a model's files and names), [`sys`] (the
 //! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
 //! [`pin`], [`copy`], [`space`] (a `dir` filesystem's free space net of the
-//! copies running into it) and [`machine`] (opening a real machine and
-//! reconciling it with its state at start).
+//! copies running into it), [`machine`] (opening a real machine and
+//! reconciling it with its state at start) and [`watch`] (the look at every
+//! origin and copy while running).
 
 pub mod copy;
 pub mod dir;
@@ -38,6 +39,7 @@ pub mod sim;
 pub mod space;
 pub mod storage;
 pub mod sys;
+pub mod watch;
 pub mod work;
 
 use std::path::{Path, PathBuf};
@@ -119,21 +121,41 @@ pub struct MoveOrder<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MoveEvent {
     /// The move completed: the model is complete (and durable) in the
-    /// target tier. A copy reports the checksums it verified, one per file.
-    Finished { job: JobKey, checksums: Option<Vec<String>> },
+    /// target tier. A copy reports the checksums it verified and the
+    /// modification times its files have in place, one per file.
+    Finished {
+        job: JobKey,
+        checksums: Option<Vec<String>>,
+        mtimes: Option<Vec<i64>>,
+    },
     /// The move failed and was rolled back; the model is still in its source.
     Failed { job: JobKey, message: String, retryable: bool },
     /// A cancel took effect and the move was rolled back.
     Cancelled { job: JobKey },
     /// A model's files changed under the driver (vanished, changed size).
     ModelUnavailable { model: String, reason: String },
+    /// Move `job` read the model's copy in tier `tier` and found it corrupt
+    /// (it no longer matches its recorded checksums). Comes right after the
+    /// move's `Failed`. `origin_problem` says what is wrong with the origin,
+    /// if anything: then the corrupt copy may hold the last bytes there are.
+    CopyCorrupt {
+        job: JobKey,
+        model: String,
+        tier: usize,
+        reason: String,
+        origin_problem: Option<String>,
+    },
 }
 
 impl MoveEvent {
-    /// The job the event ends, if it is about one.
+    /// The job the event is about, if any (events of one job keep their
+    /// order: `CopyCorrupt` comes after the `Failed` that ends its move).
     pub fn job(&self) -> Option<JobKey> {
         match self {
-            MoveEvent::Finished { job, .. } | MoveEvent::Failed { job, .. } | MoveEvent::Cancelled { job } => Some(*job),
+            MoveEvent::Finished { job, .. }
+            | MoveEvent::Failed { job, .. }
+            | MoveEvent::Cancelled { job }
+            | MoveEvent::CopyCorrupt { job, .. } => Some(*job),
             MoveEvent::ModelUnavailable { .. } => None,
         }
     }

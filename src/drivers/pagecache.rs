@@ -167,7 +167,11 @@ impl PageCacheDriver {
                     self.pin_errors.insert(run.model.to_string(), e.clone());
                 }
                 self.pins.insert(run.model.to_string(), pin);
-                vec![MoveEvent::Finished { job: key, checksums: None }]
+                vec![MoveEvent::Finished {
+                    job: key,
+                    checksums: None,
+                    mtimes: None,
+                }]
             }
             Err(WorkError::Failed {
                 message,

@@ -256,7 +256,11 @@ impl TierDriver for SimTier {
                     retryable: true,
                 }
             } else {
-                MoveEvent::Finished { job, checksums: None }
+                MoveEvent::Finished {
+                    job,
+                    checksums: None,
+                    mtimes: None,
+                }
             };
             events.push(DriverEvent { at, event });
         }

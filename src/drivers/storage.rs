@@ -87,7 +87,11 @@ impl TierDriver for StorageDriver {
         while let Ok((job, out)) = self.rx.try_recv() {
             self.running.retain(|j| *j != job);
             let event = match out {
-                Ok(()) => MoveEvent::Finished { job, checksums: None },
+                Ok(()) => MoveEvent::Finished {
+                    job,
+                    checksums: None,
+                    mtimes: None,
+                },
                 Err(message) => MoveEvent::Failed {
                     job,
                     message,

@@ -21,7 +21,7 @@ use super::policy::{Desire, Policy};
 use super::scheduler::{SchedEvent, SortedKeys, TimeKey};
 use super::state::{Model, ModelId, State, Usage};
 use super::table::{JobTable, ReadyQueue};
-use super::views::{JobView, Metrics};
+use super::views::{FaultView, JobView, Metrics};
 
 /// The engine. See the module docs.
 pub struct Engine {
@@ -88,6 +88,10 @@ pub struct Engine {
     /// Releases waiting for the placement that needs them no more to be
     /// saved, oldest first.
     pub(crate) pending_releases: Vec<PendingRelease>,
+    /// Faults noticed while running ([`super::faults`]): the recent ones of
+    /// each tier, and the last one of each model.
+    pub(crate) fault_log: Vec<VecDeque<FaultView>>,
+    pub(crate) model_faults: HashMap<ModelId, FaultView>,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -233,6 +237,8 @@ impl Engine {
             epoch: 0,
             durable: false,
             pending_releases: Vec::new(),
+            fault_log: vec![VecDeque::new(); tiers],
+            model_faults: HashMap::new(),
         })
     }
 

@@ -14,6 +14,8 @@
 //!   the eviction order of make-room, lowered limits and memory pressure;
 //! - [`limits`]: the run-time limits and `update_limits`;
 //! - [`views`]: the typed answers (tiers, models, jobs, metrics);
+//! - [`faults`]: what the engine makes of faults noticed while running
+//!   (copies and origins changed or gone, corrupt copies);
 //! - [`invariants`]: the books checked against a recount;
 //! - [`state`] (tiers and models, what policies read), [`job`] (move jobs),
 //!   [`policy`] (the `Policy` trait policies implement), and `table` (the
@@ -23,6 +25,7 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
+pub mod faults;
 pub mod invariants;
 pub mod job;
 pub mod limits;
@@ -44,6 +47,6 @@ pub use scheduler::{SchedEvent, SchedEventKind};
 pub use state::{Model, ModelId, State, Tier, Usage};
 pub use submit::{MoveOptions, Registered, Registration};
 pub use views::{
-    AttemptView, HistoryFilter, JobView, Metrics, MetricsView, ModelInfoView, ModelView, MoveStarted, PlanStep, QueueCounts,
+    AttemptView, FaultView, HistoryFilter, JobView, Metrics, MetricsView, ModelInfoView, ModelView, MoveStarted, PlanStep, QueueCounts,
     TierStatusView, TierView,
 };

@@ -150,6 +150,10 @@ impl Engine {
     /// over ready, and starts every queued move that may start, until
     /// nothing changes any more.
     pub fn tick(&mut self, now: f64) {
+        // Origins and copies changed behind tierd's back (a real machine).
+        if self.machine.watch.is_some() {
+            self.watch_files(now);
+        }
         // Hardware can change without an event (other programs grow):
         // pressure floors are checked at most once per engine second.
         if self.has_floors && now >= self.next_pressure_check {
@@ -277,7 +281,7 @@ impl Engine {
     #[inline]
     fn apply_event(&mut self, now: f64, e: DriverEvent) {
         match e.event {
-            MoveEvent::Finished { job, checksums } => self.finish_job(now, job, checksums),
+            MoveEvent::Finished { job, checksums, mtimes } => self.finish_job(now, job, checksums, mtimes),
             MoveEvent::Failed { job, message, retryable } => self.fail_run(now, job, message, retryable),
             MoveEvent::Cancelled { job } => {
                 if self.running.contains(&job) {
@@ -297,6 +301,13 @@ impl Engine {
                     m.unavailable = Some(reason);
                 }
             }
+            MoveEvent::CopyCorrupt {
+                model,
+                tier,
+                reason,
+                origin_problem,
+                ..
+            } => self.copy_corrupt(now, &model, tier, reason, origin_problem),
         }
     }
 
@@ -321,7 +332,7 @@ impl Engine {
 
     /// A move completed: the model is in its target; its source lets go of
     /// it (once the new placement is durable, with a state file).
-    fn finish_job(&mut self, now: f64, key: JobKey, checksums: Option<Vec<String>>) {
+    fn finish_job(&mut self, now: f64, key: JobKey, checksums: Option<Vec<String>>, mtimes: Option<Vec<i64>>) {
         if !self.running.contains(&key) {
             return;
         }
@@ -342,6 +353,17 @@ impl Engine {
                 let files = Arc::make_mut(files);
                 for (f, h) in files.files.iter_mut().zip(sums) {
                     f.blake3 = Some(h);
+                }
+            }
+            // The modification times of the copy that serves it now (none
+            // when it is served from its origin).
+            if let Some(files) = m.files.as_mut()
+                && (mtimes.is_some() || files.files.iter().any(|f| f.copy_mtime_ns.is_some()))
+            {
+                let files = Arc::make_mut(files);
+                let mut mtimes = mtimes.into_iter().flatten();
+                for f in &mut files.files {
+                    f.copy_mtime_ns = mtimes.next();
                 }
             }
             self.state.detach(model, from);

@@ -38,9 +38,30 @@ pub struct TierView {
     pub available: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable_reason: Option<String>,
+    /// Recent faults noticed in the tier while running, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultView>,
     /// The driver's own facts about the tier (`hardware_gb`, `driver`, ...).
     #[serde(flatten)]
     pub details: Map<String, Value>,
+}
+
+/// A fault noticed while running (see [`super::faults`]): a copy or an
+/// origin that changed or vanished, or a copy found corrupt, and what
+/// tierd did about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultView {
+    /// Engine time it was noticed.
+    pub at: f64,
+    pub model_name: String,
+    /// The tier that served the model.
+    pub tier: String,
+    /// `copy_changed`, `copy_corrupt`, `origin_changed`, `origin_gone` or
+    /// `available_again`.
+    pub kind: String,
+    pub reason: String,
+    /// What tierd did: the model fell back, became unavailable, ...
+    pub action: String,
 }
 
 /// The whole `tier_status` answer, tiers fastest first.
@@ -174,6 +195,9 @@ pub struct ModelView {
     /// tier's driver measures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_fraction: Option<f64>,
+    /// The last fault noticed about the model while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultView>,
 }
 
 /// A model as `model_info` shows it: the list view and its profiles.
@@ -309,6 +333,7 @@ impl Engine {
                     max_models: t.max_models,
                     available: hw.is_ok(),
                     unavailable_reason: hw.err().map(|e| e.to_string()),
+                    faults: self.fault_log.get(i).map(|l| l.iter().cloned().collect()).unwrap_or_default(),
                     details: self.driver(i).details(),
                 };
                 (Cow::Borrowed(t.name.as_str()), view)
@@ -534,6 +559,7 @@ impl Engine {
             unavailable_reason: m.unavailable.clone(),
             path: m.path.clone(),
             resident_fraction: self.driver(m.tier).resident_fraction(&m.name, m.files.as_deref()).map(round6),
+            fault: self.state.model_id(&m.name).and_then(|id| self.model_faults.get(&id)).cloned(),
         }
     }
 
