@@ -368,7 +368,10 @@ impl TierDriver for DirDriver {
         self.last_now = now;
         while let Ok((key, sent)) = self.rx.try_recv() {
             self.invalidate();
-            let report = sent.unwrap_or_else(|e| CopyReport { out: Err(e), corrupt: None });
+            let report = sent.unwrap_or_else(|e| CopyReport {
+                out: Err(e),
+                corrupt: None,
+            });
             for event in self.completed(key, report) {
                 events.push(DriverEvent { at: now, event });
             }
