@@ -284,6 +284,18 @@ impl ModelFiles {
         FileIds(self.files.iter().filter_map(|f| f.id.map(|id| (id, f.rel.clone()))).collect())
     }
 
+    /// Records the device and inode of each origin file that has none (a
+    /// record written before they were kept), so the same-file check of
+    /// later registrations covers it; a file that cannot be read keeps none.
+    pub fn fill_missing_ids(&mut self) {
+        for i in 0..self.files.len() {
+            if self.files[i].id.is_none() {
+                let id = FileId::of(&self.origin_file(&self.files[i]));
+                self.files[i].id = id;
+            }
+        }
+    }
+
     /// What is wrong with the origin, if anything: a file gone or of
     /// another size than registered.
     pub fn origin_problem(&self) -> Option<String> {
@@ -409,6 +421,23 @@ pub fn origin_file(origin: &Path, single: bool, f: &ModelFile) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_without_file_ids_get_them_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.bin");
+        std::fs::write(&path, b"weights").expect("write");
+        let mut files = ModelFiles::walk(&path, 10).expect("walk");
+        let id = files.files[0].id;
+        assert!(id.is_some());
+        files.files[0].id = None;
+        files.fill_missing_ids();
+        assert_eq!(files.files[0].id, id);
+        std::fs::remove_file(&path).expect("rm");
+        files.files[0].id = None;
+        files.fill_missing_ids();
+        assert_eq!(files.files[0].id, None, "a vanished file has no id");
+    }
 
     #[test]
     fn escaping_names_are_refused() {

@@ -256,10 +256,12 @@ impl Machine {
             if tier_names.get(serving) != Some(&rec.tier) {
                 tracing::warn!(model = %name, from = %rec.tier, to = ?tier_names.get(serving), "placement corrected at start");
             }
+            let mut files = rec.files.clone();
+            files.fill_missing_ids();
             placed.push(Placed {
                 name: name.clone(),
                 tier: serving,
-                files: rec.files.clone(),
+                files,
                 unavailable,
             });
         }
