@@ -393,7 +393,10 @@ impl Config {
             if let Some(mode) = t.mode
                 && mode > 0o777
             {
-                return bad(format!("tier {:?}: mode {mode:o} is not a permission mode (0o000 to 0o777)", t.name));
+                return bad(format!(
+                    "tier {:?}: mode {mode:o} is not a permission mode (0o000 to 0o777)",
+                    t.name
+                ));
             }
             if !(t.access_s_per_gb.is_finite() && t.access_s_per_gb >= 0.0) {
                 return bad(format!("tier {:?}: access_s_per_gb must be a non-negative number", t.name));

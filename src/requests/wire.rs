@@ -5,13 +5,85 @@
 //! Parsing never panics: every malformed line becomes an
 //! [`EngineError::BadRequest`] with a message that says what was wrong.
 
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Number, Value, json};
 
+use crate::config::{MAX_GB, in_gb_range};
 use crate::error::EngineError;
 
 /// Longest accepted request line, in bytes.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+pub use crate::tiers::submit::{MAX_BANDWIDTH_MB_S, MAX_RETRIES, MIN_BANDWIDTH_MB_S, bandwidth_out_of_range, retries_out_of_range};
+
+/// Most jobs one `depends_on` may name.
+pub const MAX_DEPENDENCIES: usize = 1024;
+/// Most jobs one history answer may hold.
+pub const MAX_HISTORY_LIMIT: usize = 100_000;
+
+/// Why a GB figure is refused, if it is: it must be finite, 0 to [`MAX_GB`].
+pub fn gb_out_of_range(field: &str, gb: f64) -> Option<String> {
+    (!in_gb_range(gb)).then(|| format!("{field} must be a number from 0 to {MAX_GB} GB, got {gb}"))
+}
+
+/// An optional JSON number that `read` takes (for `deserialize_with`);
+/// anything else, another type included, is refused with `range`'s
+/// message, which names the range and what was sent.
+fn number_in<'de, D: Deserializer<'de>, T>(
+    d: D,
+    read: impl FnOnce(&Number) -> Option<T>,
+    range: impl FnOnce(&Value) -> String,
+) -> Result<Option<T>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match &v {
+            Value::Number(n) => read(n).map(Some),
+            _ => None,
+        }
+        .ok_or_else(|| D::Error::custom(range(&v))),
+    }
+}
+
+/// `size_gb`: a GB figure from 0 to [`MAX_GB`].
+pub fn de_size_gb<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number_in(
+        d,
+        |n| n.as_f64().filter(|gb| in_gb_range(*gb)),
+        |v| format!("size_gb must be a number from 0 to {MAX_GB} GB, got {v}"),
+    )
+}
+
+/// `bandwidth_mb_s`: [`MIN_BANDWIDTH_MB_S`] to [`MAX_BANDWIDTH_MB_S`].
+pub fn de_bandwidth<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number_in(
+        d,
+        |n| n.as_f64().filter(|b| bandwidth_out_of_range(*b).is_none()),
+        |v| format!("bandwidth_mb_s must be a number from {MIN_BANDWIDTH_MB_S} to {MAX_BANDWIDTH_MB_S} MB/s, got {v}"),
+    )
+}
+
+/// `max_retries`: an integer from 0 to [`MAX_RETRIES`].
+pub fn de_retries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    number_in(
+        d,
+        |n| {
+            n.as_u64()
+                .filter(|r| retries_out_of_range(*r).is_none())
+                .and_then(|r| u32::try_from(r).ok())
+        },
+        |v| format!("max_retries must be an integer from 0 to {MAX_RETRIES}, got {v}"),
+    )
+}
+
+/// A history `limit`: an integer from 0 to [`MAX_HISTORY_LIMIT`].
+pub fn de_history_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    number_in(
+        d,
+        |n| n.as_u64().and_then(|l| usize::try_from(l).ok()).filter(|l| *l <= MAX_HISTORY_LIMIT),
+        |v| format!("limit must be an integer from 0 to {MAX_HISTORY_LIMIT}, got {v}"),
+    )
+}
 
 /// A request body's JSON type, in words.
 pub fn kind(v: &Value) -> &'static str {
