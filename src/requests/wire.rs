@@ -6,7 +6,9 @@
 //! [`EngineError::BadRequest`] with a message that says what was wrong.
 
 use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value, json};
 
 use crate::config::{MAX_GB, in_gb_range};
@@ -152,24 +154,105 @@ pub fn only_fields(key: &str, body: Value, allowed: &[&str]) -> Result<Map<Strin
     Ok(m)
 }
 
-/// Adds the echoed `id` to a response object.
-pub fn with_id(mut v: Value, id: &Option<Value>) -> Value {
-    if let (Some(id), Value::Object(m)) = (id, &mut v) {
-        m.insert("id".into(), id.clone());
+/// A request's `id`, kept as the exact JSON text the line carried (a
+/// number's digits, a string's escapes, an object's spacing), so that the
+/// answer echoes it byte for byte.
+#[derive(Debug, Clone)]
+pub struct Id(Box<RawValue>);
+
+impl Id {
+    /// The id of a decoded value (callers without a line: the text is the
+    /// value's own serialization).
+    pub fn from_value(v: &Value) -> Id {
+        match serde_json::value::to_raw_value(v) {
+            Ok(raw) => Id(raw),
+            // A `Value` always serializes; keep a valid id all the same.
+            Err(_) => Id(RawValue::NULL.to_owned()),
+        }
     }
-    v
+
+    /// The id's JSON text as received.
+    pub fn raw(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The id decoded (`null` if it is nested too deep to decode).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.raw()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Id) -> bool {
+        self.raw() == other.raw()
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Id)
+    }
+}
+
+/// An answer and the `id` it echoes: serialized as the answer object with
+/// `"id"` first, the id's text written as it was received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub body: Value,
+    pub id: Option<Id>,
+}
+
+impl Reply {
+    /// The answer as a `Value` (the id decoded: a `Value` cannot keep its
+    /// text; the wire, through [`write_value`], does).
+    pub fn into_value(self) -> Value {
+        let Reply { mut body, id } = self;
+        if let (Some(id), Value::Object(m)) = (id, &mut body) {
+            m.insert("id".into(), id.to_value());
+        }
+        body
+    }
+}
+
+impl Serialize for Reply {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (&self.id, &self.body) {
+            (Some(id), Value::Object(m)) => {
+                let mut map = s.serialize_map(None)?;
+                map.serialize_entry("id", id)?;
+                for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "id") {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+            _ => self.body.serialize(s),
+        }
+    }
+}
+
+/// Adds the echoed `id` to a response object.
+pub fn with_id(v: Value, id: &Option<Id>) -> Reply {
+    Reply { body: v, id: id.clone() }
 }
 
 /// The wire form of an error.
-pub fn error_response(e: &EngineError, id: &Option<Value>) -> Value {
+pub fn error_response(e: &EngineError, id: &Option<Id>) -> Reply {
     with_id(json!({"status": "error", "error": e.to_json()}), id)
 }
 
 /// Appends `v` and a newline to `out`.
-pub fn write_value(out: &mut Vec<u8>, v: &Value) {
+pub fn write_value(out: &mut Vec<u8>, v: &impl Serialize) {
+    let start = out.len();
     if serde_json::to_writer(&mut *out, v).is_err() {
         // Serializing a `Value` into a Vec cannot fail; keep the line valid
         // all the same.
+        out.truncate(start);
         out.extend_from_slice(
             br#"{"status":"error","error":{"code":"INTERNAL_ERROR","message":"response not serializable","details":{}}}"#,
         );
