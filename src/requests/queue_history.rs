@@ -12,9 +12,10 @@ use super::wire::{de_history_limit, fields};
 use super::{Command, Outcome};
 
 /// The statuses a history can be filtered by.
-const STATUSES: [JobStatus; 5] = [
+const STATUSES: [JobStatus; 6] = [
     JobStatus::Queued,
     JobStatus::Running,
+    JobStatus::Cancelling,
     JobStatus::Success,
     JobStatus::Failed,
     JobStatus::Cancelled,
@@ -59,7 +60,7 @@ impl Command for QueueHistory {
             None => None,
             Some(s) => Some(STATUSES.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
                 EngineError::bad_request(format!(
-                    "queue_history: unknown status {s:?}; one of: queued, running, success, failed, cancelled"
+                    "queue_history: unknown status {s:?}; one of: queued, running, cancelling, success, failed, cancelled"
                 ))
             })?),
         };

@@ -348,7 +348,7 @@ impl Engine {
             .into_iter()
             .filter(|j| !self.job_ids.contains_key(&j.job_id))
             .map(|mut j| {
-                if matches!(j.status, JobStatus::Queued | JobStatus::Running) {
+                if !j.status.is_terminal() {
                     j.status = JobStatus::Failed;
                     j.error = Some("interrupted by a restart of tierd; rolled back".into());
                     j.error_code = Some("TASK_FAILED".into());

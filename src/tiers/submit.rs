@@ -322,6 +322,7 @@ impl Engine {
             error: None,
             attempts: SmallVec::new(),
             cancel_requested: false,
+            cancel_at_shutdown: false,
             bandwidth_mb_s: opts.bandwidth_mb_s,
             reason: opts.reason.clone(),
             unmet_deps,

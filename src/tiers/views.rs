@@ -383,7 +383,7 @@ impl Engine {
             source_tier: names.get(job.from).map(|t| t.name.clone()),
             target_tier: names.get(job.to).map(|t| t.name.clone()),
             progress: round6(progress),
-            status: job.status,
+            status: job.wire_status(),
             elapsed_time: round6(elapsed.max(0.0)),
             estimated_time: round6(job.estimated_s),
             error: job.error.as_ref().map(|(_, m)| m.clone()),
@@ -469,7 +469,7 @@ impl Engine {
         let since_ok = |t: f64| filter.since.is_none_or(|s| t >= s);
         keys.into_iter()
             .filter_map(|k| self.jobs.get(&k))
-            .filter(|j| status_ok(j.status) && since_ok(j.created_at))
+            .filter(|j| status_ok(j.wire_status()) && since_ok(j.created_at))
             .take(filter.limit)
             .map(|j| self.job_view_in(now, j, &order))
             .chain(
