@@ -110,3 +110,22 @@ fn a_repeated_id_echoes_the_last_as_json_objects_read() {
     let a = answer(&s, r#"{"id": 1, "health": true, "id": 2.50}"#);
     assert_eq!(echoed_id(&a), "2.50", "{a}");
 }
+
+/// An id tierd would echo must read back: a number out of `f64`'s range
+/// (which the raw text alone does not check) makes the line invalid JSON,
+/// as anywhere else in the line; the answer is still one JSON line.
+#[test]
+fn an_id_that_does_not_read_back_is_invalid_json() {
+    let s = shared();
+    for id in [
+        "1e99999",
+        r#"{"a": -170000001e99900}"#,
+        &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
+    ] {
+        let line = format!(r#"{{"id": {id}, "health": true}}"#);
+        let a = answer(&s, &line);
+        let v: Value = serde_json::from_str(&a).expect("JSON");
+        assert_eq!(v["error"]["code"], serde_json::json!("INVALID_REQUEST"), "{a}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.starts_with("invalid JSON")), "{a}");
+    }
+}

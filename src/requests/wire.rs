@@ -195,8 +195,17 @@ impl Serialize for Id {
 }
 
 impl<'de> Deserialize<'de> for Id {
+    /// The id's text, refused unless it also decodes: the raw text is
+    /// taken without reading its numbers, and an id tierd echoes must be one
+    /// any JSON reader (tierd's own client included) can read back, so a
+    /// number out of `f64`'s range or nesting past the decoder's depth makes
+    /// the line invalid JSON, as it would be anywhere else in the line.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
-        Box::<RawValue>::deserialize(d).map(Id)
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if let Err(e) = serde_json::from_str::<Value>(raw.get()) {
+            return Err(D::Error::custom(format!("id: {e}")));
+        }
+        Ok(Id(raw))
     }
 }
 
