@@ -204,3 +204,40 @@ fn many_models_of_the_largest_size_are_refused_before_the_books_overflow() {
     );
     assert_eq!(ok["status"], json!("success"), "{ok}");
 }
+
+/// The moved-bytes counter outlives any run: 20,000 moves of the largest
+/// model move 2e10 GB, more than a `u64` of bytes holds (a debug build
+/// panicked on the overflow, a release build wrapped).
+#[test]
+fn moved_bytes_are_counted_past_u64() {
+    let cfg = Config::from_toml(
+        "max_single_model_gb = 1000000.0\n\
+         [[tiers]]\nname = \"fast\"\nmax_gb = 1000000.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"slow\"\naccess_s_per_gb = 1.0\n",
+    )
+    .expect("config");
+    let (machine, _) = simulated_machine(&cfg, false);
+    let mut e = Engine::new(cfg, machine, Box::new(UsagePolicy), T0).expect("engine");
+    let ok = ask(
+        &mut e,
+        &format!(r#"{{"register_model": {{"model_name": "huge", "size_gb": {MAX_GB}, "preferred_tier": "slow"}}}}"#),
+    );
+    assert_eq!(ok["status"], json!("success"), "{ok}");
+    let mut now = T0;
+    let moves = 20_000u32;
+    for i in 0..moves {
+        let to = if i % 2 == 0 { "fast" } else { "slow" };
+        let s = match e.move_model(now, "huge", to, &tierd::tiers::MoveOptions::default()) {
+            Ok(s) => s,
+            Err(err) => panic!("move {i} to {to}: {err}"),
+        };
+        // Long enough for a 1 PB move at the default rates.
+        now += 1e6;
+        e.tick(now);
+        assert_eq!(e.job_ended(&s.job_id), Some(true), "move {i} ended");
+    }
+    e.check_invariants().expect("books");
+    let m = ask(&mut e, r#"{"metrics": true}"#);
+    let gb = m["metrics"]["bytes_moved_gb"].as_f64().expect("bytes_moved_gb");
+    assert_eq!(gb, f64::from(moves) * MAX_GB, "{m}");
+}

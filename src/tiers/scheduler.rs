@@ -368,7 +368,7 @@ impl Engine {
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;
-        self.metrics.bytes_moved += bytes;
+        self.metrics.bytes_moved += u128::from(bytes);
         let (prio, dependents) = match self.jobs.get_mut(&key) {
             Some(j) => (j.priority, std::mem::take(&mut j.dependents)),
             None => (Priority::Normal, SmallVec::new()),

@@ -200,7 +200,9 @@ pub struct Metrics {
     pub moves_failed: u64,
     pub moves_cancelled: u64,
     pub retries: u64,
-    pub bytes_moved: u64,
+    /// Bytes of the moves that succeeded, in all: a `u128`, which no run
+    /// can fill (a `u64` would after some 18,000 moves of 1 PB models).
+    pub bytes_moved: u128,
     pub jobs_submitted: u64,
     /// Accesses that found their model's own promotion queued or running.
     pub accesses_during_promotion: u64,
@@ -589,7 +591,7 @@ impl Engine {
             move_success_rate: (ended > 0).then(|| round6(m.moves_succeeded as f64 / ended as f64)),
             retries: m.retries,
             jobs_submitted: m.jobs_submitted,
-            bytes_moved_gb: bytes_to_gb(m.bytes_moved),
+            bytes_moved_gb: m.bytes_moved as f64 / crate::config::BYTES_PER_GB,
             tier_utilization: state
                 .tiers
                 .iter()
