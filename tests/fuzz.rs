@@ -11,7 +11,8 @@
 //! [`Engine::check_invariants`]. Half of the cases go through the server's
 //! own [`SharedEngine::answer_line`] (wall-clock time, sped up), half
 //! through the same calls on engine time the test advances (so a failure
-//! reproduces exactly).
+//! reproduces exactly), some of those with moves that complete at once;
+//! each case runs one of the server's policies on the seed configuration.
 //!
 //! `TIERD_FUZZ_CASES` sets the number of lines (default 50,000; the
 //! `#[ignore]`d long run defaults to 2,000,000):
@@ -27,7 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tierd::config::Config;
 use tierd::drivers::sim::simulated_machine;
-use tierd::optimizer::UsagePolicy;
+use tierd::optimizer::{POLICY_NAMES, UsagePolicy, policy_by_name};
 use tierd::requests::tier_status::{StatusCache, write_tier_status};
 use tierd::requests::wire::{error_response, with_id, write_value};
 use tierd::requests::{Outcome, REQUEST_KEYS, Request, execute, parse_line};
@@ -584,10 +585,22 @@ fn check_answer(line: &[u8], out: &[u8], jobs: &mut Vec<String>) -> Result<(), T
     Ok(())
 }
 
-fn seed_engine(now: f64) -> Engine {
+/// How a case's engine is made: which policy, and whether its simulated
+/// moves complete the moment they start (`--moves instant`, where the
+/// policies' exchange batches run).
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    via_server: bool,
+    policy: usize,
+    instant: bool,
+}
+
+fn seed_engine(now: f64, setup: Setup) -> Engine {
     let cfg = Config::seed_default();
-    let (machine, _) = simulated_machine(&cfg, false);
-    Engine::new(cfg, machine, Box::new(UsagePolicy), now).expect("engine")
+    let (machine, _) = simulated_machine(&cfg, setup.instant);
+    let name = POLICY_NAMES[setup.policy % POLICY_NAMES.len()];
+    let policy = policy_by_name(name, &cfg).unwrap_or_else(|| Box::new(UsagePolicy));
+    Engine::new(cfg, machine, policy, now).expect("engine")
 }
 
 /// The server's answer path on engine time `now` (what
@@ -624,11 +637,11 @@ fn answer_at(engine: &mut Engine, now: f64, line: &[u8], cache: &mut StatusCache
 static LINES: AtomicUsize = AtomicUsize::new(0);
 
 /// One case: a fresh engine, then its lines, checked one by one.
-fn run_case(seeds: &[Value], specs: &[LineSpec], via_server: bool) -> Result<(), TestCaseError> {
+fn run_case(seeds: &[Value], specs: &[LineSpec], setup: Setup) -> Result<(), TestCaseError> {
     let mut jobs: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    if via_server {
-        let shared = SharedEngine::new(seed_engine(T0), Clock::new(1000.0));
+    if setup.via_server {
+        let shared = SharedEngine::new(seed_engine(T0, setup), Clock::new(1000.0));
         for spec in specs {
             let (line, _) = build(seeds, spec, &jobs);
             out.clear();
@@ -654,7 +667,7 @@ fn run_case(seeds: &[Value], specs: &[LineSpec], via_server: bool) -> Result<(),
         }
     } else {
         let mut now = T0;
-        let mut engine = seed_engine(now);
+        let mut engine = seed_engine(now, setup);
         let mut cache = StatusCache::default();
         for spec in specs {
             let (line, dt) = build(seeds, spec, &jobs);
@@ -697,8 +710,14 @@ fn fuzz(lines: usize) {
         ..PropConfig::default()
     };
     let mut runner = TestRunner::new(config);
-    let strategy = (prop::collection::vec(line_spec(), LINES_PER_CASE), any::<bool>());
-    let result = runner.run(&strategy, |(specs, via_server)| run_case(&seeds, &specs, via_server));
+    let setup = (any::<bool>(), any::<usize>(), any::<bool>()).prop_map(|(via_server, policy, instant)| Setup {
+        via_server,
+        policy,
+        // The server's clock runs moves in wall time.
+        instant: instant && !via_server,
+    });
+    let strategy = (prop::collection::vec(line_spec(), LINES_PER_CASE), setup);
+    let result = runner.run(&strategy, |(specs, setup)| run_case(&seeds, &specs, setup));
     let done = LINES.load(Ordering::Relaxed) - before;
     println!(
         "fuzz: {done} lines in {cases} cases of {LINES_PER_CASE} ({} seeds from docs/PROTOCOL.md), {:.1} s",
