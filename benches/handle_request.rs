@@ -42,7 +42,7 @@ fn benches(c: &mut Criterion) {
     let mut engine = seed_engine();
     let mut cache = StatusCache::default();
     let mut out = Vec::with_capacity(4096);
-    let id = Some(serde_json::json!(1));
+    let id = Some(tierd::requests::Id::from_value(&serde_json::json!(1)));
     c.bench_function("write_tier_status (server path)", |b| {
         b.iter(|| {
             out.clear();

@@ -11,13 +11,14 @@
 
 pub mod wire;
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 
 use crate::error::EngineError;
 use crate::tiers::Engine;
 
-pub use wire::MAX_LINE_BYTES;
+pub use wire::{Id, MAX_LINE_BYTES};
 
 /// What carrying a request out produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,22 +180,85 @@ impl Request {
     }
 }
 
-/// A parsed line: the request and the `id` to echo.
+/// A parsed line: the request and the `id` to echo (its text as sent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    pub id: Option<Value>,
+    pub id: Option<Id>,
     pub request: Request,
 }
 
 /// A line that could not be parsed, with the `id` if one was readable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParseFailure {
-    pub id: Option<Value>,
+    pub id: Option<Id>,
     pub error: EngineError,
 }
 
-fn fail(id: &Option<Value>, error: EngineError) -> ParseFailure {
+fn fail(id: &Option<Id>, error: EngineError) -> ParseFailure {
     ParseFailure { id: id.clone(), error }
+}
+
+/// A line's JSON as read in one pass: an object's `id` kept as its raw
+/// text, its other entries decoded (a repeated key: the last one counts,
+/// as for any JSON object tierd reads); or some other JSON value.
+enum Line {
+    Object { id: Option<Id>, entries: Map<String, Value> },
+    NotObject,
+}
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Line, D::Error> {
+        struct LineVisitor;
+        impl<'de> Visitor<'de> for LineVisitor {
+            type Value = Line;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+                let mut id = None;
+                let mut entries = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "id" {
+                        id = Some(map.next_value::<Id>()?);
+                    } else {
+                        let v = map.next_value::<Value>()?;
+                        entries.insert(key, v);
+                    }
+                }
+                Ok(Line::Object { id, entries })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Line, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Line::NotObject)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Line, E> {
+                Ok(Line::NotObject)
+            }
+        }
+        d.deserialize_any(LineVisitor)
+    }
+}
+
+fn not_an_object() -> EngineError {
+    EngineError::bad_request(format!(
+        "a request must be a JSON object with one request key, one of: {}",
+        REQUEST_KEYS.join(", ")
+    ))
 }
 
 /// Parses one line (without its newline).
@@ -211,22 +275,25 @@ pub fn parse_line(line: &[u8]) -> Result<Envelope, ParseFailure> {
         ));
     }
     let text = std::str::from_utf8(line).map_err(|e| fail(&none, EngineError::bad_request(format!("request is not valid UTF-8: {e}"))))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| fail(&none, EngineError::bad_request(format!("invalid JSON: {e}"))))?;
-    parse_value(value)
+    match serde_json::from_str::<Line>(text) {
+        Ok(Line::Object { id, entries }) => parse_entries(id, entries),
+        Ok(Line::NotObject) => Err(fail(&none, not_an_object())),
+        Err(e) => Err(fail(&none, EngineError::bad_request(format!("invalid JSON: {e}")))),
+    }
 }
 
-/// Parses one decoded JSON value.
+/// Parses one decoded JSON value (its `id`, if any, is echoed as the
+/// value's own serialization).
 pub fn parse_value(value: Value) -> Result<Envelope, ParseFailure> {
     let Value::Object(mut obj) = value else {
-        return Err(fail(
-            &None,
-            EngineError::bad_request(format!(
-                "a request must be a JSON object with one request key, one of: {}",
-                REQUEST_KEYS.join(", ")
-            )),
-        ));
+        return Err(fail(&None, not_an_object()));
     };
-    let id = obj.remove("id");
+    let id = obj.remove("id").map(|v| Id::from_value(&v));
+    parse_entries(id, obj)
+}
+
+/// The request of an object's entries other than `id`.
+fn parse_entries(id: Option<Id>, mut obj: Map<String, Value>) -> Result<Envelope, ParseFailure> {
     let mut keys = obj.keys();
     let (Some(key), None) = (keys.next().cloned(), keys.next()) else {
         let found: Vec<&String> = obj.keys().collect();
@@ -262,20 +329,21 @@ pub fn execute(engine: &mut Engine, now: f64, request: Request) -> Result<Outcom
 pub fn call(engine: &mut Engine, now: f64, request: Value, prepare: &Prepare) -> Value {
     let env = match parse_value(request) {
         Ok(e) => e,
-        Err(f) => return wire::error_response(&f.error, &f.id),
+        Err(f) => return wire::error_response(&f.error, &f.id).into_value(),
     };
     let mut req = env.request;
     if let Err(e) = req.prepare(prepare) {
-        return wire::error_response(&e, &env.id);
+        return wire::error_response(&e, &env.id).into_value();
     }
-    match execute(engine, now, req) {
+    let reply = match execute(engine, now, req) {
         Ok(Outcome::Reply(v)) => wire::with_id(v, &env.id),
         Ok(Outcome::WaitForJob(job)) => match engine.job(now, &job) {
             Ok(v) => wire::with_id(serde_json::to_value(v).unwrap_or(Value::Null), &env.id),
             Err(e) => wire::error_response(&e, &env.id),
         },
         Err(e) => wire::error_response(&e, &env.id),
-    }
+    };
+    reply.into_value()
 }
 
 #[cfg(test)]
@@ -344,9 +412,9 @@ mod tests {
     #[test]
     fn id_is_kept_even_on_errors() {
         let e = parse_line(br#"{"id": 7, "health": true}"#).unwrap();
-        assert_eq!(e.id, Some(json!(7)));
+        assert_eq!(e.id.as_ref().map(Id::raw), Some("7"));
         let f = parse_line(br#"{"id": "x", "nope": 1}"#).unwrap_err();
-        assert_eq!(f.id, Some(json!("x")));
+        assert_eq!(f.id.as_ref().map(Id::to_value), Some(json!("x")));
         assert!(f.error.to_string().contains("known requests: tier_status"));
     }
 

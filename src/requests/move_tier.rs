@@ -2,8 +2,9 @@
 //!
 //! Fields: `model_name`, `target_tier`; optional `make_room`, `wait`,
 //! `priority` (`critical`, `high`, `normal`, `low`), `depends_on` (job ids
-//! that must succeed first), `max_retries`, `bandwidth_mb_s` (a rate cap,
-//! > 0).
+//! that must succeed first, at most 1,024), `max_retries` (0 to 100),
+//! `bandwidth_mb_s` (a rate cap, 0.1 to 1,000,000 MB/s). A number out of
+//! its range is refused with the range in the message, never clamped.
 //!
 //! What it does is [`Engine::move_model`]: the checks in order (model
 //! exists, tier exists, the tier takes moves, dependencies known, not
@@ -22,7 +23,7 @@ use serde_json::Value;
 use crate::error::EngineError;
 use crate::tiers::{Engine, MoveOptions, MoveStarted, Operation, Origin, Priority};
 
-use super::wire::fields;
+use super::wire::{MAX_DEPENDENCIES, de_bandwidth, de_retries, fields};
 use super::{Command, Outcome};
 
 /// `move_tier`'s fields.
@@ -41,10 +42,12 @@ pub struct MoveTier {
     pub priority: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Retries after a failed run: 0 to [`super::wire::MAX_RETRIES`].
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_retries")]
     pub max_retries: Option<u32>,
-    /// Rate cap for this move, MB/s (the simulation honours it too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Rate cap for this move, MB/s (the simulation honours it too):
+    /// [`super::wire::MIN_BANDWIDTH_MB_S`] to [`super::wire::MAX_BANDWIDTH_MB_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_bandwidth")]
     pub bandwidth_mb_s: Option<f64>,
 }
 
@@ -108,11 +111,10 @@ impl Command for MoveTier {
                 Priority::NAMES.join(", ")
             )));
         }
-        if let Some(b) = m.bandwidth_mb_s
-            && !(b.is_finite() && b > 0.0)
-        {
+        if m.depends_on.len() > MAX_DEPENDENCIES {
             return Err(EngineError::bad_request(format!(
-                "move_tier: bandwidth_mb_s must be a positive number, got {b}"
+                "move_tier: depends_on names {} jobs, at most {MAX_DEPENDENCIES} are allowed",
+                m.depends_on.len()
             )));
         }
         Ok(m)

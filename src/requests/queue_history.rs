@@ -1,6 +1,6 @@
 //! `queue_history`: `true` or `{"limit"?, "status"?, "since"?}`: jobs
 //! newest first (this run's, then earlier runs' from the state file), at
-//! most `limit` (default 100), of one status, created at or after `since`.
+//! most `limit` (default 100, at most 100,000), of one status, created at or after `since`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,13 +8,14 @@ use serde_json::Value;
 use crate::error::EngineError;
 use crate::tiers::{Engine, HistoryFilter, JobStatus, JobView};
 
-use super::wire::fields;
+use super::wire::{de_history_limit, fields};
 use super::{Command, Outcome};
 
 /// The statuses a history can be filtered by.
-const STATUSES: [JobStatus; 5] = [
+const STATUSES: [JobStatus; 6] = [
     JobStatus::Queued,
     JobStatus::Running,
+    JobStatus::Cancelling,
     JobStatus::Success,
     JobStatus::Failed,
     JobStatus::Cancelled,
@@ -24,7 +25,8 @@ const STATUSES: [JobStatus; 5] = [
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct QueueHistory {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0 to [`super::wire::MAX_HISTORY_LIMIT`] (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_history_limit")]
     pub limit: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -58,7 +60,7 @@ impl Command for QueueHistory {
             None => None,
             Some(s) => Some(STATUSES.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
                 EngineError::bad_request(format!(
-                    "queue_history: unknown status {s:?}; one of: queued, running, success, failed, cancelled"
+                    "queue_history: unknown status {s:?}; one of: queued, running, cancelling, success, failed, cancelled"
                 ))
             })?),
         };

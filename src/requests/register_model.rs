@@ -7,8 +7,9 @@
 //! with room, else the last; on a real machine it starts at its origin and
 //! a move takes it to that tier ([`Engine::register`]).
 //!
-//! The checks come in the order: not registered yet, `size_gb` a
-//! non-negative number, the preferred tier exists, then (real machine) the
+//! The checks come in the order: not registered yet, `size_gb` a number
+//! from 0 to 1,000,000 GB (`config::MAX_GB`; checked as the line is read,
+//! so an over-range size is refused first), the preferred tier exists, then (real machine) the
 //! name can name a directory and a path is given, and the files are found.
 //! Finding the files is blocking I/O, bounded by `max_files_per_model`,
 //! and is done before the engine is locked ([`Command::prepare`]): another
@@ -25,7 +26,7 @@ use crate::drivers::files::{ModelFiles, check_model_name};
 use crate::error::EngineError;
 use crate::tiers::{Engine, Registration};
 
-use super::wire::fields;
+use super::wire::{de_size_gb, fields, gb_out_of_range};
 use super::{Command, Outcome, Prepare};
 
 /// `register_model`'s fields.
@@ -33,7 +34,8 @@ use super::{Command, Outcome, Prepare};
 #[serde(deny_unknown_fields)]
 pub struct RegisterModel {
     pub model_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0 to [`crate::config::MAX_GB`].
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_size_gb")]
     pub size_gb: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_tier: Option<String>,
@@ -65,10 +67,8 @@ impl RegisterModel {
                 model: self.model_name.clone(),
             });
         }
-        if let Some(gb) = self.size_gb
-            && !(gb.is_finite() && gb >= 0.0)
-        {
-            return Err(EngineError::bad_request(format!("size_gb must be a non-negative number, got {gb}")));
+        if let Some(message) = self.size_gb.and_then(|gb| gb_out_of_range("size_gb", gb)) {
+            return Err(EngineError::bad_request(message));
         }
         if let Some(t) = &self.preferred_tier
             && engine.state().tier_index(t).is_none()

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::EngineError;
 use crate::tiers::{Engine, TierStatusView, TierView};
 
-use super::wire::flag;
+use super::wire::{Id, flag};
 use super::{Command, Outcome};
 
 /// `{"tier_status": true}`.
@@ -62,7 +62,7 @@ impl StatusCache {
 /// same content as [`TierStatus`] answers, without building a `Value` tree,
 /// and from `cache` when nothing in it changed. The engine must have been
 /// ticked to now.
-pub fn write_tier_status(engine: &Engine, id: &Option<Value>, cache: &mut StatusCache, out: &mut Vec<u8>) -> serde_json::Result<()> {
+pub fn write_tier_status(engine: &Engine, id: &Option<Id>, cache: &mut StatusCache, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let view = engine.tier_status();
     if !cache.matches(&view) {
         cache.body.clear();
@@ -96,7 +96,7 @@ mod tests {
 
     const T0: f64 = 1_700_000_000.0;
 
-    fn status_line(e: &Engine, cache: &mut StatusCache, id: &Option<Value>) -> Value {
+    fn status_line(e: &Engine, cache: &mut StatusCache, id: &Option<Id>) -> Value {
         let mut out = Vec::new();
         write_tier_status(e, id, cache, &mut out).expect("serializes");
         serde_json::from_slice(&out).expect("one JSON object")
@@ -108,11 +108,12 @@ mod tests {
         let (machine, _) = simulated_machine(&cfg, false);
         let mut e = Engine::new(cfg, machine, Box::new(UsagePolicy), T0).expect("engine");
         let mut cache = StatusCache::default();
-        let expected = |e: &mut Engine, id: &Option<Value>| match execute(e, T0, Request::TierStatus(TierStatus)) {
-            Ok(Outcome::Reply(v)) => with_id(v, id),
+        let expected = |e: &mut Engine, id: &Option<Id>| match execute(e, T0, Request::TierStatus(TierStatus)) {
+            Ok(Outcome::Reply(v)) => with_id(v, id).into_value(),
             other => panic!("{other:?}"),
         };
         for id in [None, Some(json!(1)), Some(json!({"a": [1, "x"]})), Some(Value::Null)] {
+            let id = id.as_ref().map(Id::from_value);
             assert_eq!(status_line(&e, &mut cache, &id), expected(&mut e, &id));
         }
         let before = status_line(&e, &mut cache, &None);

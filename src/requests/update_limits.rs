@@ -3,8 +3,8 @@
 //! reserve) and `max_concurrent_tasks`.
 //!
 //! The body is read into [`LimitChange`]s here, once, in key order, each
-//! checked as it comes (a number, or an integer from 1 to 1024 for
-//! `max_concurrent_tasks`; a limit the engine has; at or above its
+//! checked as it comes (a number from 0 to 1,000,000 GB, `config::MAX_GB`,
+//! never clamped; or an integer from 1 to 1024 for `max_concurrent_tasks`; a limit the engine has; at or above its
 //! minimum): the first refusal is the answer and nothing changes. Then
 //! [`Engine::update_limits`] applies them; a limit lowered below use
 //! demotes until the tier fits (`rebalance` lists those jobs).
@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::{MAX_GB, in_gb_range};
 use crate::error::EngineError;
 use crate::tiers::limits::MAX_CONCURRENT_TASKS;
 use crate::tiers::{Engine, LimitChange, Limits};
@@ -77,20 +78,26 @@ fn read_change(key: &str, value: &Value) -> Result<Option<LimitChange>, EngineEr
             })?;
         return Ok(Some(LimitChange::Concurrency(n as usize)));
     }
-    let Some(gb) = value.as_f64() else {
+    let (tier, is_max) = match (key.strip_suffix("_max_gb"), key.strip_suffix("_reserved_gb")) {
+        (Some(tier), _) => (tier, true),
+        (None, Some(tier)) => (tier, false),
+        (None, None) => return Ok(None),
+    };
+    // Refused, never clamped: a figure out of range changes nothing.
+    let Some(gb) = value.as_f64().filter(|gb| in_gb_range(*gb)) else {
         return Err(EngineError::InvalidLimit {
             key: key.to_string(),
-            value: f64::NAN,
+            value: value.as_f64().unwrap_or(f64::NAN),
             minimum: None,
-            message: format!("{key} must be a number, got {value}"),
+            message: format!("{key} must be a number from 0 to {MAX_GB} GB, got {value}"),
         });
     };
-    Ok(if let Some(tier) = key.strip_suffix("_max_gb") {
-        Some(LimitChange::Max { tier: tier.to_string(), gb })
+    let tier = tier.to_string();
+    Ok(Some(if is_max {
+        LimitChange::Max { tier, gb }
     } else {
-        key.strip_suffix("_reserved_gb")
-            .map(|tier| LimitChange::Reserved { tier: tier.to_string(), gb })
-    })
+        LimitChange::Reserved { tier, gb }
+    }))
 }
 
 impl Command for UpdateLimits {

@@ -650,7 +650,9 @@ async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
     }
 }
 
-/// Cancels every job in `status`; returns how many.
+/// Cancels every job in `status` as the shutdown does (their errors say
+/// "cancelled at shutdown" / "rolled back at shutdown", not "by request");
+/// returns how many.
 fn cancel_jobs(engine: &mut Engine, now: f64, status: JobStatus) -> usize {
     let ids: Vec<String> = engine
         .jobs(now)
@@ -658,7 +660,7 @@ fn cancel_jobs(engine: &mut Engine, now: f64, status: JobStatus) -> usize {
         .filter(|j| j.status == status)
         .map(|j| j.job_id)
         .collect();
-    ids.iter().filter(|id| engine.cancel_job(now, id).is_ok()).count()
+    ids.iter().filter(|id| engine.cancel_job_at_shutdown(now, id).is_ok()).count()
 }
 
 /// Sends logs to stderr, filtered by `TIERD_LOG` (default `info`).

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::drivers::MachineKind;
 use crate::error::EngineError;
 use crate::requests::tier_status::{StatusCache, write_tier_status};
-use crate::requests::wire::{error_response, with_id, write_value};
+use crate::requests::wire::{Id, Reply, error_response, with_id, write_value};
 use crate::requests::{self, Envelope, Outcome, Prepare, Request};
 use crate::store::StateStore;
 use crate::tiers::Engine;
@@ -105,7 +105,7 @@ pub enum Answer {
     /// Nothing to answer (a blank line).
     Nothing,
     /// A `"wait": true` move: answer once this job has ended.
-    Wait { job_id: String, id: Option<Value> },
+    Wait { job_id: String, id: Option<Id> },
     /// The request has blocking work to do before the engine is locked:
     /// [`SharedEngine::answer_prepared`] does it (on a blocking thread).
     Prepare(Box<Envelope>),
@@ -249,7 +249,7 @@ impl SharedEngine {
 
     /// The `tier_status` fast path: the typed view written straight to
     /// bytes (from the cache while nothing in it changed).
-    fn write_status(&self, id: &Option<Value>, out: &mut Vec<u8>) {
+    fn write_status(&self, id: &Option<Id>, out: &mut Vec<u8>) {
         let start = out.len();
         let written = self.with(|engine, now| {
             engine.tick(now);
@@ -267,7 +267,7 @@ impl SharedEngine {
 
     /// Checks a waited-for job: `Ok(response)` once it has ended (or is
     /// unknown), `Err` while it runs, with the engine time to its next event.
-    pub fn poll_wait(&self, job_id: &str, id: &Option<Value>) -> Result<Value, Option<f64>> {
+    pub fn poll_wait(&self, job_id: &str, id: &Option<Id>) -> Result<Reply, Option<f64>> {
         self.with(|engine, now| {
             engine.tick(now);
             match engine.job_ended(job_id) {
@@ -288,7 +288,7 @@ impl SharedEngine {
 
     /// Waits (polling, a few ms of wall time apart) until job `job_id`
     /// ends, then appends its status line to `out`.
-    pub async fn wait_for_job(&self, job_id: &str, id: &Option<Value>, out: &mut Vec<u8>) {
+    pub async fn wait_for_job(&self, job_id: &str, id: &Option<Id>, out: &mut Vec<u8>) {
         loop {
             match self.poll_wait(job_id, id) {
                 Ok(v) => {

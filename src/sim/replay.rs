@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use super::workload::{Catalog, SimError, Trace};
-use crate::config::{Config, ModelConfig, bytes_to_gb};
+use crate::config::{Config, ModelConfig};
 use crate::drivers::sim::simulated_machine;
 use crate::optimizer::{BeladyPolicy, Policy, TierdParams, TierdPolicy, policy_by_name};
 use crate::tiers::Engine;
@@ -175,7 +175,7 @@ pub fn replay(cfg: &Config, catalog: &Catalog, trace: &Trace, policy: Box<dyn Po
         moves,
         total_load_s: total,
         hits_by_tier: tier_names.into_iter().zip(m.hits_by_tier.iter().copied()).collect(),
-        bytes_moved_gb: bytes_to_gb(m.bytes_moved),
+        bytes_moved_gb: m.bytes_moved as f64 / crate::config::BYTES_PER_GB,
         move_count: m.moves_succeeded,
         moves_failed: m.moves_failed + m.moves_cancelled,
         accesses_during_promotion: m.accesses_during_promotion,

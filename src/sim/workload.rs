@@ -110,6 +110,13 @@ impl Catalog {
                     format!("size_gb must be a non-negative number, got {size}"),
                 ));
             }
+            if size > crate::config::MAX_GB {
+                return Err(SimError::parse(
+                    path,
+                    n,
+                    format!("size_gb must be at most {} GB, got {size}", crate::config::MAX_GB),
+                ));
+            }
             if let Some(first) = seen.insert(name.to_string(), n) {
                 return Err(SimError::parse(
                     path,

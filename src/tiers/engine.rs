@@ -181,22 +181,24 @@ impl Engine {
                 })?,
                 None => state.last_tier(),
             };
-            state.add_model(Model {
-                name: mc.name.as_str().into(),
-                bytes: gb_to_bytes(mc.size_gb),
-                tier,
-                usage: Usage {
-                    count: mc.usage,
-                    decayed_at: now,
-                    ..Usage::default()
-                },
-                pinned: false,
-                job: None,
-                unavailable: None,
-                path: mc.path.clone(),
-                files: None,
-                registered_at: now,
-            });
+            state
+                .add_model(Model {
+                    name: mc.name.as_str().into(),
+                    bytes: gb_to_bytes(mc.size_gb),
+                    tier,
+                    usage: Usage {
+                        count: mc.usage,
+                        decayed_at: now,
+                        ..Usage::default()
+                    },
+                    pinned: false,
+                    job: None,
+                    unavailable: None,
+                    path: mc.path.clone(),
+                    files: None,
+                    registered_at: now,
+                })
+                .map_err(|e| EngineError::bad_request(format!("model {:?}: {e}", mc.name)))?;
         }
         let tiers = state.tiers.len();
         let next_events: Vec<Option<f64>> = machine.drivers.iter().map(|d| d.next_event_time()).collect();
@@ -323,24 +325,25 @@ impl Engine {
                 return Err(EngineError::Internal(format!("model {} restored into tier #{}", m.name, m.tier)));
             }
             let bytes = m.files.as_ref().map(|f| f.bytes).unwrap_or(0);
-            let id = self.state.add_model(Model {
-                name: m.name.as_str().into(),
-                bytes,
-                tier: m.tier,
-                usage: Usage {
-                    count: m.usage,
-                    last_access: m.last_access,
-                    decayed_at: now,
-                    ..Usage::default()
-                },
-                pinned: m.pinned,
-                job: None,
-                unavailable: m.unavailable,
-                path: m.files.as_ref().map(|f| f.origin.clone()),
-                files: m.files.map(Arc::new),
-                registered_at: now,
-            });
-            let _ = id;
+            self.state
+                .add_model(Model {
+                    name: m.name.as_str().into(),
+                    bytes,
+                    tier: m.tier,
+                    usage: Usage {
+                        count: m.usage,
+                        last_access: m.last_access,
+                        decayed_at: now,
+                        ..Usage::default()
+                    },
+                    pinned: m.pinned,
+                    job: None,
+                    unavailable: m.unavailable,
+                    path: m.files.as_ref().map(|f| f.origin.clone()),
+                    files: m.files.map(Arc::new),
+                    registered_at: now,
+                })
+                .map_err(|e| EngineError::bad_request(format!("state file: model {:?}: {e}", m.name)))?;
         }
         if let Some(l) = &restored.limits {
             self.restore_limits(l);
@@ -351,7 +354,7 @@ impl Engine {
             .into_iter()
             .filter(|j| !self.job_ids.contains_key(&j.job_id))
             .map(|mut j| {
-                if matches!(j.status, JobStatus::Queued | JobStatus::Running) {
+                if !j.status.is_terminal() {
                     j.status = JobStatus::Failed;
                     j.error = Some("interrupted by a restart of tierd; rolled back".into());
                     j.error_code = Some("TASK_FAILED".into());

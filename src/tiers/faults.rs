@@ -114,7 +114,10 @@ impl Engine {
             (OriginLook::Changed { stamps, reason }, _) => {
                 self.end_queued_move(now, id, &reason);
                 let dropped = self.fall_back(id);
-                self.adopt_origin(id, &stamps);
+                if let Err(why) = self.adopt_origin(id, &stamps) {
+                    self.make_unavailable(now, id, tier, "origin_changed", format!("{reason}: {why}"));
+                    return;
+                }
                 self.make_available(id);
                 let action = if dropped {
                     format!("what {tier_name} held of it was dropped; served from storage, copied anew on the next promotion")
@@ -124,8 +127,10 @@ impl Engine {
                 self.note_fault(now, id, tier, "origin_changed", reason, action);
             }
             (origin, Some(CopyLook::Damaged(why))) => {
-                if let OriginLook::Unrecorded(s) = origin {
-                    self.adopt_origin(id, &s);
+                if let OriginLook::Unrecorded(s) = origin
+                    && let Err(why) = self.adopt_origin(id, &s)
+                {
+                    tracing::warn!(model = id, error = %why, "cannot record the origin's size");
                 }
                 self.end_queued_move(now, id, &why);
                 self.fall_back(id);
@@ -134,8 +139,10 @@ impl Engine {
                 self.note_fault(now, id, tier, "copy_changed", why, action);
             }
             (origin, copy) => {
-                if let OriginLook::Unrecorded(s) = origin {
-                    self.adopt_origin(id, &s);
+                if let OriginLook::Unrecorded(s) = origin
+                    && let Err(why) = self.adopt_origin(id, &s)
+                {
+                    tracing::warn!(model = id, error = %why, "cannot record the origin's size");
                 }
                 if let Some(CopyLook::Unrecorded(t)) = copy {
                     self.record_copy_mtimes(id, &t);
@@ -226,13 +233,19 @@ impl Engine {
     /// Records the origin's new stamps: sizes (the model's bytes, in the
     /// books of its tier), modification times; its checksums and copy
     /// times are of the old files and go.
-    fn adopt_origin(&mut self, id: ModelId, stamps: &[Stamp]) {
-        let Some(m) = self.state.model_mut(id) else { return };
-        let Some(files) = m.files.as_mut() else { return };
-        let files = Arc::make_mut(files);
-        if files.files.len() != stamps.len() {
-            return;
+    /// Refused, changing nothing, when the books cannot count the new size.
+    fn adopt_origin(&mut self, id: ModelId, stamps: &[Stamp]) -> Result<(), String> {
+        let recorded = self.state.model(id).and_then(|m| m.files.as_ref()).map(|f| f.files.len());
+        if recorded != Some(stamps.len()) {
+            return Ok(());
         }
+        let new: u64 = stamps.iter().fold(0u64, |sum, s| sum.saturating_add(s.size));
+        if let Err(full) = self.state.resize_model(id, new) {
+            return Err(full.to_string());
+        }
+        let Some(m) = self.state.model_mut(id) else { return Ok(()) };
+        let Some(files) = m.files.as_mut() else { return Ok(()) };
+        let files = Arc::make_mut(files);
         let rewritten = files
             .files
             .iter()
@@ -246,11 +259,8 @@ impl Engine {
             f.size = s.size;
             f.mtime_ns = Some(s.mtime_ns);
         }
-        files.bytes = files.files.iter().map(|f| f.size).sum();
-        let (old, new, tier) = (m.bytes, files.bytes, m.tier);
-        m.bytes = new;
-        let t = &mut self.state.tiers[tier];
-        t.used = t.used - old + new;
+        files.bytes = new;
+        Ok(())
     }
 
     /// Records the modification times of the model's copy (a copy of an

@@ -22,6 +22,14 @@ impl Engine {
                 return Err(format!("model {} is missing from the member list of its tier", m.name));
             }
         }
+        let catalog = self.state.iter_models().try_fold(0u64, |sum, (_, m)| sum.checked_add(m.bytes));
+        if catalog != Some(self.state.catalog_bytes()) || self.state.catalog_bytes() > super::state::MAX_CATALOG_BYTES {
+            return Err(format!(
+                "catalog books {} bytes, recount {catalog:?} (at most {})",
+                self.state.catalog_bytes(),
+                super::state::MAX_CATALOG_BYTES
+            ));
+        }
         if self.state.members.iter().map(Vec::len).sum::<usize>() != self.state.by_name.len() {
             return Err("tier member lists do not match the models".into());
         }

@@ -61,6 +61,10 @@ impl Priority {
 pub enum JobStatus {
     Queued,
     Running,
+    /// A running job asked to roll back, until its driver confirms (then it
+    /// is `cancelled`, or `failed` if the run failed first). Only views
+    /// show it: the engine's own record stays `Running` meanwhile.
+    Cancelling,
     Success,
     Failed,
     Cancelled,
@@ -71,6 +75,7 @@ impl JobStatus {
         match self {
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
+            JobStatus::Cancelling => "cancelling",
             JobStatus::Success => "success",
             JobStatus::Failed => "failed",
             JobStatus::Cancelled => "cancelled",
@@ -79,6 +84,34 @@ impl JobStatus {
 
     pub fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+/// Who cancelled a job: the answer's `error` says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelCause {
+    /// A `cancel_job` request.
+    Request,
+    /// The server shutting down (queued moves, and running ones past the
+    /// drain deadline).
+    Shutdown,
+}
+
+impl CancelCause {
+    /// The error of a job it ended before it started.
+    pub fn queued_message(self) -> &'static str {
+        match self {
+            CancelCause::Request => "cancelled by request",
+            CancelCause::Shutdown => "cancelled at shutdown (never started)",
+        }
+    }
+
+    /// The error of a running job it rolled back.
+    pub fn rolled_back_message(self) -> &'static str {
+        match self {
+            CancelCause::Request => "cancelled by request; rolled back",
+            CancelCause::Shutdown => "rolled back at shutdown",
+        }
     }
 }
 
@@ -126,6 +159,27 @@ pub struct Attempt {
     pub outcome: Option<std::borrow::Cow<'static, str>>,
 }
 
+impl Job {
+    /// The status the wire shows: `cancelling` for a running job asked to
+    /// roll back, else the job's own.
+    pub fn wire_status(&self) -> JobStatus {
+        if self.status == JobStatus::Running && self.cancel_requested {
+            JobStatus::Cancelling
+        } else {
+            self.status
+        }
+    }
+
+    /// Who cancelled it, if anyone did.
+    pub fn cancel_cause(&self) -> Option<CancelCause> {
+        self.cancel_requested.then_some(if self.cancel_at_shutdown {
+            CancelCause::Shutdown
+        } else {
+            CancelCause::Request
+        })
+    }
+}
+
 /// A move of one model from one tier to another.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -164,6 +218,8 @@ pub struct Job {
     pub error: Option<(String, String)>,
     pub attempts: SmallVec<[Attempt; 1]>,
     pub cancel_requested: bool,
+    /// The cancel came from the server shutting down, not from a request.
+    pub cancel_at_shutdown: bool,
     pub bandwidth_mb_s: Option<f64>,
     /// Why the job was created (policy reasons, make_room target).
     pub reason: Option<String>,

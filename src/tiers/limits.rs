@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::config::{bytes_to_gb, gb_to_bytes};
+use crate::config::{MAX_GB, bytes_to_gb, gb_to_bytes, in_gb_range};
 use crate::error::EngineError;
 
 use super::engine::Engine;
@@ -226,15 +226,15 @@ impl Engine {
             };
             let t = &self.state.tiers[ti];
             let min = if is_max { t.min_limit } else { t.min_reserved };
-            if !v.is_finite() || v < 0.0 || min.is_some_and(|m| gb_to_bytes(v) < m) {
+            if !in_gb_range(v) || min.is_some_and(|m| gb_to_bytes(v) < m) {
                 let what = if is_max { "limit" } else { "reserved" };
                 let message = match min {
-                    Some(m) => format!(
+                    Some(m) if in_gb_range(v) => format!(
                         "{key} = {v} is below the minimum {} {what} of {} GB",
                         t.name.to_uppercase(),
                         bytes_to_gb(m)
                     ),
-                    None => format!("{key} must be a non-negative number, got {v}"),
+                    _ => format!("{key} must be a number from 0 to {MAX_GB} GB, got {v}"),
                 };
                 return Err(EngineError::InvalidLimit {
                     key,
@@ -311,16 +311,14 @@ impl Engine {
             let t = &mut self.state.tiers[ti];
             if let Some(v) = l.max_gb
                 && t.limit.is_some()
-                && v.is_finite()
-                && v >= 0.0
+                && in_gb_range(v)
                 && t.min_limit.is_none_or(|m| gb_to_bytes(v) >= m)
             {
                 t.limit = Some(gb_to_bytes(v));
             }
             if let Some(v) = l.reserved_gb
                 && t.has_reserved
-                && v.is_finite()
-                && v >= 0.0
+                && in_gb_range(v)
                 && t.min_reserved.is_none_or(|m| gb_to_bytes(v) >= m)
             {
                 t.reserved = gb_to_bytes(v);

@@ -39,7 +39,7 @@ mod table;
 pub mod views;
 
 pub use engine::{Engine, ModelSnapshot, Restored, RestoredModel, Snapshot};
-pub use job::{Job, JobKey, JobStatus, Operation, Origin, Priority};
+pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
 pub use placement::{Accessed, Optimized};
 pub use policy::{Desire, Policy};

@@ -11,7 +11,7 @@ use crate::drivers::{DriverEvent, MoveEvent, MoveOrder};
 use crate::error::EngineError;
 
 use super::engine::Engine;
-use super::job::{Attempt, JobKey, JobStatus, Priority};
+use super::job::{Attempt, CancelCause, Job, JobKey, JobStatus, Priority};
 use super::views::JobView;
 
 /// A small ordered set of job keys (the running jobs: at most
@@ -229,8 +229,19 @@ impl Engine {
     }
 
     /// `cancel_job`: a queued job ends at once; a running one is asked to
-    /// roll back (its driver confirms on a later tick). Answers the job.
+    /// roll back (its driver confirms on a later tick: until then the job
+    /// shows `cancelling`). Answers the job.
     pub fn cancel_job(&mut self, now: f64, id: &str) -> Result<JobView, EngineError> {
+        self.cancel_job_for(now, id, CancelCause::Request)
+    }
+
+    /// As [`Engine::cancel_job`], for the server shutting down: the job's
+    /// error says "cancelled at shutdown" or "rolled back at shutdown".
+    pub fn cancel_job_at_shutdown(&mut self, now: f64, id: &str) -> Result<JobView, EngineError> {
+        self.cancel_job_for(now, id, CancelCause::Shutdown)
+    }
+
+    fn cancel_job_for(&mut self, now: f64, id: &str, cause: CancelCause) -> Result<JobView, EngineError> {
         let key = self.job_by_id(id)?;
         let Some(job) = self.jobs.get_mut(&key) else {
             return Err(EngineError::JobNotFound { job_id: id.to_string() });
@@ -241,11 +252,14 @@ impl Engine {
                     now,
                     key,
                     JobStatus::Cancelled,
-                    Some(("CANCELLED".into(), "cancelled by request".into())),
+                    Some(("CANCELLED".into(), cause.queued_message().into())),
                 );
             }
+            // A second cancel of a job already rolling back changes nothing.
+            JobStatus::Running if job.cancel_requested => {}
             JobStatus::Running => {
                 job.cancel_requested = true;
+                job.cancel_at_shutdown = cause == CancelCause::Shutdown;
                 let to = job.to;
                 self.machine.drivers[to].cancel_move(now, key);
                 self.refresh_next_event(to);
@@ -285,12 +299,17 @@ impl Engine {
             MoveEvent::Failed { job, message, retryable } => self.fail_run(now, job, message, retryable),
             MoveEvent::Cancelled { job } => {
                 if self.running.contains(&job) {
-                    self.stop_running(now, job, "cancelled", false);
+                    let cause = self.jobs.get(&job).and_then(Job::cancel_cause).unwrap_or(CancelCause::Request);
+                    let outcome = match cause {
+                        CancelCause::Request => "cancelled",
+                        CancelCause::Shutdown => "rolled back at shutdown",
+                    };
+                    self.stop_running(now, job, outcome, false);
                     self.end_job(
                         now,
                         job,
                         JobStatus::Cancelled,
-                        Some(("CANCELLED".into(), "cancelled by request; rolled back".into())),
+                        Some(("CANCELLED".into(), cause.rolled_back_message().into())),
                     );
                 }
             }
@@ -371,7 +390,7 @@ impl Engine {
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;
-        self.metrics.bytes_moved += bytes;
+        self.metrics.bytes_moved += u128::from(bytes);
         let (prio, dependents) = match self.jobs.get_mut(&key) {
             Some(j) => (j.priority, std::mem::take(&mut j.dependents)),
             None => (Priority::Normal, SmallVec::new()),

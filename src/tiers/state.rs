@@ -208,6 +208,48 @@ pub struct State {
     pub members: Vec<Vec<ModelId>>,
     /// Position of each model in its tier's `members` list, by id.
     slots: Vec<usize>,
+    /// Bytes of every model in the catalog: at most [`MAX_CATALOG_BYTES`].
+    catalog_bytes: u64,
+}
+
+/// Most bytes the catalog may hold in all: a quarter of `u64`. Every sum
+/// the books form is bounded by it (a tier's `used` and `incoming` are each
+/// at most the catalog, a reserve or limit at most `config::MAX_GB`), so
+/// with this bound checked where bytes enter the books (a model added) no
+/// sum of theirs can wrap. A model that would pass it is refused.
+pub const MAX_CATALOG_BYTES: u64 = u64::MAX / 4;
+
+/// Why a model's bytes cannot enter the books: the catalog would hold more
+/// than [`MAX_CATALOG_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BooksFull {
+    pub catalog_bytes: u64,
+    pub bytes: u64,
+}
+
+impl From<BooksFull> for crate::error::EngineError {
+    fn from(b: BooksFull) -> Self {
+        let mut details = serde_json::Map::new();
+        details.insert("catalog_gb".into(), bytes_to_gb(b.catalog_bytes).into());
+        details.insert("size_gb".into(), bytes_to_gb(b.bytes).into());
+        details.insert("max_catalog_gb".into(), bytes_to_gb(MAX_CATALOG_BYTES).into());
+        crate::error::EngineError::BadRequest {
+            message: b.to_string(),
+            details,
+        }
+    }
+}
+
+impl std::fmt::Display for BooksFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the catalog holds {} GB; {} GB more would pass the most tierd's books count ({} GB in all)",
+            bytes_to_gb(self.catalog_bytes),
+            bytes_to_gb(self.bytes),
+            bytes_to_gb(MAX_CATALOG_BYTES)
+        )
+    }
 }
 
 impl State {
@@ -250,6 +292,7 @@ impl State {
             pressure_cfg: cfg.pressure.clone(),
             members: vec![Vec::new(); cfg.tiers.len()],
             slots: Vec::new(),
+            catalog_bytes: 0,
         }
     }
 
@@ -285,22 +328,73 @@ impl State {
         self.slots[id] = usize::MAX;
     }
 
+    /// Whether `bytes` more may enter the books (checked arithmetic: the
+    /// catalog stays within [`MAX_CATALOG_BYTES`]).
+    pub fn check_room_in_books(&self, bytes: u64) -> Result<(), BooksFull> {
+        match self.catalog_bytes.checked_add(bytes) {
+            Some(total) if total <= MAX_CATALOG_BYTES => Ok(()),
+            _ => Err(BooksFull {
+                catalog_bytes: self.catalog_bytes,
+                bytes,
+            }),
+        }
+    }
+
+    /// Bytes of every model in the catalog.
+    pub fn catalog_bytes(&self) -> u64 {
+        self.catalog_bytes
+    }
+
     /// Adds `model` to the catalog in its tier, counting its bytes there;
-    /// returns its id.
-    pub(crate) fn add_model(&mut self, model: Model) -> ModelId {
-        let id = self.models.len();
+    /// returns its id. Refused, changing nothing, when the books could not
+    /// count its bytes ([`State::check_room_in_books`]).
+    pub(crate) fn add_model(&mut self, model: Model) -> Result<ModelId, BooksFull> {
         let (tier, bytes) = (model.tier, model.bytes);
+        self.check_room_in_books(bytes)?;
+        let full = || BooksFull {
+            catalog_bytes: self.catalog_bytes,
+            bytes,
+        };
+        let used = self.tiers[tier].used.checked_add(bytes).ok_or_else(full)?;
+        let id = self.models.len();
         self.by_name.insert(model.name.to_string(), id);
         self.models.push(Some(model));
         self.attach(id, tier);
-        self.tiers[tier].used += bytes;
+        self.catalog_bytes += bytes;
+        self.tiers[tier].used = used;
         self.tiers[tier].models += 1;
-        id
+        Ok(id)
+    }
+
+    /// Counts model `id` at `bytes` instead of what it had (its origin was
+    /// rewritten with another size). Refused, changing nothing, when the
+    /// books could not count the new size.
+    pub(crate) fn resize_model(&mut self, id: ModelId, bytes: u64) -> Result<(), BooksFull> {
+        let Some(m) = self.models.get(id).and_then(|m| m.as_ref()) else {
+            return Ok(());
+        };
+        let (old, tier) = (m.bytes, m.tier);
+        let full = BooksFull {
+            catalog_bytes: self.catalog_bytes,
+            bytes,
+        };
+        let catalog = (self.catalog_bytes - old).checked_add(bytes).filter(|&c| c <= MAX_CATALOG_BYTES);
+        let used = (self.tiers[tier].used - old).checked_add(bytes);
+        let (Some(catalog), Some(used)) = (catalog, used) else {
+            return Err(full);
+        };
+        self.catalog_bytes = catalog;
+        self.tiers[tier].used = used;
+        if let Some(m) = self.model_mut(id) {
+            m.bytes = bytes;
+        }
+        Ok(())
     }
 
     /// Removes model `id` from the catalog and its tier's books.
     pub(crate) fn remove_model(&mut self, id: ModelId) -> Option<Model> {
         let m = self.models.get_mut(id)?.take()?;
+        self.catalog_bytes -= m.bytes;
         self.tiers[m.tier].used -= m.bytes;
         self.tiers[m.tier].models -= 1;
         self.detach(id, m.tier);

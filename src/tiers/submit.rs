@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::config::bytes_to_gb;
+use crate::config::{MAX_GB, bytes_to_gb, gb_to_bytes};
 use crate::drivers::files::check_model_name;
 use crate::drivers::{MachineKind, ModelFiles};
 use crate::error::EngineError;
@@ -21,6 +21,25 @@ use super::room::Relief;
 use super::scheduler::SchedEventKind;
 use super::state::{Model, ModelId, Usage};
 use super::views::MoveStarted;
+
+/// Slowest rate cap a move may ask for, MB/s.
+pub const MIN_BANDWIDTH_MB_S: f64 = 0.1;
+/// Fastest rate cap a move may ask for, MB/s.
+pub const MAX_BANDWIDTH_MB_S: f64 = 1_000_000.0;
+/// Most retries a move may ask for.
+pub const MAX_RETRIES: u32 = 100;
+
+/// Why a rate cap is refused, if it is: it must be finite,
+/// [`MIN_BANDWIDTH_MB_S`] to [`MAX_BANDWIDTH_MB_S`].
+pub fn bandwidth_out_of_range(mb_s: f64) -> Option<String> {
+    (!(mb_s.is_finite() && (MIN_BANDWIDTH_MB_S..=MAX_BANDWIDTH_MB_S).contains(&mb_s)))
+        .then(|| format!("bandwidth_mb_s must be a number from {MIN_BANDWIDTH_MB_S} to {MAX_BANDWIDTH_MB_S} MB/s, got {mb_s}"))
+}
+
+/// Why a retry count is refused, if it is: 0 to [`MAX_RETRIES`].
+pub fn retries_out_of_range(n: u64) -> Option<String> {
+    (n > u64::from(MAX_RETRIES)).then(|| format!("max_retries must be an integer from 0 to {MAX_RETRIES}, got {n}"))
+}
 
 /// Options of one move.
 #[derive(Debug, Clone)]
@@ -34,6 +53,20 @@ pub struct MoveOptions {
     pub bandwidth_mb_s: Option<f64>,
     pub origin: Origin,
     pub reason: Option<String>,
+}
+
+impl MoveOptions {
+    /// Refuses numbers out of their ranges (the wire checks them as it
+    /// reads them; this guards the engine's own callers).
+    pub fn check(&self) -> Result<(), EngineError> {
+        if let Some(message) = self.bandwidth_mb_s.and_then(bandwidth_out_of_range) {
+            return Err(EngineError::bad_request(message));
+        }
+        if let Some(message) = self.max_retries.and_then(|n| retries_out_of_range(n.into())) {
+            return Err(EngineError::bad_request(message));
+        }
+        Ok(())
+    }
 }
 
 impl Default for MoveOptions {
@@ -289,6 +322,7 @@ impl Engine {
             error: None,
             attempts: SmallVec::new(),
             cancel_requested: false,
+            cancel_at_shutdown: false,
             bandwidth_mb_s: opts.bandwidth_mb_s,
             reason: opts.reason.clone(),
             unmet_deps,
@@ -361,6 +395,7 @@ impl Engine {
     /// not already there, not already moving, then size and room), queues
     /// the move ([`Engine::submit_with_room`]) and starts what may start.
     pub fn move_model(&mut self, now: f64, model_name: &str, target: &str, opts: &MoveOptions) -> Result<MoveStarted, EngineError> {
+        opts.check()?;
         let id = self.model_by_name(model_name)?;
         let to = self.tier_by_name(target)?;
         if let Some(reason) = &self.state.tiers[to].refuses {
@@ -478,6 +513,15 @@ impl Engine {
                 return Err(EngineError::bad_request("size_gb is required with the simulated backend"));
             }
         };
+        if bytes > gb_to_bytes(MAX_GB) {
+            return Err(EngineError::bad_request(format!(
+                "model {name} of {} GB is over the largest model tierd counts ({MAX_GB} GB)",
+                bytes_to_gb(bytes)
+            )));
+        }
+        // Checked before anything changes: bytes the books could not count
+        // are refused, never wrapped or saturated.
+        self.state.check_room_in_books(bytes)?;
         let last = self.state.last_tier();
         let chosen = (first..=last)
             .find(|&t| {
@@ -503,7 +547,7 @@ impl Engine {
             path,
             files,
             registered_at: now,
-        });
+        })?;
         self.epoch += 1;
         self.dirty = true;
         let mut job_id = None;

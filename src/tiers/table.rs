@@ -321,6 +321,7 @@ mod tests {
             error: None,
             attempts: Default::default(),
             cancel_requested: false,
+            cancel_at_shutdown: false,
             bandwidth_mb_s: None,
             reason: None,
             unmet_deps: 0,

@@ -224,7 +224,9 @@ pub struct Metrics {
     pub moves_failed: u64,
     pub moves_cancelled: u64,
     pub retries: u64,
-    pub bytes_moved: u64,
+    /// Bytes of the moves that succeeded, in all: a `u128`, which no run
+    /// can fill (a `u64` would after some 18,000 moves of 1 PB models).
+    pub bytes_moved: u128,
     pub jobs_submitted: u64,
     /// Accesses that found their model's own promotion queued or running.
     pub accesses_during_promotion: u64,
@@ -408,7 +410,7 @@ impl Engine {
             source_tier: names.get(job.from).map(|t| t.name.clone()),
             target_tier: names.get(job.to).map(|t| t.name.clone()),
             progress: round6(progress),
-            status: job.status,
+            status: job.wire_status(),
             elapsed_time: round6(elapsed.max(0.0)),
             estimated_time: round6(job.estimated_s),
             error: job.error.as_ref().map(|(_, m)| m.clone()),
@@ -494,7 +496,7 @@ impl Engine {
         let since_ok = |t: f64| filter.since.is_none_or(|s| t >= s);
         keys.into_iter()
             .filter_map(|k| self.jobs.get(&k))
-            .filter(|j| status_ok(j.status) && since_ok(j.created_at))
+            .filter(|j| status_ok(j.wire_status()) && since_ok(j.created_at))
             .take(filter.limit)
             .map(|j| self.job_view_in(now, j, &order))
             .chain(
@@ -615,7 +617,7 @@ impl Engine {
             move_success_rate: (ended > 0).then(|| round6(m.moves_succeeded as f64 / ended as f64)),
             retries: m.retries,
             jobs_submitted: m.jobs_submitted,
-            bytes_moved_gb: bytes_to_gb(m.bytes_moved),
+            bytes_moved_gb: m.bytes_moved as f64 / crate::config::BYTES_PER_GB,
             tier_utilization: state
                 .tiers
                 .iter()
