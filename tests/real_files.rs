@@ -225,7 +225,11 @@ fn a_vanishingly_small_bandwidth_waits_and_cancels_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
         tier.poll(0.4, &mut events);
     }
-    assert_eq!(events.first().map(|e| &e.event), Some(&MoveEvent::Cancelled { job: 1 }), "{events:?}");
+    assert_eq!(
+        events.first().map(|e| &e.event),
+        Some(&MoveEvent::Cancelled { job: 1 }),
+        "{events:?}"
+    );
     assert!(find(root.path(), ".tierd-partial").is_empty(), "no partial left");
 }
 
