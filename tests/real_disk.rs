@@ -328,6 +328,7 @@ fn a_queued_move_starts_only_while_it_fits_the_filesystem() {
     let text = st.to_string();
     assert!(!text.contains("no space left"), "b was started into ENOSPC: {st}");
     assert!(text.contains("no room for b"), "{st}");
+    assert!(text.contains("Insufficient SWAP"), "the disk is short, not the limit: {st}");
     assert!(find(&root.path().join("small"), ".tierd-partial").is_empty());
     e.check_invariants().expect("books balance");
     drop(e);

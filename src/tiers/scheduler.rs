@@ -586,11 +586,14 @@ impl Engine {
                     .jobs
                     .get(&key)
                     .map(|j| {
-                        format!(
-                            "{} limit exceeded: no room for {} and no move in progress to free it",
-                            self.state.tiers[j.to].name.to_uppercase(),
-                            j.model_name
-                        )
+                        let t = &self.state.tiers[j.to];
+                        let over_limit = t.limit.is_some_and(|limit| t.used + t.incoming_running + j.bytes > limit);
+                        let short = if over_limit {
+                            format!("{} limit exceeded", t.name.to_uppercase())
+                        } else {
+                            format!("Insufficient {}: the hardware has too little room", t.name.to_uppercase())
+                        };
+                        format!("{short}: no room for {} and no move in progress to free it", j.model_name)
                     })
                     .unwrap_or_default();
                 self.end_job(now, key, JobStatus::Failed, Some(("RESOURCE_UNAVAILABLE".into(), msg)));
