@@ -225,7 +225,9 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// a large buffer.
     fn reset(&mut self) {
         self.line.clear();
-        if let Some(b) = &self.budget {
+        if let Some(b) = &self.budget
+            && self.held > 0
+        {
             b.give(self.held);
         }
         self.held = 0;
@@ -293,15 +295,20 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                     }
                     self.held = 0;
                 } else {
-                    if let Some(b) = &self.budget {
-                        if !b.take(chunk.len()) {
-                            return Ok(Frame::OverBudget(seen - chunk.len()));
-                        }
-                        self.held += chunk.len();
-                    }
                     // One byte of slack for a `\r` before the newline.
                     if !self.line.extend(chunk, self.max.saturating_add(1)) {
                         return Ok(Frame::OverBudget(seen - chunk.len()));
+                    }
+                    // Bytes are drawn from the shared budget only when the
+                    // line stays partial across a wait for more input: a
+                    // line whose newline is already buffered (the common
+                    // case) touches no shared counter.
+                    if !found && let Some(b) = &self.budget {
+                        let add = self.line.len() - self.held;
+                        if !b.take(add) {
+                            return Ok(Frame::OverBudget(seen - chunk.len()));
+                        }
+                        self.held += add;
                     }
                 }
             }
@@ -385,6 +392,21 @@ mod tests {
                 (Frame::Line, b"last".to_vec()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_already_buffered_whole_draws_nothing_from_the_budget() {
+        let budget = PartialBudget::new(16);
+        let mut input = vec![b'x'; 1000];
+        input.push(b'\n');
+        input.extend_from_slice(b"partial");
+        let mut r = LineReader::new(BufReader::with_capacity(4096, &input[..])).with_budget(budget.clone());
+        assert_eq!(r.next_frame().await.unwrap(), Frame::Line);
+        assert_eq!(r.line().len(), 1000);
+        assert_eq!(budget.used(), 0, "the line never waited for input");
+        // A line that waits for more input draws its bytes.
+        assert_eq!(r.next_frame().await.unwrap(), Frame::Line);
+        assert_eq!(budget.used(), 7);
     }
 
     #[tokio::test]

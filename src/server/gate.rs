@@ -14,6 +14,7 @@
 //! so the accept loop never blocks on a peer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -163,9 +164,16 @@ pub fn evicted_line(max: usize, idle: Duration) -> Vec<u8> {
 }
 
 /// The open socket connections, and which of them may be closed to make room.
+///
+/// A request marks its connection busy and idle again through the
+/// connection's own [`Slot`] (atomics, no lock shared with the other
+/// connections); only admitting and closing a connection take the
+/// registry's mutex.
 #[derive(Debug)]
 pub struct Registry {
     max: usize,
+    /// What `last_done` stamps count from.
+    epoch: Instant,
     inner: Mutex<Conns>,
 }
 
@@ -175,39 +183,57 @@ struct Conns {
     open: HashMap<u64, Entry>,
 }
 
-impl Conns {
-    /// Closes the connection that has gone longest without completing a
-    /// request and has none in flight.
-    fn evict_one(conns: &mut Conns) -> bool {
-        let victim = conns
-            .open
-            .iter()
-            .filter(|(_, e)| !e.busy)
-            .min_by_key(|(_, e)| e.last_done)
-            .map(|(id, _)| *id);
-        match victim.and_then(|id| conns.open.remove(&id)) {
-            Some(e) => {
-                e.evict.cancel();
-                true
-            }
-            None => false,
-        }
-    }
+/// A connection's state, shared by its [`Ticket`] and the registry.
+#[derive(Debug)]
+struct Slot {
+    /// [`IDLE`], [`BUSY`] (a request is being answered, a `wait`
+    /// included) or [`EVICTED`] (chosen to close; it never leaves it).
+    state: AtomicU8,
+    /// When the connection last completed a request (or was accepted), in
+    /// microseconds since the registry's epoch.
+    last_done_us: AtomicU64,
 }
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const EVICTED: u8 = 2;
 
 #[derive(Debug)]
 struct Entry {
-    /// A request is being answered (a `wait` included).
-    busy: bool,
-    /// When the connection last completed a request (or was accepted).
-    last_done: Instant,
+    slot: Arc<Slot>,
     evict: CancellationToken,
+}
+
+impl Conns {
+    /// Closes the connection that has gone longest without completing a
+    /// request and has none in flight. A connection that starts a request
+    /// while it is being chosen wins: the next idle one is taken instead.
+    fn evict_one(conns: &mut Conns) -> bool {
+        let mut idle: Vec<(u64, u64)> = conns
+            .open
+            .iter()
+            .filter(|(_, e)| e.slot.state.load(Ordering::Acquire) == IDLE)
+            .map(|(id, e)| (e.slot.last_done_us.load(Ordering::Acquire), *id))
+            .collect();
+        idle.sort_unstable();
+        for (_, id) in idle {
+            let Some(e) = conns.open.get(&id) else { continue };
+            if e.slot.state.compare_exchange(IDLE, EVICTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                && let Some(e) = conns.open.remove(&id)
+            {
+                e.evict.cancel();
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl Registry {
     pub fn new(max: usize) -> Arc<Registry> {
         Arc::new(Registry {
             max: max.max(1),
+            epoch: Instant::now(),
             inner: Mutex::new(Conns::default()),
         })
     }
@@ -218,6 +244,10 @@ impl Registry {
 
     fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Connections open now.
@@ -249,6 +279,10 @@ impl Registry {
     }
 
     fn admit_under(self: &Arc<Self>, cap: usize) -> Option<Ticket> {
+        let slot = Arc::new(Slot {
+            state: AtomicU8::new(IDLE),
+            last_done_us: AtomicU64::new(self.now_us()),
+        });
         let mut conns = self.conns();
         if conns.open.len() >= cap && !Conns::evict_one(&mut conns) {
             return None;
@@ -259,13 +293,13 @@ impl Registry {
         conns.open.insert(
             id,
             Entry {
-                busy: false,
-                last_done: Instant::now(),
+                slot: Arc::clone(&slot),
                 evict: evict.clone(),
             },
         );
         Some(Ticket {
             id,
+            slot,
             registry: Arc::clone(self),
             evict,
         })
@@ -276,6 +310,7 @@ impl Registry {
 #[derive(Debug)]
 pub struct Ticket {
     id: u64,
+    slot: Arc<Slot>,
     registry: Arc<Registry>,
     evict: CancellationToken,
 }
@@ -289,21 +324,17 @@ impl Ticket {
     /// A request starts: the connection may not be closed to make room
     /// until [`Ticket::done`]. False when it was already chosen to close.
     pub fn begin(&self) -> bool {
-        match self.registry.conns().open.get_mut(&self.id) {
-            Some(e) => {
-                e.busy = true;
-                true
-            }
-            None => false,
+        match self.slot.state.compare_exchange(IDLE, BUSY, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(state) => state == BUSY,
         }
     }
 
     /// The request has been answered.
     pub fn done(&self) {
-        if let Some(e) = self.registry.conns().open.get_mut(&self.id) {
-            e.busy = false;
-            e.last_done = Instant::now();
-        }
+        self.slot.last_done_us.store(self.registry.now_us(), Ordering::Release);
+        // Only this connection leaves BUSY; an evicted one stays evicted.
+        let _ = self.slot.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn max(&self) -> usize {
