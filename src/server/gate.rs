@@ -218,7 +218,10 @@ impl Conns {
         idle.sort_unstable();
         for (_, id) in idle {
             let Some(e) = conns.open.get(&id) else { continue };
-            if e.slot.state.compare_exchange(IDLE, EVICTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            if e.slot
+                .state
+                .compare_exchange(IDLE, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
                 && let Some(e) = conns.open.remove(&id)
             {
                 e.evict.cancel();
