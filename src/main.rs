@@ -62,7 +62,7 @@ enum Command {
         swap_max: Option<f64>,
         #[arg(long, value_name = "GB")]
         ram_reserved: Option<f64>,
-        /// Any limit, e.g. `--set storage_max_gb=500` (repeatable).
+        /// Any limit, e.g. `--set swap_max_gb=12` (repeatable; the last tier is unbounded).
         #[arg(long, value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
