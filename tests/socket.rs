@@ -166,6 +166,12 @@ fn cli_commands_talk_to_the_socket() {
     let (rc, out, err) = cli(&path, &["move", "t5-base", "storage", "--wait"]);
     assert_eq!(rc, 0, "{out}{err}");
     assert!(out.contains("tier_demote_t5-base_"), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("tier_demote_t5-base_") && l.contains(": success after ")),
+        "a piped wait ends with its outcome: {out}"
+    );
     let (rc, _, err) = cli(&path, &["move", "nope", "ram"]);
     assert_eq!(rc, 1);
     assert!(err.contains("MODEL_NOT_FOUND"), "{err}");
@@ -254,8 +260,14 @@ fn injected_faults_fail_and_roll_back() {
     assert_eq!(v["status"], "failed", "{v}");
     assert!(v["error"].is_string(), "{v}");
     assert_eq!(c.req(r#"{"model_info": "t5-base"}"#)["model"]["tier"], "ram");
-    let (rc, _, _) = cli(&path, &["move", "whisper-small", "storage", "--wait"]);
+    let (rc, _, err) = cli(&path, &["move", "whisper-small", "storage", "--wait"]);
     assert_eq!(rc, 1, "a failed move fails the CLI");
+    // Piped (no terminal, so no bar): one final line with the outcome and its reason.
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("tierd: tier_demote_whisper-small_") && last.contains(" failed: ") && last.contains("fault"),
+        "{err}"
+    );
 
     let out = Command::new(BIN).args(["serve", "--fault-probability", "2"]).output().unwrap();
     assert!(!out.status.success());

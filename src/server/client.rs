@@ -354,13 +354,22 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
             num(Some(st.elapsed_time)),
             num(Some(st.estimated_time))
         ));
+        // Without a terminal the bar is hidden: one final line says how
+        // the move ended, and why (stdout on success, stderr otherwise).
         match st.status {
             JobStatus::Success => {
                 bar.finish_with_message("success");
+                if bar.is_hidden() {
+                    println!("{job_id}: success after {} s", num(Some(st.elapsed_time)));
+                }
                 return Ok(0);
             }
             JobStatus::Failed | JobStatus::Cancelled => {
-                bar.abandon_with_message(format!("{status}: {}", opt(st.error.as_deref())));
+                let why = format!("{status}: {}", opt(st.error.as_deref()));
+                if bar.is_hidden() {
+                    eprintln!("tierd: {job_id} {why}");
+                }
+                bar.abandon_with_message(why);
                 return Ok(1);
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
