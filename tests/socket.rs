@@ -273,3 +273,39 @@ fn injected_faults_fail_and_roll_back() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("fault-probability"));
 }
+
+#[test]
+fn ctrl_c_during_a_wait_says_the_move_continues_and_how_to_cancel_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tierd.sock");
+    // Slow moves: t5-base's 0.9 GB demotion takes about 3.6 s of wall time.
+    let _server = Server::socket(&path, &["--time-scale", "0.05"]);
+    let mut child = Command::new(BIN)
+        .arg("--socket")
+        .arg(&path)
+        .args(["move", "t5-base", "storage", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line comes once the move started, after the handler is in place.
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("tier_demote_t5-base_"), "{first}");
+    let job_id = first.trim().rsplit(' ').next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sends SIGINT to the child we spawned (its pid is live until we wait on it).
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains(&format!("the move {job_id} continues")) && err.contains(&format!("tierd queue cancel {job_id}")),
+        "{err}"
+    );
+    // The move does go on.
+    let mut c = Client::connect(&path);
+    let st = c.req(&format!(r#"{{"tier_job_status": "{job_id}"}}"#));
+    assert!(st["status"] == "running" || st["status"] == "success", "{st}");
+}

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -345,7 +347,17 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
         bar.set_style(style.progress_chars("=> "));
     }
     let job_id = started.job_id;
+    // Ctrl-C stops the waiting, not the move: say so, and how to cancel it.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
     loop {
+        if interrupted.load(Ordering::SeqCst) {
+            bar.abandon();
+            eprintln!(
+                "tierd: interrupted; the move {job_id} continues in the server. Cancel it with `tierd queue cancel {job_id}`, follow it with `tierd jobs`"
+            );
+            return Ok(130);
+        }
         let st: TierJobStatusResponse = c.call(TierJobStatus { job_id: job_id.clone() })?;
         bar.set_position((st.progress.clamp(0.0, 1.0) * 1000.0) as u64);
         let status = st.status.as_str();
