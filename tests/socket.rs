@@ -151,6 +151,12 @@ fn cli_commands_talk_to_the_socket() {
     let (rc, out, _) = cli(&path, &["status"]);
     assert_eq!(rc, 0);
     assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains("serving a simulated machine") && l.contains("policy tierd")),
+        "status says which machine it serves: {out}"
+    );
+    assert!(
         out.contains("TIER") && out.contains("96.0%") && out.contains("bert-large") && out.contains("gpt-j-6b"),
         "{out}"
     );

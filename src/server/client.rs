@@ -304,10 +304,23 @@ pub fn render_jobs(jobs: &[JobView]) -> String {
 /// `tierd status`.
 pub fn status(socket: &Path) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
+    let h: HealthResponse = c.call(Health)?;
     let s: TierStatusResponse = c.call(TierStatus)?;
     let m: ListModelsResponse = c.call(ListModels::default())?;
+    println!("{}", serving_line(&h));
     print!("{}", render_status(&s, &m.models));
     Ok(0)
+}
+
+/// Which machine the server runs on, said plainly: a simulated one moves
+/// no real bytes.
+fn serving_line(h: &HealthResponse) -> String {
+    let machine = match h.backend.as_str() {
+        "sim" => "a simulated machine (no real bytes move; `tierd serve --backend real` for this one)",
+        "real" => "this machine (--backend real)",
+        other => other,
+    };
+    format!("tierd {} serving {machine}, policy {}", h.version, h.policy)
 }
 
 /// Options of `tierd move`.
@@ -616,6 +629,25 @@ pub fn queue(socket: &Path, action: &QueueAction) -> Result<i32, ClientError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn status_says_which_machine_is_served() {
+        let h = |backend: &str| HealthResponse {
+            status: "success".into(),
+            healthy: true,
+            backend: backend.into(),
+            policy: "lru".into(),
+            version: "0.1.0".into(),
+            models: 0,
+            tiers: vec![],
+            requests: vec![],
+        };
+        assert!(serving_line(&h("sim")).contains("a simulated machine (no real bytes move"));
+        assert_eq!(
+            serving_line(&h("real")),
+            "tierd 0.1.0 serving this machine (--backend real), policy lru"
+        );
+    }
 
     #[test]
     fn limits_request_merges_flags_and_set() {
