@@ -287,15 +287,8 @@ fn check_records(f: &StateFile) -> Result<(), String> {
 
 /// Opens `path` for writing, created 0600 (and set to 0600 if it existed).
 fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(truncate)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let f = sys::open_private(path, truncate)?;
+    sys::make_private(&f)?;
     Ok(f)
 }
 

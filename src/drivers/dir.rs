@@ -521,16 +521,8 @@ impl TierDriver for DirDriver {
 /// Takes the tier directory's lock, or says who holds it. The lock file is
 /// created 0600.
 fn lock_tier(root: &Path) -> Result<File, String> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = root.join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = sys::open_private(&path, false).map_err(|e| format!("{}: {e}", path.display()))?;
     match f.try_lock() {
         Ok(()) => {}
         Err(e) => {
@@ -541,8 +533,8 @@ fn lock_tier(root: &Path) -> Result<File, String> {
             ));
         }
     }
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Only once the lock is ours: another server's file is left alone.
+    sys::make_private(&f).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(f)
 }
 

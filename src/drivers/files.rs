@@ -201,6 +201,21 @@ pub struct ModelFile {
     pub copy_mtime_ns: Option<i64>,
 }
 
+impl ModelFile {
+    /// The file at `rel` as registration measures it (`meta` is its
+    /// metadata, a symlink's target's): size, device and inode, mtime.
+    fn measured(rel: PathBuf, meta: &Metadata) -> ModelFile {
+        ModelFile {
+            rel,
+            size: meta.len(),
+            blake3: None,
+            id: Some(FileId::of_meta(meta)),
+            mtime_ns: Some(mtime_ns(meta)),
+            copy_mtime_ns: None,
+        }
+    }
+}
+
 /// The `copy_mtime_ns` of a copy found corrupt and kept (it may hold the
 /// last bytes of a model whose origin is gone): no file has it, so the copy
 /// never counts as intact again.
@@ -336,14 +351,7 @@ pub fn list_files(origin: &Path, max_files: usize) -> Result<Vec<ModelFile>, Str
             .file_name()
             .map(PathBuf::from)
             .ok_or_else(|| format!("{} has no file name", origin.display()))?;
-        return Ok(vec![ModelFile {
-            rel,
-            size: meta.len(),
-            blake3: None,
-            id: Some(FileId::of_meta(&meta)),
-            mtime_ns: Some(mtime_ns(&meta)),
-            copy_mtime_ns: None,
-        }]);
+        return Ok(vec![ModelFile::measured(rel, &meta)]);
     }
     let mut out = Vec::new();
     let mut seen = 0usize;
@@ -396,14 +404,7 @@ pub fn list_files(origin: &Path, max_files: usize) -> Result<Vec<ModelFile>, Str
                     kind_of(ft)
                 ));
             };
-            out.push(ModelFile {
-                rel,
-                size: m.len(),
-                blake3: None,
-                id: Some(FileId::of_meta(&m)),
-                mtime_ns: Some(mtime_ns(&m)),
-                copy_mtime_ns: None,
-            });
+            out.push(ModelFile::measured(rel, &m));
         }
     }
     if out.is_empty() {

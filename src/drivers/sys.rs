@@ -250,6 +250,26 @@ pub fn remove_inside(root: &Path, path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Opens `path` for writing without following a symlink in its place,
+/// created 0600 if missing (an existing file keeps its mode: see
+/// [`make_private`]).
+pub fn open_private(path: &Path, truncate: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(truncate)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Sets an open file to mode 0600 (one an older tierd left more open).
+pub fn make_private(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
 /// Creates the directory `path` (and missing parents) with permission
 /// `mode`; a directory this call creates gets exactly `mode`, whatever the
 /// umask. An existing directory is left as it is.
