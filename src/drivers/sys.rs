@@ -41,15 +41,20 @@ pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io::Result
     rustix::fs::fadvise(file, offset, NonZeroU64::new(len), a).map_err(io::Error::from)
 }
 
-/// Opens `path` for reading without ever blocking (a FIFO put in place of
-/// a model file would block a plain `open` forever) and only if it is a
-/// regular file.
-pub fn open_regular(path: &Path) -> io::Result<File> {
+/// Opens `path` for reading without ever blocking: a FIFO put in place of
+/// a model file would block a plain `open` forever (the caller checks what
+/// it opened).
+pub fn open_nonblocking(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
+        .open(path)
+}
+
+/// [`open_nonblocking`], only if `path` is a regular file.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let f = open_nonblocking(path)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }

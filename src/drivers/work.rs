@@ -230,12 +230,7 @@ pub fn spawn_worker<T: Send + 'static>(
 /// refuses anything but a regular file on an ordinary filesystem, and
 /// checks it still has the `size` it was registered with.
 pub fn open_source(path: &Path, size: u64) -> Result<File, WorkError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| WorkError::io("cannot open source", path, &e))?;
+    let file = super::sys::open_nonblocking(path).map_err(|e| WorkError::io("cannot open source", path, &e))?;
     let meta = file.metadata().map_err(|e| WorkError::io("cannot stat", path, &e))?;
     if !meta.is_file() {
         return Err(WorkError::failed(format!(
