@@ -6,6 +6,8 @@
 //! those listed after it):
 //! - [`server`]: transports (stdio, Unix socket), line framing, the shared
 //!   engine and its clock, the server's lifecycle, the CLI client;
+//! - [`mcp`]: `tierd mcp`, the MCP server (tools over an embedded engine
+//!   or a running server);
 //! - [`bench`]: `tierd bench` (socket round trips) and `tierd bench-real`;
 //! - [`sim`]: the simulation harness (workloads, replay, the lower bound);
 //! - [`store`]: the state file the server saves the engine's snapshot in;
@@ -22,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod drivers;
 pub mod error;
+pub mod mcp;
 pub mod optimizer;
 pub mod requests;
 pub mod server;

@@ -38,6 +38,9 @@ struct Cli {
 enum Command {
     /// Serve requests: on stdin/stdout, or on the Unix socket given by --socket.
     Serve(ServeArgs),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for LLM tools: an
+    /// engine of its own, or with --socket the running server's.
+    Mcp(McpArgs),
     /// Show the tiers and the models in each.
     Status,
     /// Move a model to another tier.
@@ -147,6 +150,26 @@ struct ServeArgs {
     max_connections: Option<u32>,
 }
 
+/// `tierd mcp`: the embedded engine's options, as `serve`'s.
+#[derive(Debug, Args)]
+struct McpArgs {
+    /// Configuration file (TOML) of the embedded engine [default: the embedded seed configuration].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Engine seconds per wall second (50 makes moves 50x faster).
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    time_scale: f64,
+    /// Probability that a simulated move fails (overrides sim.fault_probability).
+    #[arg(long, value_name = "P")]
+    fault_probability: Option<f64>,
+    /// Hardware backend of the embedded engine.
+    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
+    backend: BackendKind,
+    /// Seconds running moves get to finish at shutdown before being rolled back.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    drain_timeout: f64,
+}
+
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// Measured seconds per server and client count.
@@ -194,6 +217,21 @@ fn main() -> ExitCode {
                 opts.socket_dir = client::default_socket_dir();
             }
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
+        }
+        Command::Mcp(a) => {
+            serve::init_logging_with_default("warn");
+            let opts = tierd::mcp::McpOptions {
+                serve: ServeOptions {
+                    config: a.config,
+                    time_scale: a.time_scale,
+                    fault_probability: a.fault_probability,
+                    backend: a.backend,
+                    drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
+                    ..ServeOptions::default()
+                },
+                forward: cli.socket.as_ref().map(|_| socket),
+            };
+            tierd::mcp::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
         Command::Status => client::status(&socket).map_err(|e| e.to_string()),
         Command::Move {

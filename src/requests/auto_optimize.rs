@@ -13,8 +13,12 @@ use super::wire::{kind, only_fields};
 use super::{Command, Outcome};
 
 /// `{"auto_optimize": {"dry_run": ...}}`.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Its object form is also the MCP tool's input (schema derived here).
+#[derive(Debug, Clone, Default, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct AutoOptimize {
+    /// Only show the plan; start no moves.
+    #[schemars(default)]
     pub dry_run: bool,
 }
 

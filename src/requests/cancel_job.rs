@@ -11,8 +11,14 @@ use super::wire::name_arg;
 use super::{Command, Outcome};
 
 /// `{"cancel_job": "<job id>"}`.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its object form (`{"job_id": ...}`) is also the MCP tool's input,
+/// whose JSON Schema is derived from this struct.
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CancelJob {
+    /// The id of the queued or running job to cancel.
+    #[schemars(length(min = 1))]
     pub job_id: String,
 }
 

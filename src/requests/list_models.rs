@@ -12,8 +12,12 @@ use super::wire::{kind, only_fields};
 use super::{Command, Outcome};
 
 /// `{"list_models": {"tier": ...}}`.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Its object form is also the MCP tool's input (schema derived here).
+#[derive(Debug, Clone, Default, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ListModels {
+    /// Only the models in this tier (default: all models).
+    #[schemars(default)]
     pub tier: Option<String>,
 }
 

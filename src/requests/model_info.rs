@@ -12,8 +12,14 @@ use super::wire::name_arg;
 use super::{Command, Outcome};
 
 /// `{"model_info": "<model>"}`.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its object form (`{"model_name": ...}`) is also the MCP tool's input,
+/// whose JSON Schema is derived from this struct.
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ModelInfo {
+    /// A registered model's name.
+    #[schemars(length(min = 1))]
     pub model_name: String,
 }
 

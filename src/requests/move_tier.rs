@@ -26,11 +26,14 @@ use crate::tiers::{Engine, MoveOptions, MoveStarted, Operation, Origin, Priority
 use super::wire::{MAX_DEPENDENCIES, de_bandwidth, de_retries, fields};
 use super::{Command, Outcome};
 
-/// `move_tier`'s fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `move_tier`'s fields (also the MCP tool's input: its JSON Schema is
+/// derived from here, so the schema and the parser cannot disagree on names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MoveTier {
+    /// The registered model to move.
     pub model_name: String,
+    /// The tier to move it to (a name `tier_status` lists, e.g. `ram`).
     pub target_tier: String,
     /// Demote the least valuable models of the target first if it lacks room.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -38,16 +41,22 @@ pub struct MoveTier {
     /// Answer only when the job has ended.
     #[serde(default, skip_serializing_if = "is_false")]
     pub wait: bool,
+    /// Queue priority: `critical`, `high`, `normal` (the default) or `low`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["critical", "high", "normal", "low", null]))]
     pub priority: Option<String>,
+    /// Job ids that must succeed before this move starts (at most 1,024).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
     pub depends_on: Vec<String>,
     /// Retries after a failed run: 0 to [`super::wire::MAX_RETRIES`].
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_retries")]
+    #[schemars(range(max = 100))]
     pub max_retries: Option<u32>,
     /// Rate cap for this move, MB/s (the simulation honours it too):
     /// [`super::wire::MIN_BANDWIDTH_MB_S`] to [`super::wire::MAX_BANDWIDTH_MB_S`].
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_bandwidth")]
+    #[schemars(range(min = 0.1, max = 1_000_000.0))]
     pub bandwidth_mb_s: Option<f64>,
 }
 

@@ -29,14 +29,20 @@ use crate::tiers::{Engine, Registration};
 use super::wire::{de_size_gb, fields, gb_out_of_range};
 use super::{Command, Outcome, Prepare};
 
-/// `register_model`'s fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `register_model`'s fields (also the MCP tool's input, its JSON Schema
+/// derived from here; `files` is internal and not in it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterModel {
+    /// A new model's name (unique).
+    #[schemars(length(min = 1))]
     pub model_name: String,
-    /// 0 to [`crate::config::MAX_GB`].
+    /// Its size in GB, 0 to [`crate::config::MAX_GB`] (the simulated
+    /// backend; the real one measures the files at `path`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_size_gb")]
+    #[schemars(range(min = 0.0, max = 1_000_000.0))]
     pub size_gb: Option<f64>,
+    /// The tier to place it in (default: the slowest tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_tier: Option<String>,
     /// Weights file or directory (a real machine).

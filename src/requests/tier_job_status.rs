@@ -13,8 +13,14 @@ use super::wire::name_arg;
 use super::{Command, Outcome};
 
 /// `{"tier_job_status": "<job id>"}`.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its object form (`{"job_id": ...}`) is also the MCP tool's input,
+/// whose JSON Schema is derived from this struct.
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TierJobStatus {
+    /// The job's id, as `move_tier` answered it (e.g. `tier_promote_gpt-j-6b_1`).
+    #[schemars(length(min = 1))]
     pub job_id: String,
 }
 

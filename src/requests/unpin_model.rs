@@ -13,8 +13,14 @@ use super::{Command, Outcome};
 pub use super::pin_model::PinResponse as UnpinResponse;
 
 /// `{"unpin_model": "<model>"}`.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its object form (`{"model_name": ...}`) is also the MCP tool's input,
+/// whose JSON Schema is derived from this struct.
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct UnpinModel {
+    /// A registered model's name.
+    #[schemars(length(min = 1))]
     pub model_name: String,
 }
 

@@ -36,6 +36,37 @@ pub struct UpdateLimitsResponse {
     pub rebalance: Vec<String>,
 }
 
+/// The MCP tool's input schema, written by hand because the keys depend
+/// on the tiers: what [`read_change`] accepts, `<tier>_max_gb` and
+/// `<tier>_reserved_gb` as numbers from 0 to [`MAX_GB`], and
+/// `max_concurrent_tasks` as an integer from 1 to [`MAX_CONCURRENT_TASKS`].
+/// Which tiers have a limit or a reserve is the engine's to say (an unknown
+/// one is refused naming the known keys).
+impl schemars::JsonSchema for UpdateLimits {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UpdateLimits".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "Limits to change, in GB: any of <tier>_max_gb (the tiers with a limit, e.g. ram_max_gb, swap_max_gb), <tier>_reserved_gb (tiers with a reserve, e.g. ram_reserved_gb), and max_concurrent_tasks. tier_status shows the current limits.",
+            "properties": {
+                "max_concurrent_tasks": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_CONCURRENT_TASKS,
+                    "description": "Moves run at once."
+                }
+            },
+            "patternProperties": {
+                "^.+_(max|reserved)_gb$": {"type": "number", "minimum": 0.0, "maximum": MAX_GB}
+            },
+            "additionalProperties": false
+        })
+    }
+}
+
 impl UpdateLimits {
     /// Sets `key` (a wire key) to `value`.
     pub fn set(&mut self, key: &str, value: impl Into<Value>) {

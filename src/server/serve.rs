@@ -550,7 +550,7 @@ const TICK_IDLE: Duration = Duration::from_secs(1);
 
 /// Ticks the engine so moves progress without requests, and runs
 /// `auto_optimize` every `auto_optimize_interval_s` engine seconds.
-async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
+pub async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
     let interval = shared
         .lock()
         .config()
@@ -613,7 +613,7 @@ fn log_optimizations(o: &crate::tiers::Optimized) {
 
 /// Shutdown step 2: cancel queued moves, give running ones `timeout` of wall
 /// time, then roll the rest back.
-async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
+pub async fn drain_jobs(shared: &SharedEngine, timeout: Duration) {
     let cancelled = shared.with(|engine, now| cancel_jobs(engine, now, JobStatus::Queued));
     if cancelled > 0 {
         info!(cancelled, "cancelled queued moves");

@@ -1,0 +1,219 @@
+//! The MCP tools: one per request an LLM tool needs, each a name, a
+//! description a model can act on, an input schema and the request key it
+//! becomes. A tool's arguments object is the request's body as the wire
+//! carries it (`{"move_tier": <arguments>}`), so the request's own parser
+//! does all the validation and its errors reach the model unchanged; the
+//! schemas are derived (schemars) from the same request types.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::common::schema_for_input;
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use serde_json::{Value, json};
+
+use crate::requests::access_model::AccessModel;
+use crate::requests::auto_optimize::AutoOptimize;
+use crate::requests::cancel_job::CancelJob;
+use crate::requests::list_models::ListModels;
+use crate::requests::model_info::ModelInfo;
+use crate::requests::move_tier::MoveTier;
+use crate::requests::pin_model::PinModel;
+use crate::requests::register_model::RegisterModel;
+use crate::requests::tier_job_status::TierJobStatus;
+use crate::requests::unpin_model::UnpinModel;
+use crate::requests::update_limits::UpdateLimits;
+
+/// What a tool does to the machine, for the client's hints (MCP tool
+/// annotations): whether it only reads, and whether what it changes can
+/// make a model slower to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Reads state only.
+    Reads,
+    /// Changes state, nothing is lost or slowed (pin, register, access).
+    Changes,
+    /// May demote models or cancel work.
+    Destructive,
+}
+
+/// One tool.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolDef {
+    /// The tool's name (MCP), e.g. `move_tier`.
+    pub name: &'static str,
+    /// The tierd request it becomes (its wire key).
+    pub key: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub effect: Effect,
+    /// The input schema; `None`: the tool takes no arguments.
+    schema: Option<fn() -> Result<Arc<JsonObject>, String>>,
+}
+
+/// Every tool, in the order `tools/list` answers them.
+pub const TOOLS: &[ToolDef] = &[
+    ToolDef {
+        name: "tier_status",
+        key: "tier_status",
+        title: "Tier status",
+        description: "Show every memory tier tierd manages (fastest first: e.g. gpu, ram, swap, storage): \
+            its limit, used and available GB, pressure, and the models it holds. Call this first to learn \
+            the tier names and where each model is before moving anything.",
+        effect: Effect::Reads,
+        schema: None,
+    },
+    ToolDef {
+        name: "move_tier",
+        key: "move_tier",
+        title: "Move a model",
+        description: "Move a model's weights to another tier as a background job (promote to a faster tier \
+            such as ram before the model is needed, or demote to free room). Answers the job id at once; \
+            with wait=true, answers only when the move has ended, with its outcome. If the target lacks \
+            room the call fails with the room needed; make_room=true first demotes the target's least \
+            used, unpinned models. Follow a job with job_status, stop it with cancel_job.",
+        effect: Effect::Destructive,
+        schema: Some(schema_for_input::<MoveTier>),
+    },
+    ToolDef {
+        name: "job_status",
+        key: "tier_job_status",
+        title: "Job status",
+        description: "Show one move job by its id (as move_tier answered it): queued, running (with \
+            progress), success, failed (with the error) or cancelled, plus its timing.",
+        effect: Effect::Reads,
+        schema: Some(schema_for_input::<TierJobStatus>),
+    },
+    ToolDef {
+        name: "cancel_job",
+        key: "cancel_job",
+        title: "Cancel a job",
+        description: "Cancel a queued or running move job by its id. A running move is rolled back: the \
+            model stays where it was.",
+        effect: Effect::Destructive,
+        schema: Some(schema_for_input::<CancelJob>),
+    },
+    ToolDef {
+        name: "update_limits",
+        key: "update_limits",
+        title: "Change limits",
+        description: "Change tier limits at run time, in GB: <tier>_max_gb (e.g. ram_max_gb), \
+            <tier>_reserved_gb (e.g. ram_reserved_gb), or max_concurrent_tasks. A limit lowered below \
+            what the tier holds demotes models until it fits; the answer lists those jobs. tier_status \
+            shows the current limits.",
+        effect: Effect::Destructive,
+        schema: Some(schema_for_input::<UpdateLimits>),
+    },
+    ToolDef {
+        name: "auto_optimize",
+        key: "auto_optimize",
+        title: "Optimize placement",
+        description: "Let the placement policy move models by how they are used (frequently used ones to \
+            faster tiers). Use dry_run=true to see the plan, step by step with reasons, without moving \
+            anything.",
+        effect: Effect::Destructive,
+        schema: Some(schema_for_input::<AutoOptimize>),
+    },
+    ToolDef {
+        name: "list_models",
+        key: "list_models",
+        title: "List models",
+        description: "List the registered models with their size, tier, pin state and usage; tier=NAME \
+            lists only the models in that tier.",
+        effect: Effect::Reads,
+        schema: Some(schema_for_input::<ListModels>),
+    },
+    ToolDef {
+        name: "model_info",
+        key: "model_info",
+        title: "Model info",
+        description: "Show one model in detail: size, tier, pinned, usage, last access, files, and any \
+            move under way.",
+        effect: Effect::Reads,
+        schema: Some(schema_for_input::<ModelInfo>),
+    },
+    ToolDef {
+        name: "register_model",
+        key: "register_model",
+        title: "Register a model",
+        description: "Add a model tierd should manage: its name and size in GB (or, on a real machine, \
+            the path of its weights file or directory), optionally the tier to place it in.",
+        effect: Effect::Changes,
+        schema: Some(schema_for_input::<RegisterModel>),
+    },
+    ToolDef {
+        name: "pin_model",
+        key: "pin_model",
+        title: "Pin a model",
+        description: "Pin a model where it is: no policy, make_room or limit change will demote it until \
+            unpin_model.",
+        effect: Effect::Changes,
+        schema: Some(schema_for_input::<PinModel>),
+    },
+    ToolDef {
+        name: "unpin_model",
+        key: "unpin_model",
+        title: "Unpin a model",
+        description: "Unpin a model, so the policy and make_room may demote it again.",
+        effect: Effect::Changes,
+        schema: Some(schema_for_input::<UnpinModel>),
+    },
+    ToolDef {
+        name: "access_model",
+        key: "access_model",
+        title: "Record a model access",
+        description: "Record that a model was used (loaded for inference): answers the load time from its \
+            current tier, and the policy may start moves in reaction (their job ids are listed).",
+        effect: Effect::Changes,
+        schema: Some(schema_for_input::<AccessModel>),
+    },
+    ToolDef {
+        name: "queue_status",
+        key: "queue_status",
+        title: "Queue status",
+        description: "Show the move-job queue: counts by state, the concurrency limit, and the queued and \
+            running jobs in the order they start.",
+        effect: Effect::Reads,
+        schema: None,
+    },
+];
+
+/// The tool named `name`.
+pub fn find(name: &str) -> Option<&'static ToolDef> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// The schema of a tool without arguments: an empty object, as the
+/// request's parser takes (`{}`, anything else refused).
+fn no_arguments() -> Arc<JsonObject> {
+    let Value::Object(m) = json!({"type": "object", "properties": {}, "additionalProperties": false}) else {
+        unreachable!("a json! object literal is an object")
+    };
+    Arc::new(m)
+}
+
+impl ToolDef {
+    /// The tool as `tools/list` describes it.
+    pub fn tool(&self) -> Result<Tool, String> {
+        let schema = match self.schema {
+            Some(f) => f().map_err(|e| format!("tool {}: {e}", self.name))?,
+            None => no_arguments(),
+        };
+        let annotations = ToolAnnotations::with_title(self.title)
+            .read_only(self.effect == Effect::Reads)
+            .destructive(self.effect == Effect::Destructive)
+            .idempotent(self.effect == Effect::Reads)
+            // The machine is a closed world: the tools touch only tierd.
+            .open_world(false);
+        Ok(Tool::new(self.name, self.description, schema)
+            .with_title(self.title)
+            .with_annotations(annotations))
+    }
+
+    /// The request line of a call with `arguments`: the arguments object is
+    /// the request's body.
+    pub fn request_line(&self, arguments: Option<JsonObject>) -> String {
+        let mut m = serde_json::Map::new();
+        m.insert(self.key.into(), Value::Object(arguments.unwrap_or_default()));
+        Value::Object(m).to_string()
+    }
+}
