@@ -36,9 +36,11 @@ pub struct MoveTier {
     /// The tier to move it to (a name `tier_status` lists, e.g. `ram`).
     pub target_tier: String,
     /// Demote the least valuable models of the target first if it lacks room.
+    #[schemars(description = "If the target tier lacks room, first demote its least used, unpinned models.")]
     #[serde(default, skip_serializing_if = "is_false")]
     pub make_room: bool,
     /// Answer only when the job has ended.
+    #[schemars(description = "Answer only when the move has ended, with its outcome (default: answer the job id at once).")]
     #[serde(default, skip_serializing_if = "is_false")]
     pub wait: bool,
     /// Queue priority: `critical`, `high`, `normal` (the default) or `low`.
@@ -51,12 +53,15 @@ pub struct MoveTier {
     pub depends_on: Vec<String>,
     /// Retries after a failed run: 0 to [`super::wire::MAX_RETRIES`].
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_retries")]
-    #[schemars(range(max = 100))]
+    #[schemars(range(max = 100), description = "Retries after a failed run: 0 to 100 (default: the config's).")]
     pub max_retries: Option<u32>,
     /// Rate cap for this move, MB/s (the simulation honours it too):
     /// [`super::wire::MIN_BANDWIDTH_MB_S`] to [`super::wire::MAX_BANDWIDTH_MB_S`].
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_bandwidth")]
-    #[schemars(range(min = 0.1, max = 1_000_000.0))]
+    #[schemars(
+        range(min = 0.1, max = 1_000_000.0),
+        description = "Rate cap for this move in MB/s, 0.1 to 1,000,000 (default: none)."
+    )]
     pub bandwidth_mb_s: Option<f64>,
 }
 

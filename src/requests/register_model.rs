@@ -40,12 +40,16 @@ pub struct RegisterModel {
     /// Its size in GB, 0 to [`crate::config::MAX_GB`] (the simulated
     /// backend; the real one measures the files at `path`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_size_gb")]
-    #[schemars(range(min = 0.0, max = 1_000_000.0))]
+    #[schemars(
+        range(min = 0.0, max = 1_000_000.0),
+        description = "Its size in GB, 0 to 1,000,000 (the simulated backend; the real one measures the files at path)."
+    )]
     pub size_gb: Option<f64>,
     /// The tier to place it in (default: the slowest tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_tier: Option<String>,
     /// Weights file or directory (a real machine).
+    #[schemars(description = "Its weights file or directory of shards (required by the real backend).")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// The files found at `path` before the engine was locked.

@@ -26,7 +26,8 @@ pub struct Server {
     pub socket: Option<PathBuf>,
 }
 
-fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Server {
+/// Spawns `tierd ARGS` with pipes on its stdio.
+pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in envs {
