@@ -203,7 +203,9 @@ fn main() -> ExitCode {
             let mut opts = ServeOptions {
                 config: a.config,
                 time_scale: a.time_scale,
-                stdio: a.stdio || cli.socket.is_none(),
+                // Under socket activation stdin is not a peer (systemd
+                // gives /dev/null): serve the passed socket only.
+                stdio: a.stdio || (cli.socket.is_none() && !tierd::server::systemd::activated()),
                 socket: cli.socket.as_ref().map(|_| socket),
                 max_connections: a.max_connections.map(|n| n as usize),
                 fault_probability: a.fault_probability,

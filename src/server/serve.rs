@@ -104,23 +104,35 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// A bound socket; removes its file when dropped, if the file is still the
-/// one it created.
+/// A listening socket: one tierd bound, whose file it removes when dropped
+/// if the file is still the one it created; or one systemd passed (socket
+/// activation), whose file is systemd's and stays.
 #[derive(Debug)]
 pub struct BoundSocket {
     listener: UnixListener,
-    path: PathBuf,
-    /// Device and inode of the socket file, so shutdown never removes a
-    /// file another process put there since.
-    identity: (u64, u64),
+    /// The file tierd created: its path, and its device and inode, so
+    /// shutdown never removes a file another process put there since.
+    /// `None` for an inherited socket.
+    owned: Option<(PathBuf, (u64, u64))>,
+}
+
+impl BoundSocket {
+    /// The socket systemd passed (see [`super::systemd`]).
+    pub fn inherited(listener: std::os::unix::net::UnixListener) -> Result<BoundSocket, ServeError> {
+        Ok(BoundSocket {
+            listener: UnixListener::from_std(listener)?,
+            owned: None,
+        })
+    }
 }
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
-            && (meta.dev(), meta.ino()) == self.identity
+        if let Some((path, identity)) = &self.owned
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && (meta.dev(), meta.ino()) == *identity
         {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -161,8 +173,7 @@ pub fn bind_socket(path: &Path) -> Result<BoundSocket, ServeError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
     Ok(BoundSocket {
         listener,
-        path: path.to_path_buf(),
-        identity: (meta.dev(), meta.ino()),
+        owned: Some((path.to_path_buf(), (meta.dev(), meta.ino()))),
     })
 }
 
@@ -252,12 +263,23 @@ pub async fn shutdown_signal() {
 /// served), then shuts down gracefully.
 pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let shared = build_shared(&opts)?;
-    if let Some(dir) = &opts.socket_dir {
-        ensure_private_dir(dir)?;
-    }
-    let socket = match &opts.socket {
-        Some(path) => Some(bind_socket(path)?),
-        None => None,
+    // A socket systemd passed (socket activation) is served instead of
+    // binding one.
+    let inherited = super::systemd::inherited_listener().map_err(ServeError::Option)?;
+    let socket = match (inherited, &opts.socket) {
+        (Some(listener), path) => {
+            if let Some(path) = path {
+                warn!(path = %path.display(), "serving the socket systemd passed; --socket is ignored");
+            }
+            Some(BoundSocket::inherited(listener)?)
+        }
+        (None, Some(path)) => {
+            if let Some(dir) = &opts.socket_dir {
+                ensure_private_dir(dir)?;
+            }
+            Some(bind_socket(path)?)
+        }
+        (None, None) => None,
     };
     serve_with(shared, socket, &opts, shutdown).await
 }
@@ -313,11 +335,17 @@ pub async fn serve_with(
             None => std::future::pending().await,
         }
     };
+    super::systemd::notify_ready(&format!(
+        "serving {} ({:?} backend)",
+        if socket.is_some() { "the socket" } else { "stdio" },
+        opts.backend
+    ));
     tokio::select! {
         _ = accept => {}
         _ = shutdown => {}
         _ = token.cancelled() => {}
     }
+    super::systemd::notify_stopping();
     token.cancel();
     drain_jobs(&shared, opts.drain_timeout).await;
     tracker.close();
