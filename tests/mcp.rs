@@ -34,7 +34,11 @@ fn python_client(test: &str, mode: &str, tierd_args: &[&str]) -> Option<Value> {
         .expect("run the Python MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "client.py {mode} failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "client.py {mode} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report is not JSON ({e}): {stdout}"));
     Some(report)
 }
@@ -164,7 +168,10 @@ fn raw_initialize_handshake_tools_and_errors() {
     let nope = r.call(json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
         "params": {"name": "format_disk", "arguments": {}}}));
     assert!(nope["error"]["code"].as_i64().is_some_and(|c| c < 0), "{nope}");
-    assert!(nope["error"]["message"].as_str().is_some_and(|m| m.contains("format_disk")), "{nope}");
+    assert!(
+        nope["error"]["message"].as_str().is_some_and(|m| m.contains("format_disk")),
+        "{nope}"
+    );
 
     // Closing stdin ends the session and the process, cleanly.
     r.s.close_stdin();

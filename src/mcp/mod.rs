@@ -206,11 +206,7 @@ impl ServerHandler for TierdMcp {
         Ok(ListToolsResult::with_all_items(tools))
     }
 
-    async fn call_tool(
-        &self,
-        request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    async fn call_tool(&self, request: CallToolRequestParams, _context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         self.call(&request.name, request.arguments).await.map(CallToolResponse::from)
     }
 

@@ -36,6 +36,10 @@ pub enum Effect {
     Destructive,
 }
 
+/// Makes a tool's input schema (rmcp's `schema_for_input::<T>`: draft
+/// 2020-12, checked to be an object schema).
+type SchemaFn = fn() -> Result<Arc<JsonObject>, String>;
+
 /// One tool.
 #[derive(Debug, Clone, Copy)]
 pub struct ToolDef {
@@ -47,7 +51,7 @@ pub struct ToolDef {
     pub description: &'static str,
     pub effect: Effect,
     /// The input schema; `None`: the tool takes no arguments.
-    schema: Option<fn() -> Result<Arc<JsonObject>, String>>,
+    schema: Option<SchemaFn>,
 }
 
 /// Every tool, in the order `tools/list` answers them.
@@ -185,9 +189,10 @@ pub fn find(name: &str) -> Option<&'static ToolDef> {
 /// The schema of a tool without arguments: an empty object, as the
 /// request's parser takes (`{}`, anything else refused).
 fn no_arguments() -> Arc<JsonObject> {
-    let Value::Object(m) = json!({"type": "object", "properties": {}, "additionalProperties": false}) else {
-        unreachable!("a json! object literal is an object")
-    };
+    let mut m = JsonObject::new();
+    m.insert("type".into(), json!("object"));
+    m.insert("properties".into(), json!({}));
+    m.insert("additionalProperties".into(), json!(false));
     Arc::new(m)
 }
 
@@ -215,5 +220,90 @@ impl ToolDef {
         let mut m = serde_json::Map::new();
         m.insert(self.key.into(), Value::Object(arguments.unwrap_or_default()));
         Value::Object(m).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::{REQUEST_KEYS, parse_line};
+
+    fn parses(key: &str, args: Value) -> Result<(), String> {
+        let line = json!({ key: args }).to_string();
+        parse_line(line.as_bytes()).map(|_| ()).map_err(|f| f.error.to_string())
+    }
+
+    /// A value of the type a property's schema names.
+    fn sample(prop: &Value) -> Value {
+        let ty = match &prop["type"] {
+            Value::Array(types) => types.iter().find(|t| *t != "null").cloned().unwrap_or(Value::Null),
+            t => t.clone(),
+        };
+        match ty.as_str() {
+            Some("boolean") => json!(true),
+            Some("integer") => json!(prop["minimum"].as_u64().unwrap_or(1).max(1)),
+            Some("number") => json!(prop["minimum"].as_f64().unwrap_or(1.0).max(0.5)),
+            Some("array") => json!([]),
+            _ => json!("x"),
+        }
+    }
+
+    #[test]
+    fn every_tool_is_a_request_with_a_description() {
+        assert_eq!(TOOLS.len(), 13);
+        for t in TOOLS {
+            assert!(REQUEST_KEYS.contains(&t.key), "{}", t.name);
+            assert!(t.description.len() > 60, "{}: describe it for a model", t.name);
+            let tool = t.tool().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(tool.input_schema.get("type"), Some(&json!("object")), "{}", t.name);
+        }
+    }
+
+    /// The schemas and the parsers agree: every property a schema lists is
+    /// accepted, a name it does not list is refused, and a required one
+    /// missing is refused.
+    #[test]
+    fn schemas_match_the_parsers() {
+        for t in TOOLS {
+            let schema = Value::Object(t.tool().unwrap_or_else(|e| panic!("{e}")).input_schema.as_ref().clone());
+            let props = schema["properties"].as_object().cloned().unwrap_or_default();
+            let required: Vec<String> = schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            let mut all = serde_json::Map::new();
+            for (name, prop) in &props {
+                all.insert(name.clone(), sample(prop));
+            }
+            if t.key == "move_tier" {
+                all.insert("priority".into(), json!("high"));
+            }
+            let minimal: serde_json::Map<String, Value> = all
+                .iter()
+                .filter(|(k, _)| required.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(
+                parses(t.key, Value::Object(minimal.clone())),
+                Ok(()),
+                "{}: its required fields alone",
+                t.name
+            );
+            assert_eq!(parses(t.key, Value::Object(all.clone())), Ok(()), "{}: every field", t.name);
+            for r in &required {
+                let mut less = minimal.clone();
+                less.remove(r);
+                assert!(parses(t.key, Value::Object(less)).is_err(), "{}: {r} is required", t.name);
+            }
+            // update_limits reads its keys against the engine's tiers.
+            if t.key != "update_limits" {
+                let mut extra = all.clone();
+                extra.insert("no_such_argument".into(), json!(1));
+                let e = parses(t.key, Value::Object(extra)).expect_err("an unknown argument is refused");
+                // (Tools without arguments say what they take instead.)
+                assert!(e.contains("no_such_argument") || props.is_empty(), "{}: {e}", t.name);
+                assert_eq!(schema["additionalProperties"], json!(false), "{}", t.name);
+            }
+        }
     }
 }

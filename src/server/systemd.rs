@@ -56,7 +56,10 @@ pub fn inherited_listener() -> Result<Option<std::os::unix::net::UnixListener>, 
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("socket activation: cannot make the socket non-blocking: {e}"))?;
-    let path = listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
     debug!(path = ?path, "serving the socket systemd passed");
     Ok(Some(listener))
 }
