@@ -4,10 +4,10 @@
 //! Layout (data flows one way: bytes → line → typed request → engine
 //! decision → driver action → typed response → bytes; each module uses only
 //! those listed after it):
-//! - [`server`]: transports (stdio, Unix socket), line framing, the shared
-//!   engine and its clock, the server's lifecycle, the CLI client;
 //! - [`mcp`]: `tierd mcp`, the MCP server (tools over an embedded engine
 //!   or a running server);
+//! - [`server`]: transports (stdio, Unix socket), line framing, the shared
+//!   engine and its clock, the server's lifecycle, the CLI client;
 //! - [`bench`]: `tierd bench` (socket round trips) and `tierd bench-real`;
 //! - [`sim`]: the simulation harness (workloads, replay, the lower bound);
 //! - [`store`]: the state file the server saves the engine's snapshot in;

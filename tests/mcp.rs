@@ -167,7 +167,7 @@ fn raw_initialize_handshake_tools_and_errors() {
     // A tool that does not exist is a protocol error, not a tool result.
     let nope = r.call(json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
         "params": {"name": "format_disk", "arguments": {}}}));
-    assert!(nope["error"]["code"].as_i64().is_some_and(|c| c < 0), "{nope}");
+    assert_eq!(nope["error"]["code"], -32602, "{nope}");
     assert!(
         nope["error"]["message"].as_str().is_some_and(|m| m.contains("format_disk")),
         "{nope}"
@@ -202,7 +202,13 @@ fn raw_discover_then_stateless_requests() {
     assert_eq!(moved["result"]["structuredContent"]["status"], "success", "{moved}");
     // A stateless request without its _meta is refused, saying what is missing.
     let bare = r.call(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": {}}));
-    assert!(bare["error"]["code"].as_i64().is_some(), "{bare}");
+    assert_eq!(bare["error"]["code"], -32602, "{bare}");
+    assert!(
+        bare["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("io.modelcontextprotocol/protocolVersion")),
+        "{bare}"
+    );
     let unknown = r.call(json!({"jsonrpc": "2.0", "id": 5, "method": "no/such_method",
         "params": {"_meta": inline_meta()}}));
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
