@@ -44,6 +44,7 @@ fn python_client(test: &str, mode: &str, tierd_args: &[&str]) -> Option<Value> {
 }
 
 fn check_report(report: &Value) {
+    assert!(report["progress_notifications"].as_u64().is_some_and(|n| n >= 2), "{report}");
     assert_eq!(report["tools"].as_array().map(Vec::len), Some(13), "{report}");
     assert_eq!(report["registered_in"], "storage");
     assert_eq!(report["move"]["status"], "success");

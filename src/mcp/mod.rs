@@ -18,18 +18,19 @@
 pub mod tools;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use rmcp::ServiceExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData as McpError, ServerHandler};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::requests::MAX_LINE_BYTES;
 use crate::server::serve::{self, ServeError, ServeOptions};
@@ -127,7 +128,7 @@ impl TierdMcp {
                 None,
             ));
         };
-        let line = tool.request_line(arguments);
+        let line = tools::request_line(tool.key, arguments.unwrap_or_default());
         if line.len() > MAX_LINE_BYTES {
             return Ok(error_result(format!(
                 "{name}: the arguments are {} bytes, over tierd's {MAX_LINE_BYTES} byte request limit",
@@ -139,6 +140,75 @@ impl TierdMcp {
             Err(message) => error_result(message),
         })
     }
+}
+
+/// Where a waited-for move reports its progress.
+struct Progress {
+    peer: rmcp::Peer<RoleServer>,
+    token: ProgressToken,
+    /// The client cancelled its call: stop reporting (the move goes on).
+    cancelled: CancellationToken,
+}
+
+/// How often a waited-for move with a progress token is looked at.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+impl TierdMcp {
+    /// `move_tier` with `wait`, reporting progress: the move is started
+    /// without `wait`, then its job is looked at every [`PROGRESS_EVERY`]
+    /// and each change is sent as `notifications/progress` (0 to 1) until
+    /// the job ends; the answer is the ended job, as a plain `wait` answers.
+    async fn move_with_progress(&self, mut args: JsonObject, progress: Progress) -> CallToolResult {
+        args.remove("wait");
+        let started = match self.backend.call(&tools::request_line("move_tier", args)).await {
+            Ok(answer) => answer,
+            Err(message) => return error_result(message),
+        };
+        let Some(job_id) = started.get("job_id").and_then(Value::as_str).map(String::from) else {
+            return result_of("move_tier", started);
+        };
+        let status_line = tools::request_line("tier_job_status", job_object(&job_id));
+        let mut last: Option<(f64, String)> = None;
+        loop {
+            let job = match self.backend.call(&status_line).await {
+                Ok(job) => job,
+                Err(message) => return error_result(message),
+            };
+            let state = job.get("status").and_then(Value::as_str).unwrap_or("");
+            if !matches!(state, "queued" | "running") {
+                return result_of("move_tier", job);
+            }
+            let fraction = job.get("progress").and_then(Value::as_f64).unwrap_or(0.0).clamp(0.0, 1.0);
+            let message = match state {
+                "queued" => format!("{job_id} queued"),
+                _ => format!("{job_id} running, {:.0}%", fraction * 100.0),
+            };
+            if last.as_ref() != Some(&(fraction, message.clone())) && !progress.cancelled.is_cancelled() {
+                let note = ProgressNotificationParam::new(progress.token.clone(), fraction)
+                    .with_total(1.0)
+                    .with_message(message.clone());
+                if let Err(e) = progress.peer.notify_progress(note).await {
+                    debug!("cannot send progress: {e}");
+                }
+                last = Some((fraction, message));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                _ = progress.cancelled.cancelled() => {
+                    // The caller gave up waiting; the move goes on.
+                    return error_result(format!(
+                        "stopped waiting for {job_id}: the move continues; cancel it with cancel_job {{\"job_id\": \"{job_id}\"}}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn job_object(job_id: &str) -> JsonObject {
+    let mut m = JsonObject::new();
+    m.insert("job_id".into(), Value::String(job_id.to_string()));
+    m
 }
 
 /// An `isError` result carrying `message` only.
@@ -206,7 +276,20 @@ impl ServerHandler for TierdMcp {
         Ok(ListToolsResult::with_all_items(tools))
     }
 
-    async fn call_tool(&self, request: CallToolRequestParams, _context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+        // A waited-for move whose caller asked for progress: reported as
+        // the job runs, the answer the same as a plain wait's.
+        if let (Some(token), Some(args)) = (context.meta.get_progress_token(), &request.arguments)
+            && request.name == "move_tier"
+            && args.get("wait") == Some(&Value::Bool(true))
+        {
+            let progress = Progress {
+                peer: context.peer.clone(),
+                token,
+                cancelled: context.ct.clone(),
+            };
+            return Ok(self.move_with_progress(args.clone(), progress).await.into());
+        }
         self.call(&request.name, request.arguments).await.map(CallToolResponse::from)
     }
 

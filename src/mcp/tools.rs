@@ -213,14 +213,14 @@ impl ToolDef {
             .with_title(self.title)
             .with_annotations(annotations))
     }
+}
 
-    /// The request line of a call with `arguments`: the arguments object is
-    /// the request's body.
-    pub fn request_line(&self, arguments: Option<JsonObject>) -> String {
-        let mut m = serde_json::Map::new();
-        m.insert(self.key.into(), Value::Object(arguments.unwrap_or_default()));
-        Value::Object(m).to_string()
-    }
+/// The request line of request `key` with `arguments` as its body (a
+/// tool's arguments object is the request's body).
+pub fn request_line(key: &str, arguments: JsonObject) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert(key.into(), Value::Object(arguments));
+    Value::Object(m).to_string()
 }
 
 #[cfg(test)]

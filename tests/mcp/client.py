@@ -79,6 +79,28 @@ async def main(mode, command, args):
         check(typo.is_error, "an argument the schema lacks is refused")
         report["typo_text"] = text_of(typo).splitlines()[0]
 
+        # A waited-for move with a progress callback: progress notifications
+        # (0 to 1, never backwards) while it runs, then the same answer.
+        reg = await client.call_tool("register_model", {"model_name": "mcp-slow", "size_gb": 0.1, "preferred_tier": "storage"})
+        check(not reg.is_error, f"register_model: {text_of(reg)}")
+        seen = []
+
+        async def on_progress(progress, total, message):
+            seen.append((progress, total, message))
+
+        slow = await client.call_tool(
+            "move_tier",
+            {"model_name": "mcp-slow", "target_tier": "ram", "wait": True, "bandwidth_mb_s": 1.0},
+            progress_callback=on_progress,
+        )
+        check(not slow.is_error, f"move_tier wait with progress: {text_of(slow)}")
+        check(slow.structured_content["status"] == "success", f"the slow move ended: {slow.structured_content}")
+        check(len(seen) >= 2, f"progress notifications: {seen}")
+        fractions = [p for p, _, _ in seen]
+        check(fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1, f"progress runs 0 to 1: {seen}")
+        check(all(t == 1.0 and m and "mcp-slow" in m for _, t, m in seen), f"progress says which job: {seen}")
+        report["progress_notifications"] = len(seen)
+
         dry = await client.call_tool("auto_optimize", {"dry_run": True})
         check(not dry.is_error and dry.structured_content["dry_run"] is True, f"auto_optimize dry run: {text_of(dry)}")
         queue = await client.call_tool("queue_status", {})
