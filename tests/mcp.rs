@@ -232,3 +232,85 @@ fn forwarding_to_an_absent_server_is_a_readable_tool_error() {
     let text = call["result"]["content"][0]["text"].as_str().expect("text");
     assert!(text.contains("cannot reach tierd at") && text.contains("absent.sock"), "{text}");
 }
+
+/// The embedded engine on the real backend: a registration walks the
+/// model's file (the prepare step, off the engine's lock), a waited-for
+/// move copies it into a directory tier, and the state is saved at exit.
+#[test]
+fn raw_real_backend_registers_and_moves_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("nvme")).expect("mkdir");
+    std::fs::create_dir_all(root.join("models")).expect("mkdir");
+    let weights = root.join("models/tiny.gguf");
+    let data: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&weights, &data).expect("write weights");
+    let cfg = root.join("tierd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = "{root}/state"
+policy = "usage"
+[[tiers]]
+name = "nvme"
+driver = "dir"
+path = "{root}/nvme"
+max_gb = 1.0
+access_s_per_gb = 0.5
+[[tiers]]
+name = "storage"
+driver = "storage"
+access_s_per_gb = 2.0
+"#,
+            root = root.display()
+        ),
+    )
+    .expect("write config");
+    let c = cfg.to_str().expect("utf-8");
+    let mut r = Raw {
+        s: spawn(&["mcp", "--backend", "real", "--config", c], &[("TIERD_LOG", "warn")]),
+    };
+    r.call(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}));
+    r.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let reg = r.call(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "register_model", "arguments": {"model_name": "tiny", "path": weights, "preferred_tier": "storage"}}}));
+    assert_eq!(reg["result"]["isError"], false, "{reg}");
+    assert_eq!(reg["result"]["structuredContent"]["tier"], "storage", "{reg}");
+    let moved = r.call(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "move_tier", "arguments": {"model_name": "tiny", "target_tier": "nvme", "wait": true}}}));
+    assert_eq!(moved["result"]["structuredContent"]["status"], "success", "{moved}");
+    let copy = std::fs::read_dir(root.join("nvme"))
+        .expect("read the tier")
+        .flatten()
+        .flat_map(|e| walk_files(&e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n == "tiny.gguf"))
+        .expect("the copy in the nvme tier");
+    assert_eq!(std::fs::read(copy).expect("read the copy"), data, "byte-identical copy");
+    // A path that does not exist: the walk's error, readable.
+    let missing = r.call(json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+        "name": "register_model", "arguments": {"model_name": "ghost", "path": root.join("models/none.gguf")}}}));
+    assert_eq!(missing["result"]["isError"], true, "{missing}");
+    assert!(
+        missing["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("none.gguf")),
+        "{missing}"
+    );
+    r.s.close_stdin();
+    assert!(r.s.wait_exit().success(), "{}", r.s.stderr());
+    assert!(root.join("state/tierd-state.json").exists(), "state saved at exit");
+}
+
+fn walk_files(p: &Path) -> Vec<std::path::PathBuf> {
+    if p.is_dir() {
+        std::fs::read_dir(p)
+            .map(|d| d.flatten().flat_map(|e| walk_files(&e.path())).collect())
+            .unwrap_or_default()
+    } else {
+        vec![p.to_path_buf()]
+    }
+}
