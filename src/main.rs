@@ -23,7 +23,8 @@ struct Cli {
     /// Unix socket of the server [default: $TIERD_SOCKET, else
     /// $XDG_RUNTIME_DIR/tierd/tierd.sock, else /tmp/tierd-$UID/tierd.sock;
     /// `serve` creates that directory with mode 0700]. With `serve`, listen
-    /// there instead of on stdio.
+    /// there instead of on stdio; with `mcp`, forward to that server instead
+    /// of embedding an engine.
     #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
     socket: Option<Option<PathBuf>>,
 

@@ -314,3 +314,23 @@ fn walk_files(p: &Path) -> Vec<std::path::PathBuf> {
         vec![p.to_path_buf()]
     }
 }
+
+#[test]
+fn engine_options_next_to_socket_are_refused() {
+    let out = Command::new(BIN)
+        .args([
+            "--socket",
+            "/nonexistent/tierd.sock",
+            "mcp",
+            "--config",
+            "x.toml",
+            "--time-scale",
+            "5",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tierd mcp");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--config, --time-scale configure the embedded engine"), "{stderr}");
+}

@@ -311,6 +311,7 @@ pub struct McpOptions {
 /// Serves MCP on stdin/stdout until the client closes stdin or a signal
 /// comes; an embedded engine then drains its moves as `serve` does.
 pub async fn serve_mcp(opts: McpOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+    check_options(&opts)?;
     let token = CancellationToken::new();
     let (backend, ticker) = match &opts.forward {
         Some(path) => (Backend::Socket(path.clone()), None),
@@ -347,6 +348,38 @@ pub async fn serve_mcp(opts: McpOptions, shutdown: impl std::future::Future<Outp
     }
     info!("tierd mcp stopped");
     Ok(())
+}
+
+/// Refuses engine options next to `--socket`: the running server's engine
+/// answers then, so they would be silently ignored.
+fn check_options(opts: &McpOptions) -> Result<(), ServeError> {
+    let Some(path) = &opts.forward else { return Ok(()) };
+    let d = ServeOptions::default();
+    let s = &opts.serve;
+    let mut given = Vec::new();
+    if s.config.is_some() {
+        given.push("--config");
+    }
+    if s.backend != d.backend {
+        given.push("--backend");
+    }
+    if s.time_scale != d.time_scale {
+        given.push("--time-scale");
+    }
+    if s.fault_probability.is_some() {
+        given.push("--fault-probability");
+    }
+    if s.drain_timeout != d.drain_timeout {
+        given.push("--drain-timeout");
+    }
+    if given.is_empty() {
+        return Ok(());
+    }
+    Err(ServeError::Option(format!(
+        "{} configure the embedded engine, but --socket {} forwards to a running server, whose engine answers: drop them, or drop --socket",
+        given.join(", "),
+        path.display()
+    )))
 }
 
 /// The blocking entry point of `tierd mcp`.
