@@ -166,6 +166,7 @@ requests! {
     QueueHistory(queue_history::QueueHistory),
     Health(health::Health),
     Metrics(metrics::Metrics),
+    Discover(discover::Discover),
 }
 
 impl Request {

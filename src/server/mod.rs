@@ -1,8 +1,8 @@
 //! The server side: line framing ([`framing`]), the shared engine and its
 //! clock ([`shared`]), who may connect and how many ([`gate`]), one
 //! connection's loop ([`connection`]), the server's
-//! lifecycle and how it builds its machine ([`serve`]), and the CLI client
-//! ([`client`]). What each request does is in `requests`.
+//! lifecycle and how it builds its machine ([`serve`]), the model sources'
+//! scans and rescans ([`sources`]), and the CLI client ([`client`]). What each request does is in `requests`.
 
 pub mod client;
 pub mod connection;
@@ -11,3 +11,4 @@ pub mod gate;
 pub mod open;
 pub mod serve;
 pub mod shared;
+pub mod sources;

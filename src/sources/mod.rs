@@ -73,6 +73,9 @@ pub struct Discovery {
     /// Engine time of the scan (set by whoever scans).
     pub scanned_at: f64,
     pub sources: Vec<SourceScan>,
+    /// Why a found model could not be registered (`register = "auto"`),
+    /// by name: its registration is tried again at each scan.
+    pub register_errors: std::collections::BTreeMap<String, String>,
 }
 
 impl Discovery {
@@ -248,6 +251,7 @@ impl Sources {
         Discovery {
             scanned_at: 0.0,
             sources: self.sources.iter().map(Source::scan).collect(),
+            register_errors: Default::default(),
         }
     }
 

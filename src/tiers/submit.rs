@@ -628,6 +628,7 @@ impl Engine {
         let tier = m.tier;
         self.release_model(id, tier);
         self.model_faults.remove(&id);
+        self.source_missing.remove(&id);
         if self.state.remove_model(id).is_none() {
             return Err(EngineError::ModelNotFound { model: name.to_string() });
         }
