@@ -5,7 +5,8 @@
 //! result is then applied under the lock ([`apply_scan`]):
 //! - it becomes what `discover` answers;
 //! - with `register = "auto"`, each model found and not registered is
-//!   registered through `register_model` (its checks, the state file);
+//!   registered through `register_model` (its checks, the state file), in
+//!   the last tier (its origin): discovery moves nothing, use does;
 //!   a refusal is kept for `discover` and tried again at the next scan;
 //! - a registered model whose origin is inside a source's directory, and
 //!   that the source no longer finds (neither by name nor by its files), is
@@ -76,7 +77,9 @@ pub fn apply_scan(engine: &mut Engine, now: f64, mut discovery: Discovery) -> Ap
             let r = RegisterModel {
                 model_name: m.name.clone(),
                 size_gb: (!real).then(|| bytes_to_gb(m.files.bytes)),
-                preferred_tier: None,
+                // Found models start where they are (their origin, the
+                // last tier); use, not discovery, moves them up.
+                preferred_tier: engine.state().tier_names().last().cloned(),
                 path: Some(m.files.origin.clone()),
                 files: real.then(|| m.files.clone()),
             };
