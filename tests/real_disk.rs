@@ -88,11 +88,11 @@ fn a_planted_dotdot_record_deletes_nothing() {
     let victim = root.path().join("victimdir");
     make_file(&victim.join("w.bin"), 4096, 1);
     plant_record(&root.path().join("state"), "../victimdir", &victim, "w.bin", 4096, "swap");
-    let (mut e, _store, _) = try_engine(&cfg).expect("an escaped name starts");
+    let (mut e, store, _) = try_engine(&cfg).expect("an escaped name starts");
     assert!(victim.join("w.bin").exists(), "nothing outside the tiers is deleted");
     let m = model(&mut e, "../victimdir");
     assert_eq!(m["tier"], json!("storage"), "no copy in swap: served from its origin: {m}");
-    drop(e);
+    drop((e, store));
     // A record whose file escapes its model's directory is refused.
     plant_record(&root.path().join("state"), "m", &victim, "../../w.bin", 4096, "swap");
     let err = refused(&cfg);
