@@ -18,7 +18,7 @@
 //! quiet period so a download's many events make one rescan; and every
 //! `rescan_s` as a fallback (a full watch table, a network filesystem).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -99,12 +99,13 @@ pub fn apply_scan(engine: &mut Engine, now: f64, mut discovery: Discovery) -> Ap
         }
         // Registered models of this source that it no longer finds.
         let Ok(root) = scan.path.canonicalize() else { continue };
-        let found_origins: std::collections::HashSet<&PathBuf> = scan.models.iter().map(|m| &m.files.origin).collect();
+        let found_origins: HashSet<&PathBuf> = scan.models.iter().map(|m| &m.files.origin).collect();
+        let found_names: HashSet<&str> = scan.models.iter().map(|m| m.name.as_str()).collect();
         let gone: Vec<String> = engine
             .state()
             .iter_models()
             .filter(|(_, m)| m.path.as_ref().is_some_and(|p| p.starts_with(&root) && !found_origins.contains(p)))
-            .filter(|(_, m)| !scan.models.iter().any(|f| *f.name == *m.name))
+            .filter(|(_, m)| !found_names.contains(&*m.name))
             .map(|(_, m)| m.name.to_string())
             .collect();
         for name in gone {
