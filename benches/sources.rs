@@ -78,7 +78,10 @@ fn main() {
             ],
         );
     }
-    println!("built {models} Ollama + {models} Hugging Face models in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "built {models} Ollama + {models} Hugging Face models in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let cfg = |kind, path: &Path| SourceConfig {
         kind,
         path: Some(path.to_path_buf()),
@@ -121,7 +124,10 @@ fn main() {
         watches.push(t.elapsed());
     }
     let (scan, walk, watch) = (median(scans), median(walks), median(watches));
-    println!("discovery of {found} models ({files} files): scan {:.1} ms (median of {reps})", scan.as_secs_f64() * 1e3);
+    println!(
+        "discovery of {found} models ({files} files): scan {:.1} ms (median of {reps})",
+        scan.as_secs_f64() * 1e3
+    );
     println!("baseline (bare walk + stat of the same trees): {:.1} ms", walk.as_secs_f64() * 1e3);
     println!("ratio scan / bare walk: {:.2}", scan.as_secs_f64() / walk.as_secs_f64());
     println!("directories to watch: {dirs}, listed in {:.1} ms", watch.as_secs_f64() * 1e3);

@@ -599,12 +599,20 @@ mod tests {
     #[test]
     fn sources_parse_with_their_defaults_and_bad_ones_are_refused() {
         let tiers = "[[tiers]]\nname='a'\nmax_gb=1.0\n[[tiers]]\nname='b'\n";
-        let cfg = Config::from_toml(&format!("{tiers}[[sources]]\nkind='ollama'\n[[sources]]\nkind='huggingface'\nregister='list'\ninclude=['meta-llama/*']\n"))
-            .expect("parses");
+        let cfg = Config::from_toml(&format!(
+            "{tiers}[[sources]]\nkind='ollama'\n[[sources]]\nkind='huggingface'\nregister='list'\ninclude=['meta-llama/*']\n"
+        ))
+        .expect("parses");
         assert_eq!(cfg.sources.len(), 2);
         let (o, h) = (&cfg.sources[0], &cfg.sources[1]);
-        assert_eq!((o.kind, o.register, o.path.as_ref(), o.rescan_s), (SourceKind::Ollama, SourceRegister::Auto, None, 60.0));
-        assert_eq!((h.kind, h.register, h.revision.as_str()), (SourceKind::Huggingface, SourceRegister::List, "main"));
+        assert_eq!(
+            (o.kind, o.register, o.path.as_ref(), o.rescan_s),
+            (SourceKind::Ollama, SourceRegister::Auto, None, 60.0)
+        );
+        assert_eq!(
+            (h.kind, h.register, h.revision.as_str()),
+            (SourceKind::Huggingface, SourceRegister::List, "main")
+        );
         for (bad, why) in [
             ("kind='dir'", "needs a path"),
             ("kind='ollama'\ninclude=['[']", "pattern"),
@@ -613,7 +621,9 @@ mod tests {
             ("kind='s3'", "unknown variant"),
             ("kind='ollama'\nregister='maybe'", "unknown variant"),
         ] {
-            let err = Config::from_toml(&format!("{tiers}[[sources]]\n{bad}\n")).expect_err(bad).to_string();
+            let err = Config::from_toml(&format!("{tiers}[[sources]]\n{bad}\n"))
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

@@ -58,11 +58,30 @@ fn an_ollama_store_is_read_as_ollama_list_shows_it() {
         "library",
         "llama3.2",
         "latest",
-        &[(fx::MODEL, &weights), (fx::TEMPLATE, b"{{ .Prompt }}"), (fx::PROJECTOR, &projector), (fx::PARAMS, b"{}")],
+        &[
+            (fx::MODEL, &weights),
+            (fx::TEMPLATE, b"{{ .Prompt }}"),
+            (fx::PROJECTOR, &projector),
+            (fx::PARAMS, b"{}"),
+        ],
     );
     fx::ollama_library_model(&store, "qwen2.5", "0.5b", 2048, 3);
-    fx::ollama_model(&store, "registry.ollama.ai", "jmorgan", "tiny", "v1", &[(fx::MODEL, &fx::bytes(100, 4))]);
-    fx::ollama_model(&store, "hf.co", "bartowski", "Llama-GGUF", "Q4_K_M", &[(fx::MODEL, &fx::bytes(300, 5))]);
+    fx::ollama_model(
+        &store,
+        "registry.ollama.ai",
+        "jmorgan",
+        "tiny",
+        "v1",
+        &[(fx::MODEL, &fx::bytes(100, 4))],
+    );
+    fx::ollama_model(
+        &store,
+        "hf.co",
+        "bartowski",
+        "Llama-GGUF",
+        "Q4_K_M",
+        &[(fx::MODEL, &fx::bytes(300, 5))],
+    );
     // A manifest whose weights blob is missing (a pull in progress) and one that is not JSON.
     let broken = fx::ollama_library_model(&store, "broken", "latest", 64, 6);
     let text = std::fs::read_to_string(&broken).expect("read");
@@ -76,7 +95,12 @@ fn an_ollama_store_is_read_as_ollama_list_shows_it() {
     assert_eq!(s.error, None);
     assert_eq!(
         names(&s.models),
-        ["hf.co/bartowski/Llama-GGUF:Q4_K_M", "jmorgan/tiny:v1", "llama3.2:latest", "qwen2.5:0.5b"]
+        [
+            "hf.co/bartowski/Llama-GGUF:Q4_K_M",
+            "jmorgan/tiny:v1",
+            "llama3.2:latest",
+            "qwen2.5:0.5b"
+        ]
     );
     let llama = &s.models[2];
     let blob = store.join("blobs").join(format!("sha256-{}", fx::sha256_hex(&weights)));
@@ -85,8 +109,18 @@ fn an_ollama_store_is_read_as_ollama_list_shows_it() {
     assert_eq!(llama.components.len(), 1, "{:?}", llama.components);
     assert_eq!(llama.components[0].role, "projector");
     assert_eq!(llama.components[0].size, 512);
-    assert!(s.problems.iter().any(|p| p.starts_with("broken:latest") && p.contains("blob")), "{:?}", s.problems);
-    assert!(s.problems.iter().any(|p| p.starts_with("junk:latest") && p.contains("not a manifest")), "{:?}", s.problems);
+    assert!(
+        s.problems.iter().any(|p| p.starts_with("broken:latest") && p.contains("blob")),
+        "{:?}",
+        s.problems
+    );
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.starts_with("junk:latest") && p.contains("not a manifest")),
+        "{:?}",
+        s.problems
+    );
 }
 
 /// A cache with a sharded safetensors repository, a GGUF repository of
@@ -142,7 +176,11 @@ fn a_hugging_face_cache_yields_repositories_and_quantizations() {
     let llama = &s.models[4];
     assert_eq!(llama.revision.as_deref(), Some(fx::commit(1).as_str()));
     let rels: Vec<String> = llama.files.files.iter().map(|f| f.rel.display().to_string()).collect();
-    assert_eq!(rels, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"], "safetensors over .bin");
+    assert_eq!(
+        rels,
+        ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+        "safetensors over .bin"
+    );
     assert_eq!(llama.files.bytes, 1500);
     for f in &llama.files.files {
         let resolved = llama.files.origin_file(f).canonicalize().expect("resolves");
@@ -150,13 +188,24 @@ fn a_hugging_face_cache_yields_repositories_and_quantizations() {
     }
     let q4 = &s.models[0];
     assert!(q4.files.single);
-    assert_eq!(q4.files.files[0].rel, PathBuf::from("Llama-3.2-1B-Instruct-Q4_K_M.gguf"), "copies keep the file's name");
-    assert_eq!(q4.files.origin.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()), Some("blobs"));
+    assert_eq!(
+        q4.files.files[0].rel,
+        PathBuf::from("Llama-3.2-1B-Instruct-Q4_K_M.gguf"),
+        "copies keep the file's name"
+    );
+    assert_eq!(
+        q4.files.origin.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()),
+        Some("blobs")
+    );
     assert_eq!(q4.files.bytes, 400);
     assert_eq!(q4.components.len(), 1);
     assert_eq!(q4.components[0].role, "projector");
     assert_eq!(s.models[3].files.bytes, 300, "a .bin-only repository");
-    assert!(s.problems.iter().any(|p| p.contains("org/no-ref") && p.contains("refs/main")), "{:?}", s.problems);
+    assert!(
+        s.problems.iter().any(|p| p.contains("org/no-ref") && p.contains("refs/main")),
+        "{:?}",
+        s.problems
+    );
     // Another revision: the repositories with that ref, or a snapshot of that commit.
     let mut by_commit = source(SourceKind::Huggingface, &cache);
     by_commit.revision = fx::commit(4);
@@ -190,19 +239,33 @@ for repo in info.repos:
     out[repo.repo_id] = revs
 print(json.dumps(out))
 "#;
-    let o = std::process::Command::new(&py).args(["-c", script]).arg(&cache).output().expect("run python");
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(&cache)
+        .output()
+        .expect("run python");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let hub: BTreeMap<String, BTreeMap<String, Value>> = serde_json::from_slice(&o.stdout).expect("json");
     let s = scan(&source(SourceKind::Huggingface, &cache));
     // The same repositories with a `main` ref (ours: one or more models each).
-    let ours: BTreeSet<String> = s.models.iter().map(|m| m.name.split(':').next().unwrap_or("").to_string()).collect();
+    let ours: BTreeSet<String> = s
+        .models
+        .iter()
+        .map(|m| m.name.split(':').next().unwrap_or("").to_string())
+        .collect();
     let theirs: BTreeSet<String> = hub
         .iter()
-        .filter(|(_, revs)| revs.values().any(|r| r["refs"].as_array().is_some_and(|a| a.contains(&json!("main")))))
+        .filter(|(_, revs)| {
+            revs.values()
+                .any(|r| r["refs"].as_array().is_some_and(|a| a.contains(&json!("main"))))
+        })
         .map(|(id, _)| id.clone())
         .collect();
     assert_eq!(ours, theirs);
-    assert!(hub.contains_key("org/no-ref"), "huggingface_hub sees the unreferenced repository too");
+    assert!(
+        hub.contains_key("org/no-ref"),
+        "huggingface_hub sees the unreferenced repository too"
+    );
     for m in &s.models {
         let id = m.name.split(':').next().unwrap_or("");
         let rev = m.revision.as_deref().expect("a revision");
@@ -275,8 +338,8 @@ fn auto_registers_list_reports_and_a_vanished_model_is_unavailable_until_it_retu
     assert_eq!(applied.registered, ["llama3.2:latest", "qwen2.5:0.5b"]);
     let d1 = discovered(&e);
     let reg: BTreeMap<&str, bool> = d1.models().map(|m| (m.model_name.as_str(), m.registered)).collect();
-    assert_eq!(reg["llama3.2:latest"], true);
-    assert_eq!(reg["meta-llama/Llama-3.2-1B"], false, "register = list only reports");
+    assert!(reg["llama3.2:latest"]);
+    assert!(!reg["meta-llama/Llama-3.2-1B"], "register = list only reports");
     assert_eq!(d1.models().count(), 7);
     let info = real_support::model(&mut e, "llama3.2:latest");
     assert_eq!(info["size_gb"], json!(4096.0 / 1e9), "{info}");
@@ -289,7 +352,12 @@ fn auto_registers_list_reports_and_a_vanished_model_is_unavailable_until_it_retu
     assert_eq!(applied.missing, ["qwen2.5:0.5b"]);
     let info = real_support::model(&mut e, "qwen2.5:0.5b");
     assert_eq!(info["status"], json!("unavailable"), "{info}");
-    assert!(info["unavailable_reason"].as_str().is_some_and(|r| r.contains("no longer found by the ollama source")), "{info}");
+    assert!(
+        info["unavailable_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer found by the ollama source")),
+        "{info}"
+    );
     let err = e
         .move_model(t + 2.0, "qwen2.5:0.5b", "ram", &tierd::tiers::MoveOptions::default())
         .expect_err("an unavailable model does not move");
@@ -319,11 +387,18 @@ fn a_model_named_with_slashes_and_colons_is_copied_under_its_escaped_name() {
     assert_eq!(st["status"], json!("success"), "{st}");
     let copy = root.join("swap/bartowski%2FLlama-3.2-1B-Instruct-GGUF:Q4_K_M/Llama-3.2-1B-Instruct-Q4_K_M.gguf");
     assert_eq!(std::fs::read(&copy).expect("the copy"), fx::bytes(400, 21));
-    let entries: Vec<_> = std::fs::read_dir(root.join("swap")).expect("ls").flatten().map(|e| e.file_name()).collect();
+    let entries: Vec<_> = std::fs::read_dir(root.join("swap"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(entries.iter().all(|n| !n.to_string_lossy().contains('/')), "{entries:?}");
     let st = real_support::move_and_wait(&mut e, "meta-llama/Llama-3.2-1B", "nvme");
     assert_eq!(st["status"], json!("success"), "{st}");
-    assert!(root.join("nvme/meta-llama%2FLlama-3.2-1B/model-00002-of-00002.safetensors").is_file());
+    assert!(
+        root.join("nvme/meta-llama%2FLlama-3.2-1B/model-00002-of-00002.safetensors")
+            .is_file()
+    );
 }
 
 fn serve_config(root: &Path, store: &Path, cache: &Path) -> String {
@@ -370,7 +445,11 @@ fn discover_until(c: &mut common::Client, done: impl Fn(&Value) -> bool) -> Valu
 }
 
 fn model<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v["sources"].as_array()?.iter().flat_map(|s| s["models"].as_array().into_iter().flatten()).find(|m| m["model_name"] == name)
+    v["sources"]
+        .as_array()?
+        .iter()
+        .flat_map(|s| s["models"].as_array().into_iter().flatten())
+        .find(|m| m["model_name"] == name)
 }
 
 #[test]
@@ -389,7 +468,12 @@ fn the_server_scans_at_start_and_rescans_on_change() {
     let mut c = common::Client::connect(&sock);
     // At start: registered before the first answer.
     let v = c.req(r#"{"list_models": {}}"#);
-    let listed: Vec<&str> = v["models"].as_array().expect("models").iter().filter_map(|m| m["model_name"].as_str()).collect();
+    let listed: Vec<&str> = v["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["model_name"].as_str())
+        .collect();
     assert_eq!(listed, ["llama3.2:latest"], "{v}");
     let v = c.req(r#"{"discover": true}"#);
     assert_eq!(v["sources"][0]["kind"], "ollama", "{v}");
@@ -400,7 +484,14 @@ fn the_server_scans_at_start_and_rescans_on_change() {
     let v = discover_until(&mut c, |v| model(v, "qwen2.5:0.5b").is_some_and(|m| m["registered"] == true));
     assert_eq!(model(&v, "qwen2.5:0.5b").map(|m| m["registered"].clone()), Some(json!(true)), "{v}");
     // A new namespace directory appearing later is watched too.
-    fx::ollama_model(&store, "registry.ollama.ai", "jmorgan", "tiny", "v1", &[(fx::MODEL, &fx::bytes(100, 4))]);
+    fx::ollama_model(
+        &store,
+        "registry.ollama.ai",
+        "jmorgan",
+        "tiny",
+        "v1",
+        &[(fx::MODEL, &fx::bytes(100, 4))],
+    );
     let v = discover_until(&mut c, |v| model(v, "jmorgan/tiny:v1").is_some());
     assert!(model(&v, "jmorgan/tiny:v1").is_some(), "{v}");
     // A new repository in the hub cache.
@@ -426,7 +517,10 @@ fn the_server_scans_at_start_and_rescans_on_change() {
         .expect("run tierd discover");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
-    assert!(table.contains("source 0 ollama") && table.contains("qwen2.5:0.5b") && table.contains("REGISTERED"), "{table}");
+    assert!(
+        table.contains("source 0 ollama") && table.contains("qwen2.5:0.5b") && table.contains("REGISTERED"),
+        "{table}"
+    );
     let out = std::process::Command::new(common::BIN)
         .args(["--socket", sock.to_str().expect("utf-8"), "discover", "--json"])
         .output()

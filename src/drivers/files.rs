@@ -340,7 +340,9 @@ impl ModelFiles {
     pub fn of_files(origin: &Path, rels: Vec<PathBuf>) -> Result<ModelFiles, String> {
         let canonical = origin.canonicalize().map_err(|e| format!("{}: {e}", origin.display()))?;
         check_kernel_tree(&canonical)?;
-        let single = std::fs::metadata(&canonical).map_err(|e| format!("{}: {e}", canonical.display()))?.is_file();
+        let single = std::fs::metadata(&canonical)
+            .map_err(|e| format!("{}: {e}", canonical.display()))?
+            .is_file();
         if single && rels.len() != 1 {
             return Err(format!("{} is one file; a model of it has one name", canonical.display()));
         }

@@ -297,8 +297,7 @@ pub async fn serve_with(
     let sources = {
         let engine = shared.lock();
         let cfg = engine.config();
-        crate::sources::Sources::new(&cfg.sources, &crate::sources::process_env, cfg.max_files_per_model)
-            .map_err(ServeError::Option)?
+        crate::sources::Sources::new(&cfg.sources, &crate::sources::process_env, cfg.max_files_per_model).map_err(ServeError::Option)?
     };
     let source_watch = if sources.is_empty() {
         None
@@ -311,7 +310,12 @@ pub async fn serve_with(
             watched_dirs = dirs.len(),
             "model sources scanned"
         );
-        Some(tokio::spawn(super::sources::watch_sources(shared.clone(), sources, dirs, token.clone())))
+        Some(tokio::spawn(super::sources::watch_sources(
+            shared.clone(),
+            sources,
+            dirs,
+            token.clone(),
+        )))
     };
     shared.save_state();
     let ticker = tokio::spawn(run_ticker(shared.clone(), token.clone()));

@@ -124,7 +124,9 @@ pub fn apply_scan(engine: &mut Engine, now: f64, mut discovery: Discovery) -> Ap
         .iter_models()
         .filter(|(_, m)| {
             engine.is_source_missing(&m.name)
-                && m.path.as_ref().is_some_and(|p| discovery.sources.iter().any(|s| s.models.iter().any(|f| &f.files.origin == p)))
+                && m.path
+                    .as_ref()
+                    .is_some_and(|p| discovery.sources.iter().any(|s| s.models.iter().any(|f| &f.files.origin == p)))
         })
         .map(|(_, m)| m.name.to_string())
         .collect();
@@ -196,7 +198,10 @@ pub async fn watch_sources(shared: SharedEngine, sources: Sources, dirs: Vec<Pat
     let mut stream = match Inotify::init().and_then(|i| i.into_event_stream(vec![0u8; 64 * 1024])) {
         Ok(s) => Some(s),
         Err(e) => {
-            warn!("inotify unavailable ({e}); model sources are rescanned every {} s", every.as_secs_f64());
+            warn!(
+                "inotify unavailable ({e}); model sources are rescanned every {} s",
+                every.as_secs_f64()
+            );
             None
         }
     };

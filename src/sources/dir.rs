@@ -40,14 +40,12 @@ pub fn scan(root: &Path, max_files: usize) -> (Vec<Found>, Vec<String>) {
             continue;
         }
         match ModelFiles::walk(&sub, max_files) {
-            Ok(files) if files.files.iter().any(|f| f.rel.extension().is_some_and(|x| x == "safetensors")) => {
-                found.push(Found {
-                    name,
-                    files,
-                    components: Vec::new(),
-                    revision: None,
-                })
-            }
+            Ok(files) if files.files.iter().any(|f| f.rel.extension().is_some_and(|x| x == "safetensors")) => found.push(Found {
+                name,
+                files,
+                components: Vec::new(),
+                revision: None,
+            }),
             Ok(_) => {}
             Err(e) => problems.push(format!("{name}: {e}")),
         }

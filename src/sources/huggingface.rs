@@ -83,7 +83,9 @@ fn snapshot_files(snapshot: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(snapshot.join(&rel)) else { continue };
+        let Ok(entries) = std::fs::read_dir(snapshot.join(&rel)) else {
+            continue;
+        };
         for e in entries.flatten() {
             if out.len() >= MAX_SNAPSHOT_FILES {
                 return out;
@@ -203,7 +205,10 @@ mod tests {
 
     #[test]
     fn repo_ids_and_quantizations() {
-        assert_eq!(repo_id("models--meta-llama--Llama-3.2-1B").as_deref(), Some("meta-llama/Llama-3.2-1B"));
+        assert_eq!(
+            repo_id("models--meta-llama--Llama-3.2-1B").as_deref(),
+            Some("meta-llama/Llama-3.2-1B")
+        );
         assert_eq!(repo_id("models--gpt2").as_deref(), Some("gpt2"));
         assert_eq!(repo_id("datasets--x--y"), None);
         assert_eq!(quantization("Llama-3.2-1B-Instruct-Q4_K_M"), Some("Q4_K_M"));

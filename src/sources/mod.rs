@@ -154,7 +154,11 @@ impl Source {
     /// Compiles a `[[sources]]` entry (the `index`-th).
     pub fn new(index: usize, cfg: &SourceConfig, env: Env<'_>, max_files: usize) -> Result<Source, String> {
         let path = source_path(cfg, env).map_err(|e| format!("sources[{index}] ({}): {e}", cfg.kind.as_str()))?;
-        let include = if cfg.include.is_empty() { None } else { Some(glob_set(&cfg.include)?) };
+        let include = if cfg.include.is_empty() {
+            None
+        } else {
+            Some(glob_set(&cfg.include)?)
+        };
         Ok(Source {
             index,
             cfg: cfg.clone(),
@@ -215,7 +219,13 @@ impl Source {
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         if !self.path.is_dir() {
             // Created later: its parent says when.
-            return self.path.parent().filter(|p| p.is_dir()).map(Path::to_path_buf).into_iter().collect();
+            return self
+                .path
+                .parent()
+                .filter(|p| p.is_dir())
+                .map(Path::to_path_buf)
+                .into_iter()
+                .collect();
         }
         match self.cfg.kind {
             SourceKind::Ollama => ollama::watch_dirs(&self.path),
@@ -305,14 +315,16 @@ mod tests {
 
     #[test]
     fn default_paths_follow_the_environment() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
+        let env =
+            |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
         let hf = cfg(SourceKind::Huggingface);
         let p = |c: &SourceConfig, e: &dyn Fn(&str) -> Option<String>| source_path(c, e).expect("path");
         assert_eq!(p(&hf, &env(&[("HF_HUB_CACHE", "/c"), ("HF_HOME", "/h")])), PathBuf::from("/c"));
         assert_eq!(p(&hf, &env(&[("HF_HOME", "/h"), ("HOME", "/home/u")])), PathBuf::from("/h/hub"));
-        assert_eq!(p(&hf, &env(&[("HOME", "/home/u")])), PathBuf::from("/home/u/.cache/huggingface/hub"));
+        assert_eq!(
+            p(&hf, &env(&[("HOME", "/home/u")])),
+            PathBuf::from("/home/u/.cache/huggingface/hub")
+        );
         assert!(source_path(&hf, &env(&[])).is_err());
         let ol = cfg(SourceKind::Ollama);
         assert_eq!(p(&ol, &env(&[("OLLAMA_MODELS", "/o"), ("HOME", "/home/u")])), PathBuf::from("/o"));

@@ -173,7 +173,10 @@ mod tests {
     fn names_are_those_of_ollama_list() {
         assert_eq!(model_name("registry.ollama.ai", "library", "llama3.2", "latest"), "llama3.2:latest");
         assert_eq!(model_name("registry.ollama.ai", "jmorgan", "m", "7b"), "jmorgan/m:7b");
-        assert_eq!(model_name("hf.co", "bartowski", "Llama-GGUF", "Q4_K_M"), "hf.co/bartowski/Llama-GGUF:Q4_K_M");
+        assert_eq!(
+            model_name("hf.co", "bartowski", "Llama-GGUF", "Q4_K_M"),
+            "hf.co/bartowski/Llama-GGUF:Q4_K_M"
+        );
     }
 
     #[test]
@@ -184,7 +187,12 @@ mod tests {
             blob_path(s, &format!("sha256:{hex}")).expect("blob"),
             PathBuf::from(format!("/s/blobs/sha256-{hex}"))
         );
-        for bad in ["sha256:../../etc/passwd", "md5:abc", &format!("sha256:{}", "g".repeat(64)), "sha256:"] {
+        for bad in [
+            "sha256:../../etc/passwd",
+            "md5:abc",
+            &format!("sha256:{}", "g".repeat(64)),
+            "sha256:",
+        ] {
             assert!(blob_path(s, bad).is_err(), "{bad}");
         }
     }

@@ -49,7 +49,11 @@ pub fn ollama_blob(store: &Path, media_type: &str, data: &[u8]) -> serde_json::V
 /// with the given layers (media type, bytes) plus a config blob. Returns
 /// the manifest's path.
 pub fn ollama_model(store: &Path, host: &str, ns: &str, model: &str, tag: &str, layers: &[(&str, &[u8])]) -> PathBuf {
-    let config = ollama_blob(store, "application/vnd.docker.container.image.v1+json", br#"{"model_format":"gguf"}"#);
+    let config = ollama_blob(
+        store,
+        "application/vnd.docker.container.image.v1+json",
+        br#"{"model_format":"gguf"}"#,
+    );
     let layers: Vec<_> = layers.iter().map(|(t, d)| ollama_blob(store, t, d)).collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
