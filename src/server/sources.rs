@@ -176,8 +176,9 @@ fn mask() -> WatchMask {
         | WatchMask::ONLYDIR
 }
 
-/// Watches every directory of `dirs` (re-adding one is harmless); the
-/// first refusal (a full watch table) is logged once.
+/// Watches every directory of `dirs` (re-adding one is harmless: a
+/// directory deleted and made again gets its watch back); the first
+/// refusal (a full watch table) is logged once.
 fn add_watches(watches: &mut Watches, dirs: &[PathBuf], warned: &mut bool) {
     for d in dirs {
         if let Err(e) = watches.add(d, mask())
@@ -192,6 +193,12 @@ fn add_watches(watches: &mut Watches, dirs: &[PathBuf], warned: &mut bool) {
 /// Rescans on change and every `rescan_s` until `token` is cancelled (the
 /// first scan is the caller's: [`scan_and_apply`] at start). `dirs` are
 /// the directories that scan listed.
+///
+/// A directory is watched only once a scan has listed it, so what was
+/// written into it before its watch existed (a new model's folder and its
+/// files, created in one go) would be missed: whenever a scan lists
+/// directories the one before did not, the sources are scanned once more
+/// right after their watches are added. So it goes at start too.
 pub async fn watch_sources(shared: SharedEngine, sources: Sources, dirs: Vec<PathBuf>, token: CancellationToken) {
     let every = Duration::from_secs_f64(sources.rescan_s().unwrap_or(60.0).max(0.1));
     let mut warned = false;
@@ -205,24 +212,37 @@ pub async fn watch_sources(shared: SharedEngine, sources: Sources, dirs: Vec<Pat
             None
         }
     };
-    if let Some(s) = &stream {
-        add_watches(&mut s.watches(), &dirs, &mut warned);
-    }
+    let mut listed: HashSet<PathBuf> = HashSet::new();
+    let mut pending = Some(dirs);
     loop {
-        let changed = async {
-            match stream.as_mut() {
-                Some(s) => {
-                    s.next().await;
-                    // A quiet period: the rest of a download's events.
-                    while let Ok(Some(_)) = tokio::time::timeout(QUIET, s.next()).await {}
-                }
-                None => std::future::pending::<()>().await,
+        // Watch what the last scan listed; scan again at once if it was new.
+        let again = match (pending.take(), &stream) {
+            (Some(dirs), Some(s)) => {
+                add_watches(&mut s.watches(), &dirs, &mut warned);
+                let fresh = dirs.iter().any(|d| !listed.contains(d));
+                listed = dirs.into_iter().collect();
+                fresh
             }
+            _ => false,
         };
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = changed => debug!("model store changed; rescanning"),
-            _ = tokio::time::sleep(every) => {}
+        if !again {
+            let changed = async {
+                match stream.as_mut() {
+                    Some(s) => {
+                        s.next().await;
+                        // A quiet period: the rest of a download's events.
+                        while let Ok(Some(_)) = tokio::time::timeout(QUIET, s.next()).await {}
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = changed => debug!("model store changed; rescanning"),
+                _ = tokio::time::sleep(every) => {}
+            }
+        } else if token.is_cancelled() {
+            return;
         }
         let (applied, dirs) = scan_and_apply(&shared, &sources).await;
         if applied != Applied::default() {
@@ -233,8 +253,6 @@ pub async fn watch_sources(shared: SharedEngine, sources: Sources, dirs: Vec<Pat
                 "model sources rescanned"
             );
         }
-        if let Some(s) = &stream {
-            add_watches(&mut s.watches(), &dirs, &mut warned);
-        }
+        pending = Some(dirs);
     }
 }
