@@ -369,6 +369,33 @@ fn auto_registers_list_reports_and_a_vanished_model_is_unavailable_until_it_retu
     assert_eq!(applied.found_again, ["qwen2.5:0.5b"]);
     assert_eq!(real_support::model(&mut e, "qwen2.5:0.5b")["status"], json!("ready"));
     assert!(discovered(&e).missing.is_empty());
+    // A newer pull: the tag names another blob, the old one is removed.
+    let st = real_support::move_and_wait(&mut e, "llama3.2:latest", "swap");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    let old = real_support::model(&mut e, "llama3.2:latest")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    fx::ollama_library_model(&store, "llama3.2", "latest", 8192, 77);
+    std::fs::remove_file(&old).expect("ollama prunes the old blob");
+    let applied = apply_scan(&mut e, t + 4.0, sources.scan());
+    assert_eq!(applied.replaced, ["llama3.2:latest"]);
+    let info = real_support::model(&mut e, "llama3.2:latest");
+    assert_eq!(
+        (&info["status"], &info["tier"], &info["size_gb"]),
+        (&json!("ready"), &json!("storage"), &json!(8192.0 / 1e9)),
+        "{info}"
+    );
+    assert_ne!(info["path"].as_str(), Some(old.as_str()));
+    assert!(
+        real_support::find(&root.join("swap"), "llama3.2").is_empty() || {
+            // The old copy goes in the background.
+            real_support::eventually(|| real_support::find(&root.join("swap"), "llama3.2").len(), |n| *n == 0) == 0
+        }
+    );
+    let st = real_support::move_and_wait(&mut e, "llama3.2:latest", "swap");
+    assert_eq!(st["status"], json!("success"), "the new files copy: {st}");
+    assert_eq!(apply_scan(&mut e, t + 5.0, sources.scan()), Default::default(), "and stay");
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //!   registered through `register_model` (its checks, the state file), in
 //!   the last tier (its origin): discovery moves nothing, use does;
 //!   a refusal is kept for `discover` and tried again at the next scan;
+//! - a registered model of a source found under its name with other files
+//!   (a newer `ollama pull`, a new snapshot of the ref) drops what tiers
+//!   held of the old ones and is served from the new ones, in storage,
+//!   with its usage;
 //! - a registered model whose origin is inside a source's directory, and
 //!   that the source no longer finds (neither by name nor by its files), is
 //!   marked unavailable, never deleted; found again, it is available again.
@@ -48,6 +52,9 @@ pub struct Applied {
     pub missing: Vec<String>,
     /// Models found again after being gone.
     pub found_again: Vec<String>,
+    /// Models whose files changed in their source (a newer pull), now
+    /// served from the new files.
+    pub replaced: Vec<String>,
 }
 
 /// Applies a scan to the engine (see the module docs). `previous` is the
@@ -63,7 +70,31 @@ pub fn apply_scan(engine: &mut Engine, now: f64, mut discovery: Discovery) -> Ap
             continue;
         }
         for m in &scan.models {
-            if engine.state().model_id(&m.name).is_some() {
+            let registered = engine.state().model_id(&m.name).and_then(|id| engine.state().model(id));
+            if let Some(reg) = registered {
+                // Registered from this source, and its files are others now.
+                let root = scan.path.canonicalize().ok();
+                let replaced = engine.machine_kind() == MachineKind::Real
+                    && reg
+                        .path
+                        .as_ref()
+                        .is_some_and(|p| root.as_ref().is_some_and(|r| p.starts_with(r)) && *p != m.files.origin);
+                if replaced {
+                    match engine.source_replaced(now, &m.name, m.files.clone()) {
+                        Ok(true) => {
+                            info!(model = %m.name, source = scan.kind.as_str(), "a model's files changed in its source; now served from the new ones");
+                            applied.replaced.push(m.name.clone());
+                        }
+                        Ok(false) => {}
+                        Err(why) => {
+                            if previous.get(&m.name) != Some(&why) {
+                                warn!(model = %m.name, error = %why, "cannot take a model's new files");
+                            }
+                            errors.insert(m.name.clone(), why);
+                        }
+                    }
+                    continue;
+                }
                 if engine.is_source_missing(&m.name) {
                     engine.source_found(now, &m.name);
                     applied.found_again.push(m.name.clone());

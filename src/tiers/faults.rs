@@ -327,6 +327,49 @@ impl Engine {
         }
     }
 
+    /// A model source finds the model under its name with other files (a
+    /// newer `ollama pull`, a new snapshot of the ref): what tiers hold of
+    /// the old files is dropped, the model falls back to storage and is
+    /// served from the new files (its usage kept). Not while a move of it
+    /// runs (`Ok(false)`: the next scan tries again); refused, changing
+    /// nothing but the fall-back, when the new files are another model's or
+    /// the books cannot count them.
+    pub fn source_replaced(&mut self, now: f64, name: &str, files: crate::drivers::ModelFiles) -> Result<bool, String> {
+        let Some(id) = self.state.model_id(name) else { return Ok(false) };
+        let Some(m) = self.state.model(id) else { return Ok(false) };
+        if m.job.is_some_and(|k| self.running.contains(&k)) {
+            return Ok(false);
+        }
+        let tier = m.tier;
+        let old = m.path.clone();
+        self.check_shared_files(name, &files).map_err(|e| e.to_string())?;
+        let reason = format!(
+            "its source has new files ({}, was {})",
+            files.origin.display(),
+            old.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+        self.end_queued_move(now, id, &reason);
+        self.fall_back(id);
+        self.state.resize_model(id, files.bytes).map_err(|f| f.to_string())?;
+        if let Some(m) = self.state.model_mut(id) {
+            m.path = Some(files.origin.clone());
+            m.files = Some(Arc::new(files));
+        }
+        self.source_missing.remove(&id);
+        self.make_available(id);
+        self.epoch += 1;
+        self.dirty = true;
+        self.note_fault(
+            now,
+            id,
+            tier,
+            "source_changed",
+            reason,
+            "served from its new files in storage".into(),
+        );
+        Ok(true)
+    }
+
     fn make_available(&mut self, id: ModelId) {
         if self.source_missing.contains_key(&id) {
             return;
