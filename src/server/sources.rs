@@ -281,6 +281,7 @@ pub async fn watch_sources(shared: SharedEngine, sources: Sources, dirs: Vec<Pat
                 registered = applied.registered.len(),
                 gone = applied.missing.len(),
                 back = applied.found_again.len(),
+                replaced = applied.replaced.len(),
                 "model sources rescanned"
             );
         }
