@@ -555,3 +555,37 @@ fn the_server_scans_at_start_and_rescans_on_change() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(model(&v, "meta-llama/Llama-3.2-1B").is_some(), "{v}");
 }
+
+#[test]
+fn the_simulated_backend_registers_found_models_by_their_measured_size() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let root = d.path().join("models");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::write(root.join("phi-3.Q4_K_M.gguf"), fx::bytes(5000, 1)).expect("write");
+    let cfg = tierd::config::Config::seed_default();
+    let policy = tierd::optimizer::policy_by_name("usage", &cfg).expect("policy");
+    let (machine, _) = tierd::drivers::sim::simulated_machine(&cfg, false);
+    let mut e = tierd::tiers::Engine::new(cfg, machine, policy, 0.0).expect("engine");
+    let sources = Sources::new(&[source(SourceKind::Dir, &root)], &|_| None, 10_000).expect("sources");
+    let applied = apply_scan(&mut e, 1.0, sources.scan());
+    assert_eq!(applied.registered, ["phi-3.Q4_K_M"]);
+    let v = tierd::requests::call(
+        &mut e,
+        1.0,
+        json!({"model_info": "phi-3.Q4_K_M"}),
+        &tierd::requests::Prepare {
+            walk_files: false,
+            max_files: 10,
+        },
+    );
+    assert_eq!(
+        (&v["model"]["size_gb"], &v["model"]["tier"]),
+        (&json!(5000.0 / 1e9), &json!("storage")),
+        "{v}"
+    );
+    // The file goes: unavailable, then back.
+    std::fs::rename(root.join("phi-3.Q4_K_M.gguf"), d.path().join("aside")).expect("mv");
+    assert_eq!(apply_scan(&mut e, 2.0, sources.scan()).missing, ["phi-3.Q4_K_M"]);
+    std::fs::rename(d.path().join("aside"), root.join("phi-3.Q4_K_M.gguf")).expect("mv back");
+    assert_eq!(apply_scan(&mut e, 3.0, sources.scan()).found_again, ["phi-3.Q4_K_M"]);
+}
