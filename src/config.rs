@@ -275,6 +275,82 @@ pub struct Config {
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Where models are discovered (`[[sources]]`: an Ollama store, a
+    /// Hugging Face hub cache, a directory of models): scanned at start and
+    /// on change (`crate::sources`).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// What kind of store a source reads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Ollama's store: `manifests/<host>/<namespace>/<model>/<tag>` naming
+    /// layer blobs in `blobs/sha256-<hex>`.
+    Ollama,
+    /// The Hugging Face hub cache: `models--<org>--<name>/{refs,snapshots,blobs}`.
+    Huggingface,
+    /// A directory whose `*.gguf` files and subdirectories of shards are models.
+    Dir,
+}
+
+impl SourceKind {
+    /// The name the configuration and `discover` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Ollama => "ollama",
+            SourceKind::Huggingface => "huggingface",
+            SourceKind::Dir => "dir",
+        }
+    }
+}
+
+/// What a source does with the models it finds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceRegister {
+    /// Register every model found (through `register_model`'s checks).
+    #[default]
+    Auto,
+    /// Only report them (`discover`); register by hand.
+    List,
+}
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// The store's directory. When absent: Ollama `$OLLAMA_MODELS`, else
+    /// `~/.ollama/models`, else `/usr/share/ollama/.ollama/models`; Hugging
+    /// Face `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`; required for `dir`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Glob patterns over model names (`llama3*`, `meta-llama/*`); only
+    /// matching models are kept. Empty: every model.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Glob patterns over model names whose models are left out (after `include`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub register: SourceRegister,
+    /// Hugging Face: the ref whose snapshot is the model (`refs/<revision>`).
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// Seconds between rescans when no change was noticed (inotify may miss
+    /// changes: watch limits, network filesystems).
+    #[serde(default = "default_rescan_s")]
+    pub rescan_s: f64,
+}
+
+fn default_revision() -> String {
+    "main".to_string()
+}
+fn default_rescan_s() -> f64 {
+    60.0
 }
 
 fn default_max_single() -> f64 {
@@ -347,6 +423,7 @@ impl Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             models: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
@@ -445,6 +522,22 @@ impl Config {
         if self.max_partial_line_bytes == 0 {
             return bad("max_partial_line_bytes must be at least 1".into());
         }
+        for (i, src) in self.sources.iter().enumerate() {
+            if !(src.rescan_s.is_finite() && src.rescan_s >= 0.1) {
+                return bad(format!("sources[{i}]: rescan_s must be at least 0.1 s"));
+            }
+            if src.kind == SourceKind::Dir && src.path.is_none() {
+                return bad(format!("sources[{i}]: a dir source needs a path"));
+            }
+            for pattern in src.include.iter().chain(&src.exclude) {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    return bad(format!("sources[{i}]: pattern {pattern:?}: {e}"));
+                }
+            }
+            if src.revision.is_empty() || src.revision.contains('/') || src.revision.starts_with('.') {
+                return bad(format!("sources[{i}]: revision {:?} is not a ref name", src.revision));
+            }
+        }
         if self.max_files_per_model == 0 {
             return bad("max_files_per_model must be at least 1".into());
         }
@@ -501,6 +594,38 @@ mod tests {
         assert_eq!(cfg.tiers[2].max_gb, None);
         assert_eq!(cfg.max_single_model_gb, 64.0);
         assert_eq!(cfg.moves.max_concurrent, 2);
+    }
+
+    #[test]
+    fn sources_parse_with_their_defaults_and_bad_ones_are_refused() {
+        let tiers = "[[tiers]]\nname='a'\nmax_gb=1.0\n[[tiers]]\nname='b'\n";
+        let cfg = Config::from_toml(&format!(
+            "{tiers}[[sources]]\nkind='ollama'\n[[sources]]\nkind='huggingface'\nregister='list'\ninclude=['meta-llama/*']\n"
+        ))
+        .expect("parses");
+        assert_eq!(cfg.sources.len(), 2);
+        let (o, h) = (&cfg.sources[0], &cfg.sources[1]);
+        assert_eq!(
+            (o.kind, o.register, o.path.as_ref(), o.rescan_s),
+            (SourceKind::Ollama, SourceRegister::Auto, None, 60.0)
+        );
+        assert_eq!(
+            (h.kind, h.register, h.revision.as_str()),
+            (SourceKind::Huggingface, SourceRegister::List, "main")
+        );
+        for (bad, why) in [
+            ("kind='dir'", "needs a path"),
+            ("kind='ollama'\ninclude=['[']", "pattern"),
+            ("kind='ollama'\nrescan_s=0.0", "rescan_s"),
+            ("kind='huggingface'\nrevision='../x'", "revision"),
+            ("kind='s3'", "unknown variant"),
+            ("kind='ollama'\nregister='maybe'", "unknown variant"),
+        ] {
+            let err = Config::from_toml(&format!("{tiers}[[sources]]\n{bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

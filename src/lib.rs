@@ -16,6 +16,8 @@
 //! - [`optimizer`]: the placement policies;
 //! - [`tiers`]: the engine, a synchronous state machine over tiers, models,
 //!   limits and move jobs, with injected time, drivers and policy;
+//! - [`sources`]: where models are discovered (Ollama, Hugging Face, a
+//!   directory);
 //! - [`drivers`]: one driver per kind of tier (simulated, page cache,
 //!   directory, GPU, storage) and the machine they make up;
 //! - [`config`]: the one configuration structure; [`error`]: the error codes.
@@ -29,5 +31,6 @@ pub mod optimizer;
 pub mod requests;
 pub mod server;
 pub mod sim;
+pub mod sources;
 pub mod store;
 pub mod tiers;

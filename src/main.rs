@@ -88,6 +88,13 @@ enum Command {
     Request { json: String },
     /// Check that the server answers.
     Health,
+    /// What every model source ([[sources]]) finds: name, kind, files, size,
+    /// registered or not. Changes nothing.
+    Discover {
+        /// The answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure round trips over the socket against a minimal echo server.
     Bench(BenchArgs),
     /// The move-job queue: status, history, cancel.
@@ -272,6 +279,7 @@ fn main() -> ExitCode {
         Command::Models { tier } => client::models(&socket, tier.as_deref()).map_err(|e| e.to_string()),
         Command::Request { json } => client::request(&socket, &json).map_err(|e| e.to_string()),
         Command::Health => client::health(&socket).map_err(|e| e.to_string()),
+        Command::Discover { json } => client::discover(&socket, json).map_err(|e| e.to_string()),
         Command::Queue(q) => {
             let action = match q {
                 QueueCommand::Status => QueueAction::Status,

@@ -378,18 +378,21 @@ mod tests {
     }
 
     #[test]
-    fn a_record_with_an_escaping_name_stops_the_start() {
+    fn a_record_with_a_refused_name_or_an_escaping_file_stops_the_start() {
         let d = tempfile::tempdir().expect("tempdir");
         let rec = |name: &str, rel: &str| {
             format!(
                 r#"{{"version":1,"models":{{"{name}":{{"origin":"/x","single":false,"files":[{{"rel":"{rel}","size":1}}],"bytes":1,"tier":"swap"}}}}}}"#
             )
         };
+        // (`../victimdir` or `.hidden` are names like any other: tiers use
+        // their escaped form, `%2E.%2Fvictimdir`.)
+        let long = "a".repeat(201);
         for (name, rel, what) in [
-            ("../victimdir", "w.bin", "\"../victimdir\""),
+            ("", "w.bin", "is empty"),
+            (long.as_str(), "w.bin", "longer than 200"),
             ("ok", "../../etc/passwd", "../../etc/passwd"),
             ("ok", "/etc/passwd", "/etc/passwd"),
-            (".hidden", "w.bin", "\".hidden\""),
         ] {
             std::fs::write(d.path().join(STATE_FILE), rec(name, rel)).expect("write");
             let err = StateStore::open(d.path()).expect_err("refused").to_string();

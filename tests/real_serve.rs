@@ -57,7 +57,7 @@ fn real_backend_serves_moves_and_survives_a_restart() {
         let mut c = Client::connect(&sock);
         let h = c.req(r#"{"health": true}"#);
         assert_eq!(h["backend"], "real", "{h}");
-        let bad = c.req(r#"{"register_model": {"model_name": "../escape", "path": "/etc/hostname"}}"#);
+        let bad = c.req(r#"{"register_model": {"model_name": "bad\u0007name", "path": "/etc/hostname"}}"#);
         assert_eq!(code(&bad), "INVALID_REQUEST");
         let r = c.req(&json!({"register_model": {"model_name": "tiny", "path": weights, "preferred_tier": "swap"}}).to_string());
         assert_eq!(r["status"], "success", "{r}");

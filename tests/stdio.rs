@@ -179,6 +179,9 @@ fn every_request_answers() {
         assert!(r["metrics"].get(f).is_some(), "missing {f}: {r}");
     }
     assert_eq!(r["metrics"]["accesses"], json!(1));
+    // No [[sources]] in the embedded config: nothing scanned, nothing found.
+    let r = ask(&mut s, &mut seen, r#"{"discover": true}"#);
+    assert_eq!((&r["scanned_at"], &r["sources"]), (&json!(null), &json!([])), "{r}");
 
     // The seed requests are covered by the test above; together all keys.
     for key in ["tier_status", "move_tier", "tier_job_status", "update_limits", "auto_optimize"] {

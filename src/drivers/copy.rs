@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::files::PARTIAL_SUFFIX;
+use super::files::{PARTIAL_SUFFIX, name_component};
 use super::sys::{self, Advice};
 use super::work::{MoveShared, Throttle, WorkError, open_source, run_caught};
 
@@ -170,14 +170,15 @@ fn dir_perm(origin: &CopyOrigin, source_root: &Path, rel: &Path, files: &[CopyFi
     })
 }
 
-/// Where a model's copy goes in a `dir` tier.
+/// Where a model's copy goes in a `dir` tier: one entry named by the
+/// model's escaped name ([`name_component`]), whatever the name holds.
 pub fn copy_dir(tier_dir: &Path, model: &str) -> PathBuf {
-    tier_dir.join(model)
+    tier_dir.join(name_component(model))
 }
 
 /// The temporary name a copy is built under before its rename.
 pub fn partial_dir(tier_dir: &Path, model: &str) -> PathBuf {
-    tier_dir.join(format!("{model}{PARTIAL_SUFFIX}"))
+    tier_dir.join(format!("{}{PARTIAL_SUFFIX}", name_component(model)))
 }
 
 /// Copies `files` into `<tier_dir>/<model>`: streams each file through

@@ -1,5 +1,6 @@
 //! `dir`: a directory on a disk. A model in it has a checksummed, fsynced,
-//! verified copy at `<path>/<model>/`, renamed into place atomically
+//! verified copy at `<path>/<escaped name>/` (the name as one path component:
+//! [`name_component`]; `org/name:Q4_K_M` is `org%2Fname:Q4_K_M`), renamed into place atomically
 //! ([`copy`]). Capacity is the filesystem's free space (`statvfs`) net of
 //! the copies running into it, from this tier or another on the same
 //! filesystem ([`space`]).
@@ -25,7 +26,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use serde_json::{Map, Value, json};
 
 use super::copy::{CopyFile, CopyOrigin, copy_dir, copy_model, hash_file};
-use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name, mtime_ns};
+use super::files::{ModelFiles, PARTIAL_SUFFIX, check_model_name, mtime_ns, name_component, name_from_component};
 use super::machine::OpenContext;
 use super::space::{FsSpace, FsSpaces};
 use super::sys;
@@ -398,7 +399,7 @@ impl TierDriver for DirDriver {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let trash = self.root.join(format!(".{model}{TRASH_MARK}{stamp}"));
+        let trash = self.root.join(format!(".{}{TRASH_MARK}{stamp}", name_component(model)));
         match std::fs::rename(&p, &trash) {
             Ok(()) => {
                 let dir = self.root.clone();
@@ -478,7 +479,7 @@ impl TierDriver for DirDriver {
                 self.remove(&p)?;
                 report.removed_partials.push(p);
                 removed = true;
-            } else if !known(&name) {
+            } else if !name_from_component(&name).is_some_and(|n| known(&n)) {
                 report.unknown_entries.push(e.path());
             }
         }
@@ -578,10 +579,12 @@ mod tests {
         std::fs::create_dir_all(&victim).expect("mkdir");
         std::fs::write(victim.join("keep"), b"keep").expect("write");
         let mut t = DirDriver::open(&d.path().join("tier")).expect("open");
-        // The name check is bypassed here: the removal itself refuses.
-        let err = t.remove_leftover("../victimdir").expect_err("refused");
-        assert!(err.contains("refusing to remove"), "{err}");
+        // Any name is one entry inside the tier (escaped): nothing outside
+        // is ever named, so nothing outside is removed.
+        let r = t.remove_leftover("../victimdir").expect("a name never leaves the tier");
+        assert_eq!(r, None);
         t.release("../victimdir", None);
+        assert_eq!(copy_dir(t.root(), "../victimdir"), t.root().join("%2E.%2Fvictimdir"));
         assert!(victim.join("keep").exists());
         // A partial that is a link to a directory outside: the link goes, not its content.
         std::os::unix::fs::symlink(&victim, t.root().join(format!("m{PARTIAL_SUFFIX}"))).expect("symlink");

@@ -20,21 +20,27 @@ pub const PARTIAL_SUFFIX: &str = ".tierd-partial";
 /// otherwise (`max_files_per_model`).
 pub const DEFAULT_MAX_FILES: usize = 10_000;
 
-/// Checks that `name` can be used as a directory name inside a tier without
-/// escaping it or colliding with tierd's own files.
+/// Longest model name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Longest [`name_component`] of a name, in bytes: with the partial
+/// suffix or the trash mark and its stamp added it stays under the 255
+/// bytes a Linux file name may have.
+pub const MAX_COMPONENT_BYTES: usize = 200;
+
+/// Checks that `name` can name a model: not empty, at most
+/// [`MAX_NAME_BYTES`], no NUL or control character, and an escaped form
+/// ([`name_component`]) of at most [`MAX_COMPONENT_BYTES`]. Any other
+/// character is allowed, `/ : @ .` included (`llama3.2:latest`,
+/// `meta-llama/Llama-3.2-1B`, `org/name:Q4_K_M`): tier directories never
+/// use the name itself, only its escaped form.
 pub fn check_model_name(name: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("model name {name:?} is not allowed: {why}"));
     if name.is_empty() {
         return bad("it is empty");
     }
-    if name.len() > 200 {
+    if name.len() > MAX_NAME_BYTES {
         return bad("it is longer than 200 bytes");
-    }
-    if name == "." || name == ".." || name.contains("..") {
-        return bad("it contains \"..\"");
-    }
-    if name.contains('/') || name.contains('\\') {
-        return bad("it contains a path separator");
     }
     if name.contains('\0') {
         return bad("it contains a NUL byte");
@@ -42,13 +48,72 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return bad("it contains a control character");
     }
-    if name.starts_with('.') {
-        return bad("it starts with '.' (reserved for tierd's temporary files)");
-    }
-    if name.ends_with(PARTIAL_SUFFIX) {
-        return bad("it ends with tierd's temporary suffix");
+    let component = name_component(name);
+    if component.len() > MAX_COMPONENT_BYTES {
+        return bad(&format!(
+            "its escaped form {component:?} is longer than {MAX_COMPONENT_BYTES} bytes (each '/', '%' and some '.' take 3)"
+        ));
     }
     Ok(())
+}
+
+/// Whether byte `i` of `name` is escaped by [`name_component`]: `/` (a
+/// path separator), `%` (the escape itself), and a `.` that starts the
+/// name (no `.`, `..` or hidden entry) or starts `.tierd` anywhere (no
+/// component can end with [`PARTIAL_SUFFIX`] or look like tierd's trash
+/// or lock files).
+fn escaped_at(name: &str, i: usize) -> bool {
+    match name.as_bytes()[i] {
+        b'/' | b'%' => true,
+        b'.' => i == 0 || name[i..].starts_with(".tierd"),
+        _ => false,
+    }
+}
+
+/// The one path component a tier uses for model `name`: the name with
+/// `/`, `%`, a leading `.` and the `.` of any `.tierd` written as `%2F`,
+/// `%25` and `%2E`; everything else as is (`llama3.2:latest` stays
+/// itself, `org/name:Q4_K_M` is `org%2Fname:Q4_K_M`).
+///
+/// The mapping is injective (decoding gives the name back:
+/// [`name_from_component`]), never yields `.`, `..`, an empty string or a
+/// `/`, and never starts with `.` (so never with `.tierd`, tierd's own
+/// files) nor ends with [`PARTIAL_SUFFIX`].
+pub fn name_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for (i, c) in name.char_indices() {
+        if c.is_ascii() && escaped_at(name, i) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The model name a tier component stands for: the inverse of
+/// [`name_component`]; `None` for anything it never produces (a bare or
+/// malformed `%`, an escape it would not write, a name tierd refuses).
+pub fn name_from_component(component: &str) -> Option<String> {
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = component.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    // Canonical only: one name, one component.
+    (name_component(&name) == component && check_model_name(&name).is_ok()).then_some(name)
 }
 
 /// Trees of kernel files, not data: nothing under them can be registered.
@@ -267,6 +332,44 @@ impl ModelFiles {
         })
     }
 
+    /// A model made of the files `rels` (relative to `origin`, a
+    /// directory) or of the one file `origin` (`rels` is then its one
+    /// name, which a copy is written under), each checked and measured as
+    /// [`ModelFiles::walk`] does: what a model source found. Symlinks count
+    /// as the files they point at.
+    pub fn of_files(origin: &Path, rels: Vec<PathBuf>) -> Result<ModelFiles, String> {
+        let canonical = origin.canonicalize().map_err(|e| format!("{}: {e}", origin.display()))?;
+        check_kernel_tree(&canonical)?;
+        let single = std::fs::metadata(&canonical)
+            .map_err(|e| format!("{}: {e}", canonical.display()))?
+            .is_file();
+        if single && rels.len() != 1 {
+            return Err(format!("{} is one file; a model of it has one name", canonical.display()));
+        }
+        if rels.is_empty() {
+            return Err(format!("{}: no files", canonical.display()));
+        }
+        let mut files = Vec::with_capacity(rels.len());
+        for rel in rels {
+            let path = if single { canonical.clone() } else { canonical.join(&rel) };
+            let target = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+            let meta = std::fs::metadata(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            check_regular(&target, &meta)?;
+            files.push(ModelFile::measured(rel, &meta));
+        }
+        files.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let bytes = files
+            .iter()
+            .try_fold(0u64, |sum, f| sum.checked_add(f.size))
+            .ok_or_else(|| format!("{}: the sizes of its files overflow", canonical.display()))?;
+        Ok(ModelFiles {
+            origin: canonical,
+            single,
+            files,
+            bytes,
+        })
+    }
+
     /// Where file `f` lives at the origin.
     pub fn origin_file(&self, f: &ModelFile) -> PathBuf {
         origin_file(&self.origin, self.single, f)
@@ -441,12 +544,70 @@ mod tests {
     }
 
     #[test]
-    fn escaping_names_are_refused() {
-        for n in ["", "..", "a/../b", "a/b", "x\0y", "tab\there", ".hidden", "m.tierd-partial", "nl\n"] {
+    fn names_are_refused_only_for_what_no_component_can_hold() {
+        for n in ["", "x\0y", "tab\there", "nl\n", &"a".repeat(201), &"/".repeat(70)] {
             assert!(check_model_name(n).is_err(), "{n:?} accepted");
         }
-        for n in ["llama-3-8b", "gpt2.Q4_K_M", "model v2", "é"] {
+        for n in [
+            "llama-3-8b",
+            "gpt2.Q4_K_M",
+            "model v2",
+            "é",
+            "llama3.2:latest",
+            "meta-llama/Llama-3.2-1B",
+            "org/name:Q4_K_M",
+            "user@host",
+            "..",
+            ".hidden",
+            "m.tierd-partial",
+            "a/../b",
+        ] {
             assert!(check_model_name(n).is_ok(), "{n:?} refused");
+        }
+    }
+
+    #[test]
+    fn components_read_like_the_names() {
+        assert_eq!(name_component("llama3.2:latest"), "llama3.2:latest");
+        assert_eq!(name_component("org/name:Q4_K_M"), "org%2Fname:Q4_K_M");
+        assert_eq!(name_component(".."), "%2E.");
+        assert_eq!(name_component("."), "%2E");
+        assert_eq!(name_component("m.tierd-partial"), "m%2Etierd-partial");
+        assert_eq!(name_component("100%"), "100%25");
+        for c in ["%2e", "%", "%2", "%41", ".x", "a/b", "%2F%00", ""] {
+            assert_eq!(name_from_component(c), None, "{c:?}");
+        }
+        assert_eq!(name_from_component("org%2Fname:Q4_K_M").as_deref(), Some("org/name:Q4_K_M"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Adversarial names: separators, dots, escapes, tierd's suffixes.
+        #[test]
+        fn components_are_single_reversible_and_distinct(
+            a in r"([./%:@\\ ]|\.\.|\.tierd|-partial|-trash-|%2F|%2E|%25|[a-zA-Z0-9é]){0,24}",
+            b in r"([./%:@\\ ]|\.\.|\.tierd|-partial|-trash-|%2F|%2E|%25|[a-zA-Z0-9é]){0,24}",
+        ) {
+            for n in [&a, &b] {
+                if check_model_name(n).is_err() {
+                    proptest::prop_assert!(n.is_empty());
+                    continue;
+                }
+                let c = name_component(n);
+                proptest::prop_assert!(!c.is_empty() && c != "." && c != "..");
+                proptest::prop_assert!(!c.contains('/') && !c.contains('\0'));
+                proptest::prop_assert!(!c.starts_with('.') && !c.ends_with(PARTIAL_SUFFIX), "{c:?}");
+                proptest::prop_assert!(!c.contains(".tierd"), "{c:?}");
+                let p = Path::new("/tier").join(&c);
+                proptest::prop_assert_eq!(p.parent(), Some(Path::new("/tier")));
+                proptest::prop_assert_eq!(p.components().count(), 3);
+                let back = name_from_component(&c);
+                proptest::prop_assert_eq!(back.as_deref(), Some(n.as_str()));
+            }
+            if a != b && !a.is_empty() && !b.is_empty() {
+                proptest::prop_assert_ne!(name_component(&a), name_component(&b));
+            }
         }
     }
 

@@ -166,6 +166,7 @@ requests! {
     QueueHistory(queue_history::QueueHistory),
     Health(health::Health),
     Metrics(metrics::Metrics),
+    Discover(discover::Discover),
 }
 
 impl Request {
@@ -357,9 +358,10 @@ mod tests {
 
     #[test]
     fn the_list_is_the_keys() {
-        assert_eq!(REQUEST_KEYS.len(), 18);
+        assert_eq!(REQUEST_KEYS.len(), 19);
         assert_eq!(REQUEST_KEYS[0], "tier_status");
         assert_eq!(REQUEST_KEYS[17], "metrics");
+        assert_eq!(REQUEST_KEYS[18], "discover");
         for k in REQUEST_KEYS {
             let err = parse(&format!("{{\"{k}\": 12}}"));
             assert!(!err.as_ref().is_err_and(|e| e.contains("unknown request")), "{k}: {err:?}");

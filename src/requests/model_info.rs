@@ -1,6 +1,6 @@
 //! `model_info`: `"model_name"`. One model: what `list_models` shows, plus
 //! its hour-of-day and day-of-week access profiles and when it was
-//! registered.
+//! registered, and the components its model source lists (`components`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +28,11 @@ pub struct ModelInfo {
 pub struct ModelInfoResponse {
     pub status: String,
     pub model: ModelInfoView,
+    /// Files the model comes with besides its weights, as its model source
+    /// found them (an Ollama projector or adapter layer, a GGUF
+    /// repository's `mmproj` file); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<crate::sources::Component>,
 }
 
 impl Command for ModelInfo {
@@ -45,6 +50,10 @@ impl Command for ModelInfo {
         Outcome::reply(&ModelInfoResponse {
             status: "success".into(),
             model: engine.model(now, &self.model_name)?,
+            components: engine
+                .discovery()
+                .and_then(|d| d.find(&self.model_name).map(|(_, m)| m.components.clone()))
+                .unwrap_or_default(),
         })
     }
 }

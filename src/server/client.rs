@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::requests::Request;
 use crate::requests::auto_optimize::{AutoOptimize, AutoOptimizeResponse};
 use crate::requests::cancel_job::{CancelJob, CancelJobResponse};
+use crate::requests::discover::{Discover, DiscoverResponse};
 use crate::requests::health::{Health, HealthResponse};
 use crate::requests::list_jobs::{ListJobs, ListJobsResponse};
 use crate::requests::list_models::{ListModels, ListModelsResponse};
@@ -513,6 +514,75 @@ pub fn health(socket: &Path) -> Result<i32, ClientError> {
         h.healthy, h.backend, h.policy, h.version, h.models
     );
     Ok(if h.healthy { 0 } else { 1 })
+}
+
+/// Renders a `discover` answer: per source a heading (kind, directory,
+/// register mode, what it could not read), then a table of its models.
+pub fn render_discover(d: &DiscoverResponse) -> String {
+    let mut out = String::new();
+    if d.scanned_at.is_none() {
+        let _ = writeln!(out, "no model sources are configured ([[sources]] in the config)");
+        return out;
+    }
+    for s in &d.sources {
+        let _ = writeln!(
+            out,
+            "source {} {} {} (register = {}): {} models",
+            s.index,
+            s.kind,
+            s.path.display(),
+            s.register,
+            s.models.len()
+        );
+        if let Some(e) = &s.error {
+            let _ = writeln!(out, "  cannot be read: {e}");
+        }
+        for p in &s.problems {
+            let _ = writeln!(out, "  skipped: {p}");
+        }
+        if s.models.is_empty() {
+            continue;
+        }
+        let width = s.models.iter().map(|m| m.model_name.len()).max().unwrap_or(5).max(5);
+        let _ = writeln!(out, "  {:<width$} {:>9} {:>5}  REGISTERED  STATUS", "MODEL", "SIZE GB", "FILES");
+        for m in &s.models {
+            let status = match (&m.unavailable, &m.register_error, m.registered) {
+                (Some(u), _, _) => format!("unavailable: {u}"),
+                (None, Some(e), false) => format!("not registered: {e}"),
+                (None, _, true) => "available".to_string(),
+                (None, None, false) => "-".to_string(),
+            };
+            let files = m.files.len() + m.components.len();
+            let _ = writeln!(
+                out,
+                "  {:<width$} {:>9} {:>5}  {:<10}  {status}",
+                m.model_name,
+                num(Some(m.size_gb)),
+                files,
+                if m.registered { "yes" } else { "no" },
+            );
+        }
+    }
+    for m in &d.missing {
+        let _ = writeln!(out, "gone: {} ({})", m.model_name, m.reason);
+    }
+    out
+}
+
+/// `tierd discover [--json]`: what every model source finds.
+pub fn discover(socket: &Path, json: bool) -> Result<i32, ClientError> {
+    let mut c = Client::connect(socket)?;
+    let v = c.send(&Discover.into())?;
+    if is_error(&v) {
+        return Err(server_error(&v));
+    }
+    if json {
+        println!("{v}");
+        return Ok(0);
+    }
+    let d: DiscoverResponse = serde_json::from_value(v).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    print!("{}", render_discover(&d));
+    Ok(0)
 }
 
 /// `tierd request '<json>'`: prints the raw response line; exit 1 when it is

@@ -2,7 +2,9 @@
 //! clock ([`shared`]), who may connect and how many ([`gate`]), one
 //! connection's loop ([`connection`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), systemd socket
-//! activation and readiness ([`systemd`]), and the CLI client ([`client`]). What each request does is in `requests`.
+//! activation and readiness ([`systemd`]), the model sources' scans and
+//! rescans ([`sources`]), and the CLI client ([`client`]). What each
+//! request does is in `requests`.
 
 pub mod client;
 pub mod connection;
@@ -12,3 +14,4 @@ pub mod open;
 pub mod serve;
 pub mod shared;
 pub mod systemd;
+pub mod sources;

@@ -314,6 +314,31 @@ pub async fn serve_with(
             "tierd serving"
         );
     }
+    // The model sources: scanned before the first request is read, then
+    // watched until shutdown.
+    let sources = {
+        let engine = shared.lock();
+        let cfg = engine.config();
+        crate::sources::Sources::new(&cfg.sources, &crate::sources::process_env, cfg.max_files_per_model).map_err(ServeError::Option)?
+    };
+    let source_watch = if sources.is_empty() {
+        None
+    } else {
+        let (applied, dirs) = super::sources::scan_and_apply(&shared, &sources).await;
+        info!(
+            sources = sources.sources.len(),
+            registered = applied.registered.len(),
+            gone = applied.missing.len(),
+            watched_dirs = dirs.len(),
+            "model sources scanned"
+        );
+        Some(tokio::spawn(super::sources::watch_sources(
+            shared.clone(),
+            sources,
+            dirs,
+            token.clone(),
+        )))
+    };
     shared.save_state();
     let ticker = tokio::spawn(run_ticker(shared.clone(), token.clone()));
     if opts.stdio {
@@ -353,6 +378,9 @@ pub async fn serve_with(
         warn!("some connections did not finish writing within 5 s; closing them");
     }
     let _ = ticker.await;
+    if let Some(w) = source_watch {
+        let _ = w.await;
+    }
     shared.save_state();
     if let Some(loops) = loops {
         // Connections still open after the grace period end with their loop.

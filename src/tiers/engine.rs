@@ -92,6 +92,13 @@ pub struct Engine {
     /// each tier, and the last one of each model.
     pub(crate) fault_log: Vec<VecDeque<FaultView>>,
     pub(crate) model_faults: HashMap<ModelId, FaultView>,
+    /// Models a model source had and no longer finds, with why: they stay
+    /// unavailable (whatever the watcher sees of their files) until the
+    /// source finds them again ([`super::faults`]).
+    pub(crate) source_missing: HashMap<ModelId, String>,
+    /// What the model sources held at their last scan (`discover`), set by
+    /// the server that scans them.
+    pub(crate) discovery: Option<Arc<crate::sources::Discovery>>,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -241,6 +248,8 @@ impl Engine {
             pending_releases: Vec::new(),
             fault_log: vec![VecDeque::new(); tiers],
             model_faults: HashMap::new(),
+            source_missing: HashMap::new(),
+            discovery: None,
         })
     }
 

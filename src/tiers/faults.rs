@@ -147,7 +147,7 @@ impl Engine {
                 if let Some(CopyLook::Unrecorded(t)) = copy {
                     self.record_copy_mtimes(id, &t);
                 }
-                if self.state.model(id).is_some_and(|m| m.unavailable.is_some()) {
+                if self.state.model(id).is_some_and(|m| m.unavailable.is_some()) && !self.source_missing.contains_key(&id) {
                     // What a tier held of a vanished origin other than a copy
                     // (pages pinned in RAM) is of the old file, or nothing.
                     if !self.machine.drivers[tier].source_of(&look.item.model).is_copy() {
@@ -275,7 +275,105 @@ impl Engine {
         }
     }
 
+    /// The model sources' last scan, for `discover` and `model_info`.
+    pub fn discovery(&self) -> Option<&Arc<crate::sources::Discovery>> {
+        self.discovery.as_ref()
+    }
+
+    /// Records the model sources' latest scan.
+    pub fn set_discovery(&mut self, discovery: crate::sources::Discovery) {
+        self.discovery = Some(Arc::new(discovery));
+    }
+
+    /// Whether the model is marked gone from its source.
+    pub fn is_source_missing(&self, name: &str) -> bool {
+        self.state.model_id(name).is_some_and(|id| self.source_missing.contains_key(&id))
+    }
+
+    /// A model source no longer finds the model: it becomes unavailable
+    /// (nothing is deleted; a queued move of it ends) and stays so until
+    /// [`Engine::source_found`].
+    pub fn source_missing(&mut self, now: f64, name: &str, reason: String) {
+        let Some(id) = self.state.model_id(name) else { return };
+        if self.source_missing.contains_key(&id) {
+            return;
+        }
+        let tier = self.state.model(id).map(|m| m.tier).unwrap_or(0);
+        self.source_missing.insert(id, reason.clone());
+        self.make_unavailable(now, id, tier, "source_gone", reason);
+        self.dirty = true;
+    }
+
+    /// A model source finds the model (again): marked gone, it is available
+    /// again if its files are as recorded (else the watcher's view stands).
+    pub fn source_found(&mut self, now: f64, name: &str) {
+        let Some(id) = self.state.model_id(name) else { return };
+        if self.source_missing.remove(&id).is_none() {
+            return;
+        }
+        let Some(m) = self.state.model(id) else { return };
+        let (tier, problem) = (m.tier, m.files.as_ref().and_then(|f| f.origin_problem()));
+        match problem {
+            None => {
+                self.make_available(id);
+                let reason = "its source finds it again".to_string();
+                self.note_fault(now, id, tier, "available_again", reason, "available again".to_string());
+            }
+            Some(p) => {
+                if let Some(m) = self.state.model_mut(id) {
+                    m.unavailable = Some(p);
+                }
+            }
+        }
+    }
+
+    /// A model source finds the model under its name with other files (a
+    /// newer `ollama pull`, a new snapshot of the ref): what tiers hold of
+    /// the old files is dropped, the model falls back to storage and is
+    /// served from the new files (its usage kept). Not while a move of it
+    /// runs (`Ok(false)`: the next scan tries again); refused, changing
+    /// nothing but the fall-back, when the new files are another model's or
+    /// the books cannot count them.
+    pub fn source_replaced(&mut self, now: f64, name: &str, files: crate::drivers::ModelFiles) -> Result<bool, String> {
+        let Some(id) = self.state.model_id(name) else { return Ok(false) };
+        let Some(m) = self.state.model(id) else { return Ok(false) };
+        if m.job.is_some_and(|k| self.running.contains(&k)) {
+            return Ok(false);
+        }
+        let tier = m.tier;
+        let old = m.path.clone();
+        self.check_shared_files(name, &files).map_err(|e| e.to_string())?;
+        let reason = format!(
+            "its source has new files ({}, was {})",
+            files.origin.display(),
+            old.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+        self.end_queued_move(now, id, &reason);
+        self.fall_back(id);
+        self.state.resize_model(id, files.bytes).map_err(|f| f.to_string())?;
+        if let Some(m) = self.state.model_mut(id) {
+            m.path = Some(files.origin.clone());
+            m.files = Some(Arc::new(files));
+        }
+        self.source_missing.remove(&id);
+        self.make_available(id);
+        self.epoch += 1;
+        self.dirty = true;
+        self.note_fault(
+            now,
+            id,
+            tier,
+            "source_changed",
+            reason,
+            "served from its new files in storage".into(),
+        );
+        Ok(true)
+    }
+
     fn make_available(&mut self, id: ModelId) {
+        if self.source_missing.contains_key(&id) {
+            return;
+        }
         if let Some(m) = self.state.model_mut(id)
             && m.unavailable.take().is_some()
         {

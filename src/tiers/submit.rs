@@ -571,11 +571,15 @@ impl Engine {
 
     /// Refuses a model with a file (same device and inode) that a
     /// registered model already has, naming that model. No I/O but one
-    /// `stat` per match, to check a recorded id still holds.
-    fn check_shared_files(&self, name: &str, files: &ModelFiles) -> Result<(), EngineError> {
+    /// `stat` per match, to check a recorded id still holds. The model
+    /// `name` itself (new files of a registered model) does not count.
+    pub(crate) fn check_shared_files(&self, name: &str, files: &ModelFiles) -> Result<(), EngineError> {
         let mine = files.ids();
         for (_, m) in self.state.iter_models() {
             let Some(other) = &m.files else { continue };
+            if *m.name == *name {
+                continue;
+            }
             if let Some((path, other_path)) = files.shared_file(&mine, other) {
                 return Err(EngineError::SharedFile {
                     model: name.to_string(),
@@ -628,6 +632,7 @@ impl Engine {
         let tier = m.tier;
         self.release_model(id, tier);
         self.model_faults.remove(&id);
+        self.source_missing.remove(&id);
         if self.state.remove_model(id).is_none() {
             return Err(EngineError::ModelNotFound { model: name.to_string() });
         }
