@@ -124,6 +124,10 @@ pub struct RestoredModel {
     pub last_access: Option<f64>,
     pub pinned: bool,
     pub unavailable: Option<String>,
+    /// The whole usage record of the earlier run (decayed frequency, gaps,
+    /// profiles), where the state file has it; `usage` and `last_access`
+    /// alone otherwise (an older state file).
+    pub stats: Option<Usage>,
 }
 
 /// What an earlier run left, for [`Engine::restore`].
@@ -145,6 +149,8 @@ pub struct ModelSnapshot {
     pub usage: u64,
     pub last_access: Option<f64>,
     pub pinned: bool,
+    /// The whole usage record, for the state file to keep across restarts.
+    pub stats: Usage,
 }
 
 /// What the server saves: placement, limits, usage, pins and job history.
@@ -330,11 +336,21 @@ impl Engine {
                     name: m.name.as_str().into(),
                     bytes,
                     tier: m.tier,
-                    usage: Usage {
-                        count: m.usage,
-                        last_access: m.last_access,
-                        decayed_at: now,
-                        ..Usage::default()
+                    // The saved record as it was: its decayed frequency keeps
+                    // decaying from the time it was last updated, over the
+                    // downtime too.
+                    usage: match m.stats {
+                        Some(stats) => Usage {
+                            count: m.usage,
+                            last_access: m.last_access,
+                            ..stats
+                        },
+                        None => Usage {
+                            count: m.usage,
+                            last_access: m.last_access,
+                            decayed_at: now,
+                            ..Usage::default()
+                        },
                     },
                     pinned: m.pinned,
                     job: None,
@@ -345,6 +361,9 @@ impl Engine {
                 })
                 .map_err(|e| EngineError::bad_request(format!("state file: model {:?}: {e}", m.name)))?;
         }
+        // Accesses of this run come after every access of the earlier ones.
+        let last_seq = self.state.iter_models().map(|(_, m)| m.usage.last_seq).max().unwrap_or(0);
+        self.accesses_seen = self.accesses_seen.max(last_seq);
         if let Some(l) = &restored.limits {
             self.restore_limits(l);
         }
@@ -383,6 +402,7 @@ impl Engine {
                 usage: m.usage.count,
                 last_access: m.usage.last_access,
                 pinned: m.pinned,
+                stats: m.usage.clone(),
             })
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
