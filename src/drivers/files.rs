@@ -20,6 +20,14 @@ pub const PARTIAL_SUFFIX: &str = ".tierd-partial";
 /// otherwise (`max_files_per_model`).
 pub const DEFAULT_MAX_FILES: usize = 10_000;
 
+/// The single path component that stands for model `name` in tierd's
+/// directories (the serve directory). Names are plain today (see
+/// [`check_model_name`]), so this is the name itself; it is replaced by
+/// the escaping, reversible form once names may hold `/`, `:` and `@`.
+pub fn name_component(name: &str) -> String {
+    name.to_string()
+}
+
 /// Checks that `name` can be used as a directory name inside a tier without
 /// escaping it or colliding with tierd's own files.
 pub fn check_model_name(name: &str) -> Result<(), String> {

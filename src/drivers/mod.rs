@@ -23,7 +23,7 @@
 //!
 //! Support modules: [`files`] (a model's files and names), [`sys`] (the
 //! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
-//! [`pin`], [`copy`], [`space`] (a `dir` filesystem's free space net of the
+//! [`pin`], [`copy`], [`serve`] (the stable serve path of each model), [`space`] (a `dir` filesystem's free space net of the
 //! copies running into it), [`machine`] (opening a real machine and
 //! reconciling it with its state at start) and [`watch`] (the look at every
 //! origin and copy while running).
@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod machine;
 pub mod pagecache;
 pub mod pin;
+pub mod serve;
 pub mod sim;
 pub mod space;
 pub mod storage;

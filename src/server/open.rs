@@ -88,6 +88,11 @@ pub fn open_real(
     for (model, reason) in &report.fell_back {
         warn!(model, reason, "model fell back to storage");
     }
+    // The serve directory (by default inside the state directory, which is
+    // created above with its private mode).
+    if let Some(dir) = cfg.serve_dir() {
+        machine.serve = Some(crate::drivers::serve::ServeLinks::open(&dir)?);
+    }
     let catalog = std::mem::take(&mut cfg.models);
     let max_files = cfg.max_files_per_model;
     let mut engine = Engine::new(cfg, machine, policy, now).map_err(|e| e.to_string())?;
@@ -124,6 +129,17 @@ pub fn open_real(
             if let Err(e) = engine.move_model(now, &mc.name, want, &opts) {
                 warn!(model = %mc.name, tier = %want, "catalog placement not started: {e}");
             }
+        }
+    }
+    if let Some(r) = engine.reconcile_serve_paths() {
+        info!(
+            linked = r.linked,
+            removed = r.removed.len(),
+            unknown = r.unknown.len(),
+            "serve paths checked"
+        );
+        for (model, reason) in &r.failed {
+            warn!(model, reason, "serve path not made");
         }
     }
     Ok((engine, store, report))

@@ -478,6 +478,46 @@ impl Engine {
         }
     }
 
+    // --------------------------------------------------------- serve paths
+
+    /// Points model `id`'s serve path at the copy its tier serves (no-op
+    /// without a serve directory). Called whenever a model's tier changes,
+    /// before the old tier is told to release it. A failure is logged: the
+    /// model keeps its placement, and the next change tries again.
+    pub(crate) fn link_serve_path(&mut self, id: ModelId) {
+        let (Some(serve), Some(m)) = (&self.machine.serve, self.state.model(id)) else {
+            return;
+        };
+        let Some(files) = &m.files else { return };
+        let source = self.machine.drivers[m.tier].source_of(&m.name);
+        if let Err(e) = serve.point(&m.name, files, &source) {
+            tracing::warn!(model = %m.name, "serve path not updated: {e}");
+        }
+    }
+
+    /// Makes the serve path of every model anew and removes those of
+    /// models no longer known (at start, after [`Engine::restore`]).
+    pub fn reconcile_serve_paths(&mut self) -> Option<crate::drivers::serve::ServeReport> {
+        let serve = self.machine.serve.as_ref()?;
+        let models: Vec<_> = self
+            .state
+            .iter_models()
+            .filter_map(|(_, m)| {
+                let files = m.files.as_deref()?.clone();
+                Some((m.name.to_string(), files, self.machine.drivers[m.tier].source_of(&m.name)))
+            })
+            .collect();
+        Some(serve.reconcile(&models))
+    }
+
+    /// Model `name`'s serve path, where it has one.
+    pub fn serve_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        let serve = self.machine.serve.as_ref()?;
+        let id = self.state.model_id(name)?;
+        self.state.model(id)?.files.as_ref()?;
+        Some(serve.path_of(name))
+    }
+
     /// Whether tier `tier` still waits to release what it held of `model`
     /// (a move back into it waits for that).
     pub(crate) fn release_pending(&self, model: &str, tier: usize) -> bool {

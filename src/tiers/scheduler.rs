@@ -387,6 +387,8 @@ impl Engine {
             }
             self.state.detach(model, from);
             self.state.attach(model, to);
+            // The serve path leads to the new copy before the old one goes.
+            self.link_serve_path(model);
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;

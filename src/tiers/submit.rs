@@ -548,6 +548,7 @@ impl Engine {
             files,
             registered_at: now,
         })?;
+        self.link_serve_path(id);
         self.epoch += 1;
         self.dirty = true;
         let mut job_id = None;
@@ -626,6 +627,9 @@ impl Engine {
             });
         }
         let tier = m.tier;
+        if let Some(serve) = &self.machine.serve {
+            serve.remove(name);
+        }
         self.release_model(id, tier);
         self.model_faults.remove(&id);
         if self.state.remove_model(id).is_none() {
