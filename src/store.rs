@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::drivers::files::{ModelFile, check_model_name};
 use crate::drivers::machine::{Placed, Record};
 use crate::drivers::{ModelFiles, sys};
-use crate::tiers::{JobView, Limits, Restored, RestoredModel, Snapshot, Usage};
+use crate::tiers::{JobView, Limits, MoveRate, Restored, RestoredModel, Snapshot, Usage};
 
 /// File name of the state file inside `state_dir`.
 pub const STATE_FILE: &str = "tierd-state.json";
@@ -139,6 +139,10 @@ pub struct EngineState {
     /// Ended and pending jobs, newest first, as the history shows them.
     pub jobs: Vec<Value>,
     pub saved_at: f64,
+    /// Measured move throughput per pair of driver kinds (`tiers::rates`);
+    /// absent from older state files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub move_rates: Vec<MoveRate>,
 }
 
 /// The whole state file.
@@ -206,6 +210,7 @@ impl StateFile {
                 .iter()
                 .filter_map(|j| serde_json::from_value::<JobView>(j.clone()).ok())
                 .collect(),
+            move_rates: self.engine.move_rates.clone(),
         }
     }
 }
@@ -290,6 +295,7 @@ impl StateStore {
                 models: BTreeMap::new(),
                 jobs: snap.jobs.iter().filter_map(|j| serde_json::to_value(j).ok()).collect(),
                 saved_at: 0.0,
+                move_rates: snap.move_rates.clone(),
             },
         };
         for m in &snap.models {
@@ -417,6 +423,7 @@ mod tests {
             limits: Limits::default(),
             models: Vec::new(),
             jobs: Vec::new(),
+            move_rates: Vec::new(),
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
@@ -468,6 +475,7 @@ mod tests {
             limits: Limits::default(),
             models: Vec::new(),
             jobs: Vec::new(),
+            move_rates: Vec::new(),
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert!(!s.save(&snap, 2.0).expect("save again"));

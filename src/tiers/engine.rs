@@ -18,6 +18,7 @@ use crate::error::EngineError;
 use super::job::{JobKey, JobStatus};
 use super::limits::Limits;
 use super::policy::{Desire, Policy};
+use super::rates::{MoveRate, MoveRates};
 use super::scheduler::{SchedEvent, SortedKeys, TimeKey};
 use super::state::{Model, ModelId, State, Usage};
 use super::table::{JobTable, ReadyQueue};
@@ -92,6 +93,9 @@ pub struct Engine {
     /// each tier, and the last one of each model.
     pub(crate) fault_log: Vec<VecDeque<FaultView>>,
     pub(crate) model_faults: HashMap<ModelId, FaultView>,
+    /// What real moves took, per pair of driver kinds (the estimates of
+    /// later moves; saved in the state file).
+    pub(crate) move_rates: MoveRates,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -138,6 +142,8 @@ pub struct Restored {
     pub limits: Option<Limits>,
     /// Ended jobs, newest first.
     pub jobs: Vec<JobView>,
+    /// The measured throughput of moves, per pair of driver kinds.
+    pub move_rates: Vec<MoveRate>,
 }
 
 /// One model in a [`Snapshot`].
@@ -162,6 +168,8 @@ pub struct Snapshot {
     pub models: Vec<ModelSnapshot>,
     /// Jobs newest first, as the history shows them.
     pub jobs: Vec<JobView>,
+    /// The measured throughput of moves, per pair of driver kinds.
+    pub move_rates: Vec<MoveRate>,
 }
 
 impl Engine {
@@ -247,6 +255,7 @@ impl Engine {
             pending_releases: Vec::new(),
             fault_log: vec![VecDeque::new(); tiers],
             model_faults: HashMap::new(),
+            move_rates: MoveRates::default(),
         })
     }
 
@@ -367,6 +376,7 @@ impl Engine {
         if let Some(l) = &restored.limits {
             self.restore_limits(l);
         }
+        self.move_rates.restore(&restored.move_rates);
         let keep = self.cfg.job_history.max(1);
         self.archive = restored
             .jobs
@@ -417,7 +427,21 @@ impl Engine {
                     ..Default::default()
                 },
             ),
+            move_rates: self.move_rates.list(),
         }
+    }
+
+    /// The throughput estimate of a move from tier `from` to tier `to`,
+    /// MB/s: measured for the pair of their drivers' kinds, else the target
+    /// driver's default.
+    pub fn move_mb_s(&self, from: usize, to: usize) -> f64 {
+        let (a, b) = (&self.machine.drivers[from], &self.machine.drivers[to]);
+        self.move_rates.mb_s(a.kind(), b.kind(), b.default_move_mb_s())
+    }
+
+    /// Every measured pair's estimate.
+    pub fn move_rates(&self) -> Vec<MoveRate> {
+        self.move_rates.list()
     }
 
     /// Turns on durable placement: from now on, what a move's source tier
