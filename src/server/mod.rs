@@ -2,12 +2,14 @@
 //! clock ([`shared`]), who may connect and how many ([`gate`]), one
 //! connection's loop ([`connection`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), and the CLI client
-//! ([`client`]). What each request does is in `requests`.
+//! ([`client`]; the one-model commands `register`, `info`, `path`, ... in
+//! [`model_cli`]). What each request does is in `requests`.
 
 pub mod client;
 pub mod connection;
 pub mod framing;
 pub mod gate;
+pub mod model_cli;
 pub mod open;
 pub mod serve;
 pub mod shared;
