@@ -54,6 +54,7 @@ fn a_capped_moves_estimate_is_within_30_percent_of_its_duration() {
     register(&mut e, "m", &weights);
     // 8 MiB at 4 MB/s: about 2.1 s, whatever the disk.
     let (estimated, took) = capped_move(&mut e, "m", "nvme", Some(4.0));
+    eprintln!("capped move: estimated {estimated:.3} s, took {took:.3} s");
     assert!(
         (estimated - took).abs() <= 0.3 * took,
         "estimated {estimated:.3} s, took {took:.3} s"
@@ -100,7 +101,12 @@ fn moves_are_measured_per_driver_pair_and_the_figures_survive_a_restart() {
         let s = e.move_model(now(), "b", "swap", &MoveOptions::default()).expect("move");
         let est = e.job_json(now(), &s.job_id).expect("status")["estimated_time"].as_f64().expect("est");
         assert!((est - 64.0 * MB as f64 / (measured * 1e6)).abs() < 1e-3, "{est}");
+        let t = std::time::Instant::now();
         wait(&mut e, &s.job_id, Duration::from_secs(60));
+        eprintln!(
+            "uncapped 64 MiB storage->dir: first took {took:.3} s ({measured:.0} MB/s); the second estimated {est:.3} s, took {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
         assert_eq!(e.move_mb_s(1, 2), tierd::drivers::default_move_mb_s("dir"), "dir to dir: default");
         save(&mut e, &store);
         e.move_rates()

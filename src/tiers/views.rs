@@ -261,6 +261,10 @@ pub struct MetricsView {
     pub jobs_running: usize,
     pub models: usize,
     pub uptime_s: f64,
+    /// The measured throughput of real moves per pair of driver kinds, the
+    /// base of their `estimated_time` (none until a move was measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub move_rates: Vec<super::rates::MoveRate>,
 }
 
 // ------------------------------------------------------------------ plans
@@ -632,6 +636,7 @@ impl Engine {
             jobs_running: self.running.len(),
             models: state.by_name.len(),
             uptime_s: round6(now - self.started_at),
+            move_rates: self.move_rates(),
         }
     }
 }
