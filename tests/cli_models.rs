@@ -65,7 +65,9 @@ fn the_model_commands_work_for_people_and_scripts() {
     let root = dir.path().canonicalize().expect("canon");
     std::fs::create_dir_all(root.join("swap")).expect("mkdir");
     std::fs::create_dir_all(root.join("models")).expect("mkdir");
-    let data: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..2 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(root.join("models/tiny.gguf"), &data).expect("write");
     let cfg = root.join("tierd.toml");
     std::fs::write(&cfg, config(&root)).expect("write");
@@ -133,6 +135,9 @@ fn the_model_commands_work_for_people_and_scripts() {
     // Without --tier: the fastest tier with room, reached by a move.
     let (code, out, err) = tierd(&sock, &models, &["register", "again", "./tiny.gguf"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("registered again (0.00 GB); moving to ram (tier_promote_again_"), "{out}");
+    assert!(
+        out.contains("registered again (0.00 GB); moving to ram (tier_promote_again_"),
+        "{out}"
+    );
     assert!(out.contains("serve path: ") && out.contains("/serve/again"), "{out}");
 }

@@ -85,7 +85,10 @@ fn moves_are_measured_per_driver_pair_and_the_figures_survive_a_restart() {
         if took < tierd::tiers::rates::MIN_SAMPLE_S {
             // Too quick to time on this machine: nothing was measured.
             assert!(rates.is_empty(), "{rates:?}");
-            skip::skip("moves_are_measured_per_driver_pair", &format!("a 64 MiB copy took {took:.3} s, under the shortest measured move"));
+            skip::skip(
+                "moves_are_measured_per_driver_pair",
+                &format!("a 64 MiB copy took {took:.3} s, under the shortest measured move"),
+            );
             return;
         }
         assert_eq!(rates.len(), 1, "{rates:?}");
@@ -99,7 +102,9 @@ fn moves_are_measured_per_driver_pair_and_the_figures_survive_a_restart() {
         // (a dir tier to another dir tier) learnt nothing yet.
         e.tick(now());
         let s = e.move_model(now(), "b", "swap", &MoveOptions::default()).expect("move");
-        let est = e.job_json(now(), &s.job_id).expect("status")["estimated_time"].as_f64().expect("est");
+        let est = e.job_json(now(), &s.job_id).expect("status")["estimated_time"]
+            .as_f64()
+            .expect("est");
         assert!((est - 64.0 * MB as f64 / (measured * 1e6)).abs() < 1e-3, "{est}");
         let t = std::time::Instant::now();
         wait(&mut e, &s.job_id, Duration::from_secs(60));
@@ -119,4 +124,3 @@ fn moves_are_measured_per_driver_pair_and_the_figures_survive_a_restart() {
         assert!((x.mb_s - y.mb_s).abs() < 1e-6 * y.mb_s);
     }
 }
-

@@ -71,7 +71,10 @@ fn a_loader_that_opened_the_old_copy_keeps_valid_bytes_after_a_move() {
     // the old one is still there.
     let swap_copy = std::fs::read_link(&serve).expect("link");
     assert!(swap_copy.starts_with(root.join("swap")), "{}", swap_copy.display());
-    assert!(nvme_copy.exists(), "the old copy is released only once the new placement is durable");
+    assert!(
+        nvme_copy.exists(),
+        "the old copy is released only once the new placement is durable"
+    );
     save(&mut e, &store);
     // The removal runs on the driver's thread.
     let t = std::time::Instant::now();
@@ -109,7 +112,11 @@ fn a_sharded_model_is_served_as_a_directory_of_its_shards() {
     let (mut e, store, _) = engine(&cfg);
     let serve = register(&mut e, "s", &model_dir);
     assert!(serve.is_dir());
-    for f in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "config.json"] {
+    for f in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "config.json",
+    ] {
         assert_eq!(
             std::fs::read(serve.join(f)).expect("read"),
             std::fs::read(model_dir.join(f)).expect("read"),

@@ -153,8 +153,7 @@ impl ServeLinks {
     /// left alone.
     pub fn reconcile(&self, models: &[(String, ModelFiles, Source)]) -> ServeReport {
         let mut report = ServeReport::default();
-        let known: std::collections::HashSet<std::ffi::OsString> =
-            models.iter().map(|(name, _, _)| name_component(name).into()).collect();
+        let known: std::collections::HashSet<std::ffi::OsString> = models.iter().map(|(name, _, _)| name_component(name).into()).collect();
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let name = e.file_name();

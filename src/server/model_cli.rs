@@ -34,12 +34,24 @@ pub enum ModelCommand {
         /// The size a simulated machine needs (a real one measures the files).
         size_gb: Option<f64>,
     },
-    Unregister { name: String },
-    Pin { name: String },
-    Unpin { name: String },
-    Info { name: String },
-    Access { name: String },
-    Path { name: String },
+    Unregister {
+        name: String,
+    },
+    Pin {
+        name: String,
+    },
+    Unpin {
+        name: String,
+    },
+    Info {
+        name: String,
+    },
+    Access {
+        name: String,
+    },
+    Path {
+        name: String,
+    },
 }
 
 /// Runs `cmd` against the server at `socket`; with `json`, prints the raw
@@ -75,14 +87,8 @@ pub fn run(socket: &Path, cmd: &ModelCommand, json: bool) -> Result<i32, ClientE
 /// The request a command sends.
 pub fn build(cmd: &ModelCommand) -> Result<Request, ClientError> {
     Ok(match cmd {
-        ModelCommand::Register {
-            name,
-            path,
-            tier,
-            size_gb,
-        } => {
-            let abs = std::path::absolute(path)
-                .map_err(|e| ClientError::Usage(format!("cannot make {} absolute: {e}", path.display())))?;
+        ModelCommand::Register { name, path, tier, size_gb } => {
+            let abs = std::path::absolute(path).map_err(|e| ClientError::Usage(format!("cannot make {} absolute: {e}", path.display())))?;
             RegisterModel {
                 model_name: name.clone(),
                 size_gb: *size_gb,
@@ -92,26 +98,11 @@ pub fn build(cmd: &ModelCommand) -> Result<Request, ClientError> {
             }
             .into()
         }
-        ModelCommand::Unregister { name } => UnregisterModel {
-            model_name: name.clone(),
-        }
-        .into(),
-        ModelCommand::Pin { name } => PinModel {
-            model_name: name.clone(),
-        }
-        .into(),
-        ModelCommand::Unpin { name } => UnpinModel {
-            model_name: name.clone(),
-        }
-        .into(),
-        ModelCommand::Info { name } | ModelCommand::Path { name } => ModelInfo {
-            model_name: name.clone(),
-        }
-        .into(),
-        ModelCommand::Access { name } => AccessModel {
-            model_name: name.clone(),
-        }
-        .into(),
+        ModelCommand::Unregister { name } => UnregisterModel { model_name: name.clone() }.into(),
+        ModelCommand::Pin { name } => PinModel { model_name: name.clone() }.into(),
+        ModelCommand::Unpin { name } => UnpinModel { model_name: name.clone() }.into(),
+        ModelCommand::Info { name } | ModelCommand::Path { name } => ModelInfo { model_name: name.clone() }.into(),
+        ModelCommand::Access { name } => AccessModel { model_name: name.clone() }.into(),
     })
 }
 
@@ -204,7 +195,9 @@ pub fn render_info(v: &ModelInfoView, now: f64) -> String {
     }
     let _ = writeln!(out, "  temperature   {} (decayed frequency {:.3})", m.temperature, m.frequency);
     if let Some(mean) = m.interarrival_mean_s {
-        let sd = m.interarrival_stddev_s.map_or_else(String::new, |s| format!(", stddev {}", span(s)));
+        let sd = m
+            .interarrival_stddev_s
+            .map_or_else(String::new, |s| format!(", stddev {}", span(s)));
         let _ = writeln!(out, "  between uses  {} on average{sd}", span(mean));
     }
     if let Some(busiest) = busiest(&v.by_hour, |h| format!("{h:02}h")) {

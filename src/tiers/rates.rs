@@ -75,9 +75,7 @@ impl MoveRates {
 
     /// The pair's estimate in MB/s, or `default` before its first measurement.
     pub fn mb_s(&self, from: &str, to: &str, default: f64) -> f64 {
-        self.pairs
-            .get(&(from.to_string(), to.to_string()))
-            .map_or(default, |(r, _)| *r)
+        self.pairs.get(&(from.to_string(), to.to_string())).map_or(default, |(r, _)| *r)
     }
 
     /// Seconds a move of `bytes` is expected to take at `mb_s`, under an
