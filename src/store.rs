@@ -88,10 +88,13 @@ pub struct ModelUsage {
     /// Place of the last access in the sequence of all accesses.
     #[serde(default)]
     pub last_seq: u64,
+    /// When the model was first registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<f64>,
 }
 
 impl ModelUsage {
-    fn of(pinned: bool, u: &Usage) -> ModelUsage {
+    fn of(pinned: bool, u: &Usage, registered_at: f64) -> ModelUsage {
         ModelUsage {
             usage: u.count,
             last_access: u.last_access,
@@ -105,6 +108,7 @@ impl ModelUsage {
             by_hour: u.by_hour.to_vec(),
             by_weekday: u.by_weekday.to_vec(),
             last_seq: u.last_seq,
+            registered_at: Some(registered_at),
         }
     }
 
@@ -198,6 +202,7 @@ impl StateFile {
                     pinned: u.pinned,
                     unavailable: p.unavailable,
                     stats: u.stats(),
+                    registered_at: u.registered_at,
                 }
             })
             .collect();
@@ -311,7 +316,9 @@ impl StateStore {
                     },
                 );
             }
-            file.engine.models.insert(m.name.clone(), ModelUsage::of(m.pinned, &m.stats));
+            file.engine
+                .models
+                .insert(m.name.clone(), ModelUsage::of(m.pinned, &m.stats, m.registered_at));
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Compared without the time of the save: an unchanged state is not rewritten.

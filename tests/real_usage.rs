@@ -66,6 +66,7 @@ fn usage_survives_a_restart_and_decays_over_the_downtime() {
         "interarrival_stddev_s",
         "by_hour",
         "by_weekday",
+        "registered_at",
     ] {
         // Times go through the JSON state file: equal to the microsecond.
         let same = match (after[k].as_f64(), before_later[k].as_f64()) {

@@ -132,6 +132,8 @@ pub struct RestoredModel {
     /// profiles), where the state file has it; `usage` and `last_access`
     /// alone otherwise (an older state file).
     pub stats: Option<Usage>,
+    /// When it was first registered (an older state file has no time).
+    pub registered_at: Option<f64>,
 }
 
 /// What an earlier run left, for [`Engine::restore`].
@@ -157,6 +159,7 @@ pub struct ModelSnapshot {
     pub pinned: bool,
     /// The whole usage record, for the state file to keep across restarts.
     pub stats: Usage,
+    pub registered_at: f64,
 }
 
 /// What the server saves: placement, limits, usage, pins and job history.
@@ -366,7 +369,7 @@ impl Engine {
                     unavailable: m.unavailable,
                     path: m.files.as_ref().map(|f| f.origin.clone()),
                     files: m.files.map(Arc::new),
-                    registered_at: now,
+                    registered_at: m.registered_at.filter(|t| t.is_finite()).unwrap_or(now),
                 })
                 .map_err(|e| EngineError::bad_request(format!("state file: model {:?}: {e}", m.name)))?;
         }
@@ -413,6 +416,7 @@ impl Engine {
                 last_access: m.usage.last_access,
                 pinned: m.pinned,
                 stats: m.usage.clone(),
+                registered_at: m.registered_at,
             })
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
