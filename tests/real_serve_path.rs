@@ -50,6 +50,8 @@ fn a_loader_that_opened_the_old_copy_keeps_valid_bytes_after_a_move() {
     let (mut e, store, _) = engine(&cfg);
     e.set_durable(true);
     let serve = register(&mut e, "m", &weights);
+    let listed = e.models(now(), None).expect("list_models");
+    assert_eq!(listed[0].serve_path.as_ref(), Some(&serve), "list_models answers it too");
     assert_eq!(serve.file_name().and_then(|n| n.to_str()), Some("m"));
     assert_eq!(serve.parent().map(Path::to_path_buf), root.join("state/serve").canonicalize().ok());
     assert_eq!(std::fs::read_link(&serve).expect("link"), weights.canonicalize().expect("canon"));
@@ -155,4 +157,15 @@ fn serve_paths_are_rebuilt_at_start() {
     let target = std::fs::read_link(&serve).expect("rebuilt");
     assert!(target.starts_with(root.join("nvme")), "{}", target.display());
     assert!(stale.symlink_metadata().is_err(), "stale link removed");
+}
+
+#[test]
+fn a_serve_dir_inside_a_tier_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut cfg = config(root);
+    cfg.serve_dir = Some(root.join("nvme/serve"));
+    let err = try_engine(&cfg).expect_err("refused");
+    assert!(err.contains("serve_dir") && err.contains("nvme"), "{err}");
+    assert!(!root.join("nvme/serve").exists(), "nothing made in the tier");
 }

@@ -91,7 +91,26 @@ pub fn open_real(
     // The serve directory (by default inside the state directory, which is
     // created above with its private mode).
     if let Some(dir) = cfg.serve_dir() {
-        machine.serve = Some(crate::drivers::serve::ServeLinks::open(&dir)?);
+        // Inside a tier, start-up cleaning would take the links for strays.
+        // Checked as configured (before anything is created there), then
+        // as it resolves.
+        let inside = |machine: &crate::drivers::Machine, p: &std::path::Path| {
+            machine.drivers.iter().position(|d| d.owns_path(p)).map(|t| {
+                format!(
+                    "serve_dir {} is inside the directory of tier {:?}; give it a directory of its own",
+                    p.display(),
+                    cfg.tiers[t].name
+                )
+            })
+        };
+        if let Some(e) = inside(&machine, &dir) {
+            return Err(e);
+        }
+        let serve = crate::drivers::serve::ServeLinks::open(&dir)?;
+        if let Some(e) = inside(&machine, serve.dir()) {
+            return Err(e);
+        }
+        machine.serve = Some(serve);
     }
     let catalog = std::mem::take(&mut cfg.models);
     let max_files = cfg.max_files_per_model;
