@@ -65,6 +65,23 @@ fn a_capped_moves_estimate_is_within_30_percent_of_its_duration() {
 }
 
 #[test]
+fn a_capped_pin_in_ram_is_estimated_from_its_cap_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let weights = root.join("models/p.bin");
+    make_file(&weights, 8 * MB, 9);
+    let cfg = config(root);
+    let (mut e, _store, _) = engine(&cfg);
+    register(&mut e, "p", &weights);
+    let (estimated, took) = capped_move(&mut e, "p", "ram", Some(4.0));
+    eprintln!("capped pin: estimated {estimated:.3} s, took {took:.3} s");
+    assert!(
+        (estimated - took).abs() <= 0.3 * took,
+        "estimated {estimated:.3} s, took {took:.3} s"
+    );
+}
+
+#[test]
 fn moves_are_measured_per_driver_pair_and_the_figures_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
