@@ -2,7 +2,9 @@
 //! is saved and restored. What it does is split by concern in the sibling
 //! modules (see [`crate::tiers`]).
 //!
-//! The engine performs no I/O and takes the current time as an argument.
+//! The engine performs no I/O (but for the serve links' `symlink` and
+//! `rename`, which must be done when a move commits: `drivers::serve`) and
+//! takes the current time as an argument.
 //! Moves are carried out by the machine's drivers; what should move is
 //! suggested by the injected [`Policy`]. The async server, the simulation
 //! harness and the property tests all drive this same type, and each of
