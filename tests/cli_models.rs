@@ -141,3 +141,58 @@ fn the_model_commands_work_for_people_and_scripts() {
     );
     assert!(out.contains("serve path: ") && out.contains("/serve/again"), "{out}");
 }
+
+/// `tierd info` after a restart of the server: the same usage, decayed by
+/// the time that passed (the engine test, `real_usage.rs`, checks the
+/// figures exactly).
+#[test]
+fn info_shows_the_same_usage_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canon");
+    std::fs::create_dir_all(root.join("swap")).expect("mkdir");
+    std::fs::create_dir_all(root.join("models")).expect("mkdir");
+    std::fs::write(root.join("models/m.gguf"), vec![7u8; 4096]).expect("write");
+    let cfg = root.join("tierd.toml");
+    std::fs::write(&cfg, config(&root)).expect("write");
+    let sock = root.join("tierd.sock");
+    let args = ["--config", cfg.to_str().expect("utf-8"), "--backend", "real", "--time-scale", "1"];
+    let before = {
+        let mut server = Server::socket(&sock, &args);
+        let (code, r) = json(&sock, &root, &["register", "m", "models/m.gguf", "--tier", "storage", "--json"]);
+        assert_eq!(code, 0, "{r}");
+        for _ in 0..3 {
+            let (code, _) = json(&sock, &root, &["access", "m", "--json"]);
+            assert_eq!(code, 0);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (_, v) = json(&sock, &root, &["info", "m", "--json"]);
+        server.terminate();
+        let status = server.wait_exit();
+        assert!(status.success(), "{status}");
+        v["model"].clone()
+    };
+    let _server = Server::socket(&sock, &args);
+    let (_, v) = json(&sock, &root, &["info", "m", "--json"]);
+    let after = &v["model"];
+    for k in [
+        "usage",
+        "last_access",
+        "first_access",
+        "by_hour",
+        "by_weekday",
+        "temperature",
+        "registered_at",
+    ] {
+        let same = match (after[k].as_f64(), before[k].as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs() < 1e-3,
+            _ => after[k] == before[k],
+        };
+        assert!(same, "{k}: before {before}\nafter {after}");
+    }
+    let (f0, f1) = (before["frequency"].as_f64().expect("f"), after["frequency"].as_f64().expect("f"));
+    assert!(f1 <= f0 && f1 > f0 * 0.99, "decayed a little over the restart: {f0} -> {f1}");
+    assert!(after["interarrival_mean_s"].as_f64().is_some_and(|g| g >= 0.1), "{after}");
+    let (code, out, _) = tierd(&sock, &root, &["info", "m"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("3 accesses, last"), "{out}");
+}
