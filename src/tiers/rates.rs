@@ -31,7 +31,7 @@ pub const MIN_SAMPLE_S: f64 = 0.05;
 /// A capped move is measured only if it ran below this share of its cap.
 const CAPPED_SHARE: f64 = 0.8;
 
-/// One pair's estimate, as `tier_status` and the state file show it.
+/// One pair's estimate, as `metrics.move_rates` and the state file show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MoveRate {
     /// The source and target tiers' driver kinds.
