@@ -250,6 +250,11 @@ pub struct Config {
     /// Where the real backend keeps its state file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Where the real backend keeps each model's serve path (a symlink to
+    /// its fastest complete copy, see `drivers::serve`); by default
+    /// `<state_dir>/serve`.
+    #[serde(default)]
+    pub serve_dir: Option<PathBuf>,
     /// Entries a registration walks at most in a model's directory (before
     /// the engine is locked); a larger directory is refused.
     #[serde(default = "default_max_files")]
@@ -376,6 +381,12 @@ fn default_max_partial_bytes() -> u64 {
 }
 
 impl Config {
+    /// The serve directory: `serve_dir`, else `<state_dir>/serve`; `None`
+    /// without a state directory.
+    pub fn serve_dir(&self) -> Option<PathBuf> {
+        self.serve_dir.clone().or_else(|| self.state_dir.as_ref().map(|d| d.join("serve")))
+    }
+
     /// The seed configuration with its example catalog.
     pub fn seed_default() -> Config {
         // The embedded file is part of the binary and covered by tests; a
@@ -416,6 +427,7 @@ impl Config {
             auto_optimize_interval_s: None,
             job_history: default_job_history(),
             state_dir: None,
+            serve_dir: None,
             max_files_per_model: default_max_files(),
             max_connections: default_max_connections(),
             line_timeout_s: default_line_timeout(),

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tierd::bench::socket::{self as bench, BenchOptions};
 use tierd::server::client::{self, LimitArgs, MoveArgs, QueueAction};
+use tierd::server::model_cli::ModelCommand;
 use tierd::server::serve::{self, BackendKind, ServeOptions};
 
 /// mimalloc: the engine allocates a little per move job and per request;
@@ -100,11 +101,100 @@ enum Command {
     /// The move-job queue: status, history, cancel.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Register a model: a weights file or a directory of shards (the path
+    /// is made absolute here, against this directory).
+    Register {
+        name: String,
+        path: PathBuf,
+        /// Move it to this tier once registered (if it has room).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Its size, for a simulated server (a real one measures the files).
+        #[arg(long, value_name = "GB")]
+        size_gb: Option<f64>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Forget a model; the copies tierd made go, its origin stays.
+    Unregister {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Keep a model where it is: no policy, make-room or pressure demotes it.
+    Pin {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Let the policies move a pinned model again.
+    Unpin {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// One model: tier, serve path, residency, usage.
+    Info {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Count one access of a model (for loaders that report their own).
+    Access {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Print a model's serve path, the path to its fastest copy:
+    /// `llama-server -m "$(tierd path m)"`.
+    Path {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Replay workloads against placement policies (no server needed).
     Sim(tierd::sim::cli::SimArgs),
     /// Measure the real backend: promotion to RAM against `cat` and
     /// `vmtouch -t`, a verified directory move against `cp`.
     BenchReal(tierd::bench::real::BenchArgs),
+}
+
+/// `--json` of the one-model commands.
+#[derive(Debug, Args)]
+struct JsonFlag {
+    /// Print the server's answer as JSON (an error answer too, exit status 1).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The one-model commands (`tierd register`, `info`, `path`, ...) and their
+/// `--json`; `None` for the others.
+fn model_command(c: &Command) -> Option<(ModelCommand, bool)> {
+    let named = |name: &String| name.clone();
+    Some(match c {
+        Command::Register {
+            name,
+            path,
+            tier,
+            size_gb,
+            out,
+        } => (
+            ModelCommand::Register {
+                name: name.clone(),
+                path: path.clone(),
+                tier: tier.clone(),
+                size_gb: *size_gb,
+            },
+            out.json,
+        ),
+        Command::Unregister { name, out } => (ModelCommand::Unregister { name: named(name) }, out.json),
+        Command::Pin { name, out } => (ModelCommand::Pin { name: named(name) }, out.json),
+        Command::Unpin { name, out } => (ModelCommand::Unpin { name: named(name) }, out.json),
+        Command::Info { name, out } => (ModelCommand::Info { name: named(name) }, out.json),
+        Command::Access { name, out } => (ModelCommand::Access { name: named(name) }, out.json),
+        Command::Path { name, out } => (ModelCommand::Path { name: named(name) }, out.json),
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +295,9 @@ fn socket_path(given: &Option<Option<PathBuf>>) -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(&cli.socket);
+    if let Some((cmd, json)) = model_command(&cli.command) {
+        return exit(tierd::server::model_cli::run(&socket, &cmd, json).map_err(|e| e.to_string()));
+    }
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
             serve::init_logging();
@@ -307,7 +400,20 @@ fn main() -> ExitCode {
             };
             bench::run(&opts).map(|_| 0).map_err(|e| e.to_string())
         }
+        // Run above, by `model_command`.
+        Command::Register { .. }
+        | Command::Unregister { .. }
+        | Command::Pin { .. }
+        | Command::Unpin { .. }
+        | Command::Info { .. }
+        | Command::Access { .. }
+        | Command::Path { .. } => Ok(0),
     };
+    exit(result)
+}
+
+/// The process's exit code for a command's result (errors on stderr).
+fn exit(result: Result<i32, String>) -> ExitCode {
     match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

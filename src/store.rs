@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::drivers::files::{ModelFile, check_model_name};
 use crate::drivers::machine::{Placed, Record};
 use crate::drivers::{ModelFiles, sys};
-use crate::tiers::{JobView, Limits, Restored, RestoredModel, Snapshot};
+use crate::tiers::{JobView, Limits, MoveRate, Restored, RestoredModel, Snapshot, Usage};
 
 /// File name of the state file inside `state_dir`.
 pub const STATE_FILE: &str = "tierd-state.json";
@@ -56,12 +56,82 @@ pub struct ModelRecord {
     pub tier: String,
 }
 
-/// Usage of one model as the engine last reported it.
+/// Usage of one model as the engine last reported it: the whole record
+/// ([`crate::tiers::Usage`]), so that a restart keeps what the policies
+/// learnt. Every field after `pinned` came later: a state file without
+/// them still reads (they start empty, as before).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelUsage {
     pub usage: u64,
     pub last_access: Option<f64>,
     pub pinned: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_access: Option<f64>,
+    /// The exponentially decayed access count as of `decayed_at` (engine
+    /// time, Unix seconds): decayed on from there at the next start.
+    #[serde(default)]
+    pub decayed: f64,
+    #[serde(default)]
+    pub decayed_at: Option<f64>,
+    /// Welford's running mean and M2 of the gaps between accesses.
+    #[serde(default)]
+    pub gap_mean: f64,
+    #[serde(default)]
+    pub gap_m2: f64,
+    #[serde(default)]
+    pub gaps: u64,
+    /// Accesses per hour of day (24) and day of week (7, Monday first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_hour: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_weekday: Vec<u32>,
+    /// Place of the last access in the sequence of all accesses.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// When the model was first registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<f64>,
+}
+
+impl ModelUsage {
+    fn of(pinned: bool, u: &Usage, registered_at: f64) -> ModelUsage {
+        ModelUsage {
+            usage: u.count,
+            last_access: u.last_access,
+            pinned,
+            first_access: u.first_access,
+            decayed: u.decayed,
+            decayed_at: Some(u.decayed_at),
+            gap_mean: u.gap_mean,
+            gap_m2: u.gap_m2,
+            gaps: u.gaps,
+            by_hour: u.by_hour.to_vec(),
+            by_weekday: u.by_weekday.to_vec(),
+            last_seq: u.last_seq,
+            registered_at: Some(registered_at),
+        }
+    }
+
+    /// The engine's record, where the file has one (`decayed_at` is
+    /// written by every tierd that saves the whole record); profiles of
+    /// the wrong length are dropped rather than trusted.
+    fn stats(&self) -> Option<Usage> {
+        let decayed_at = self.decayed_at?;
+        let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+        Some(Usage {
+            count: self.usage,
+            last_access: self.last_access,
+            last_seq: self.last_seq,
+            first_access: self.first_access,
+            decayed: finite(self.decayed).max(0.0),
+            decayed_at: finite(decayed_at),
+            gap_mean: finite(self.gap_mean),
+            gap_m2: finite(self.gap_m2).max(0.0),
+            gaps: self.gaps,
+            by_hour: self.by_hour.as_slice().try_into().unwrap_or_default(),
+            by_weekday: self.by_weekday.as_slice().try_into().unwrap_or_default(),
+        })
+    }
 }
 
 /// The engine's part of the state.
@@ -73,6 +143,10 @@ pub struct EngineState {
     /// Ended and pending jobs, newest first, as the history shows them.
     pub jobs: Vec<Value>,
     pub saved_at: f64,
+    /// Measured move throughput per pair of driver kinds (`tiers::rates`);
+    /// absent from older state files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub move_rates: Vec<MoveRate>,
 }
 
 /// The whole state file.
@@ -127,6 +201,8 @@ impl StateFile {
                     last_access: u.last_access,
                     pinned: u.pinned,
                     unavailable: p.unavailable,
+                    stats: u.stats(),
+                    registered_at: u.registered_at,
                 }
             })
             .collect();
@@ -139,6 +215,7 @@ impl StateFile {
                 .iter()
                 .filter_map(|j| serde_json::from_value::<JobView>(j.clone()).ok())
                 .collect(),
+            move_rates: self.engine.move_rates.clone(),
         }
     }
 }
@@ -223,6 +300,7 @@ impl StateStore {
                 models: BTreeMap::new(),
                 jobs: snap.jobs.iter().filter_map(|j| serde_json::to_value(j).ok()).collect(),
                 saved_at: 0.0,
+                move_rates: snap.move_rates.clone(),
             },
         };
         for m in &snap.models {
@@ -238,14 +316,9 @@ impl StateStore {
                     },
                 );
             }
-            file.engine.models.insert(
-                m.name.clone(),
-                ModelUsage {
-                    usage: m.usage,
-                    last_access: m.last_access,
-                    pinned: m.pinned,
-                },
-            );
+            file.engine
+                .models
+                .insert(m.name.clone(), ModelUsage::of(m.pinned, &m.stats, m.registered_at));
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Compared without the time of the save: an unchanged state is not rewritten.
@@ -357,6 +430,7 @@ mod tests {
             limits: Limits::default(),
             models: Vec::new(),
             jobs: Vec::new(),
+            move_rates: Vec::new(),
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
@@ -411,6 +485,7 @@ mod tests {
             limits: Limits::default(),
             models: Vec::new(),
             jobs: Vec::new(),
+            move_rates: Vec::new(),
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert!(!s.save(&snap, 2.0).expect("save again"));

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::files::ModelFiles;
 use super::gpu::GpuProbe;
+use super::serve::ServeLinks;
 use super::watch::Watcher;
 use super::{DRIVERS, Source, TierDriver};
 use crate::config::Config;
@@ -44,6 +45,9 @@ pub struct Machine {
     pub drivers: Vec<Box<dyn TierDriver>>,
     /// The look at every origin and copy while running (a real machine).
     pub watch: Option<Watcher>,
+    /// The stable serve path of each model (a real machine with a state
+    /// directory; set by `server::open::open_real`).
+    pub serve: Option<ServeLinks>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -127,7 +131,12 @@ impl Machine {
             MachineKind::Real => Watcher::spawn(),
             MachineKind::Simulated => None,
         };
-        Machine { kind, drivers, watch }
+        Machine {
+            kind,
+            drivers,
+            watch,
+            serve: None,
+        }
     }
 
     /// Opens the real drivers of `cfg`'s tiers (the `driver` of each

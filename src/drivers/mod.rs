@@ -23,7 +23,7 @@
 //!
 //! Support modules: [`files`] (a model's files and names), [`sys`] (the
 //! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
-//! [`pin`], [`copy`], [`space`] (a `dir` filesystem's free space net of the
+//! [`pin`], [`copy`], [`serve`] (the stable serve path of each model), [`space`] (a `dir` filesystem's free space net of the
 //! copies running into it), [`machine`] (opening a real machine and
 //! reconciling it with its state at start) and [`watch`] (the look at every
 //! origin and copy while running).
@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod machine;
 pub mod pagecache;
 pub mod pin;
+pub mod serve;
 pub mod sim;
 pub mod space;
 pub mod storage;
@@ -255,6 +256,13 @@ pub trait TierDriver: Send {
         Map::new()
     }
 
+    /// The throughput a move into this tier is expected to reach, MB/s,
+    /// before tierd has measured one (`tiers::rates` keeps the measured
+    /// figures per pair of driver kinds). See [`DEFAULT_MOVE_MB_S`].
+    fn default_move_mb_s(&self) -> f64 {
+        default_move_mb_s(self.kind())
+    }
+
     /// Measured fraction of a model's bytes that is resident in this tier,
     /// where the driver can measure it.
     fn resident_fraction(&self, _model: &str, _files: Option<&ModelFiles>) -> Option<f64> {
@@ -285,6 +293,27 @@ pub trait TierDriver: Send {
     /// Puts back what the tier holds of a model that the state file places
     /// here (re-pins it in RAM); in the background.
     fn restore(&mut self, _model: &str, _files: &ModelFiles) {}
+}
+
+/// The documented starting estimates of move throughput by target driver
+/// kind, MB/s, until tierd has measured moves of that kind (then the
+/// measured figure is used):
+/// - `pagecache` 1000: reading an NVMe origin into RAM and locking it;
+/// - `dir` 400: a copy, its fsync and a second read that verifies it;
+/// - `storage` 10000: a demotion to the origin only checks it and lets go.
+///
+/// Any other kind starts at [`FALLBACK_MOVE_MB_S`].
+pub const DEFAULT_MOVE_MB_S: &[(&str, f64)] = &[("pagecache", 1000.0), ("dir", 400.0), ("storage", 10_000.0)];
+
+/// The starting estimate of a kind not in [`DEFAULT_MOVE_MB_S`].
+pub const FALLBACK_MOVE_MB_S: f64 = 200.0;
+
+/// The starting estimate of moves into a tier of driver `kind`.
+pub fn default_move_mb_s(kind: &str) -> f64 {
+    DEFAULT_MOVE_MB_S
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(FALLBACK_MOVE_MB_S, |(_, mb)| *mb)
 }
 
 /// How a driver is built from its tier's configuration.

@@ -67,6 +67,9 @@ pub struct RegisterModelResponse {
     pub tier: String,
     /// The move taking it there (a real machine).
     pub job_id: Option<String>,
+    /// Its stable serve path (a real machine; see `model_info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_path: Option<PathBuf>,
 }
 
 impl RegisterModel {
@@ -149,6 +152,7 @@ impl Command for RegisterModel {
         let r = engine.register(now, reg)?;
         Outcome::reply(&RegisterModelResponse {
             status: "success".into(),
+            serve_path: engine.serve_path(&self.model_name),
             model_name: self.model_name,
             size_gb: crate::config::bytes_to_gb(r.bytes),
             tier: r.tier,

@@ -3,15 +3,17 @@
 //! connection's loop ([`connection`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), systemd socket
 //! activation and readiness ([`systemd`]), the model sources' scans and
-//! rescans ([`sources`]), and the CLI client ([`client`]). What each
+//! rescans ([`sources`]), and the CLI client ([`client`]; the one-model
+//! commands `register`, `info`, `path`, ... in [`model_cli`]). What each
 //! request does is in `requests`.
 
 pub mod client;
 pub mod connection;
 pub mod framing;
 pub mod gate;
+pub mod model_cli;
 pub mod open;
 pub mod serve;
 pub mod shared;
-pub mod systemd;
 pub mod sources;
+pub mod systemd;

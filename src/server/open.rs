@@ -88,6 +88,30 @@ pub fn open_real(
     for (model, reason) in &report.fell_back {
         warn!(model, reason, "model fell back to storage");
     }
+    // The serve directory (by default inside the state directory, which is
+    // created above with its private mode).
+    if let Some(dir) = cfg.serve_dir() {
+        // Inside a tier, start-up cleaning would take the links for strays.
+        // Checked as configured (before anything is created there), then
+        // as it resolves.
+        let inside = |machine: &crate::drivers::Machine, p: &std::path::Path| {
+            machine.drivers.iter().position(|d| d.owns_path(p)).map(|t| {
+                format!(
+                    "serve_dir {} is inside the directory of tier {:?}; give it a directory of its own",
+                    p.display(),
+                    cfg.tiers[t].name
+                )
+            })
+        };
+        if let Some(e) = inside(&machine, &dir) {
+            return Err(e);
+        }
+        let serve = crate::drivers::serve::ServeLinks::open(&dir)?;
+        if let Some(e) = inside(&machine, serve.dir()) {
+            return Err(e);
+        }
+        machine.serve = Some(serve);
+    }
     let catalog = std::mem::take(&mut cfg.models);
     let max_files = cfg.max_files_per_model;
     let mut engine = Engine::new(cfg, machine, policy, now).map_err(|e| e.to_string())?;
@@ -124,6 +148,17 @@ pub fn open_real(
             if let Err(e) = engine.move_model(now, &mc.name, want, &opts) {
                 warn!(model = %mc.name, tier = %want, "catalog placement not started: {e}");
             }
+        }
+    }
+    if let Some(r) = engine.reconcile_serve_paths() {
+        info!(
+            linked = r.linked,
+            removed = r.removed.len(),
+            unknown = r.unknown.len(),
+            "serve paths checked"
+        );
+        for (model, reason) in &r.failed {
+            warn!(model, reason, "serve path not made");
         }
     }
     Ok((engine, store, report))

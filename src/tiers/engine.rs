@@ -2,7 +2,9 @@
 //! is saved and restored. What it does is split by concern in the sibling
 //! modules (see [`crate::tiers`]).
 //!
-//! The engine performs no I/O and takes the current time as an argument.
+//! The engine performs no I/O (but for the serve links' `symlink` and
+//! `rename`, which must be done when a move commits: `drivers::serve`) and
+//! takes the current time as an argument.
 //! Moves are carried out by the machine's drivers; what should move is
 //! suggested by the injected [`Policy`]. The async server, the simulation
 //! harness and the property tests all drive this same type, and each of
@@ -18,6 +20,7 @@ use crate::error::EngineError;
 use super::job::{JobKey, JobStatus};
 use super::limits::Limits;
 use super::policy::{Desire, Policy};
+use super::rates::{MoveRate, MoveRates};
 use super::scheduler::{SchedEvent, SortedKeys, TimeKey};
 use super::state::{Model, ModelId, State, Usage};
 use super::table::{JobTable, ReadyQueue};
@@ -99,6 +102,9 @@ pub struct Engine {
     /// What the model sources held at their last scan (`discover`), set by
     /// the server that scans them.
     pub(crate) discovery: Option<Arc<crate::sources::Discovery>>,
+    /// What real moves took, per pair of driver kinds (the estimates of
+    /// later moves; saved in the state file).
+    pub(crate) move_rates: MoveRates,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -131,6 +137,12 @@ pub struct RestoredModel {
     pub last_access: Option<f64>,
     pub pinned: bool,
     pub unavailable: Option<String>,
+    /// The whole usage record of the earlier run (decayed frequency, gaps,
+    /// profiles), where the state file has it; `usage` and `last_access`
+    /// alone otherwise (an older state file).
+    pub stats: Option<Usage>,
+    /// When it was first registered (an older state file has no time).
+    pub registered_at: Option<f64>,
 }
 
 /// What an earlier run left, for [`Engine::restore`].
@@ -141,6 +153,8 @@ pub struct Restored {
     pub limits: Option<Limits>,
     /// Ended jobs, newest first.
     pub jobs: Vec<JobView>,
+    /// The measured throughput of moves, per pair of driver kinds.
+    pub move_rates: Vec<MoveRate>,
 }
 
 /// One model in a [`Snapshot`].
@@ -152,6 +166,9 @@ pub struct ModelSnapshot {
     pub usage: u64,
     pub last_access: Option<f64>,
     pub pinned: bool,
+    /// The whole usage record, for the state file to keep across restarts.
+    pub stats: Usage,
+    pub registered_at: f64,
 }
 
 /// What the server saves: placement, limits, usage, pins and job history.
@@ -163,6 +180,8 @@ pub struct Snapshot {
     pub models: Vec<ModelSnapshot>,
     /// Jobs newest first, as the history shows them.
     pub jobs: Vec<JobView>,
+    /// The measured throughput of moves, per pair of driver kinds.
+    pub move_rates: Vec<MoveRate>,
 }
 
 impl Engine {
@@ -250,6 +269,7 @@ impl Engine {
             model_faults: HashMap::new(),
             source_missing: HashMap::new(),
             discovery: None,
+            move_rates: MoveRates::default(),
         })
     }
 
@@ -339,24 +359,38 @@ impl Engine {
                     name: m.name.as_str().into(),
                     bytes,
                     tier: m.tier,
-                    usage: Usage {
-                        count: m.usage,
-                        last_access: m.last_access,
-                        decayed_at: now,
-                        ..Usage::default()
+                    // The saved record as it was: its decayed frequency keeps
+                    // decaying from the time it was last updated, over the
+                    // downtime too.
+                    usage: match m.stats {
+                        Some(stats) => Usage {
+                            count: m.usage,
+                            last_access: m.last_access,
+                            ..stats
+                        },
+                        None => Usage {
+                            count: m.usage,
+                            last_access: m.last_access,
+                            decayed_at: now,
+                            ..Usage::default()
+                        },
                     },
                     pinned: m.pinned,
                     job: None,
                     unavailable: m.unavailable,
                     path: m.files.as_ref().map(|f| f.origin.clone()),
                     files: m.files.map(Arc::new),
-                    registered_at: now,
+                    registered_at: m.registered_at.filter(|t| t.is_finite()).unwrap_or(now),
                 })
                 .map_err(|e| EngineError::bad_request(format!("state file: model {:?}: {e}", m.name)))?;
         }
+        // Accesses of this run come after every access of the earlier ones.
+        let last_seq = self.state.iter_models().map(|(_, m)| m.usage.last_seq).max().unwrap_or(0);
+        self.accesses_seen = self.accesses_seen.max(last_seq);
         if let Some(l) = &restored.limits {
             self.restore_limits(l);
         }
+        self.move_rates.restore(&restored.move_rates);
         let keep = self.cfg.job_history.max(1);
         self.archive = restored
             .jobs
@@ -392,6 +426,8 @@ impl Engine {
                 usage: m.usage.count,
                 last_access: m.usage.last_access,
                 pinned: m.pinned,
+                stats: m.usage.clone(),
+                registered_at: m.registered_at,
             })
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
@@ -406,7 +442,21 @@ impl Engine {
                     ..Default::default()
                 },
             ),
+            move_rates: self.move_rates.list(),
         }
+    }
+
+    /// The throughput estimate of a move from tier `from` to tier `to`,
+    /// MB/s: measured for the pair of their drivers' kinds, else the target
+    /// driver's default.
+    pub fn move_mb_s(&self, from: usize, to: usize) -> f64 {
+        let (a, b) = (&self.machine.drivers[from], &self.machine.drivers[to]);
+        self.move_rates.mb_s(a.kind(), b.kind(), b.default_move_mb_s())
+    }
+
+    /// Every measured pair's estimate.
+    pub fn move_rates(&self) -> Vec<MoveRate> {
+        self.move_rates.list()
     }
 
     /// Turns on durable placement: from now on, what a move's source tier
@@ -465,6 +515,46 @@ impl Engine {
             self.machine.drivers[tier].release(&m.name, m.files.as_deref());
             self.refresh_next_event(tier);
         }
+    }
+
+    // --------------------------------------------------------- serve paths
+
+    /// Points model `id`'s serve path at the copy its tier serves (no-op
+    /// without a serve directory). Called whenever a model's tier changes,
+    /// before the old tier is told to release it. A failure is logged: the
+    /// model keeps its placement, and the next change tries again.
+    pub(crate) fn link_serve_path(&mut self, id: ModelId) {
+        let (Some(serve), Some(m)) = (&self.machine.serve, self.state.model(id)) else {
+            return;
+        };
+        let Some(files) = &m.files else { return };
+        let source = self.machine.drivers[m.tier].source_of(&m.name);
+        if let Err(e) = serve.point(&m.name, files, &source) {
+            tracing::warn!(model = %m.name, "serve path not updated: {e}");
+        }
+    }
+
+    /// Makes the serve path of every model anew and removes those of
+    /// models no longer known (at start, after [`Engine::restore`]).
+    pub fn reconcile_serve_paths(&mut self) -> Option<crate::drivers::serve::ServeReport> {
+        let serve = self.machine.serve.as_ref()?;
+        let models: Vec<_> = self
+            .state
+            .iter_models()
+            .filter_map(|(_, m)| {
+                let files = m.files.as_deref()?.clone();
+                Some((m.name.to_string(), files, self.machine.drivers[m.tier].source_of(&m.name)))
+            })
+            .collect();
+        Some(serve.reconcile(&models))
+    }
+
+    /// Model `name`'s serve path, where it has one.
+    pub fn serve_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        let serve = self.machine.serve.as_ref()?;
+        let id = self.state.model_id(name)?;
+        self.state.model(id)?.files.as_ref()?;
+        Some(serve.path_of(name))
     }
 
     /// Whether tier `tier` still waits to release what it held of `model`

@@ -212,6 +212,7 @@ impl Engine {
         tiers[last].models += 1;
         self.state.detach(id, from);
         self.state.attach(id, last);
+        self.link_serve_path(id);
         self.machine.drivers[from].release(&name, files.as_deref());
         self.refresh_next_event(from);
         self.epoch += 1;

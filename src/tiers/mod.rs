@@ -13,6 +13,8 @@
 //! - [`placement`]: accesses, the policy's decisions, `auto_optimize`, and
 //!   the eviction order of make-room, lowered limits and memory pressure;
 //! - [`limits`]: the run-time limits and `update_limits`;
+//! - [`rates`]: the measured throughput of real moves, per pair of driver
+//!   kinds, behind their `estimated_time`;
 //! - [`views`]: the typed answers (tiers, models, jobs, metrics);
 //! - [`faults`]: what the engine makes of faults noticed while running
 //!   (copies and origins changed or gone, corrupt copies);
@@ -31,6 +33,7 @@ pub mod job;
 pub mod limits;
 pub mod placement;
 pub mod policy;
+pub mod rates;
 pub mod room;
 pub mod scheduler;
 pub mod state;
@@ -43,6 +46,7 @@ pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
 pub use placement::{Accessed, Optimized};
 pub use policy::{Desire, Policy};
+pub use rates::{MoveRate, MoveRates};
 pub use scheduler::{SchedEvent, SchedEventKind};
 pub use state::{Model, ModelId, State, Tier, Usage};
 pub use submit::{MoveOptions, Registered, Registration};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::drivers::{DriverEvent, MoveEvent, MoveOrder};
+use crate::drivers::{DriverEvent, MachineKind, MoveEvent, MoveOrder};
 use crate::error::EngineError;
 
 use super::engine::Engine;
@@ -358,6 +358,13 @@ impl Engine {
         self.stop_running(now, key, "success", true);
         let Some(job) = self.jobs.get(&key) else { return };
         let (from, to, bytes, model) = (job.from, job.to, job.bytes, job.model);
+        // What this attempt took teaches the estimate of later moves.
+        if self.machine.kind == MachineKind::Real
+            && let Some(a) = job.attempts.last()
+        {
+            let (kf, kt) = (self.machine.drivers[from].kind(), self.machine.drivers[to].kind());
+            self.move_rates.record(kf, kt, bytes, now - a.started_at, job.bandwidth_mb_s);
+        }
         let tiers = &mut self.state.tiers;
         tiers[from].used -= bytes;
         tiers[from].models -= 1;
@@ -387,6 +394,8 @@ impl Engine {
             }
             self.state.detach(model, from);
             self.state.attach(model, to);
+            // The serve path leads to the new copy before the old one goes.
+            self.link_serve_path(model);
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;

@@ -91,8 +91,11 @@ impl Tier {
     }
 }
 
-/// What the engine knows of how a model is used.
-#[derive(Debug, Clone, Default)]
+/// What the engine knows of how a model is used. All of it is saved in the
+/// state file ([`crate::store::ModelUsage`]) and restored at start; times
+/// are the engine clock's (Unix seconds on a server), so the decay goes on
+/// over a downtime.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
     /// Accesses since registration (plus the configured starting count).
     pub count: u64,

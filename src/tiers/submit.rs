@@ -17,6 +17,7 @@ use crate::error::EngineError;
 
 use super::engine::Engine;
 use super::job::{Job, JobKey, JobStatus, Operation, Origin, Priority};
+use super::rates::MoveRates;
 use super::room::Relief;
 use super::scheduler::SchedEventKind;
 use super::state::{Model, ModelId, Usage};
@@ -251,6 +252,19 @@ impl Engine {
             Operation::Promote => self.cfg.moves.promote_s_per_gb,
             Operation::Demote => self.cfg.moves.demote_s_per_gb,
         };
+        // A real machine's estimate is what such moves really took (see
+        // `rates`); the simulated one's is the configured seconds per GB, at
+        // most the move's cap (the simulated tier keeps to it, too).
+        let estimated_s = match self.machine.kind {
+            MachineKind::Real => MoveRates::seconds(bytes, self.move_mb_s(from, to), opts.bandwidth_mb_s),
+            MachineKind::Simulated => {
+                let s = bytes_to_gb(bytes) * rate;
+                match opts.bandwidth_mb_s.filter(|c| *c > 0.0) {
+                    Some(cap) => s.max(bytes as f64 / (cap * 1e6)),
+                    None => s,
+                }
+            }
+        };
         let key = self.next_key;
         self.next_key += 1;
         // Jobs of the simulator's hot path are never looked up by id.
@@ -318,7 +332,7 @@ impl Engine {
             ended_at: None,
             not_before: now,
             progress: 0.0,
-            estimated_s: bytes_to_gb(bytes) * rate,
+            estimated_s,
             error: None,
             attempts: SmallVec::new(),
             cancel_requested: false,
@@ -548,6 +562,7 @@ impl Engine {
             files,
             registered_at: now,
         })?;
+        self.link_serve_path(id);
         self.epoch += 1;
         self.dirty = true;
         let mut job_id = None;
@@ -630,6 +645,9 @@ impl Engine {
             });
         }
         let tier = m.tier;
+        if let Some(serve) = &self.machine.serve {
+            serve.remove(name);
+        }
         self.release_model(id, tier);
         self.model_faults.remove(&id);
         self.source_missing.remove(&id);

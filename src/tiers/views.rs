@@ -191,6 +191,10 @@ pub struct ModelView {
     pub job_id: Option<String>,
     pub unavailable_reason: Option<String>,
     pub path: Option<std::path::PathBuf>,
+    /// The model's stable serve path, leading to its fastest complete copy
+    /// (a real machine; see `drivers::serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve_path: Option<std::path::PathBuf>,
     /// Measured share of the model's bytes resident in its tier, where the
     /// tier's driver measures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,6 +261,10 @@ pub struct MetricsView {
     pub jobs_running: usize,
     pub models: usize,
     pub uptime_s: f64,
+    /// The measured throughput of real moves per pair of driver kinds, the
+    /// base of their `estimated_time` (none until a move was measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub move_rates: Vec<super::rates::MoveRate>,
 }
 
 // ------------------------------------------------------------------ plans
@@ -560,6 +568,7 @@ impl Engine {
             job_id,
             unavailable_reason: m.unavailable.clone(),
             path: m.path.clone(),
+            serve_path: self.serve_path(&m.name),
             resident_fraction: self.driver(m.tier).resident_fraction(&m.name, m.files.as_deref()).map(round6),
             fault: self.state.model_id(&m.name).and_then(|id| self.model_faults.get(&id)).cloned(),
         }
@@ -627,6 +636,7 @@ impl Engine {
             jobs_running: self.running.len(),
             models: state.by_name.len(),
             uptime_s: round6(now - self.started_at),
+            move_rates: self.move_rates(),
         }
     }
 }
