@@ -275,6 +275,11 @@ pub struct Config {
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// The file this configuration was read from (`None`: the built-in
+    /// default), so `health` and `tierd status` can say which config serves.
+    /// Not a key: set by [`Config::load`].
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_max_single() -> f64 {
@@ -347,6 +352,7 @@ impl Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             models: Vec::new(),
+            source: None,
         }
     }
 
@@ -363,7 +369,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut cfg = Config::from_toml(&text)?;
+        // An absolute path, so the one `status` shows does not depend on
+        // the server's working directory.
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
     }
 
     /// Checks that the tiers make sense together.

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use tierd::bench::socket::{self as bench, BenchOptions};
-use tierd::server::client::{self, LimitArgs, MoveArgs, QueueAction};
+use tierd::server::client::{self, LimitArgs, MoveArgs, Output, QueueAction};
 use tierd::server::serve::{self, BackendKind, ServeOptions};
 
 /// mimalloc: the engine allocates a little per move job and per request;
@@ -26,6 +26,11 @@ struct Cli {
     /// there instead of on stdio.
     #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
     socket: Option<Option<PathBuf>>,
+
+    /// Print the server's raw JSON answer (one line; full precision)
+    /// instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -53,6 +58,10 @@ enum Command {
         /// Priority: low, normal, high or critical.
         #[arg(long)]
         priority: Option<String>,
+        /// Cap the move's copy rate, in MB/s (0.1 to 1000000), so it does
+        /// not starve the disk or bus serving other models.
+        #[arg(long, value_name = "MB_S")]
+        bandwidth: Option<f64>,
     },
     /// Show or change tier limits (GB).
     Limits {
@@ -81,7 +90,10 @@ enum Command {
         tier: Option<String>,
     },
     /// Send one raw JSON request line and print the response line.
-    Request { json: String },
+    Request {
+        #[arg(value_name = "JSON")]
+        line: String,
+    },
     /// Check that the server answers.
     Health,
     /// Measure round trips over the socket against a minimal echo server.
@@ -94,6 +106,18 @@ enum Command {
     /// Measure the real backend: promotion to RAM against `cat` and
     /// `vmtouch -t`, a verified directory move against `cp`.
     BenchReal(tierd::bench::real::BenchArgs),
+    /// Print a shell completion script (e.g. `tierd completions bash >
+    /// ~/.local/share/bash-completion/completions/tierd`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --dir write one page per
+    /// subcommand there (`tierd.1`, `tierd-move.1`, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,9 +195,28 @@ fn socket_path(given: &Option<Option<PathBuf>>) -> PathBuf {
     }
 }
 
+/// `tierd man`: the main page on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<i32, String> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(format!("man: {} is not a directory", dir.display()));
+            }
+            clap_mangen::generate_to(cmd, dir).map_err(|e| format!("man: {}: {e}", dir.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out).map_err(|e| format!("man: {e}"))?;
+        }
+    }
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(&cli.socket);
+    let output = if cli.json { Output::Json } else { Output::Human };
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
             serve::init_logging();
@@ -195,13 +238,14 @@ fn main() -> ExitCode {
             }
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
-        Command::Status => client::status(&socket).map_err(|e| e.to_string()),
+        Command::Status => client::status(&socket, output).map_err(|e| e.to_string()),
         Command::Move {
             model,
             tier,
             wait,
             make_room,
             priority,
+            bandwidth,
         } => {
             let args = MoveArgs {
                 model,
@@ -209,6 +253,8 @@ fn main() -> ExitCode {
                 wait,
                 make_room,
                 priority,
+                bandwidth_mb_s: bandwidth,
+                output,
             };
             client::move_model(&socket, &args).map_err(|e| e.to_string())
         }
@@ -223,22 +269,28 @@ fn main() -> ExitCode {
                 swap_max,
                 ram_reserved,
                 set,
+                output,
             };
             client::limits(&socket, &args).map_err(|e| e.to_string())
         }
-        Command::Optimize { dry_run } => client::optimize(&socket, dry_run).map_err(|e| e.to_string()),
-        Command::Jobs => client::jobs(&socket).map_err(|e| e.to_string()),
-        Command::Models { tier } => client::models(&socket, tier.as_deref()).map_err(|e| e.to_string()),
-        Command::Request { json } => client::request(&socket, &json).map_err(|e| e.to_string()),
-        Command::Health => client::health(&socket).map_err(|e| e.to_string()),
+        Command::Optimize { dry_run } => client::optimize(&socket, dry_run, output).map_err(|e| e.to_string()),
+        Command::Jobs => client::jobs(&socket, output).map_err(|e| e.to_string()),
+        Command::Models { tier } => client::models(&socket, tier.as_deref(), output).map_err(|e| e.to_string()),
+        Command::Request { line } => client::request(&socket, &line).map_err(|e| e.to_string()),
+        Command::Health => client::health(&socket, output).map_err(|e| e.to_string()),
         Command::Queue(q) => {
             let action = match q {
                 QueueCommand::Status => QueueAction::Status,
                 QueueCommand::History { limit, status, since } => QueueAction::History { limit, status, since },
                 QueueCommand::Cancel { job_id } => QueueAction::Cancel { job_id },
             };
-            client::queue(&socket, &action).map_err(|e| e.to_string())
+            client::queue(&socket, &action, output).map_err(|e| e.to_string())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tierd", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::BenchReal(args) => match tierd::bench::real::run(&args) {
             Ok(report) => {
                 print!("{report}");
