@@ -154,9 +154,9 @@ struct ServeArgs {
     /// Probability that a simulated move fails (overrides sim.fault_probability).
     #[arg(long, value_name = "P")]
     fault_probability: Option<f64>,
-    /// Hardware backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
-    backend: BackendKind,
+    /// Hardware backend [default: the config's `backend` key, else sim].
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
     /// Seconds running moves get to finish at shutdown before being rolled back.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     drain_timeout: f64,

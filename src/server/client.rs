@@ -791,7 +791,7 @@ mod tests {
         let s: TierStatusResponse = serde_json::from_value(json!({"status": "success", "tiers": {"ram": {"used_gb": 4.8, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1, "access_s_per_gb": 0.1, "reserved_gb": 1.0, "incoming_gb": 0.0, "max_models": null, "available": true}}, "tier_order": ["ram"]})).unwrap();
         let m: Vec<ModelView> = serde_json::from_value(json!([{"model_name": "bert-large", "size_gb": 1.3, "tier": "ram", "usage": 8, "status": "ready", "last_access": null, "pinned": false, "frequency": 0.0, "temperature": "cold", "interarrival_mean_s": null, "interarrival_stddev_s": null, "first_access": null, "load_time_s": 0.13, "job_id": null, "unavailable_reason": null, "path": null}])).unwrap();
         let out = render_status(&s, &m);
-        assert!(out.contains("96.0%"), "{out}");
+        assert!(out.contains("96%"), "{out}");
         assert!(out.contains("bert-large"), "{out}");
     }
 }
