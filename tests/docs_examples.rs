@@ -1,0 +1,243 @@
+//! The docs' sessions run as written: every fenced block whose info string
+//! holds `tierd-session` in README.md and docs/PROTOCOL.md is replayed
+//! against a real `tierd serve` (stdio, the embedded default
+//! configuration, `--time-scale 1`), one server per block, and each answer
+//! must equal the documented one, times and ids aside.
+//!
+//! The convention (also stated in docs/PROTOCOL.md): inside such a block,
+//! non-blank lines alternate: a request line exactly as sent, then its
+//! answer line exactly as received. Compared as JSON (key order free),
+//! after [`normalize`]: the values of time keys (`created_at`,
+//! `started_at`, `ended_at`, `elapsed_time`, `progress`, `now`,
+//! `estimated_start`) are not compared, and the unix seconds in job ids
+//! (`tier_promote_gpt-j-6b_1796167318`) are replaced by `<T>` wherever they
+//! appear, messages included. A job id in a request line is replaced by
+//! the one this session's server handed out with the same masked form.
+//!
+//! After a change to the answers, `TIERD_DOCS_BLESS=1 cargo test --test
+//! docs_examples` writes the answers received into the docs (then read the
+//! diff: it is what the docs now promise).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Server;
+use serde_json::Value;
+
+/// Keys whose values depend on when the session ran.
+const TIME_KEYS: &[&str] = &[
+    "created_at",
+    "started_at",
+    "ended_at",
+    "elapsed_time",
+    "progress",
+    "now",
+    "estimated_start",
+];
+
+/// One `tierd-session` block: where its lines are in the file, and the
+/// request and answer pairs.
+struct Session {
+    /// Line index (0-based) of each pair's answer line in the file.
+    answer_lines: Vec<usize>,
+    pairs: Vec<(String, String)>,
+    /// The line of the opening fence, for messages.
+    start: usize,
+}
+
+fn sessions(text: &str) -> Vec<Session> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i].trim_start();
+        if l.starts_with("```") && l.contains("tierd-session") {
+            let start = i;
+            let mut body = Vec::new();
+            i += 1;
+            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+                if !lines[i].trim().is_empty() {
+                    body.push(i);
+                }
+                i += 1;
+            }
+            assert!(body.len() % 2 == 0, "line {}: a session block holds request/answer pairs", start + 1);
+            let pairs = body
+                .chunks(2)
+                .map(|p| (lines[p[0]].trim().to_string(), lines[p[1]].trim().to_string()))
+                .collect();
+            out.push(Session {
+                answer_lines: body.chunks(2).map(|p| p[1]).collect(),
+                pairs,
+                start,
+            });
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `_` followed by 9 or more digits (a job id's unix seconds) becomes `_<T>`.
+fn mask_ids(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'_' {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j - i - 1 >= 9 {
+                out.push_str("_<T>");
+                i = j;
+                continue;
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('?');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// The answer with its times blanked and its job ids masked.
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = if TIME_KEYS.contains(&k.as_str()) && !v.is_null() {
+                        Value::String("<time>".into())
+                    } else {
+                        normalize(v)
+                    };
+                    (mask_ids(k), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        Value::String(s) => Value::String(mask_ids(s)),
+        other => other.clone(),
+    }
+}
+
+/// Every string in `v`, by its masked form: the job ids this session's
+/// server handed out, so later requests can name them.
+fn learn_ids(v: &Value, ids: &mut std::collections::HashMap<String, String>) {
+    match v {
+        Value::String(s) if s.starts_with("tier_") => {
+            ids.insert(mask_ids(s), s.clone());
+        }
+        Value::Array(a) => a.iter().for_each(|v| learn_ids(v, ids)),
+        Value::Object(m) => m.values().for_each(|v| learn_ids(v, ids)),
+        _ => {}
+    }
+}
+
+/// A request line with the documented job ids replaced by this session's.
+fn with_ids(req: &str, ids: &std::collections::HashMap<String, String>) -> String {
+    fn walk(v: &mut Value, ids: &std::collections::HashMap<String, String>) -> bool {
+        match v {
+            Value::String(s) => match ids.get(&mask_ids(s)) {
+                Some(real) if real != s => {
+                    *s = real.clone();
+                    true
+                }
+                _ => false,
+            },
+            Value::Array(a) => a.iter_mut().fold(false, |c, v| walk(v, ids) | c),
+            Value::Object(m) => m.values_mut().fold(false, |c, v| walk(v, ids) | c),
+            _ => false,
+        }
+    }
+    match serde_json::from_str::<Value>(req) {
+        Ok(mut v) => {
+            if walk(&mut v, ids) {
+                v.to_string()
+            } else {
+                req.to_string()
+            }
+        }
+        Err(_) => req.to_string(),
+    }
+}
+
+fn doc(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Replays every session of `rel`; returns the mismatches (and, when
+/// blessing, rewrites the answers).
+fn check(rel: &str) -> (usize, Vec<String>) {
+    let path = doc(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let bless = std::env::var_os("TIERD_DOCS_BLESS").is_some();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut failures = Vec::new();
+    let found = sessions(&text);
+    for s in &found {
+        let mut server = Server::stdio(&["--time-scale", "1"]);
+        let mut ids = std::collections::HashMap::new();
+        for ((req, want), &at) in s.pairs.iter().zip(&s.answer_lines) {
+            let got_line = server.req_line(&with_ids(req, &ids));
+            let got: Value = serde_json::from_str(&got_line).unwrap_or_else(|e| panic!("{rel}:{}: {e}: {got_line}", at + 1));
+            learn_ids(&got, &mut ids);
+            let want_v: Value = match serde_json::from_str(want) {
+                Ok(v) => v,
+                Err(e) => {
+                    failures.push(format!("{rel}:{}: the documented answer is not JSON ({e}): {want}", at + 1));
+                    continue;
+                }
+            };
+            if normalize(&got) != normalize(&want_v) {
+                failures.push(format!(
+                    "{rel}:{} (session at line {}): {req}\n  documented: {want}\n  received:   {got_line}",
+                    at + 1,
+                    s.start + 1
+                ));
+                if bless {
+                    let indent: String = lines[at].chars().take_while(|c| c.is_whitespace()).collect();
+                    lines[at] = format!("{indent}{got_line}");
+                }
+            }
+        }
+    }
+    if bless && !failures.is_empty() {
+        let mut new = lines.join("\n");
+        new.push('\n');
+        std::fs::write(&path, new).expect("bless the docs");
+    }
+    (found.len(), failures)
+}
+
+#[test]
+fn readme_session_runs_as_written() {
+    let (n, failures) = check("README.md");
+    assert!(n >= 1, "README.md has its stdio session marked tierd-session");
+    assert!(failures.is_empty(), "README.md drifted from tierd:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn protocol_examples_run_as_written() {
+    let (n, failures) = check("docs/PROTOCOL.md");
+    assert!(n >= 3, "docs/PROTOCOL.md has its example sessions marked tierd-session ({n} found)");
+    assert!(failures.is_empty(), "docs/PROTOCOL.md drifted from tierd:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_normalization_masks_only_times_and_ids() {
+    let a: Value = serde_json::from_str(
+        r#"{"job_id":"tier_promote_m_1796167318","created_at":1.5,"progress":0.4,"size_gb":6.0,"error":"Model m already has a pending move (tier_promote_m_1796167318_2)"}"#,
+    )
+    .unwrap();
+    let b: Value = serde_json::from_str(
+        r#"{"job_id":"tier_promote_m_1796160000","created_at":9.0,"progress":0.9,"size_gb":6.0,"error":"Model m already has a pending move (tier_promote_m_1796160000_2)"}"#,
+    )
+    .unwrap();
+    assert_eq!(normalize(&a), normalize(&b));
+    let c: Value = serde_json::from_str(r#"{"job_id":"tier_promote_m_1796167318","size_gb":7.0}"#).unwrap();
+    assert_ne!(normalize(&a), normalize(&c), "figures other than times are compared");
+    assert_eq!(mask_ids("gpt2_large v_12"), "gpt2_large v_12");
+}
