@@ -241,3 +241,44 @@ fn the_normalization_masks_only_times_and_ids() {
     assert_ne!(normalize(&a), normalize(&c), "figures other than times are compared");
     assert_eq!(mask_ids("gpt2_large v_12"), "gpt2_large v_12");
 }
+
+/// Every key path the configuration parser knows: top-level keys, the
+/// keys of each section (`moves.x`) and of each table array entry
+/// (`tiers[].x`), from the serialized form of a configuration with every
+/// optional key set.
+fn config_keys() -> Vec<String> {
+    let mut cfg = tierd::config::Config::seed_default();
+    assert!(!cfg.models.is_empty() && !cfg.tiers.is_empty());
+    cfg.state_dir = Some("/x".into());
+    let v = serde_json::to_value(&cfg).expect("config serializes");
+    let mut keys = Vec::new();
+    for (k, v) in v.as_object().expect("an object") {
+        match v {
+            Value::Array(a) if a.first().is_some_and(Value::is_object) => {
+                for sub in a[0].as_object().into_iter().flat_map(|o| o.keys()) {
+                    keys.push(format!("{k}[].{sub}"));
+                }
+            }
+            Value::Object(o) => keys.extend(o.keys().map(|sub| format!("{k}.{sub}"))),
+            _ => keys.push(k.clone()),
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_config_key_has_a_row_in_the_readme_reference() {
+    let readme = std::fs::read_to_string(doc("README.md")).expect("README.md");
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    let keys = config_keys();
+    assert!(keys.iter().any(|k| k == "auto_optimize_interval_s"), "{keys:?}");
+    assert!(keys.iter().any(|k| k == "tiers[].create"), "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !rows.iter().any(|r| r.starts_with(&format!("| `{k}` |"))))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config keys without a row in README's Configuration reference: {missing:?}"
+    );
+}
