@@ -25,7 +25,11 @@ pub fn sig3(x: f64) -> String {
     }
     let decimals = (2 - magnitude) as usize;
     let s = format!("{x:.decimals$}");
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
     // -0.0001 rounds to "-0.000" → "-0".
     if s == "-0" { "0".into() } else { s.to_string() }
 }

@@ -47,7 +47,13 @@ fn real_only_keys_under_the_simulator_are_named() {
     let o = serve(root, &["serve", "--config", &cfg]);
     assert!(!o.status.success());
     let err = stderr(&o);
-    for needle in ["state_dir", "tiers[1].driver (tier \"nvme\")", "tiers[1].path", "--backend real", "backend = \"real\""] {
+    for needle in [
+        "state_dir",
+        "tiers[1].driver (tier \"nvme\")",
+        "tiers[1].path",
+        "--backend real",
+        "backend = \"real\"",
+    ] {
         assert!(err.contains(needle), "{needle:?} in {err}");
     }
     assert!(!state.exists(), "nothing created");
@@ -132,7 +138,10 @@ fn a_rejected_config_creates_nothing() {
         assert!(!p.exists(), "{} was created by a rejected config", p.display());
     }
     // A config the parser refuses after the tiers creates nothing either.
-    let cfg = write(root, &format!("auto_optimize_interval_s = -5\n{}", real_config(root, &nvme, true, &root.join("m"))));
+    let cfg = write(
+        root,
+        &format!("auto_optimize_interval_s = -5\n{}", real_config(root, &nvme, true, &root.join("m"))),
+    );
     let o = serve(root, &["serve", "--config", &cfg, "--socket"]);
     assert!(stderr(&o).contains("auto_optimize_interval_s"), "{}", stderr(&o));
     for p in [root.join("state"), nvme, root.join("xdg")] {

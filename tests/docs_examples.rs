@@ -62,7 +62,11 @@ fn sessions(text: &str) -> Vec<Session> {
                 }
                 i += 1;
             }
-            assert!(body.len() % 2 == 0, "line {}: a session block holds request/answer pairs", start + 1);
+            assert!(
+                body.len() % 2 == 0,
+                "line {}: a session block holds request/answer pairs",
+                start + 1
+            );
             let pairs = body
                 .chunks(2)
                 .map(|p| (lines[p[0]].trim().to_string(), lines[p[1]].trim().to_string()))
@@ -89,7 +93,7 @@ fn mask_ids(s: &str) -> String {
             while j < b.len() && b[j].is_ascii_digit() {
                 j += 1;
             }
-            if j - i - 1 >= 9 {
+            if j - i > 9 {
                 out.push_str("_<T>");
                 i = j;
                 continue;

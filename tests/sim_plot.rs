@@ -16,7 +16,17 @@ fn tierd(args: &[&str]) -> Output {
 fn workload(dir: &Path) -> (String, String) {
     let out = dir.join("zipf-small");
     let o = tierd(&[
-        "sim", "gen", "--family", "zipf", "--models", "30", "--accesses", "3000", "--days", "1", "--out",
+        "sim",
+        "gen",
+        "--family",
+        "zipf",
+        "--models",
+        "30",
+        "--accesses",
+        "3000",
+        "--days",
+        "1",
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -41,7 +51,11 @@ fn a_bad_plot_path_fails_before_the_replay() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(why), "{plot}: {err}");
         // The report is printed after the replay: none means no replay ran.
-        assert!(o.stdout.is_empty(), "{plot}: replayed first: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            o.stdout.is_empty(),
+            "{plot}: replayed first: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
     }
 }
 
@@ -52,12 +66,31 @@ fn svg_and_png_plots_are_written() {
     let svg = dir.path().join("out.svg");
     let png = dir.path().join("out.png");
     for p in [&svg, &png] {
-        let o = tierd(&["sim", "--catalog", &catalog, "--trace", &trace, "--policy", "lru,tierd", "--plot", p.to_str().unwrap()]);
+        let o = tierd(&[
+            "sim",
+            "--catalog",
+            &catalog,
+            "--trace",
+            &trace,
+            "--policy",
+            "lru,tierd",
+            "--plot",
+            p.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.trim_start().starts_with("<svg") && text.trim_end().ends_with("</svg>"), "an SVG document");
-    for needle in ["zipf-small", "lower bound (offline)", "hours since the first access", "Accesses served by each tier", "storage"] {
+    assert!(
+        text.trim_start().starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+        "an SVG document"
+    );
+    for needle in [
+        "zipf-small",
+        "lower bound (offline)",
+        "hours since the first access",
+        "Accesses served by each tier",
+        "storage",
+    ] {
         assert!(text.contains(needle), "{needle:?} in the SVG");
     }
     assert!(!text.contains("5000000.0"), "no raw axis figures");

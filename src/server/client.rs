@@ -246,7 +246,10 @@ pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> Strin
     let mut t = human::table(["TIER", "USED GB", "LIMIT GB", "AVAIL GB", "UTIL", "PRESSURE", "MODELS"]);
     let tiers = ordered_tiers(status);
     for &(name, tier) in &tiers {
-        let util = tier.utilization.map(|u| format!("{}%", human::sig3(u * 100.0))).unwrap_or_else(|| "-".into());
+        let util = tier
+            .utilization
+            .map(|u| format!("{}%", human::sig3(u * 100.0)))
+            .unwrap_or_else(|| "-".into());
         t.add_row::<[String; 7]>([
             name.to_string(),
             gb_cell(Some(tier.used_gb)),
@@ -267,7 +270,12 @@ pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> Strin
         }
         let mut t = human::table(["MODEL", "SIZE", "USAGE", "STATUS"]);
         for m in here {
-            t.add_row([m.model_name.clone(), human::gb(m.size_gb), m.usage.to_string(), m.status.to_string()]);
+            t.add_row([
+                m.model_name.clone(),
+                human::gb(m.size_gb),
+                m.usage.to_string(),
+                m.status.to_string(),
+            ]);
         }
         let _ = writeln!(out, "{t}");
     }
@@ -285,7 +293,9 @@ pub fn render_models(models: &[ModelView], now: f64) -> String {
             m.tier.clone(),
             m.status.to_string(),
             m.usage.to_string(),
-            m.last_access.map(|at| human::relative_time(at, now)).unwrap_or_else(|| "never".into()),
+            m.last_access
+                .map(|at| human::relative_time(at, now))
+                .unwrap_or_else(|| "never".into()),
         ]);
     }
     format!("{t}\n")
@@ -422,8 +432,7 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
             return Ok(130);
         }
         let raw: Value = c.call(TierJobStatus { job_id: job_id.clone() })?;
-        let st: TierJobStatusResponse =
-            serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
+        let st: TierJobStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
         bar.set_position((st.progress.clamp(0.0, 1.0) * 1000.0) as u64);
         let status = st.status.as_str();
         bar.set_message(format!(
@@ -520,8 +529,7 @@ pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
             print_json(&raw)?;
             return Ok(0);
         }
-        let s: TierStatusResponse =
-            serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
+        let s: TierStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
         let mut t = human::table(["TIER", "LIMIT", "RESERVED"]);
         for (name, tier) in ordered_tiers(&s) {
             let limit = tier.limit_gb.map(human::gb).unwrap_or_else(|| "unbounded".into());
@@ -535,8 +543,7 @@ pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
         print_json(&raw)?;
         return Ok(0);
     }
-    let r: UpdateLimitsResponse =
-        serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
+    let r: UpdateLimitsResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
     let (old, new) = (r.old_limits.to_map(), r.new_limits.to_map());
     let mut t = human::table(["KEY", "BEFORE", "AFTER", ""]);
     for (k, v) in &new {

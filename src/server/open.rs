@@ -64,7 +64,10 @@ fn check_sim_config(cfg: &Config) -> Result<(), ServeError> {
 pub fn check_real_config(cfg: &Config) -> Result<(), String> {
     let state_dir = cfg.state_dir.as_ref().ok_or("state_dir is required with the real backend")?;
     if !state_dir.is_dir() {
-        let parent = state_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let parent = state_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
         if !parent.is_dir() {
             return Err(format!(
                 "state_dir {}: its parent directory {} does not exist",
@@ -81,10 +84,16 @@ pub fn check_real_config(cfg: &Config) -> Result<(), String> {
             return Err(format!("tier {:?}: unknown driver {name:?} (known: {})", t.name, known.join(", ")));
         }
         if (i + 1 == n) != (name == "storage") {
-            return Err(format!("tier {:?}: the last tier, and only it, must use the storage driver", t.name));
+            return Err(format!(
+                "tier {:?}: the last tier, and only it, must use the storage driver",
+                t.name
+            ));
         }
         if name == "dir" {
-            let path = t.path.as_ref().ok_or_else(|| format!("tier {:?} (driver dir) needs a path", t.name))?;
+            let path = t
+                .path
+                .as_ref()
+                .ok_or_else(|| format!("tier {:?} (driver dir) needs a path", t.name))?;
             crate::drivers::dir::check_path(path, t.create).map_err(|e| format!("tier {:?}: {e}", t.name))?;
         }
     }

@@ -256,10 +256,7 @@ impl Report {
                 let here = r.hits_by_tier.get(k).map(|(_, h)| *h).unwrap_or(0);
                 let (y0, y1) = (below as f64 / total as f64, (below + here) as f64 / total as f64);
                 let i = i as i32;
-                let mut rect = Rectangle::new(
-                    [(SegmentValue::Exact(i), y0), (SegmentValue::Exact(i + 1), y1)],
-                    color.filled(),
-                );
+                let mut rect = Rectangle::new([(SegmentValue::Exact(i), y0), (SegmentValue::Exact(i + 1), y1)], color.filled());
                 rect.set_margin(0, 0, 12, 12);
                 rects.push(rect);
             }

@@ -366,7 +366,11 @@ impl Engine {
         let opts = MoveOptions {
             priority: Priority::High,
             origin: Origin::Rebalance,
-            reason: Some(format!("{} limit lowered to {} GB", self.state.tiers[ti].name, crate::human::bytes_gb(limit))),
+            reason: Some(format!(
+                "{} limit lowered to {} GB",
+                self.state.tiers[ti].name,
+                crate::human::bytes_gb(limit)
+            )),
             ..MoveOptions::default()
         };
         self.demote_until(now, ti, need, &opts)
