@@ -217,6 +217,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(&cli.socket);
     let output = if cli.json { Output::Json } else { Output::Human };
+    // `--json` is the raw answer of a client command, or the JSON report of
+    // `sim`; the commands with no answer to print say so rather than
+    // ignore it.
+    let mut cli = cli;
+    if cli.json {
+        match &mut cli.command {
+            Command::Sim(args) => args.run.report = tierd::sim::cli::ReportFormat::Json,
+            Command::Serve(_) | Command::Bench(_) | Command::BenchReal(_) | Command::Completions { .. } | Command::Man { .. } => {
+                eprintln!(
+                    "tierd: --json applies to the client commands (status, move, limits, ...) and sim; serve, bench, bench-real, completions and man have no JSON answer"
+                );
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
+    }
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
             serve::init_logging();

@@ -142,6 +142,31 @@ fn narrow_terminals_get_wrapped_tables() {
 }
 
 #[test]
+fn json_on_sim_is_its_json_report_and_elsewhere_refused() {
+    let o = Command::new(BIN).args(["--json", "serve"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--json applies to"), "{}", stderr(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w");
+    let o = Command::new(BIN)
+        .args(["sim", "gen", "--models", "10", "--accesses", "200", "--days", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(BIN)
+        .args(["--json", "sim", "--policy", "lru", "--catalog"])
+        .arg(out.join("catalog.csv"))
+        .arg("--trace")
+        .arg(out.join("trace.csv"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(stdout(&o).trim()).expect("the JSON report");
+    assert!(v["lower_bound_s"].is_number(), "{v}");
+}
+
+#[test]
 fn completions_and_man_page_are_generated() {
     let o = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
     assert!(o.status.success());

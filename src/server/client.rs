@@ -314,7 +314,7 @@ pub fn render_jobs(jobs: &[JobView]) -> String {
             format!("{:.0}%", j.progress * 100.0),
             human::duration(j.elapsed_time),
             human::duration(j.estimated_time),
-            j.error.clone().unwrap_or_default(),
+            human::round_gb_in(j.error.as_deref().unwrap_or("")),
         ]);
     }
     format!("{t}\n")
@@ -456,7 +456,7 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
                 return Ok(0);
             }
             JobStatus::Failed | JobStatus::Cancelled => {
-                let why = format!("{status}: {}", opt(st.error.as_deref()));
+                let why = format!("{status}: {}", human::round_gb_in(&opt(st.error.as_deref())));
                 if bar.is_hidden() {
                     eprintln!("tierd: {job_id} {why}");
                 }
@@ -698,7 +698,7 @@ pub fn render_history(h: &QueueHistoryResponse, now: f64) -> String {
             j.attempt.to_string(),
             human::relative_time(j.created_at, now),
             human::duration(j.elapsed_time),
-            j.error.clone().unwrap_or_default(),
+            human::round_gb_in(j.error.as_deref().unwrap_or("")),
         ]);
     }
     format!("{t}\n")
