@@ -5,8 +5,8 @@
 //! must equal the documented one, times and ids aside.
 //!
 //! The convention (also stated in docs/PROTOCOL.md): inside such a block,
-//! non-blank lines alternate: a request line exactly as sent, then its
-//! answer line exactly as received. Compared as JSON (key order free),
+//! JSON values alternate: a request (one line, sent as written), then its
+//! answer as received (one line, or pretty-printed over several). Compared as JSON (key order free),
 //! after [`normalize`]: the values of time keys (`created_at`,
 //! `started_at`, `ended_at`, `elapsed_time`, `progress`, `now`,
 //! `estimated_start`) are not compared, and the unix seconds in job ids
@@ -36,48 +36,54 @@ const TIME_KEYS: &[&str] = &[
     "estimated_start",
 ];
 
-/// One `tierd-session` block: where its lines are in the file, and the
-/// request and answer pairs.
+/// One `tierd-session` block: its request and answer values, each with
+/// its byte span in the file (for messages and for blessing).
 struct Session {
-    /// Line index (0-based) of each pair's answer line in the file.
-    answer_lines: Vec<usize>,
-    pairs: Vec<(String, String)>,
+    pairs: Vec<(Value, std::ops::Range<usize>, Value, std::ops::Range<usize>)>,
     /// The line of the opening fence, for messages.
-    start: usize,
+    line: usize,
 }
 
-fn sessions(text: &str) -> Vec<Session> {
-    let lines: Vec<&str> = text.lines().collect();
+/// The `tierd-session` blocks of `text`. A block's body is a sequence of
+/// JSON values (each on one line, or pretty-printed over several),
+/// alternately a request and its answer.
+fn sessions(rel: &str, text: &str) -> Vec<Session> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let l = lines[i].trim_start();
-        if l.starts_with("```") && l.contains("tierd-session") {
-            let start = i;
-            let mut body = Vec::new();
-            i += 1;
-            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
-                if !lines[i].trim().is_empty() {
-                    body.push(i);
+    let mut offset = 0;
+    let mut in_block: Option<(usize, usize)> = None;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") {
+            match in_block.take() {
+                Some((start, fence_line)) => {
+                    let body = &text[start..offset];
+                    let mut values = Vec::new();
+                    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+                    let mut begin = 0;
+                    while let Some(v) = stream.next() {
+                        let v = v.unwrap_or_else(|e| panic!("{rel}:{}: a session block holds JSON values: {e}", fence_line + 1));
+                        let end = stream.byte_offset();
+                        let lead = body[begin..end].len() - body[begin..end].trim_start().len();
+                        values.push((v, start + begin + lead..start + end));
+                        begin = end;
+                    }
+                    assert!(
+                        values.len() % 2 == 0,
+                        "{rel}:{}: a session block holds request/answer pairs",
+                        fence_line + 1
+                    );
+                    let mut it = values.into_iter();
+                    let mut pairs = Vec::new();
+                    while let (Some((q, qr)), Some((a, ar))) = (it.next(), it.next()) {
+                        pairs.push((q, qr, a, ar));
+                    }
+                    out.push(Session { pairs, line: fence_line });
                 }
-                i += 1;
+                None if t.contains("tierd-session") => in_block = Some((offset + line.len(), n)),
+                None => {}
             }
-            assert!(
-                body.len() % 2 == 0,
-                "line {}: a session block holds request/answer pairs",
-                start + 1
-            );
-            let pairs = body
-                .chunks(2)
-                .map(|p| (lines[p[0]].trim().to_string(), lines[p[1]].trim().to_string()))
-                .collect();
-            out.push(Session {
-                answer_lines: body.chunks(2).map(|p| p[1]).collect(),
-                pairs,
-                start,
-            });
         }
-        i += 1;
+        offset += line.len();
     }
     out
 }
@@ -172,45 +178,50 @@ fn doc(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// Replays every session of `rel`; returns the mismatches (and, when
-/// blessing, rewrites the answers).
+/// Replays every session of `rel`; returns how many there are and the
+/// mismatches (and, when blessing, rewrites the answers received into the
+/// file: one line stays one line, a pretty-printed answer stays pretty).
 fn check(rel: &str) -> (usize, Vec<String>) {
     let path = doc(rel);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let bless = std::env::var_os("TIERD_DOCS_BLESS").is_some();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
     let mut failures = Vec::new();
-    let found = sessions(&text);
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let found = sessions(rel, &text);
     for s in &found {
         let mut server = Server::stdio(&["--time-scale", "1"]);
         let mut ids = std::collections::HashMap::new();
-        for ((req, want), &at) in s.pairs.iter().zip(&s.answer_lines) {
-            let got_line = server.req_line(&with_ids(req, &ids));
-            let got: Value = serde_json::from_str(&got_line).unwrap_or_else(|e| panic!("{rel}:{}: {e}: {got_line}", at + 1));
+        for (req, req_at, want, want_at) in &s.pairs {
+            // A request is sent as written; one spread over lines, compacted.
+            let written = &text[req_at.clone()];
+            let compact = req.to_string();
+            let line = with_ids(if written.contains('\n') { &compact } else { written }, &ids);
+            let got_line = server.req_line(&line);
+            let got: Value =
+                serde_json::from_str(&got_line).unwrap_or_else(|e| panic!("{rel}:{}: {e}: {got_line}", line_of(want_at.start)));
             learn_ids(&got, &mut ids);
-            let want_v: Value = match serde_json::from_str(want) {
-                Ok(v) => v,
-                Err(e) => {
-                    failures.push(format!("{rel}:{}: the documented answer is not JSON ({e}): {want}", at + 1));
-                    continue;
-                }
-            };
-            if normalize(&got) != normalize(&want_v) {
+            if normalize(&got) != normalize(want) {
                 failures.push(format!(
                     "{rel}:{} (session at line {}): {req}\n  documented: {want}\n  received:   {got_line}",
-                    at + 1,
-                    s.start + 1
+                    line_of(want_at.start),
+                    s.line + 1
                 ));
-                if bless {
-                    let indent: String = lines[at].chars().take_while(|c| c.is_whitespace()).collect();
-                    lines[at] = format!("{indent}{got_line}");
-                }
+                let pretty = text[want_at.clone()].contains('\n');
+                let new = if pretty {
+                    serde_json::to_string_pretty(&got).unwrap_or(got_line.clone())
+                } else {
+                    got_line.clone()
+                };
+                edits.push((want_at.clone(), new));
             }
         }
     }
-    if bless && !failures.is_empty() {
-        let mut new = lines.join("\n");
-        new.push('\n');
+    if bless && !edits.is_empty() {
+        let mut new = text.clone();
+        for (range, with) in edits.into_iter().rev() {
+            new.replace_range(range, &with);
+        }
         std::fs::write(&path, new).expect("bless the docs");
     }
     (found.len(), failures)
