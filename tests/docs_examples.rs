@@ -297,3 +297,64 @@ fn every_config_key_has_a_row_in_the_readme_reference() {
         "config keys without a row in README's Configuration reference: {missing:?}"
     );
 }
+
+/// README's CLI block, run line by line with `sh` as written, against one
+/// socket server (`--time-scale 1`, so the move the block cancels is still
+/// running): each line must exit 0. A job id in a line is replaced by the
+/// server's job with the same masked form. `completions` and `man` need no
+/// server and write outside the test (a home directory, `man`); they are
+/// covered by tests/cli_output.rs.
+#[test]
+fn readme_cli_block_runs_as_written() {
+    let readme = std::fs::read_to_string(doc("README.md")).expect("README.md");
+    let at = readme.find("## The CLI").expect("README has a CLI section");
+    let rest = &readme[at..];
+    let start = rest.find("```sh\n").expect("a sh block") + 6;
+    let block = &rest[start..start + rest[start..].find("```").expect("closed")];
+    let lines: Vec<&str> = block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(lines.len() >= 10, "{lines:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let _server = Server::socket(&sock, &["--time-scale", "1"]);
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(common::BIN, bin.join("tierd")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut ran = 0;
+    for line in lines {
+        if line.starts_with("tierd completions") || line.starts_with("tierd man") {
+            continue;
+        }
+        // The job ids the server knows, by their masked form.
+        let mut c = common::Client::connect(&sock);
+        let mut ids = std::collections::HashMap::new();
+        learn_ids(&c.req(r#"{"list_jobs": true}"#), &mut ids);
+        drop(c);
+        let line_now = line
+            .split(' ')
+            .map(|w| ids.get(&mask_ids(w)).map(String::as_str).unwrap_or(w))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let o = std::process::Command::new("sh")
+            .args(["-c", &line_now])
+            .env("PATH", &path)
+            .env("TIERD_SOCKET", &sock)
+            .env("COLUMNS", "200")
+            .output()
+            .expect("run sh");
+        assert!(
+            o.status.success(),
+            "README line `{line}` ({line_now}) failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 10);
+}
