@@ -6,10 +6,11 @@
 //!
 //! The convention (also stated in docs/PROTOCOL.md): inside such a block,
 //! JSON values alternate: a request (one line, sent as written), then its
-//! answer as received (one line, or pretty-printed over several). Compared as JSON (key order free),
-//! after [`normalize`]: the values of time keys (`created_at`,
-//! `started_at`, `ended_at`, `elapsed_time`, `progress`, `now`,
-//! `estimated_start`) are not compared, and the unix seconds in job ids
+//! answer as received (one line, or pretty-printed over several).
+//! Compared as JSON (key order free), after [`normalize`]: the values of
+//! time keys (`created_at`, `started_at`, `ended_at`, `elapsed_time`,
+//! `progress`, `now`, `estimated_start`, `registered_at`, `uptime_s`) are
+//! not compared, and the unix seconds in job ids
 //! (`tier_promote_gpt-j-6b_1796167318`) are replaced by `<T>` wherever they
 //! appear, messages included. A job id in a request line is replaced by
 //! the one this session's server handed out with the same masked form.
@@ -34,6 +35,8 @@ const TIME_KEYS: &[&str] = &[
     "progress",
     "now",
     "estimated_start",
+    "registered_at",
+    "uptime_s",
 ];
 
 /// One `tierd-session` block: its request and answer values, each with
