@@ -115,7 +115,10 @@ impl Report {
             for (_, h) in &r.hits_by_tier {
                 let _ = write!(s, " {h:>10}");
             }
-            let _ = writeln!(s, " {:>12.1} {:>8} {:>12.1}", r.bytes_moved_gb, r.move_count, r.promotion_wait_s);
+            // Sizes read with three significant digits, as everywhere in
+            // human output (the JSON report keeps full precision).
+            let moved = crate::human::sig3(r.bytes_moved_gb);
+            let _ = writeln!(s, " {moved:>12} {:>8} {:>12.1}", r.move_count, r.promotion_wait_s);
         }
         s
     }
