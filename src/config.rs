@@ -106,6 +106,11 @@ pub struct TierConfig {
     /// (TOML octal, `mode = 0o700`); 0700 when absent.
     #[serde(default)]
     pub mode: Option<u32>,
+    /// A `dir` tier whose `path` does not exist is created (its parent
+    /// must exist) only when this is true; otherwise it is an error, so a
+    /// typo in a mount point cannot put the "NVMe tier" on the root disk.
+    #[serde(default)]
+    pub create: bool,
 }
 
 fn default_access() -> f64 {
@@ -238,6 +243,10 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub pressure: PressureConfig,
+    /// Which backend serves this configuration: `"sim"` or `"real"`.
+    /// `tierd serve --backend` overrides it; absent means the simulator.
+    #[serde(default)]
+    pub backend: Option<String>,
     /// Placement policy name (see `optimizer::POLICY_NAMES`).
     #[serde(default = "default_policy")]
     pub policy: String,
@@ -285,6 +294,11 @@ pub struct Config {
     /// on change (`crate::sources`).
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// The file this configuration was read from (`None`: the built-in
+    /// default), so `health` and `tierd status` can say which config serves.
+    /// Not a key: set by [`Config::load`].
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// What kind of store a source reads.
@@ -387,6 +401,36 @@ impl Config {
         self.serve_dir.clone().or_else(|| self.state_dir.as_ref().map(|d| d.join("serve")))
     }
 
+    /// The keys set here that only the real backend reads (`state_dir`,
+    /// `serve_dir`, `[[sources]]`, a tier's `driver`, `path` or `create`, a
+    /// model's `path`), each named
+    /// as a reader would find it in the file: `tiers[1].path (tier "nvme")`.
+    pub fn real_only_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if self.state_dir.is_some() {
+            keys.push("state_dir".to_string());
+        }
+        for (i, t) in self.tiers.iter().enumerate() {
+            for (key, set) in [("driver", t.driver.is_some()), ("path", t.path.is_some()), ("create", t.create)] {
+                if set {
+                    keys.push(format!("tiers[{i}].{key} (tier {:?})", t.name));
+                }
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.path.is_some() {
+                keys.push(format!("models[{i}].path (model {:?})", m.name));
+            }
+        }
+        if self.serve_dir.is_some() {
+            keys.push("serve_dir".to_string());
+        }
+        for (i, src) in self.sources.iter().enumerate() {
+            keys.push(format!("sources[{i}] (kind {:?})", src.kind.as_str()));
+        }
+        keys
+    }
+
     /// The seed configuration with its example catalog.
     pub fn seed_default() -> Config {
         // The embedded file is part of the binary and covered by tests; a
@@ -409,6 +453,7 @@ impl Config {
             max_models: None,
             min_free_gb: None,
             mode: None,
+            create: false,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
         ram.reserved_gb = Some(1.0);
@@ -423,6 +468,7 @@ impl Config {
             sim: SimConfig::default(),
             usage: UsageConfig::default(),
             pressure: PressureConfig::default(),
+            backend: None,
             policy: default_policy(),
             auto_optimize_interval_s: None,
             job_history: default_job_history(),
@@ -436,6 +482,7 @@ impl Config {
             allowed_gids: Vec::new(),
             models: Vec::new(),
             sources: Vec::new(),
+            source: None,
         }
     }
 
@@ -452,7 +499,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut cfg = Config::from_toml(&text)?;
+        // An absolute path, so the one `status` shows does not depend on
+        // the server's working directory.
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
     }
 
     /// Checks that the tiers make sense together.
@@ -524,6 +575,17 @@ impl Config {
         }
         if !(in_gb_range(self.max_single_model_gb) && self.max_single_model_gb > 0.0) {
             return bad(format!("max_single_model_gb must be a positive number up to {MAX_GB}"));
+        }
+        if let Some(b) = &self.backend
+            && b != "sim"
+            && b != "real"
+        {
+            return bad(format!("backend must be \"sim\" or \"real\", got {b:?}"));
+        }
+        if let Some(i) = self.auto_optimize_interval_s
+            && !(i.is_finite() && i >= 0.0)
+        {
+            return bad(format!("auto_optimize_interval_s must be a number of seconds (0 = off), got {i}"));
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());

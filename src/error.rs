@@ -54,14 +54,14 @@ pub enum EngineError {
     AlreadyInTier { model: String, tier: String },
     #[error("Model {model} already has a pending move ({job_id})")]
     AlreadyMoving { model: String, job_id: String },
-    #[error("Model {model} ({size_gb} GB) exceeds the maximum single model size of {max_gb} GB for tier {tier}")]
+    #[error("Model {model} ({} GB) exceeds the maximum single model size of {} GB for tier {tier}", crate::human::sig3(*size_gb), crate::human::sig3(*max_gb))]
     ModelTooLarge {
         model: String,
         size_gb: f64,
         max_gb: f64,
         tier: String,
     },
-    #[error("{} limit exceeded: {model} needs {} GB, {} GB free of the {} GB limit", tier.to_uppercase(), crate::config::bytes_to_gb(*required), crate::config::bytes_to_gb(*available), crate::config::bytes_to_gb(*limit))]
+    #[error("{} limit exceeded: {model} needs {} GB, {} GB free of the {} GB limit", tier.to_uppercase(), crate::human::bytes_gb(*required), crate::human::bytes_gb(*available), crate::human::bytes_gb(*limit))]
     LimitExceeded {
         tier: String,
         model: String,
@@ -71,7 +71,7 @@ pub enum EngineError {
     },
     #[error("{} limit exceeded: {tier} may hold at most {max_models} models", tier.to_uppercase())]
     ModelCountExceeded { tier: String, max_models: usize },
-    #[error("Insufficient {}: {model} needs {} GB, the hardware has {} GB available", tier.to_uppercase(), crate::config::bytes_to_gb(*required), crate::config::bytes_to_gb(*available))]
+    #[error("Insufficient {}: {model} needs {} GB, the hardware has {} GB available", tier.to_uppercase(), crate::human::bytes_gb(*required), crate::human::bytes_gb(*available))]
     Insufficient {
         tier: String,
         model: String,
@@ -213,7 +213,9 @@ impl EngineError {
     pub fn to_json(&self) -> Value {
         json!({
             "code": self.code().as_str(),
-            "message": self.to_string(),
+            // Figures that reached a message raw (a reason passed through)
+            // read as three significant digits too; `details` keeps them whole.
+            "message": crate::human::round_gb_in(&self.to_string()),
             "details": Value::Object(self.details()),
         })
     }

@@ -20,12 +20,15 @@
 //!   directory);
 //! - [`drivers`]: one driver per kind of tier (simulated, page cache,
 //!   directory, GPU, storage) and the machine they make up;
-//! - [`config`]: the one configuration structure; [`error`]: the error codes.
+//! - [`config`]: the one configuration structure; [`error`]: the error codes;
+//!   [`human`]: how sizes, times and tables read in human output (a leaf any
+//!   module may use).
 
 pub mod bench;
 pub mod config;
 pub mod drivers;
 pub mod error;
+pub mod human;
 pub mod mcp;
 pub mod optimizer;
 pub mod requests;

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use tierd::bench::socket::{self as bench, BenchOptions};
-use tierd::server::client::{self, LimitArgs, MoveArgs, QueueAction};
+use tierd::server::client::{self, LimitArgs, MoveArgs, Output, QueueAction};
 use tierd::server::model_cli::ModelCommand;
 use tierd::server::serve::{self, BackendKind, ServeOptions};
 
@@ -28,6 +28,11 @@ struct Cli {
     /// of embedding an engine.
     #[arg(long, global = true, value_name = "PATH", num_args = 0..=1)]
     socket: Option<Option<PathBuf>>,
+
+    /// Print the server's raw JSON answer (one line; full precision)
+    /// instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -58,6 +63,10 @@ enum Command {
         /// Priority: low, normal, high or critical.
         #[arg(long)]
         priority: Option<String>,
+        /// Cap the move's copy rate, in MB/s (0.1 to 1000000), so it does
+        /// not starve the disk or bus serving other models.
+        #[arg(long, value_name = "MB_S")]
+        bandwidth: Option<f64>,
     },
     /// Show or change tier limits (GB).
     Limits {
@@ -86,16 +95,15 @@ enum Command {
         tier: Option<String>,
     },
     /// Send one raw JSON request line and print the response line.
-    Request { json: String },
+    Request {
+        #[arg(value_name = "JSON")]
+        line: String,
+    },
     /// Check that the server answers.
     Health,
     /// What every model source ([[sources]]) finds: name, kind, files, size,
     /// registered or not. Changes nothing.
-    Discover {
-        /// The answer as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Discover,
     /// Measure round trips over the socket against a minimal echo server.
     Bench(BenchArgs),
     /// The move-job queue: status, history, cancel.
@@ -112,87 +120,56 @@ enum Command {
         /// Its size, for a simulated server (a real one measures the files).
         #[arg(long, value_name = "GB")]
         size_gb: Option<f64>,
-        #[command(flatten)]
-        out: JsonFlag,
     },
     /// Forget a model; the copies tierd made go, its origin stays.
-    Unregister {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Unregister { name: String },
     /// Keep a model where it is: no policy, make-room or pressure demotes it.
-    Pin {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Pin { name: String },
     /// Let the policies move a pinned model again.
-    Unpin {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Unpin { name: String },
     /// One model: tier, serve path, residency, usage.
-    Info {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Info { name: String },
     /// Count one access of a model (for loaders that report their own).
-    Access {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Access { name: String },
     /// Print a model's serve path, the path to its fastest copy:
     /// `llama-server -m "$(tierd path m)"`.
-    Path {
-        name: String,
-        #[command(flatten)]
-        out: JsonFlag,
-    },
+    Path { name: String },
     /// Replay workloads against placement policies (no server needed).
     Sim(tierd::sim::cli::SimArgs),
     /// Measure the real backend: promotion to RAM against `cat` and
     /// `vmtouch -t`, a verified directory move against `cp`.
     BenchReal(tierd::bench::real::BenchArgs),
-}
-
-/// `--json` of the one-model commands.
-#[derive(Debug, Args)]
-struct JsonFlag {
-    /// Print the server's answer as JSON (an error answer too, exit status 1).
-    #[arg(long)]
-    json: bool,
+    /// Print a shell completion script (e.g. `tierd completions bash >
+    /// ~/.local/share/bash-completion/completions/tierd`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --dir write one page per
+    /// subcommand there (`tierd.1`, `tierd-move.1`, ...).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The one-model commands (`tierd register`, `info`, `path`, ...) and their
 /// `--json`; `None` for the others.
-fn model_command(c: &Command) -> Option<(ModelCommand, bool)> {
+fn model_command(c: &Command) -> Option<ModelCommand> {
     let named = |name: &String| name.clone();
     Some(match c {
-        Command::Register {
-            name,
-            path,
-            tier,
-            size_gb,
-            out,
-        } => (
-            ModelCommand::Register {
-                name: name.clone(),
-                path: path.clone(),
-                tier: tier.clone(),
-                size_gb: *size_gb,
-            },
-            out.json,
-        ),
-        Command::Unregister { name, out } => (ModelCommand::Unregister { name: named(name) }, out.json),
-        Command::Pin { name, out } => (ModelCommand::Pin { name: named(name) }, out.json),
-        Command::Unpin { name, out } => (ModelCommand::Unpin { name: named(name) }, out.json),
-        Command::Info { name, out } => (ModelCommand::Info { name: named(name) }, out.json),
-        Command::Access { name, out } => (ModelCommand::Access { name: named(name) }, out.json),
-        Command::Path { name, out } => (ModelCommand::Path { name: named(name) }, out.json),
+        Command::Register { name, path, tier, size_gb } => ModelCommand::Register {
+            name: name.clone(),
+            path: path.clone(),
+            tier: tier.clone(),
+            size_gb: *size_gb,
+        },
+        Command::Unregister { name } => ModelCommand::Unregister { name: named(name) },
+        Command::Pin { name } => ModelCommand::Pin { name: named(name) },
+        Command::Unpin { name } => ModelCommand::Unpin { name: named(name) },
+        Command::Info { name } => ModelCommand::Info { name: named(name) },
+        Command::Access { name } => ModelCommand::Access { name: named(name) },
+        Command::Path { name } => ModelCommand::Path { name: named(name) },
         _ => return None,
     })
 }
@@ -231,9 +208,9 @@ struct ServeArgs {
     /// Probability that a simulated move fails (overrides sim.fault_probability).
     #[arg(long, value_name = "P")]
     fault_probability: Option<f64>,
-    /// Hardware backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
-    backend: BackendKind,
+    /// Hardware backend [default: the config's `backend` key, else sim].
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
     /// Seconds running moves get to finish at shutdown before being rolled back.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     drain_timeout: f64,
@@ -260,9 +237,10 @@ struct McpArgs {
     /// Probability that a simulated move fails (overrides sim.fault_probability).
     #[arg(long, value_name = "P")]
     fault_probability: Option<f64>,
-    /// Hardware backend of the embedded engine.
-    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
-    backend: BackendKind,
+    /// Hardware backend of the embedded engine [default: the config's
+    /// `backend` key, else sim].
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
     /// Seconds running moves get to finish at shutdown before being rolled back.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     drain_timeout: f64,
@@ -292,11 +270,51 @@ fn socket_path(given: &Option<Option<PathBuf>>) -> PathBuf {
     }
 }
 
+/// `tierd man`: the main page on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<i32, String> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(format!("man: {} is not a directory", dir.display()));
+            }
+            clap_mangen::generate_to(cmd, dir).map_err(|e| format!("man: {}: {e}", dir.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out).map_err(|e| format!("man: {e}"))?;
+        }
+    }
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(&cli.socket);
-    if let Some((cmd, json)) = model_command(&cli.command) {
-        return exit(tierd::server::model_cli::run(&socket, &cmd, json).map_err(|e| e.to_string()));
+    if let Some(cmd) = model_command(&cli.command) {
+        return exit(tierd::server::model_cli::run(&socket, &cmd, cli.json).map_err(|e| e.to_string()));
+    }
+    let output = if cli.json { Output::Json } else { Output::Human };
+    // `--json` is the raw answer of a client command, or the JSON report of
+    // `sim`; the commands with no answer to print say so rather than
+    // ignore it.
+    let mut cli = cli;
+    if cli.json {
+        match &mut cli.command {
+            Command::Sim(args) => args.run.report = tierd::sim::cli::ReportFormat::Json,
+            Command::Serve(_)
+            | Command::Bench(_)
+            | Command::BenchReal(_)
+            | Command::Mcp(_)
+            | Command::Completions { .. }
+            | Command::Man { .. } => {
+                eprintln!(
+                    "tierd: --json applies to the client commands (status, move, limits, ...) and sim; serve, mcp, bench, bench-real, completions and man have no JSON answer"
+                );
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
     }
     let result: Result<i32, String> = match cli.command {
         Command::Serve(a) => {
@@ -336,13 +354,14 @@ fn main() -> ExitCode {
             };
             tierd::mcp::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
-        Command::Status => client::status(&socket).map_err(|e| e.to_string()),
+        Command::Status => client::status(&socket, output).map_err(|e| e.to_string()),
         Command::Move {
             model,
             tier,
             wait,
             make_room,
             priority,
+            bandwidth,
         } => {
             let args = MoveArgs {
                 model,
@@ -350,6 +369,8 @@ fn main() -> ExitCode {
                 wait,
                 make_room,
                 priority,
+                bandwidth_mb_s: bandwidth,
+                output,
             };
             client::move_model(&socket, &args).map_err(|e| e.to_string())
         }
@@ -364,23 +385,29 @@ fn main() -> ExitCode {
                 swap_max,
                 ram_reserved,
                 set,
+                output,
             };
             client::limits(&socket, &args).map_err(|e| e.to_string())
         }
-        Command::Optimize { dry_run } => client::optimize(&socket, dry_run).map_err(|e| e.to_string()),
-        Command::Jobs => client::jobs(&socket).map_err(|e| e.to_string()),
-        Command::Models { tier } => client::models(&socket, tier.as_deref()).map_err(|e| e.to_string()),
-        Command::Request { json } => client::request(&socket, &json).map_err(|e| e.to_string()),
-        Command::Health => client::health(&socket).map_err(|e| e.to_string()),
-        Command::Discover { json } => client::discover(&socket, json).map_err(|e| e.to_string()),
+        Command::Optimize { dry_run } => client::optimize(&socket, dry_run, output).map_err(|e| e.to_string()),
+        Command::Jobs => client::jobs(&socket, output).map_err(|e| e.to_string()),
+        Command::Models { tier } => client::models(&socket, tier.as_deref(), output).map_err(|e| e.to_string()),
+        Command::Request { line } => client::request(&socket, &line).map_err(|e| e.to_string()),
+        Command::Health => client::health(&socket, output).map_err(|e| e.to_string()),
+        Command::Discover => client::discover(&socket, output == Output::Json).map_err(|e| e.to_string()),
         Command::Queue(q) => {
             let action = match q {
                 QueueCommand::Status => QueueAction::Status,
                 QueueCommand::History { limit, status, since } => QueueAction::History { limit, status, since },
                 QueueCommand::Cancel { job_id } => QueueAction::Cancel { job_id },
             };
-            client::queue(&socket, &action).map_err(|e| e.to_string())
+            client::queue(&socket, &action, output).map_err(|e| e.to_string())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tierd", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::BenchReal(args) => match tierd::bench::real::run(&args) {
             Ok(report) => {
                 print!("{report}");

@@ -48,18 +48,28 @@ fn protocol_seeds() -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("docs/PROTOCOL.md");
     let mut seeds = Vec::new();
     let mut rest = text.as_str();
-    while let Some(start) = rest.find("```json\n") {
-        rest = &rest[start + 8..];
+    // One-line `json` blocks, and the request lines of `tierd-session`
+    // blocks (docs/PROTOCOL.md's replayed sessions: requests alternate
+    // with answers, which all carry `status`).
+    while let Some(start) = rest.find("```") {
+        rest = &rest[start + 3..];
+        let Some(header_end) = rest.find('\n') else { break };
+        let info = rest[..header_end].trim();
+        rest = &rest[header_end + 1..];
         let Some(end) = rest.find("```") else { break };
         let block = rest[..end].trim();
         rest = &rest[end + 3..];
-        if block.contains('\n') {
-            continue;
-        }
-        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(block)
-            && v.get("status").is_none()
-        {
-            seeds.push(v);
+        let lines: Vec<&str> = match info {
+            "json" if !block.contains('\n') => vec![block],
+            _ if info.contains("tierd-session") => block.lines().collect(),
+            _ => continue,
+        };
+        for line in lines {
+            if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(line.trim())
+                && v.get("status").is_none()
+            {
+                seeds.push(v);
+            }
         }
     }
     seeds

@@ -435,7 +435,7 @@ fn the_daemon_notices_a_truncated_copy_without_a_request() {
     let text = format!(
         "state_dir = {state:?}\npolicy = \"usage\"\n\
          [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 4.0\naccess_s_per_gb = 0.1\n\
-         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\npath = {swap:?}\nmax_gb = 4.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\ncreate = true\npath = {swap:?}\nmax_gb = 4.0\naccess_s_per_gb = 0.5\n\
          [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
         state = r.join("state"),
         swap = r.join("swap"),

@@ -24,6 +24,7 @@ access_s_per_gb = 0.1
 [[tiers]]
 name = "swap"
 driver = "dir"
+create = true
 path = "{root}/swap"
 max_gb = 4.0
 access_s_per_gb = 0.5

@@ -138,7 +138,7 @@ fn two_runs_give_identical_json() {
     let svg = dir.path().join("plot.svg");
     compare(&cfg, &catalog, &trace, &all(), MoveMode::Instant)
         .unwrap()
-        .plot(&svg)
+        .plot(&svg, "harness")
         .unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(80)]);

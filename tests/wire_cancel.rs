@@ -192,7 +192,7 @@ fn a_real_copy_cancel_answers_cancelling() {
 fn serve_config(root: &Path) -> String {
     format!(
         "state_dir = {state:?}\npolicy = \"usage\"\n\
-         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\npath = {swap:?}\nmax_gb = 4.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\ncreate = true\npath = {swap:?}\nmax_gb = 4.0\naccess_s_per_gb = 0.5\n\
          [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
         state = root.join("state"),
         swap = root.join("swap"),

@@ -297,8 +297,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport, RealError> {
     let text = format!(
         "state_dir = {state:?}\nmax_single_model_gb = 1000.0\n\
          [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 1000.0\nreserved_gb = 0.5\naccess_s_per_gb = 0.1\n\
-         [[tiers]]\nname = \"nvme\"\ndriver = \"dir\"\npath = {a:?}\nmax_gb = 1000.0\naccess_s_per_gb = 0.3\n\
-         [[tiers]]\nname = \"ssd\"\ndriver = \"dir\"\npath = {b:?}\nmax_gb = 1000.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"nvme\"\ndriver = \"dir\"\ncreate = true\npath = {a:?}\nmax_gb = 1000.0\naccess_s_per_gb = 0.3\n\
+         [[tiers]]\nname = \"ssd\"\ndriver = \"dir\"\ncreate = true\npath = {b:?}\nmax_gb = 1000.0\naccess_s_per_gb = 0.5\n\
          [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
         state = root.join("state"),
         a = root.join("tier-a"),

@@ -98,12 +98,37 @@ impl std::fmt::Debug for DirDriver {
     }
 }
 
-/// Opens a directory tier: its `path` is created if missing.
+/// Checks a `dir` tier's path without touching the disk: an existing
+/// directory, or, with `create`, a missing one whose parent exists (tierd
+/// creates one directory, never a chain: a typo in a mount point is an
+/// error, not a tier on the root disk).
+pub fn check_path(path: &Path, create: bool) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", path.display())),
+        Err(_) if !create => Err(format!(
+            "directory {} does not exist; create it (and mount what it should be on), or set create = true on the tier",
+            path.display()
+        )),
+        Err(_) => match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) if !parent.is_dir() => Err(format!(
+                "cannot create {}: its parent {} does not exist",
+                path.display(),
+                parent.display()
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Opens a directory tier: its `path` must exist, or is created when the
+/// tier says `create = true` (see [`check_path`]).
 pub fn open(ctx: &mut OpenContext, tier: &TierConfig) -> Result<Box<dyn TierDriver>, String> {
     let p = tier
         .path
         .clone()
         .ok_or_else(|| format!("tier {:?} (driver dir) needs a path", tier.name))?;
+    check_path(&p, tier.create)?;
     Ok(Box::new(DirDriver::open_with(&p, tier.mode, &ctx.spaces)?))
 }
 

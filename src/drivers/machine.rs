@@ -18,6 +18,18 @@ use super::watch::Watcher;
 use super::{DRIVERS, Source, TierDriver};
 use crate::config::Config;
 
+/// The driver of tier `i` of `n` when the config names none: the page
+/// cache first, the storage driver last, directories between.
+pub fn default_driver(i: usize, n: usize) -> &'static str {
+    if i + 1 == n {
+        "storage"
+    } else if i == 0 {
+        "pagecache"
+    } else {
+        "dir"
+    }
+}
+
 /// What kind of hardware a machine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MachineKind {
@@ -160,14 +172,7 @@ impl Machine {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (i, t) in cfg.tiers.iter().enumerate() {
             let last = i + 1 == n;
-            let default = if last {
-                "storage"
-            } else if i == 0 {
-                "pagecache"
-            } else {
-                "dir"
-            };
-            let name = t.driver.as_deref().unwrap_or(default);
+            let name = t.driver.as_deref().unwrap_or_else(|| default_driver(i, n));
             let Some((_, open)) = DRIVERS.iter().find(|(n, _)| *n == name) else {
                 let known: Vec<&str> = DRIVERS.iter().map(|(n, _)| *n).collect();
                 return Err(format!("tier {:?}: unknown driver {name:?} (known: {})", t.name, known.join(", ")));
@@ -308,7 +313,7 @@ mod tests {
         }
         let a = root.path().join("a");
         let overlap = format!(
-            "[[tiers]]\nname='x'\ndriver='dir'\npath={a:?}\nmax_gb=1.0\n[[tiers]]\nname='y'\ndriver='dir'\npath={:?}\nmax_gb=1.0\n[[tiers]]\nname='storage'\n",
+            "[[tiers]]\nname='x'\ndriver='dir'\ncreate=true\npath={a:?}\nmax_gb=1.0\n[[tiers]]\nname='y'\ndriver='dir'\ncreate=true\npath={:?}\nmax_gb=1.0\n[[tiers]]\nname='storage'\n",
             a.join("b")
         );
         let cfg = Config::from_toml(&overlap).expect("parses");

@@ -1,6 +1,6 @@
 //! `health`: whether the server answers, and what it serves: the backend
-//! (`sim` or `real`), the policy, the version, the model count, the tiers
-//! and the requests it knows.
+//! (`sim` or `real`), the policy, the version, the model count, the tiers,
+//! the requests it knows, the configuration file and the engine's clock.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +26,15 @@ pub struct HealthResponse {
     pub models: usize,
     pub tiers: Vec<String>,
     pub requests: Vec<String>,
+    /// The configuration file serving, absolute; `null` for the built-in
+    /// default.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The engine's clock (unix seconds, scaled by `--time-scale`): what
+    /// `last_access` and other times in answers are measured on, so a
+    /// client can say them relative to now.
+    #[serde(default)]
+    pub now: f64,
 }
 
 impl Command for Health {
@@ -39,7 +48,7 @@ impl Command for Health {
         Value::Bool(true)
     }
 
-    fn apply(self, engine: &mut Engine, _now: f64) -> Result<Outcome, EngineError> {
+    fn apply(self, engine: &mut Engine, now: f64) -> Result<Outcome, EngineError> {
         Outcome::reply(&HealthResponse {
             status: "success".into(),
             healthy: true,
@@ -49,6 +58,8 @@ impl Command for Health {
             models: engine.state().by_name.len(),
             tiers: engine.state().tier_names(),
             requests: REQUEST_KEYS.iter().map(|k| k.to_string()).collect(),
+            config: engine.config().source.as_ref().map(|p| p.display().to_string()),
+            now,
         })
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::human;
 use crate::requests::Request;
 use crate::requests::auto_optimize::{AutoOptimize, AutoOptimizeResponse};
 use crate::requests::cancel_job::{CancelJob, CancelJobResponse};
@@ -29,7 +30,7 @@ use crate::requests::queue_status::{QueueStatus, QueueStatusResponse};
 use crate::requests::tier_job_status::{TierJobStatus, TierJobStatusResponse};
 use crate::requests::tier_status::{TierStatus, TierStatusResponse};
 use crate::requests::update_limits::{UpdateLimits, UpdateLimitsResponse};
-use crate::tiers::{JobStatus, JobView, ModelView};
+use crate::tiers::{JobStatus, JobView, ModelView, TierView};
 
 /// The socket path used when none is given: `$TIERD_SOCKET`, else
 /// `tierd.sock` in [`default_socket_dir`].
@@ -199,118 +200,154 @@ fn server_error(v: &Value) -> ClientError {
     }
 }
 
-fn num(v: Option<f64>) -> String {
-    match v {
-        Some(x) => format!("{x:.2}"),
-        None => "-".to_string(),
-    }
-}
-
 fn opt(v: Option<&str>) -> String {
     v.unwrap_or("-").to_string()
+}
+
+/// A GB figure for a table cell: three significant digits, `-` for none.
+fn gb_cell(v: Option<f64>) -> String {
+    v.map(human::sig3).unwrap_or_else(|| "-".into())
+}
+
+/// How a command prints its answer: tables and lines for people, or the
+/// server's raw JSON answer (`--json`) for programs, full precision kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Prints one JSON answer on one line.
+fn print_json(v: &impl serde::Serialize) -> Result<(), ClientError> {
+    let line = serde_json::to_string(v).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    println!("{line}");
+    Ok(())
+}
+
+/// The tiers of a `tier_status` answer fastest first, as `tier_order`
+/// lists them (JSON objects carry no order; any tier it misses comes last).
+fn ordered_tiers(status: &TierStatusResponse) -> Vec<(&str, &TierView)> {
+    let mut out: Vec<(&str, &TierView)> = status
+        .tier_order
+        .iter()
+        .filter_map(|n| status.tiers.iter().find(|(name, _)| name == n).map(|(name, t)| (name.as_ref(), t)))
+        .collect();
+    for (name, t) in &status.tiers {
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.as_ref(), t));
+        }
+    }
+    out
 }
 
 /// Renders `tier_status` and `list_models` answers as a table of tiers
 /// followed by the models of each tier.
 pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
-        "TIER", "USED GB", "LIMIT GB", "AVAIL GB", "UTIL", "PRESSURE", "MODELS"
-    );
-    for (name, t) in &status.tiers {
-        let util = t.utilization.map(|u| format!("{:.1}%", u * 100.0)).unwrap_or_else(|| "-".into());
-        let _ = writeln!(
-            out,
-            "{:<10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
-            name,
-            num(Some(t.used_gb)),
-            num(t.limit_gb),
-            num(t.available_gb),
+    let mut t = human::table(["TIER", "USED GB", "LIMIT GB", "AVAIL GB", "UTIL", "PRESSURE", "MODELS"]);
+    let tiers = ordered_tiers(status);
+    for &(name, tier) in &tiers {
+        let util = tier
+            .utilization
+            .map(|u| format!("{}%", human::sig3(u * 100.0)))
+            .unwrap_or_else(|| "-".into());
+        t.add_row::<[String; 7]>([
+            name.to_string(),
+            gb_cell(Some(tier.used_gb)),
+            gb_cell(tier.limit_gb),
+            gb_cell(tier.available_gb),
             util,
-            t.pressure,
-            t.models
-        );
+            tier.pressure.to_string(),
+            tier.models.to_string(),
+        ]);
     }
-    for (name, _) in &status.tiers {
+    let mut out = format!("{t}\n");
+    for &(name, _) in &tiers {
         let here: Vec<&ModelView> = models.iter().filter(|m| m.tier == *name).collect();
         let _ = writeln!(out, "\n{name}:");
         if here.is_empty() {
             let _ = writeln!(out, "  (none)");
+            continue;
         }
+        let mut t = human::table(["MODEL", "SIZE", "USAGE", "STATUS"]);
         for m in here {
-            let _ = writeln!(
-                out,
-                "  {:<24} {:>7} GB  usage {:>4}  {}",
-                m.model_name,
-                num(Some(m.size_gb)),
-                m.usage,
-                m.status
-            );
+            t.add_row([
+                m.model_name.clone(),
+                human::gb(m.size_gb),
+                m.usage.to_string(),
+                m.status.to_string(),
+            ]);
         }
+        let _ = writeln!(out, "{t}");
     }
     out
 }
 
-/// Renders a `list_models` answer as a table.
-pub fn render_models(models: &[ModelView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:>8} {:<10} {:<8} {:>6}  LAST ACCESS",
-        "MODEL", "SIZE GB", "TIER", "STATUS", "USAGE"
-    );
+/// Renders a `list_models` answer as a table; `now` is the server's clock
+/// (`health`'s `now`), which last accesses are said relative to.
+pub fn render_models(models: &[ModelView], now: f64) -> String {
+    let mut t = human::table(["MODEL", "SIZE GB", "TIER", "STATUS", "USAGE", "LAST ACCESS"]);
     for m in models {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>8} {:<10} {:<8} {:>6}  {}",
-            m.model_name,
-            num(Some(m.size_gb)),
-            m.tier,
-            m.status,
-            m.usage,
-            m.last_access.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
-        );
+        t.add_row([
+            m.model_name.clone(),
+            human::sig3(m.size_gb),
+            m.tier.clone(),
+            m.status.to_string(),
+            m.usage.to_string(),
+            m.last_access
+                .map(|at| human::relative_time(at, now))
+                .unwrap_or_else(|| "never".into()),
+        ]);
     }
-    out
+    format!("{t}\n")
 }
 
 /// Renders a `list_jobs` answer as a table.
 pub fn render_jobs(jobs: &[JobView]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<44} {:<10} {:>8} {:>9} {:>9}  ERROR",
-        "JOB", "STATUS", "PROGRESS", "ELAPSED", "ESTIMATE"
-    );
     if jobs.is_empty() {
-        let _ = writeln!(out, "(no jobs)");
+        return "(no jobs)\n".into();
     }
+    let mut t = human::table(["JOB", "STATUS", "PROGRESS", "ELAPSED", "ESTIMATE", "ERROR"]);
     for j in jobs {
-        let _ = writeln!(
-            out,
-            "{:<44} {:<10} {:>7.0}% {:>8}s {:>8}s  {}",
-            j.job_id,
-            j.status.as_str(),
-            j.progress * 100.0,
-            num(Some(j.elapsed_time)),
-            num(Some(j.estimated_time)),
-            j.error.as_deref().unwrap_or("")
-        );
+        t.add_row([
+            j.job_id.clone(),
+            j.status.as_str().to_string(),
+            format!("{:.0}%", j.progress * 100.0),
+            human::duration(j.elapsed_time),
+            human::duration(j.estimated_time),
+            human::round_gb_in(j.error.as_deref().unwrap_or("")),
+        ]);
     }
-    out
+    format!("{t}\n")
 }
 
-/// `tierd status`.
-pub fn status(socket: &Path) -> Result<i32, ClientError> {
+/// `tierd status`: the serving line, the tiers and their models. With
+/// `--json`, one object holding the three answers it is built from:
+/// `{"health": ..., "tier_status": ..., "list_models": ...}`.
+pub fn status(socket: &Path, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
+    if output == Output::Json {
+        let h = c.call::<Value>(Health)?;
+        let s = c.call::<Value>(TierStatus)?;
+        let m = c.call::<Value>(ListModels::default())?;
+        print_json(&serde_json::json!({"health": h, "tier_status": s, "list_models": m}))?;
+        return Ok(0);
+    }
     let h: HealthResponse = c.call(Health)?;
     let s: TierStatusResponse = c.call(TierStatus)?;
     let m: ListModelsResponse = c.call(ListModels::default())?;
     println!("{}", serving_line(&h));
+    println!("{}", config_line(&h));
     print!("{}", render_status(&s, &m.models));
     Ok(0)
+}
+
+/// Which configuration the server was started with.
+fn config_line(h: &HealthResponse) -> String {
+    match &h.config {
+        Some(path) => format!("config {path}"),
+        None => "config: built-in defaults (`tierd serve --config FILE` to use a file)".into(),
+    }
 }
 
 /// Which machine the server runs on, said plainly: a simulated one moves
@@ -332,31 +369,54 @@ pub struct MoveArgs {
     pub wait: bool,
     pub make_room: bool,
     pub priority: Option<String>,
+    /// A rate cap in MB/s (`bandwidth_mb_s` on the wire), so a move does
+    /// not starve the disk or the bus for the models being served.
+    pub bandwidth_mb_s: Option<f64>,
+    pub output: Output,
 }
 
-/// `tierd move`: starts a move; with `wait`, shows a progress bar until it
-/// ends and fails unless it succeeded.
-pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
-    let mut c = Client::connect(socket)?;
+/// The `move_tier` request of `tierd move`.
+pub fn move_request(args: &MoveArgs) -> MoveTier {
     let mut m = MoveTier::new(&args.model, &args.tier);
     m.make_room = args.make_room;
     m.priority = args.priority.clone();
-    let started: MoveTierResponse = c.call(m)?;
-    println!(
-        "{} {} {} -> {}: {}",
-        started.operation.as_str(),
-        started.model_name,
-        started.source_tier,
-        started.target_tier,
-        started.job_id
-    );
-    if !started.make_room.is_empty() {
-        println!("making room first: {}", started.make_room.join(", "));
+    m.bandwidth_mb_s = args.bandwidth_mb_s;
+    m
+}
+
+/// `tierd move`: starts a move; with `wait`, shows a progress bar until it
+/// ends and fails unless it succeeded. With `--json`: the `move_tier`
+/// answer, and with `--wait` the job's final `tier_job_status` answer on a
+/// second line.
+pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
+    let mut c = Client::connect(socket)?;
+    let json = args.output == Output::Json;
+    let started_raw: Value = c.call(move_request(args))?;
+    let started: MoveTierResponse =
+        serde_json::from_value(started_raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {started_raw}")))?;
+    if json {
+        print_json(&started_raw)?;
+    } else {
+        println!(
+            "{} {} {} -> {}: {}",
+            started.operation.as_str(),
+            started.model_name,
+            started.source_tier,
+            started.target_tier,
+            started.job_id
+        );
+        if !started.make_room.is_empty() {
+            println!("making room first: {}", started.make_room.join(", "));
+        }
     }
     if !args.wait {
         return Ok(0);
     }
-    let bar = indicatif::ProgressBar::new(1000);
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(1000)
+    };
     if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {percent:>3}% {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -372,26 +432,32 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
             );
             return Ok(130);
         }
-        let st: TierJobStatusResponse = c.call(TierJobStatus { job_id: job_id.clone() })?;
+        let raw: Value = c.call(TierJobStatus { job_id: job_id.clone() })?;
+        let st: TierJobStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
         bar.set_position((st.progress.clamp(0.0, 1.0) * 1000.0) as u64);
         let status = st.status.as_str();
         bar.set_message(format!(
-            "{status}  {}s / {}s",
-            num(Some(st.elapsed_time)),
-            num(Some(st.estimated_time))
+            "{status}  {} of about {}",
+            human::duration(st.elapsed_time),
+            human::duration(st.estimated_time)
         ));
         // Without a terminal the bar is hidden: one final line says how
         // the move ended, and why (stdout on success, stderr otherwise).
+        let ended = matches!(st.status, JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled);
+        if ended && json {
+            print_json(&raw)?;
+            return Ok(if st.status == JobStatus::Success { 0 } else { 1 });
+        }
         match st.status {
             JobStatus::Success => {
                 bar.finish_with_message("success");
                 if bar.is_hidden() {
-                    println!("{job_id}: success after {} s", num(Some(st.elapsed_time)));
+                    println!("{job_id}: success after {}", human::duration(st.elapsed_time));
                 }
                 return Ok(0);
             }
             JobStatus::Failed | JobStatus::Cancelled => {
-                let why = format!("{status}: {}", opt(st.error.as_deref()));
+                let why = format!("{status}: {}", human::round_gb_in(&opt(st.error.as_deref())));
                 if bar.is_hidden() {
                     eprintln!("tierd: {job_id} {why}");
                 }
@@ -411,6 +477,7 @@ pub struct LimitArgs {
     pub ram_reserved: Option<f64>,
     /// `KEY=VALUE` pairs (`<tier>_max_gb=...`).
     pub set: Vec<String>,
+    pub output: Output,
 }
 
 /// Builds the `update_limits` request of `tierd limits`.
@@ -438,30 +505,54 @@ pub fn limits_request(args: &LimitArgs) -> Result<UpdateLimits, ClientError> {
     Ok(r)
 }
 
-/// `tierd limits`: with no changes, shows the current limits.
+/// A limit value for people: a GB figure (keys ending `_gb`), a count,
+/// or `unbounded` for none.
+fn limit_value(key: &str, v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if key.ends_with("_gb") => human::gb(x),
+        Some(_) => v.to_string(),
+        None if v.is_null() => "unbounded".into(),
+        None => v.to_string(),
+    }
+}
+
+/// `tierd limits`: with no changes, shows the current limits (with
+/// `--json`, the `tier_status` answer); else the `update_limits` answer.
 pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
     let req = limits_request(args)?;
     let mut c = Client::connect(socket)?;
+    let json = args.output == Output::Json;
     if req.entries.is_empty() {
         // `update_limits` needs a change; the tiers' status shows the
         // limits without changing any.
-        let s: TierStatusResponse = c.call(TierStatus)?;
-        for (name, t) in &s.tiers {
-            let limit = match t.limit_gb {
-                Some(l) => format!("{l:.2} GB"),
-                None => "unbounded".to_string(),
-            };
-            println!("{name:<10} limit {limit:>12}   reserved {:>6} GB", num(Some(t.reserved_gb)));
+        let raw: Value = c.call(TierStatus)?;
+        if json {
+            print_json(&raw)?;
+            return Ok(0);
         }
+        let s: TierStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
+        let mut t = human::table(["TIER", "LIMIT", "RESERVED"]);
+        for (name, tier) in ordered_tiers(&s) {
+            let limit = tier.limit_gb.map(human::gb).unwrap_or_else(|| "unbounded".into());
+            t.add_row::<[String; 3]>([name.to_string(), limit, human::gb(tier.reserved_gb)]);
+        }
+        println!("{t}");
         return Ok(0);
     }
-    let r: UpdateLimitsResponse = c.call(req)?;
+    let raw: Value = c.call(req)?;
+    if json {
+        print_json(&raw)?;
+        return Ok(0);
+    }
+    let r: UpdateLimitsResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
     let (old, new) = (r.old_limits.to_map(), r.new_limits.to_map());
+    let mut t = human::table(["KEY", "BEFORE", "AFTER", ""]);
     for (k, v) in &new {
         let before = old.get(k).cloned().unwrap_or(Value::Null);
-        let mark = if before != *v { "  (changed)" } else { "" };
-        println!("{k:<22} {:>8} -> {:>8}{mark}", before.to_string(), v.to_string());
+        let mark = if before != *v { "changed" } else { "" };
+        t.add_row([k.clone(), limit_value(k, &before), limit_value(k, v), mark.to_string()]);
     }
+    println!("{t}");
     if !r.rebalance.is_empty() {
         println!("rebalancing:");
         for j in &r.rebalance {
@@ -472,14 +563,19 @@ pub fn limits(socket: &Path, args: &LimitArgs) -> Result<i32, ClientError> {
 }
 
 /// `tierd optimize`.
-pub fn optimize(socket: &Path, dry_run: bool) -> Result<i32, ClientError> {
+pub fn optimize(socket: &Path, dry_run: bool, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let r: AutoOptimizeResponse = c.call(AutoOptimize { dry_run })?;
+    let raw: Value = c.call(AutoOptimize { dry_run })?;
+    if output == Output::Json {
+        print_json(&raw)?;
+        return Ok(0);
+    }
+    let r: AutoOptimizeResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
     if r.optimizations.is_empty() {
         println!("placement is already optimal");
     }
     for o in &r.optimizations {
-        println!("{o}");
+        println!("{}", human::round_gb_in(&o.to_string()));
     }
     if !dry_run && !r.jobs.is_empty() {
         println!("started: {}", r.jobs.join(", "));
@@ -488,31 +584,47 @@ pub fn optimize(socket: &Path, dry_run: bool) -> Result<i32, ClientError> {
 }
 
 /// `tierd jobs`.
-pub fn jobs(socket: &Path) -> Result<i32, ClientError> {
+pub fn jobs(socket: &Path, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let r: ListJobsResponse = c.call(ListJobs)?;
+    let raw: Value = c.call(ListJobs)?;
+    if output == Output::Json {
+        print_json(&raw)?;
+        return Ok(0);
+    }
+    let r: ListJobsResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
     print!("{}", render_jobs(&r.jobs));
     Ok(0)
 }
 
 /// `tierd models`.
-pub fn models(socket: &Path, tier: Option<&str>) -> Result<i32, ClientError> {
+pub fn models(socket: &Path, tier: Option<&str>, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let r: ListModelsResponse = c.call(ListModels {
+    let req = ListModels {
         tier: tier.map(str::to_string),
-    })?;
-    print!("{}", render_models(&r.models));
+    };
+    if output == Output::Json {
+        print_json(&c.call::<Value>(req)?)?;
+        return Ok(0);
+    }
+    let h: HealthResponse = c.call(Health)?;
+    let r: ListModelsResponse = c.call(req)?;
+    print!("{}", render_models(&r.models, h.now));
     Ok(0)
 }
 
 /// `tierd health`.
-pub fn health(socket: &Path) -> Result<i32, ClientError> {
+pub fn health(socket: &Path, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
-    let h: HealthResponse = c.call(Health)?;
-    println!(
-        "healthy: {}  backend: {}  policy: {}  version: {}  models: {}",
-        h.healthy, h.backend, h.policy, h.version, h.models
-    );
+    let raw: Value = c.call(Health)?;
+    let h: HealthResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
+    if output == Output::Json {
+        print_json(&raw)?;
+    } else {
+        println!(
+            "healthy: {}  backend: {}  policy: {}  version: {}  models: {}",
+            h.healthy, h.backend, h.policy, h.version, h.models
+        );
+    }
     Ok(if h.healthy { 0 } else { 1 })
 }
 
@@ -543,8 +655,7 @@ pub fn render_discover(d: &DiscoverResponse) -> String {
         if s.models.is_empty() {
             continue;
         }
-        let width = s.models.iter().map(|m| m.model_name.len()).max().unwrap_or(5).max(5);
-        let _ = writeln!(out, "  {:<width$} {:>9} {:>5}  REGISTERED  STATUS", "MODEL", "SIZE GB", "FILES");
+        let mut t = human::table(["MODEL", "SIZE GB", "FILES", "REGISTERED", "STATUS"]);
         for m in &s.models {
             let status = match (&m.unavailable, &m.register_error, m.registered) {
                 (Some(u), _, _) => format!("unavailable: {u}"),
@@ -553,15 +664,15 @@ pub fn render_discover(d: &DiscoverResponse) -> String {
                 (None, None, false) => "-".to_string(),
             };
             let files = m.files.len() + m.components.len();
-            let _ = writeln!(
-                out,
-                "  {:<width$} {:>9} {:>5}  {:<10}  {status}",
-                m.model_name,
-                num(Some(m.size_gb)),
-                files,
-                if m.registered { "yes" } else { "no" },
-            );
+            t.add_row([
+                m.model_name.clone(),
+                human::sig3(m.size_gb),
+                files.to_string(),
+                if m.registered { "yes" } else { "no" }.to_string(),
+                status,
+            ]);
         }
+        let _ = writeln!(out, "{t}");
     }
     for m in &d.missing {
         let _ = writeln!(out, "gone: {} ({})", m.model_name, m.reason);
@@ -617,79 +728,88 @@ pub fn render_queue(q: &QueueStatusResponse) -> String {
         "pending {}  running {}  completed {}  failed {}  (max {} at once)\n",
         t.pending, t.running, t.completed, t.failed, q.max_concurrent_tasks
     );
-    let _ = writeln!(
-        out,
-        "{:<44} {:<9} {:<9} {:>4} {:>8} {:>9}  DEPENDS ON",
-        "JOB", "STATUS", "PRIORITY", "POS", "PROGRESS", "START IN"
-    );
-    for j in &q.jobs {
-        let start_in = match j.estimated_start {
-            Some(s) => format!("{:.1}s", (s - q.now).max(0.0)),
-            None => "-".into(),
-        };
-        let _ = writeln!(
-            out,
-            "{:<44} {:<9} {:<9} {:>4} {:>7.0}% {:>9}  {}",
-            j.job_id,
-            j.status.as_str(),
-            j.priority.as_str(),
-            j.position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            j.progress * 100.0,
-            start_in,
-            j.depends_on.join(",")
-        );
-    }
     if q.jobs.is_empty() {
         out.push_str("(no jobs queued or running)\n");
+        return out;
     }
+    let mut table = human::table(["JOB", "STATUS", "PRIORITY", "POS", "PROGRESS", "STARTS", "DEPENDS ON"]);
+    for j in &q.jobs {
+        let starts = match (j.started_at, j.estimated_start) {
+            (Some(at), _) => format!("started {}", human::relative_time(at, q.now)),
+            (None, Some(at)) => human::relative_time(at.max(q.now), q.now),
+            (None, None) => "-".into(),
+        };
+        table.add_row([
+            j.job_id.clone(),
+            j.status.as_str().to_string(),
+            j.priority.as_str().to_string(),
+            j.position.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{:.0}%", j.progress * 100.0),
+            starts,
+            j.depends_on.join(","),
+        ]);
+    }
+    let _ = writeln!(out, "{table}");
     out
 }
 
-/// Renders a `queue_history` answer.
-pub fn render_history(h: &QueueHistoryResponse) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<44} {:<9} {:<9} {:>7} {:>8}  ERROR",
-        "JOB", "STATUS", "PRIORITY", "ATTEMPT", "ELAPSED"
-    );
+/// Renders a `queue_history` answer; `now` is the server's clock.
+pub fn render_history(h: &QueueHistoryResponse, now: f64) -> String {
     if h.history.is_empty() {
-        let _ = writeln!(out, "(no jobs)");
+        return "(no jobs)\n".into();
     }
+    let mut t = human::table(["JOB", "STATUS", "PRIORITY", "ATTEMPT", "CREATED", "ELAPSED", "ERROR"]);
     for j in &h.history {
-        let _ = writeln!(
-            out,
-            "{:<44} {:<9} {:<9} {:>7} {:>7}s  {}",
-            j.job_id,
-            j.status.as_str(),
-            j.priority.as_str(),
-            j.attempt,
-            num(Some(j.elapsed_time)),
-            j.error.as_deref().unwrap_or("")
-        );
+        t.add_row([
+            j.job_id.clone(),
+            j.status.as_str().to_string(),
+            j.priority.as_str().to_string(),
+            j.attempt.to_string(),
+            human::relative_time(j.created_at, now),
+            human::duration(j.elapsed_time),
+            human::round_gb_in(j.error.as_deref().unwrap_or("")),
+        ]);
     }
-    out
+    format!("{t}\n")
 }
 
 /// `tierd queue ...`.
-pub fn queue(socket: &Path, action: &QueueAction) -> Result<i32, ClientError> {
+pub fn queue(socket: &Path, action: &QueueAction, output: Output) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
+    let json = output == Output::Json;
+    let bad = |e: serde_json::Error, raw: &Value| ClientError::BadResponse(format!("{e}: {raw}"));
     match action {
         QueueAction::Status => {
-            let q: QueueStatusResponse = c.call(QueueStatus)?;
-            print!("{}", render_queue(&q));
+            let raw: Value = c.call(QueueStatus)?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                let q: QueueStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| bad(e, &raw))?;
+                print!("{}", render_queue(&q));
+            }
         }
         QueueAction::History { limit, status, since } => {
-            let h: QueueHistoryResponse = c.call(QueueHistory {
+            let req = QueueHistory {
                 limit: *limit,
                 status: status.clone(),
                 since: *since,
-            })?;
-            print!("{}", render_history(&h));
+            };
+            if json {
+                print_json(&c.call::<Value>(req)?)?;
+            } else {
+                let now = c.call::<HealthResponse>(Health)?.now;
+                let h: QueueHistoryResponse = c.call(req)?;
+                print!("{}", render_history(&h, now));
+            }
         }
         QueueAction::Cancel { job_id } => {
-            let v: CancelJobResponse = c.call(CancelJob { job_id: job_id.clone() })?;
-            println!("{} {}", v.job_id, v.status.as_str());
+            let raw: Value = c.call(CancelJob { job_id: job_id.clone() })?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                let v: CancelJobResponse = serde_json::from_value(raw.clone()).map_err(|e| bad(e, &raw))?;
+                println!("{} {}", v.job_id, v.status.as_str());
+            }
         }
     }
     Ok(0)
@@ -711,6 +831,8 @@ mod tests {
             models: 0,
             tiers: vec![],
             requests: vec![],
+            config: None,
+            now: 0.0,
         };
         assert!(serving_line(&h("sim")).contains("a simulated machine (no real bytes move"));
         assert_eq!(
@@ -726,6 +848,7 @@ mod tests {
             swap_max: None,
             ram_reserved: Some(1.5),
             set: vec!["gpu0_max_gb=24".into()],
+            ..LimitArgs::default()
         };
         let r = limits_request(&args).unwrap();
         assert_eq!(
@@ -744,7 +867,7 @@ mod tests {
         let s: TierStatusResponse = serde_json::from_value(json!({"status": "success", "tiers": {"ram": {"used_gb": 4.8, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1, "access_s_per_gb": 0.1, "reserved_gb": 1.0, "incoming_gb": 0.0, "max_models": null, "available": true}}, "tier_order": ["ram"]})).unwrap();
         let m: Vec<ModelView> = serde_json::from_value(json!([{"model_name": "bert-large", "size_gb": 1.3, "tier": "ram", "usage": 8, "status": "ready", "last_access": null, "pinned": false, "frequency": 0.0, "temperature": "cold", "interarrival_mean_s": null, "interarrival_stddev_s": null, "first_access": null, "load_time_s": 0.13, "job_id": null, "unavailable_reason": null, "path": null}])).unwrap();
         let out = render_status(&s, &m);
-        assert!(out.contains("96.0%"), "{out}");
+        assert!(out.contains("96%"), "{out}");
         assert!(out.contains("bert-large"), "{out}");
     }
 }

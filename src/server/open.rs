@@ -30,6 +30,83 @@ pub fn load_config(opts: &ServeOptions) -> Result<Config, ServeError> {
     Ok(cfg)
 }
 
+/// The backend that serves: `--backend` when given, else the config's
+/// `backend` key, else the simulator.
+pub fn resolve_backend(opts: &ServeOptions, cfg: &Config) -> BackendKind {
+    opts.backend.unwrap_or(match cfg.backend.as_deref() {
+        Some("real") => BackendKind::Real,
+        _ => BackendKind::Sim,
+    })
+}
+
+/// The simulator ignores the keys only the real backend reads; serving a
+/// real configuration on it by mistake would move no bytes while looking
+/// fine, so such keys are an error that says how to serve it for real.
+fn check_sim_config(cfg: &Config) -> Result<(), ServeError> {
+    let keys = cfg.real_only_keys();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(ServeError::Option(format!(
+        "{} {} read only by the real backend, but the simulated backend would serve this config; serve it with `tierd serve --backend real` (or set backend = \"real\" in the config), or remove {}",
+        keys.join(", "),
+        if keys.len() == 1 { "is" } else { "are" },
+        if keys.len() == 1 { "it" } else { "them" },
+    )))
+}
+
+/// Everything the real backend will need from the disk, checked before it
+/// creates anything (tier directories, the state directory, the socket's),
+/// so a rejected configuration leaves no trace: each tier's driver known and
+/// the storage driver last, a `dir` tier's path an existing directory (or
+/// `create = true` with an existing parent), the state directory's parent
+/// present, every catalog model's path present.
+pub fn check_real_config(cfg: &Config) -> Result<(), String> {
+    let state_dir = cfg.state_dir.as_ref().ok_or("state_dir is required with the real backend")?;
+    if !state_dir.is_dir() {
+        let parent = state_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            return Err(format!(
+                "state_dir {}: its parent directory {} does not exist",
+                state_dir.display(),
+                parent.display()
+            ));
+        }
+    }
+    let n = cfg.tiers.len();
+    for (i, t) in cfg.tiers.iter().enumerate() {
+        let name = t.driver.as_deref().unwrap_or_else(|| crate::drivers::machine::default_driver(i, n));
+        if !crate::drivers::DRIVERS.iter().any(|(d, _)| *d == name) {
+            let known: Vec<&str> = crate::drivers::DRIVERS.iter().map(|(n, _)| *n).collect();
+            return Err(format!("tier {:?}: unknown driver {name:?} (known: {})", t.name, known.join(", ")));
+        }
+        if (i + 1 == n) != (name == "storage") {
+            return Err(format!(
+                "tier {:?}: the last tier, and only it, must use the storage driver",
+                t.name
+            ));
+        }
+        if name == "dir" {
+            let path = t
+                .path
+                .as_ref()
+                .ok_or_else(|| format!("tier {:?} (driver dir) needs a path", t.name))?;
+            crate::drivers::dir::check_path(path, t.create).map_err(|e| format!("tier {:?}: {e}", t.name))?;
+        }
+    }
+    for m in &cfg.models {
+        if let Some(p) = &m.path
+            && std::fs::symlink_metadata(p).is_err()
+        {
+            return Err(format!("model {:?}: path {} does not exist", m.name, p.display()));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the engine and its clock from the options.
 pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
     if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
@@ -42,13 +119,15 @@ pub fn build_shared(opts: &ServeOptions) -> Result<SharedEngine, ServeError> {
     let policy = policy_by_name(&cfg.policy, &cfg)
         .ok_or_else(|| ServeError::Option(format!("unknown policy {:?}; known: {}", cfg.policy, POLICY_NAMES.join(", "))))?;
     let clock = Clock::new(opts.time_scale);
-    match opts.backend {
+    match resolve_backend(opts, &cfg) {
         BackendKind::Sim => {
+            check_sim_config(&cfg)?;
             let (machine, _) = simulated_machine(&cfg, false);
             let engine = Engine::new(cfg, machine, policy, clock.now())?;
             Ok(SharedEngine::new(engine, clock))
         }
         BackendKind::Real => {
+            check_real_config(&cfg).map_err(|e| ServeError::Option(format!("real backend: {e}")))?;
             let machine = Machine::open(&cfg).map_err(|e| ServeError::Option(format!("real backend: {e}")))?;
             let (engine, store, _) =
                 open_real(cfg, machine, policy, clock.now()).map_err(|e| ServeError::Option(format!("real backend: {e}")))?;

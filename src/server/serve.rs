@@ -58,7 +58,8 @@ pub struct ServeOptions {
     pub stdio: bool,
     /// Overrides `sim.fault_probability`.
     pub fault_probability: Option<f64>,
-    pub backend: BackendKind,
+    /// The backend; `None`: the config's `backend` key, else the simulator.
+    pub backend: Option<BackendKind>,
     /// Wall time running moves get to finish at shutdown before they are
     /// rolled back.
     pub drain_timeout: Duration,
@@ -79,7 +80,7 @@ impl Default for ServeOptions {
             socket_dir: None,
             stdio: true,
             fault_probability: None,
-            backend: BackendKind::Sim,
+            backend: None,
             drain_timeout: Duration::from_secs(10),
             max_connections: None,
             workers: default_workers(),
@@ -306,7 +307,7 @@ pub async fn serve_with(
     {
         let cfg_interval = shared.lock().config().auto_optimize_interval_s;
         info!(
-            backend = ?opts.backend,
+            backend = shared.lock().machine_kind().as_str(),
             time_scale = shared.clock().scale(),
             socket = ?opts.socket,
             stdio = opts.stdio,

@@ -49,7 +49,9 @@ pub struct RunArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     pub report: ReportFormat,
-    /// Also draw cumulative load seconds over time to this SVG file.
+    /// Also draw the comparison to this file (.svg or .png): cumulative
+    /// load seconds with the lower bound, and hits per tier. Checked
+    /// before the replay starts.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Tunables of the tierd policy, `key=value,...` (half_life_s,
@@ -248,9 +250,13 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                     "tierd sim needs --catalog FILE and --trace FILE (or a subcommand: gen, convert)".into(),
                 ));
             };
+            if let Some(p) = &r.plot {
+                super::report::check_plot_path(p)?;
+            }
             let cfg = load_config(r.config.as_deref())?;
             let policies = policy_list(&r.policy)?;
             let catalog = Catalog::load(catalog)?;
+            let trace_path = trace;
             let trace = Trace::load(trace, &catalog)?;
             if let Some(spec) = &r.tierd_params {
                 TierdParams::default()
@@ -292,11 +298,23 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                 ReportFormat::Table => print!("{}", report.to_table()),
             }
             if let Some(p) = &r.plot {
-                report.plot(p)?;
+                report.plot(p, &workload_name(trace_path))?;
             }
             Ok(())
         }
     }
+}
+
+/// The name a plot is titled with: the trace's directory for a
+/// `trace.csv` (as `tierd sim gen --out DIR` writes), else its file stem.
+fn workload_name(trace: &Path) -> String {
+    let stem = trace.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if stem == "trace"
+        && let Some(dir) = trace.parent().and_then(|p| p.file_name())
+    {
+        return dir.to_string_lossy().into_owned();
+    }
+    stem
 }
 
 /// Writes a made workload to `out` and says so.

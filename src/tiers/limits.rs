@@ -232,7 +232,7 @@ impl Engine {
                     Some(m) if in_gb_range(v) => format!(
                         "{key} = {v} is below the minimum {} {what} of {} GB",
                         t.name.to_uppercase(),
-                        bytes_to_gb(m)
+                        crate::human::bytes_gb(m)
                     ),
                     _ => format!("{key} must be a number from 0 to {MAX_GB} GB, got {v}"),
                 };
@@ -269,8 +269,8 @@ impl Engine {
                         message: format!(
                             "{} limit of {} GB cannot be met without demoting pinned models ({} GB pinned); unpin them first",
                             t.name.to_uppercase(),
-                            bytes_to_gb(*new),
-                            bytes_to_gb(pinned)
+                            crate::human::bytes_gb(*new),
+                            crate::human::bytes_gb(pinned)
                         ),
                     });
                 }
@@ -355,7 +355,7 @@ impl Engine {
             let msg = format!(
                 "{} limit exceeded: the limit was lowered to {} GB",
                 self.state.tiers[ti].name.to_uppercase(),
-                bytes_to_gb(limit)
+                crate::human::bytes_gb(limit)
             );
             self.end_job(now, k, JobStatus::Failed, Some(("RESOURCE_UNAVAILABLE".into(), msg)));
         }
@@ -366,7 +366,11 @@ impl Engine {
         let opts = MoveOptions {
             priority: Priority::High,
             origin: Origin::Rebalance,
-            reason: Some(format!("{} limit lowered to {} GB", self.state.tiers[ti].name, bytes_to_gb(limit))),
+            reason: Some(format!(
+                "{} limit lowered to {} GB",
+                self.state.tiers[ti].name,
+                crate::human::bytes_gb(limit)
+            )),
             ..MoveOptions::default()
         };
         self.demote_until(now, ti, need, &opts)

@@ -4,7 +4,6 @@
 
 use smallvec::SmallVec;
 
-use crate::config::bytes_to_gb;
 use crate::error::EngineError;
 
 use super::engine::Engine;
@@ -385,8 +384,8 @@ impl Engine {
                 reason: Some(format!(
                     "memory pressure: {} has {} GB available, under its {} GB floor",
                     self.state.tiers[ti].name,
-                    bytes_to_gb(avail),
-                    bytes_to_gb(floor)
+                    crate::human::bytes_gb(avail),
+                    crate::human::bytes_gb(floor)
                 )),
                 ..MoveOptions::default()
             };

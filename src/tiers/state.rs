@@ -248,9 +248,9 @@ impl std::fmt::Display for BooksFull {
         write!(
             f,
             "the catalog holds {} GB; {} GB more would pass the most tierd's books count ({} GB in all)",
-            bytes_to_gb(self.catalog_bytes),
-            bytes_to_gb(self.bytes),
-            bytes_to_gb(MAX_CATALOG_BYTES)
+            crate::human::bytes_gb(self.catalog_bytes),
+            crate::human::bytes_gb(self.bytes),
+            crate::human::bytes_gb(MAX_CATALOG_BYTES)
         )
     }
 }

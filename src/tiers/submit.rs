@@ -530,7 +530,7 @@ impl Engine {
         if bytes > gb_to_bytes(MAX_GB) {
             return Err(EngineError::bad_request(format!(
                 "model {name} of {} GB is over the largest model tierd counts ({MAX_GB} GB)",
-                bytes_to_gb(bytes)
+                crate::human::bytes_gb(bytes)
             )));
         }
         // Checked before anything changes: bytes the books could not count

@@ -144,6 +144,14 @@ impl Server {
         self.recv()
     }
 
+    /// Sends one request line and returns its answer line as sent.
+    pub fn req_line(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\n").as_bytes());
+        self.lines
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no answer within {DEADLINE:?}; stderr: {}", self.stderr()))
+    }
+
     /// No further stdout line arrives within `wait`.
     pub fn assert_silent(&mut self, wait: Duration) {
         if let Ok(line) = self.lines.recv_timeout(wait) {

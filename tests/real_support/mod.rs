@@ -41,8 +41,8 @@ pub fn config_with(root: &Path, swap: &Path, extra_tiers: &str) -> Config {
     let text = format!(
         "state_dir = {state:?}\nmax_single_model_gb = 100.0\n{extra_tiers}\
          [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 8.0\nreserved_gb = 0.5\naccess_s_per_gb = 0.1\n\
-         [[tiers]]\nname = \"nvme\"\ndriver = \"dir\"\npath = {nvme:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.3\n\
-         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\npath = {swap:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.5\n\
+         [[tiers]]\nname = \"nvme\"\ndriver = \"dir\"\ncreate = true\npath = {nvme:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.3\n\
+         [[tiers]]\nname = \"swap\"\ndriver = \"dir\"\ncreate = true\npath = {swap:?}\nmax_gb = 8.0\naccess_s_per_gb = 0.5\n\
          [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
         state = root.join("state"),
         nvme = root.join("nvme"),
