@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::files::ModelFiles;
 use super::gpu::GpuProbe;
+use super::opens::OpenWatcher;
 use super::watch::Watcher;
 use super::{DRIVERS, Source, TierDriver};
 use crate::config::Config;
@@ -44,6 +45,11 @@ pub struct Machine {
     pub drivers: Vec<Box<dyn TierDriver>>,
     /// The look at every origin and copy while running (a real machine).
     pub watch: Option<Watcher>,
+    /// Other processes' opens of the files tierd serves (a real machine
+    /// with `observe_opens`).
+    pub opens: Option<OpenWatcher>,
+    /// Why `opens` is `None` (for `health`).
+    pub opens_off: String,
 }
 
 impl std::fmt::Debug for Machine {
@@ -127,7 +133,42 @@ impl Machine {
             MachineKind::Real => Watcher::spawn(),
             MachineKind::Simulated => None,
         };
-        Machine { kind, drivers, watch }
+        let opens_off = match kind {
+            MachineKind::Real => "observe_opens is not set up on this machine".into(),
+            MachineKind::Simulated => "simulated backend: models have no files".into(),
+        };
+        Machine {
+            kind,
+            drivers,
+            watch,
+            opens: None,
+            opens_off,
+        }
+    }
+
+    /// Starts observing opens as `cfg` says (`observe_opens`, on by
+    /// default; a real machine only). A mechanism that cannot start is
+    /// logged and reported in `health`; the server runs on without it.
+    pub fn observe_opens(&mut self, cfg: &Config) {
+        if self.kind != MachineKind::Real {
+            return;
+        }
+        if !cfg.observe_opens.unwrap_or(true) {
+            self.opens = None;
+            self.opens_off = "observe_opens = false".into();
+            return;
+        }
+        match OpenWatcher::spawn(cfg.open_watch, cfg.open_debounce_s) {
+            Ok(w) => {
+                tracing::info!(mechanism = w.mechanism().as_str(), "observing opens of model files");
+                self.opens = Some(w);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe opens of model files");
+                self.opens = None;
+                self.opens_off = format!("cannot start: {e}");
+            }
+        }
     }
 
     /// Opens the real drivers of `cfg`'s tiers (the `driver` of each
@@ -182,7 +223,9 @@ impl Machine {
                 return Err(format!("dir tier {} overlaps another dir tier", a.display()));
             }
         }
-        Ok(Machine::new(MachineKind::Real, drivers))
+        let mut machine = Machine::new(MachineKind::Real, drivers);
+        machine.observe_opens(cfg);
+        Ok(machine)
     }
 
     /// Start-up: brings the recorded placement and the files into

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::drivers::opens::OpenWatchStatus;
 use crate::error::EngineError;
 use crate::tiers::Engine;
 
@@ -26,6 +27,10 @@ pub struct HealthResponse {
     pub models: usize,
     pub tiers: Vec<String>,
     pub requests: Vec<String>,
+    /// The open watcher: which mechanism counts other processes' opens of
+    /// model files as accesses, and why (`off` with the reason otherwise).
+    #[serde(default)]
+    pub open_watch: OpenWatchStatus,
 }
 
 impl Command for Health {
@@ -49,6 +54,7 @@ impl Command for Health {
             models: engine.state().by_name.len(),
             tiers: engine.state().tier_names(),
             requests: REQUEST_KEYS.iter().map(|k| k.to_string()).collect(),
+            open_watch: engine.open_watch_status(),
         })
     }
 }

@@ -29,6 +29,7 @@ pub mod faults;
 pub mod invariants;
 pub mod job;
 pub mod limits;
+pub mod opens;
 pub mod placement;
 pub mod policy;
 pub mod room;
