@@ -55,9 +55,9 @@ pub const OWN_OPEN_WINDOW: Duration = Duration::from_secs(2);
 /// that did not change is not handed over at all).
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
 
-/// The longest the watcher's thread sleeps before it looks for a new watch
-/// list (it wakes at once for an open).
-const POLL_MS: i32 = 50;
+/// The longest the watcher's thread sleeps (it wakes at once for an open
+/// and for a new watch list; this only bounds the pruning of old notes).
+const POLL_MS: i32 = 1000;
 
 /// The mechanism that is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +183,40 @@ pub struct OpenWatcher {
     accesses: Receiver<OpenAccess>,
     status: Arc<Mutex<OpenWatchStatus>>,
     waker: Arc<OnceLock<Waker>>,
+    /// Wakes the thread for a new list (and at drop, to end it).
+    bell: Arc<Bell>,
     /// The last list handed over, as a fingerprint, and when.
     handed: Option<(u64, Instant)>,
+}
+
+/// An `eventfd` the watcher's thread polls next to the kernel's queue.
+struct Bell(std::os::fd::OwnedFd);
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: takes no pointers; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by the kernel and is owned by nothing else.
+        Ok(Bell(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ring(&self) {
+        use std::os::fd::AsRawFd;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an open eventfd.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an open eventfd.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
 }
 
 impl std::fmt::Debug for OpenWatcher {
@@ -223,6 +255,7 @@ impl OpenWatcher {
             ..OpenWatchStatus::default()
         }));
         let waker: Arc<OnceLock<Waker>> = Arc::new(OnceLock::new());
+        let bell = Arc::new(Bell::new().map_err(|e| format!("eventfd: {e}"))?);
         let (items_tx, items_rx) = channel();
         let (acc_tx, acc_rx) = channel();
         let mut run = Run {
@@ -231,6 +264,7 @@ impl OpenWatcher {
             out: acc_tx,
             status: status.clone(),
             waker: waker.clone(),
+            bell: bell.clone(),
             debounce,
             models: HashMap::new(),
             by_key: HashMap::new(),
@@ -247,6 +281,7 @@ impl OpenWatcher {
             accesses: acc_rx,
             status,
             waker,
+            bell,
             handed: None,
         })
     }
@@ -274,6 +309,7 @@ impl OpenWatcher {
         }
         self.handed = Some((print, Instant::now()));
         let _ = self.items.send(items);
+        self.bell.ring();
     }
 
     /// The accesses counted since the last call (at most `max`).
@@ -290,6 +326,14 @@ impl OpenWatcher {
 
     pub fn status(&self) -> OpenWatchStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for OpenWatcher {
+    fn drop(&mut self) {
+        // The thread sees the list's channel closed and ends, closing its
+        // kernel descriptor (and so every watch).
+        self.bell.ring();
     }
 }
 
@@ -469,6 +513,7 @@ struct Run {
     out: Sender<OpenAccess>,
     status: Arc<Mutex<OpenWatchStatus>>,
     waker: Arc<OnceLock<Waker>>,
+    bell: Arc<Bell>,
     debounce: Duration,
     /// Per model: what was watched for it (the item's identity) and its
     /// watches.
@@ -506,14 +551,29 @@ impl Run {
             if let Some(items) = latest {
                 self.apply(items);
             }
-            let mut pfd = libc::pollfd {
-                fd: self.kernel.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let rc = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-            if rc <= 0 {
+            use std::os::fd::AsRawFd;
+            let mut pfd = [
+                libc::pollfd {
+                    fd: self.kernel.raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.bell.0.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds, for the duration of the call.
+            let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, POLL_MS) };
+            if rc > 0 && pfd[1].revents != 0 {
+                self.bell.clear();
+            }
+            if rc <= 0 || pfd[0].revents == 0 {
+                if last_prune.elapsed() >= OWN_OPEN_WINDOW {
+                    prune_own_opens(Instant::now());
+                    last_prune = Instant::now();
+                }
                 continue;
             }
             let mut overflow = 0;
