@@ -4,6 +4,7 @@
 //! a pin, checksum reads) are not counted. Runs with fanotify (where
 //! permitted) and with inotify forced.
 
+mod common;
 mod real_support;
 #[path = "skip/mod.rs"]
 mod skip;
@@ -234,4 +235,62 @@ fn observe_opens_off_is_reported() {
     assert_eq!(h["mechanism"], json!("off"), "{h}");
     assert!(h["reason"].as_str().unwrap_or("").contains("simulated"), "{h}");
     sim.tick(1.0);
+}
+
+/// End to end: `tierd serve --backend real` with the default policy and
+/// nothing but opens by other processes: `health` names the mechanism,
+/// `model_info.usage` grows as `cat` reads the model, and the policy
+/// places the model in RAM (the server applies an open at once: the
+/// watcher wakes its ticker).
+#[test]
+fn the_server_counts_opens_and_promotes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let weights = root.join("models/tiny.gguf");
+    make_file(&weights, 2 * MB, 11);
+    let cfg = root.join("tierd.toml");
+    let text = format!(
+        "state_dir = {state:?}\nopen_debounce_s = 0.3\n\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 4.0\nreserved_gb = 0.5\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = root.join("state")
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let sock = root.join("tierd.sock");
+    let cfg_arg = cfg.to_string_lossy().to_string();
+    let args = ["--config", cfg_arg.as_str(), "--backend", "real", "--time-scale", "1"];
+    let server = common::Server::socket(&sock, &args);
+    let mut c = common::Client::connect(&sock);
+    let h = c.req(r#"{"health": true}"#);
+    let mech = h["open_watch"]["mechanism"].as_str().unwrap_or("").to_string();
+    assert!(mech == "fanotify" || mech == "inotify", "{h}");
+    assert!(!h["open_watch"]["reason"].as_str().unwrap_or("").is_empty(), "{h}");
+    let r = c.req(&json!({"register_model": {"model_name": "tiny", "path": weights}}).to_string());
+    assert_eq!(r["status"], "success", "{r}");
+    let info = |c: &mut common::Client| c.req(r#"{"model_info": "tiny"}"#)["model"].clone();
+    let watched = |c: &mut common::Client| c.req(r#"{"health": true}"#)["open_watch"]["watched_files"].as_u64();
+    let t = Instant::now();
+    while watched(&mut c) != Some(1) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in 1..=3u64 {
+        cat(&weights);
+        let t = Instant::now();
+        while info(&mut c)["usage"].as_u64() != Some(i) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(info(&mut c)["usage"].as_u64(), Some(i), "open {i}: {}", c.req(r#"{"health": true}"#));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let t = Instant::now();
+    while info(&mut c)["tier"] != json!("ram") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = info(&mut c);
+    assert_eq!(m["tier"], json!("ram"), "{m}");
+    // Its pin (tierd reading the file) counted nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(info(&mut c)["usage"].as_u64(), Some(3));
+    drop(c);
+    server.terminate();
 }

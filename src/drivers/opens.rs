@@ -29,8 +29,9 @@
 //!
 //! The watch set follows the engine: the engine hands the watcher the list
 //! of its models and where each is served from whenever that changes
-//! (registration, a committed move, unregistration, files replaced), at
-//! most every [`SYNC_EVERY`]; the thread adds and removes watches itself,
+//! (registration, a committed move, unregistration: at the next tick;
+//! files replaced after a fault: within [`SYNC_EVERY`]); the thread adds
+//! and removes watches itself,
 //! so the engine's lock never waits on the kernel.
 
 use std::collections::{HashMap, HashSet};
@@ -51,9 +52,11 @@ use super::files::{FileId, ModelFiles};
 /// window only bounds how long a note whose open produced no event lives.
 pub const OWN_OPEN_WINDOW: Duration = Duration::from_secs(2);
 
-/// Shortest wall time between two hand-overs of the watch list (a list
-/// that did not change is not handed over at all).
-pub const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// The engine hands over its list at once when its placement changed (its
+/// placement epoch moved: a registration, a committed move, a removal),
+/// and otherwise this often (files replaced after a fault); a list that
+/// did not change is not handed over at all.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest the watcher's thread sleeps (it wakes at once for an open
 /// and for a new watch list; this only bounds the pruning of old notes).
@@ -187,6 +190,8 @@ pub struct OpenWatcher {
     bell: Arc<Bell>,
     /// The last list handed over, as a fingerprint, and when.
     handed: Option<(u64, Instant)>,
+    /// The engine's placement epoch at the last hand-over.
+    epoch: Option<u64>,
 }
 
 /// An `eventfd` the watcher's thread polls next to the kernel's queue.
@@ -283,6 +288,7 @@ impl OpenWatcher {
             waker,
             bell,
             handed: None,
+            epoch: None,
         })
     }
 
@@ -295,9 +301,14 @@ impl OpenWatcher {
         let _ = self.waker.set(waker);
     }
 
-    /// Whether a new list may be handed over now.
-    pub fn sync_due(&self) -> bool {
-        self.handed.is_none_or(|(_, at)| at.elapsed() >= SYNC_EVERY)
+    /// Whether the engine should hand over its list now: its placement
+    /// `epoch` changed since, or [`SYNC_EVERY`] passed.
+    pub fn sync_due(&mut self, epoch: u64) -> bool {
+        let due = self.epoch != Some(epoch) || self.handed.is_none_or(|(_, at)| at.elapsed() >= SYNC_EVERY);
+        if due {
+            self.epoch = Some(epoch);
+        }
+        due
     }
 
     /// Hands over the engine's current list, if it differs from the last.

@@ -23,7 +23,7 @@ impl Engine {
     pub(crate) fn observe_opens(&mut self, now: f64) {
         let Some(w) = self.machine.opens.as_mut() else { return };
         let accesses = w.take(ACCESSES_PER_TICK);
-        let due = w.sync_due();
+        let due = w.sync_due(self.epoch);
         for a in accesses {
             match self.access(now, &a.model) {
                 Ok(r) => {
@@ -35,6 +35,9 @@ impl Engine {
                 Err(e) => tracing::debug!(model = %a.model, error = %e, "open not counted"),
             }
         }
+        // (After the accesses: a policy move they started may already have
+        // changed the placement.)
+        let due = due || self.machine.opens.as_mut().is_some_and(|w| w.sync_due(self.epoch));
         if due {
             let items = self.open_items();
             if let Some(w) = self.machine.opens.as_mut() {
