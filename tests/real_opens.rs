@@ -37,11 +37,7 @@ fn open(cfg: &Config) -> Result<(Engine, tierd::store::StateStore), String> {
 
 /// Another process reads the whole file (`cat > /dev/null`).
 fn cat(path: &Path) {
-    let st = Command::new("cat")
-        .arg(path)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cat");
+    let st = Command::new("cat").arg(path).stdout(Stdio::null()).status().expect("run cat");
     assert!(st.success(), "cat {}", path.display());
 }
 
@@ -101,7 +97,9 @@ fn register(e: &mut Engine, root: &Path, name: &str, seed: u64) -> std::path::Pa
 
 fn opens_count_debounce_and_promote(test: &str, mechanism: &str) {
     let root = tempfile::tempdir().expect("tempdir");
-    let Some((mut e, _store)) = engine_watching(test, root.path(), mechanism, 0.5) else { return };
+    let Some((mut e, _store)) = engine_watching(test, root.path(), mechanism, 0.5) else {
+        return;
+    };
     let file = register(&mut e, root.path(), "m", 3);
     assert_eq!(usage(&mut e, "m"), 0);
 
@@ -109,7 +107,11 @@ fn opens_count_debounce_and_promote(test: &str, mechanism: &str) {
     for _ in 0..3 {
         cat(&file);
     }
-    assert!(tick_until(&mut e, |e| usage(e, "m") >= 1), "opens never counted: {:?}", e.open_watch_status());
+    assert!(
+        tick_until(&mut e, |e| usage(e, "m") >= 1),
+        "opens never counted: {:?}",
+        e.open_watch_status()
+    );
     tick_for(&mut e, Duration::from_millis(200));
     assert_eq!(usage(&mut e, "m"), 1, "a burst of opens is one access: {:?}", e.open_watch_status());
     let st = e.open_watch_status();
@@ -141,12 +143,19 @@ fn opens_count_debounce_and_promote(test: &str, mechanism: &str) {
     // those reads is counted.
     let before = usage(&mut e, "m");
     tick_for(&mut e, Duration::from_millis(700));
-    assert_eq!(usage(&mut e, "m"), before, "tierd's own reads were counted: {:?}", e.open_watch_status());
+    assert_eq!(
+        usage(&mut e, "m"),
+        before,
+        "tierd's own reads were counted: {:?}",
+        e.open_watch_status()
+    );
 }
 
 fn own_copies_are_not_counted_and_copies_are_watched(test: &str, mechanism: &str) {
     let root = tempfile::tempdir().expect("tempdir");
-    let Some((mut e, _store)) = engine_watching(test, root.path(), mechanism, 0.3) else { return };
+    let Some((mut e, _store)) = engine_watching(test, root.path(), mechanism, 0.3) else {
+        return;
+    };
     register(&mut e, root.path(), "c", 5);
     // A dir-tier copy (read, written, fsynced, verified by checksum), then
     // back to storage (read from the copy) and into RAM (pinned: read and
@@ -167,9 +176,16 @@ fn own_copies_are_not_counted_and_copies_are_watched(test: &str, mechanism: &str
         .iter()
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("no copy in nvme: {copies:?}"));
-    assert!(tick_until(&mut e, |e| e.open_watch_status().watched_files >= 2), "the copy is never watched");
+    assert!(
+        tick_until(&mut e, |e| e.open_watch_status().watched_files >= 2),
+        "the copy is never watched"
+    );
     cat(copy);
-    assert!(tick_until(&mut e, |e| usage(e, "c") == 1), "the copy's open was not counted: {:?}", e.open_watch_status());
+    assert!(
+        tick_until(&mut e, |e| usage(e, "c") == 1),
+        "the copy's open was not counted: {:?}",
+        e.open_watch_status()
+    );
 
     // (The default policy may react to that access with a promotion: let
     // it end first.)
@@ -180,9 +196,7 @@ fn own_copies_are_not_counted_and_copies_are_watched(test: &str, mechanism: &str
         }
     }
     // Unregistered, the model's files are no longer watched.
-    let un = tierd::requests::unregister_model::UnregisterModel {
-        model_name: "c".into(),
-    };
+    let un = tierd::requests::unregister_model::UnregisterModel { model_name: "c".into() };
     tierd::requests::Command::apply(un, &mut e, now()).expect("unregister");
     assert!(
         tick_until(&mut e, |e| e.open_watch_status().watched_files == 0),
@@ -279,7 +293,12 @@ fn the_server_counts_opens_and_promotes() {
         while info(&mut c)["usage"].as_u64() != Some(i) && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(info(&mut c)["usage"].as_u64(), Some(i), "open {i}: {}", c.req(r#"{"health": true}"#));
+        assert_eq!(
+            info(&mut c)["usage"].as_u64(),
+            Some(i),
+            "open {i}: {}",
+            c.req(r#"{"health": true}"#)
+        );
         std::thread::sleep(Duration::from_millis(400));
     }
     let t = Instant::now();

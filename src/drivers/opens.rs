@@ -241,7 +241,10 @@ impl OpenWatcher {
                 Ok(k) => (k, "permitted (CAP_SYS_ADMIN): tierd's own opens are left out by process id".into()),
                 Err(fe) => {
                     let k = Kernel::inotify().map_err(|ie| format!("fanotify: {fe}; inotify: {ie}"))?;
-                    (k, format!("fanotify not permitted ({fe}): tierd's own opens are left out by noting them"))
+                    (
+                        k,
+                        format!("fanotify not permitted ({fe}): tierd's own opens are left out by noting them"),
+                    )
                 }
             },
         };
@@ -470,8 +473,7 @@ impl Kernel {
 fn fan_mark(fd: &std::os::fd::OwnedFd, flags: libc::c_uint, path: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: `fd` is an open fanotify descriptor; `c` is a NUL-terminated
     // string that outlives the call.
     let rc = unsafe { libc::fanotify_mark(fd.as_raw_fd(), flags, libc::FAN_OPEN, libc::AT_FDCWD, c.as_ptr()) };

@@ -641,6 +641,7 @@ mod tests {
             models: 0,
             tiers: vec![],
             requests: vec![],
+            open_watch: Default::default(),
         };
         assert!(serving_line(&h("sim")).contains("a simulated machine (no real bytes move"));
         assert_eq!(
