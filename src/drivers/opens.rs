@@ -713,3 +713,79 @@ impl Run {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_discards_one_open_event_of_its_path() {
+        NOTING.store(true, Ordering::Relaxed);
+        let p = Path::new("/nonexistent/tierd-opens-test/a.bin");
+        note_own_open(p);
+        note_own_open(p);
+        let now = Instant::now();
+        assert!(take_own_open(p, now));
+        assert!(take_own_open(p, now));
+        assert!(!take_own_open(p, now), "two notes discard two events, not three");
+        assert!(!take_own_open(Path::new("/nonexistent/tierd-opens-test/b.bin"), now));
+        // A note too old to be an event's discards nothing.
+        note_own_open(p);
+        assert!(!take_own_open(p, now + OWN_OPEN_WINDOW + Duration::from_millis(1)));
+    }
+
+    fn item(name: &str, path: &Path) -> OpenItem {
+        OpenItem {
+            model: Arc::from(name),
+            files: Arc::new(ModelFiles::walk(path, 10).expect("walk")),
+            copy: None,
+        }
+    }
+
+    fn wait_for(w: &mut OpenWatcher, n: usize) -> Vec<OpenAccess> {
+        let t = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < n && t.elapsed() < Duration::from_secs(5) {
+            got.extend(w.take(16));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    /// inotify (it runs for anyone): every open of a file two models share
+    /// counts for both, with no debounce; tierd's own open counts nothing;
+    /// a model dropped from the list is no longer watched.
+    #[test]
+    fn opens_count_for_every_model_of_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("w.gguf");
+        std::fs::write(&f, b"weights").expect("write");
+        let mut w = OpenWatcher::spawn(OpenWatchMode::Inotify, 0.0).expect("inotify starts");
+        w.sync(vec![item("a", &f), item("b", &f)]);
+        let t = Instant::now();
+        while w.status().watched_files != 1 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(w.status().watched_files, 1, "one file, one watch");
+        drop(super::super::sys::open_nonblocking(&f).expect("own open"));
+        let st = std::process::Command::new("cat")
+            .arg(&f)
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(st.is_ok_and(|s| s.success()));
+        let mut got: Vec<String> = wait_for(&mut w, 2).iter().map(|a| a.model.to_string()).collect();
+        got.sort();
+        assert_eq!(got, ["a", "b"]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(w.take(16).is_empty(), "tierd's own open was counted");
+        assert_eq!(w.status().own_opens_ignored, 1);
+
+        w.sync(vec![item("b", &f)]);
+        w.sync(Vec::new());
+        let t = Instant::now();
+        while w.status().watched_files != 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(w.status().watched_files, 0);
+    }
+}
