@@ -115,7 +115,10 @@ fn opens_count_debounce_and_promote(test: &str, mechanism: &str) {
     tick_for(&mut e, Duration::from_millis(200));
     assert_eq!(usage(&mut e, "m"), 1, "a burst of opens is one access: {:?}", e.open_watch_status());
     let st = e.open_watch_status();
-    assert!(st.opens_seen >= 3, "{st:?}");
+    // inotify merges identical events still unread in its queue, so it may
+    // see fewer than three; fanotify keeps one per opening process.
+    let least = if mechanism == "fanotify" { 3 } else { 1 };
+    assert!(st.opens_seen >= least, "{st:?}");
     assert_eq!(st.accesses_counted, 1, "{st:?}");
 
     // Each open after the debounce is another access; the default policy

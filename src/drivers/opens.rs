@@ -23,9 +23,11 @@
 //!   per note, within [`OWN_OPEN_WINDOW`]. Residual error: a note whose
 //!   open produced no event (the open failed, or the file was not watched
 //!   yet) discards an open by another process of the same path in the next
-//!   [`OWN_OPEN_WINDOW`]; and an open by a process in the same instant as
-//!   tierd's own is counted in its place (the count is the same). With the
-//!   open debounce, both can only ever cost one access.
+//!   [`OWN_OPEN_WINDOW`]; and inotify merges identical events still unread
+//!   in its queue, so an open by another process right after one of
+//!   tierd's own (before the watcher read the first, microseconds) is
+//!   merged into it and discarded with it. With the open debounce, either
+//!   costs at most one access.
 //!
 //! The watch set follows the engine: the engine hands the watcher the list
 //! of its models and where each is served from whenever that changes
@@ -122,7 +124,10 @@ pub struct OpenWatchStatus {
     pub unwatched_files: usize,
     pub last_error: Option<String>,
     /// Opens by other processes seen, and those counted as accesses (the
-    /// rest fell within the debounce of an earlier one).
+    /// rest fell within the debounce of an earlier one). inotify merges
+    /// identical open events of one file still unread in its queue, so it
+    /// may see fewer opens than were made (never fewer accesses: merged
+    /// opens are within microseconds of each other).
     pub opens_seen: u64,
     pub accesses_counted: u64,
     /// tierd's own opens seen and left out.
@@ -768,6 +773,9 @@ mod tests {
         }
         assert_eq!(w.status().watched_files, 1, "one file, one watch");
         drop(super::super::sys::open_nonblocking(&f).expect("own open"));
+        // (Let the watcher read that event first: inotify merges identical
+        // events still unread.)
+        std::thread::sleep(Duration::from_millis(50));
         let st = std::process::Command::new("cat")
             .arg(&f)
             .stdout(std::process::Stdio::null())
