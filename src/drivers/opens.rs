@@ -60,6 +60,10 @@ pub const OWN_OPEN_WINDOW: Duration = Duration::from_secs(2);
 /// did not change is not handed over at all.
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// Shortest gap between two hand-overs even while the placement keeps
+/// changing (each builds the list of every model under the engine's lock).
+pub const SYNC_GAP: Duration = Duration::from_millis(50);
+
 /// The longest the watcher's thread sleeps (it wakes at once for an open
 /// and for a new watch list; this only bounds the pruning of old notes).
 const POLL_MS: i32 = 1000;
@@ -312,7 +316,11 @@ impl OpenWatcher {
     /// Whether the engine should hand over its list now: its placement
     /// `epoch` changed since, or [`SYNC_EVERY`] passed.
     pub fn sync_due(&mut self, epoch: u64) -> bool {
-        let due = self.epoch != Some(epoch) || self.handed.is_none_or(|(_, at)| at.elapsed() >= SYNC_EVERY);
+        let since = self.handed.map(|(_, at)| at.elapsed());
+        let due = match since {
+            None => true,
+            Some(s) => s >= SYNC_EVERY || (self.epoch != Some(epoch) && s >= SYNC_GAP),
+        };
         if due {
             self.epoch = Some(epoch);
         }
