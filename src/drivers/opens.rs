@@ -31,7 +31,8 @@
 //!
 //! The watch set follows the engine: the engine hands the watcher the list
 //! of its models and where each is served from whenever that changes
-//! (registration, a committed move, unregistration: at the next tick;
+//! (registration, a committed move, unregistration: at the next tick, at
+//! most every [`SYNC_GAP`];
 //! files replaced after a fault: within [`SYNC_EVERY`]); the thread adds
 //! and removes watches itself,
 //! so the engine's lock never waits on the kernel.
