@@ -227,6 +227,144 @@ fn run(mode: OpenWatchMode, items: &[OpenItem], paths: &[PathBuf], samples: usiz
     println!("{name}: unwatch every file: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
 }
 
+/// The child process, fed paths on stdin.
+struct Child {
+    proc: std::process::Child,
+    to: std::process::ChildStdin,
+    from: BufReader<std::process::ChildStdout>,
+}
+
+impl Child {
+    fn spawn() -> Child {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut proc = Command::new(exe)
+            .env(CHILD_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn child");
+        let to = proc.stdin.take().expect("stdin");
+        let from = BufReader::new(proc.stdout.take().expect("stdout"));
+        Child { proc, to, from }
+    }
+
+    /// Has the child open `path`; the stamp it took just before.
+    fn open(&mut self, path: &Path) -> u64 {
+        writeln!(self.to, "{}", path.display()).expect("write");
+        self.to.flush().expect("flush");
+        let mut line = String::new();
+        self.from.read_line(&mut line).expect("read");
+        line.trim().parse().expect("stamp")
+    }
+
+    fn end(self) {
+        drop(self.to);
+        let mut p = self.proc;
+        let _ = p.wait();
+    }
+}
+
+fn e2e(models: usize, samples: usize) {
+    use tierd::server::serve::{BackendKind, ServeOptions, build_shared, runtime, serve_with};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let cfg = root.join("tierd.toml");
+    let text = format!(
+        "state_dir = {:?}\npolicy = \"usage\"\nopen_debounce_s = 0.0\n\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 1.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        root.join("state")
+    );
+    let mut text = text;
+    let mut paths = Vec::with_capacity(models);
+    for i in 0..models {
+        let p = root.join(format!("models/m{i:04}.gguf"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, b"gguf").expect("write");
+        text.push_str(&format!("[[models]]\nname = \"m{i:04}\"\nsize_gb = 0.0\npath = {p:?}\n"));
+        paths.push(p);
+    }
+    std::fs::write(&cfg, text).expect("config");
+    let opts = ServeOptions {
+        config: Some(cfg),
+        backend: BackendKind::Real,
+        stdio: false,
+        socket: None,
+        ..ServeOptions::default()
+    };
+    let shared = match build_shared(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("end to end: cannot start the real backend here: {e}");
+            return;
+        }
+    };
+    let mech = shared.lock().open_watch_status();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_shared = shared.clone();
+    let server = std::thread::spawn(move || {
+        let rt = runtime().expect("runtime");
+        rt.block_on(async move {
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            let _ = serve_with(server_shared, None, &opts, stop).await;
+        });
+    });
+    let t = Instant::now();
+    while shared.lock().open_watch_status().watched_files < models && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let usage = |i: usize| {
+        let e = shared.lock();
+        let st = e.state();
+        st.model_id(&format!("m{i:04}"))
+            .and_then(|id| st.model(id))
+            .map(|m| m.usage.count)
+            .unwrap_or(0)
+    };
+    let mut child = Child::spawn();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut lat = Vec::with_capacity(samples);
+    let mut missed = 0;
+    for _ in 0..samples {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng % models as u64) as usize;
+        let before = usage(i);
+        let opened = child.open(&paths[i]);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if usage(i) > before {
+                lat.push(mono_ns().saturating_sub(opened) as f64 / 1e3);
+                break;
+            }
+            if Instant::now() > deadline {
+                missed += 1;
+                break;
+            }
+            // A few microseconds between looks, so the ticker gets the lock.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(3) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    child.end();
+    let _ = stop_tx.send(());
+    let _ = server.join();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "end to end ({}, {models} models, through the server): open() -> usage grown in the engine over {} opens: p50 {:.1} us, p99 {:.1} us (max {:.1}); missed {missed}",
+        mech.mechanism,
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    );
+}
+
 fn main() {
     if std::env::var_os(CHILD_ENV).is_some() {
         child();
@@ -240,4 +378,5 @@ fn main() {
     for mode in [OpenWatchMode::Fanotify, OpenWatchMode::Inotify] {
         run(mode, &items, &paths, samples);
     }
+    e2e(arg("--e2e-models", 100), samples);
 }
