@@ -245,8 +245,14 @@ impl OpenWatcher {
     /// start (the server runs on without observing opens).
     pub fn spawn(mode: OpenWatchMode, debounce_s: f64) -> Result<OpenWatcher, String> {
         let (kernel, reason) = match mode {
-            OpenWatchMode::Fanotify => (Kernel::fanotify().map_err(|e| format!("fanotify: {e}"))?, "asked for".to_string()),
-            OpenWatchMode::Inotify => (Kernel::inotify().map_err(|e| format!("inotify: {e}"))?, "asked for".to_string()),
+            OpenWatchMode::Fanotify => (
+                Kernel::fanotify().map_err(|e| format!("fanotify: {e}"))?,
+                "open_watch = \"fanotify\": tierd's own opens are left out by process id".to_string(),
+            ),
+            OpenWatchMode::Inotify => (
+                Kernel::inotify().map_err(|e| format!("inotify: {e}"))?,
+                "open_watch = \"inotify\": tierd's own opens are left out by noting them".to_string(),
+            ),
             OpenWatchMode::Auto => match Kernel::fanotify() {
                 Ok(k) => (k, "permitted (CAP_SYS_ADMIN): tierd's own opens are left out by process id".into()),
                 Err(fe) => {
