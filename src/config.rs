@@ -286,6 +286,19 @@ pub struct Config {
     /// Peer gids (primary or supplementary) allowed on the socket.
     #[serde(default)]
     pub allowed_gids: Vec<u32>,
+    /// Count other processes' opens of the files tierd serves as accesses
+    /// (real backend; see `drivers::opens`). Absent: on for the real
+    /// backend; the simulated one has no files and ignores it.
+    #[serde(default)]
+    pub observe_opens: Option<bool>,
+    /// Opens of one model's files within this many seconds of its last
+    /// counted access are the same access (a loader opening every shard).
+    #[serde(default = "default_open_debounce")]
+    pub open_debounce_s: f64,
+    /// Which kernel mechanism watches opens: `auto` (fanotify where
+    /// permitted, else inotify), `fanotify` or `inotify`.
+    #[serde(default)]
+    pub open_watch: OpenWatchMode,
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -370,6 +383,21 @@ fn default_revision() -> String {
 }
 fn default_rescan_s() -> f64 {
     60.0
+}
+
+/// Which kernel mechanism the open watcher uses (`open_watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenWatchMode {
+    /// fanotify where permitted (root / `CAP_SYS_ADMIN`), else inotify.
+    #[default]
+    Auto,
+    Fanotify,
+    Inotify,
+}
+
+fn default_open_debounce() -> f64 {
+    2.0
 }
 
 fn default_max_single() -> f64 {
@@ -480,6 +508,9 @@ impl Config {
             max_partial_line_bytes: default_max_partial_bytes(),
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            observe_opens: None,
+            open_debounce_s: default_open_debounce(),
+            open_watch: OpenWatchMode::Auto,
             models: Vec::new(),
             sources: Vec::new(),
             source: None,
@@ -589,6 +620,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());
+        }
+        if !(self.open_debounce_s.is_finite() && (0.0..=86_400.0).contains(&self.open_debounce_s)) {
+            return bad("open_debounce_s must be between 0 and 86400".into());
         }
         if !(self.line_timeout_s.is_finite() && self.line_timeout_s > 0.0 && self.line_timeout_s <= 86_400.0) {
             return bad("line_timeout_s must be between 0 (excluded) and 86400".into());

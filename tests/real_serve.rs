@@ -13,8 +13,10 @@ fn config(root: &Path) -> String {
     format!(
         r#"
 state_dir = "{root}/state"
-# No on-access moves: this test is about the backend, not the policy.
+# No on-access moves: this test is about the backend, not the policy; and
+# its own reads of the copy are not accesses (tests/real_opens.rs).
 policy = "usage"
+observe_opens = false
 [[tiers]]
 name = "ram"
 driver = "pagecache"

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::files::ModelFiles;
 use super::gpu::GpuProbe;
+use super::opens::OpenWatcher;
 use super::serve::ServeLinks;
 use super::watch::Watcher;
 use super::{DRIVERS, Source, TierDriver};
@@ -60,6 +61,11 @@ pub struct Machine {
     /// The stable serve path of each model (a real machine with a state
     /// directory; set by `server::open::open_real`).
     pub serve: Option<ServeLinks>,
+    /// Other processes' opens of the files tierd serves (a real machine
+    /// with `observe_opens`).
+    pub opens: Option<OpenWatcher>,
+    /// Why `opens` is `None` (for `health`).
+    pub opens_off: String,
 }
 
 impl std::fmt::Debug for Machine {
@@ -143,11 +149,42 @@ impl Machine {
             MachineKind::Real => Watcher::spawn(),
             MachineKind::Simulated => None,
         };
+        let opens_off = match kind {
+            MachineKind::Real => "observe_opens is not set up on this machine".into(),
+            MachineKind::Simulated => "simulated backend: models have no files".into(),
+        };
         Machine {
             kind,
             drivers,
             watch,
             serve: None,
+            opens: None,
+            opens_off,
+        }
+    }
+
+    /// Starts observing opens as `cfg` says (`observe_opens`, on by
+    /// default; a real machine only). A mechanism that cannot start is
+    /// logged and reported in `health`; the server runs on without it.
+    pub fn observe_opens(&mut self, cfg: &Config) {
+        if self.kind != MachineKind::Real {
+            return;
+        }
+        if !cfg.observe_opens.unwrap_or(true) {
+            self.opens = None;
+            self.opens_off = "observe_opens = false".into();
+            return;
+        }
+        match OpenWatcher::spawn(cfg.open_watch, cfg.open_debounce_s) {
+            Ok(w) => {
+                tracing::info!(mechanism = w.mechanism().as_str(), "observing opens of model files");
+                self.opens = Some(w);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe opens of model files");
+                self.opens = None;
+                self.opens_off = format!("cannot start: {e}");
+            }
         }
     }
 
@@ -196,7 +233,9 @@ impl Machine {
                 return Err(format!("dir tier {} overlaps another dir tier", a.display()));
             }
         }
-        Ok(Machine::new(MachineKind::Real, drivers))
+        let mut machine = Machine::new(MachineKind::Real, drivers);
+        machine.observe_opens(cfg);
+        Ok(machine)
     }
 
     /// Start-up: brings the recorded placement and the files into

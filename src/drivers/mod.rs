@@ -25,14 +25,16 @@
 //! Linux calls, behind safe wrappers), [`work`] (what pins and copies share),
 //! [`pin`], [`copy`], [`serve`] (the stable serve path of each model), [`space`] (a `dir` filesystem's free space net of the
 //! copies running into it), [`machine`] (opening a real machine and
-//! reconciling it with its state at start) and [`watch`] (the look at every
-//! origin and copy while running).
+//! reconciling it with its state at start), [`watch`] (the look at every
+//! origin and copy while running) and [`opens`] (other processes' opens of
+//! the files tierd serves, counted as accesses).
 
 pub mod copy;
 pub mod dir;
 pub mod files;
 pub mod gpu;
 pub mod machine;
+pub mod opens;
 pub mod pagecache;
 pub mod pin;
 pub mod serve;

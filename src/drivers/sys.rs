@@ -44,8 +44,13 @@ pub fn fadvise(file: &File, offset: u64, len: u64, advice: Advice) -> io::Result
 /// Opens `path` for reading without ever blocking: a FIFO put in place of
 /// a model file would block a plain `open` forever (the caller checks what
 /// it opened).
+///
+/// Every open tierd makes of a model file goes through here, so that an
+/// inotify open watcher can tell it from another process's
+/// ([`super::opens::note_own_open`]).
 pub fn open_nonblocking(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    super::opens::note_own_open(path);
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)

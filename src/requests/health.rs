@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::drivers::opens::OpenWatchStatus;
 use crate::error::EngineError;
 use crate::tiers::Engine;
 
@@ -35,6 +36,10 @@ pub struct HealthResponse {
     /// client can say them relative to now.
     #[serde(default)]
     pub now: f64,
+    /// The open watcher: which mechanism counts other processes' opens of
+    /// model files as accesses, and why (`off` with the reason otherwise).
+    #[serde(default)]
+    pub open_watch: OpenWatchStatus,
 }
 
 impl Command for Health {
@@ -60,6 +65,7 @@ impl Command for Health {
             requests: REQUEST_KEYS.iter().map(|k| k.to_string()).collect(),
             config: engine.config().source.as_ref().map(|p| p.display().to_string()),
             now,
+            open_watch: engine.open_watch_status(),
         })
     }
 }

@@ -833,6 +833,7 @@ mod tests {
             requests: vec![],
             config: None,
             now: 0.0,
+            open_watch: Default::default(),
         };
         assert!(serving_line(&h("sim")).contains("a simulated machine (no real bytes move"));
         assert_eq!(

@@ -82,7 +82,8 @@ struct Inner {
     status_cache: Mutex<StatusCache>,
     /// Signalled after each request that may have changed the engine, so
     /// the background ticker can sleep long while nothing happens.
-    changed: tokio::sync::Notify,
+    /// (An `Arc`: the open watcher's thread signals it too.)
+    changed: Arc<tokio::sync::Notify>,
     clock: Clock,
     /// What requests may prepare before the engine is locked.
     prepare: Prepare,
@@ -125,7 +126,11 @@ impl SharedEngine {
         SharedEngine::build(engine, clock, Some(store))
     }
 
-    fn build(engine: Engine, clock: Clock, store: Option<StateStore>) -> SharedEngine {
+    fn build(mut engine: Engine, clock: Clock, store: Option<StateStore>) -> SharedEngine {
+        // A counted open wakes the ticker, which applies it at once.
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let wake = changed.clone();
+        engine.set_open_waker(Arc::new(move || wake.notify_one()));
         let prepare = Prepare {
             walk_files: engine.machine_kind() == MachineKind::Real,
             max_files: engine.config().max_files_per_model,
@@ -134,7 +139,7 @@ impl SharedEngine {
             inner: Arc::new(Inner {
                 engine: Mutex::new(engine),
                 status_cache: Mutex::new(StatusCache::default()),
-                changed: tokio::sync::Notify::new(),
+                changed,
                 clock,
                 prepare,
                 store,

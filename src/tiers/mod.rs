@@ -31,6 +31,7 @@ pub mod faults;
 pub mod invariants;
 pub mod job;
 pub mod limits;
+pub mod opens;
 pub mod placement;
 pub mod policy;
 pub mod rates;

@@ -154,6 +154,10 @@ impl Engine {
         if self.machine.watch.is_some() {
             self.watch_files(now);
         }
+        // Other processes' opens of model files, counted as accesses.
+        if self.machine.opens.is_some() {
+            self.observe_opens(now);
+        }
         // Hardware can change without an event (other programs grow):
         // pressure floors are checked at most once per engine second.
         if self.has_floors && now >= self.next_pressure_check {
