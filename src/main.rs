@@ -145,6 +145,14 @@ struct ServeArgs {
     /// is closed to make room [default: the config's max_connections, 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example
+    /// 127.0.0.1:9464); loopback addresses only, unless --metrics-listen-any.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address (the metrics name
+    /// every model).
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_any: bool,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +195,8 @@ fn main() -> ExitCode {
                 backend: a.backend,
                 drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
                 workers: a.workers,
+                metrics_listen: a.metrics_listen,
+                metrics_listen_any: a.metrics_listen_any,
                 ..ServeOptions::default()
             };
             // `--socket` without a path: the default one, in its private directory.

@@ -9,6 +9,7 @@
 //! [`execute`] advances the engine with one tick and applies the request;
 //! its answer is serialized after the lock is released.
 
+pub mod exposition;
 pub mod wire;
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};

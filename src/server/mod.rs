@@ -1,6 +1,7 @@
 //! The server side: line framing ([`framing`]), the shared engine and its
 //! clock ([`shared`]), who may connect and how many ([`gate`]), one
-//! connection's loop ([`connection`]), the server's
+//! connection's loop ([`connection`]), the Prometheus scrape endpoint
+//! ([`metrics_http`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), and the CLI client
 //! ([`client`]). What each request does is in `requests`.
 
@@ -8,6 +9,7 @@ pub mod client;
 pub mod connection;
 pub mod framing;
 pub mod gate;
+pub mod metrics_http;
 pub mod open;
 pub mod serve;
 pub mod shared;

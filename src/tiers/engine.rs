@@ -229,10 +229,7 @@ impl Engine {
             id_suffixes: HashMap::new(),
             has_floors,
             next_pressure_check: now,
-            metrics: Metrics {
-                hits_by_tier: vec![0; tiers],
-                ..Metrics::default()
-            },
+            metrics: Metrics::for_tiers(tiers),
             started_at: now,
             explain: true,
             accesses_seen: 0,

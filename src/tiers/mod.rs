@@ -26,6 +26,7 @@
 
 pub mod engine;
 pub mod faults;
+pub mod histogram;
 pub mod invariants;
 pub mod job;
 pub mod limits;
@@ -39,6 +40,7 @@ mod table;
 pub mod views;
 
 pub use engine::{Engine, ModelSnapshot, Restored, RestoredModel, Snapshot};
+pub use histogram::Histogram;
 pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
 pub use placement::{Accessed, Optimized};

@@ -490,6 +490,11 @@ impl Engine {
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);
+            let slot = super::views::status_slot(status);
+            *self.metrics.moves_by_route.entry((job.from, job.to, slot)).or_insert(0) += 1;
+            if let (Some(started), Some(h)) = (job.started_at, self.metrics.move_duration.get_mut(job.to)) {
+                h[slot].observe(now - started);
+            }
             job.error = error;
             // Room counted on from this move is no longer pending.
             let from = &mut self.state.tiers[job.from];
