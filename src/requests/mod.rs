@@ -167,6 +167,8 @@ requests! {
     QueueHistory(queue_history::QueueHistory),
     Health(health::Health),
     Metrics(metrics::Metrics),
+    Watch(watch::Watch),
+    Unwatch(unwatch::Unwatch),
 }
 
 impl Request {
@@ -358,9 +360,10 @@ mod tests {
 
     #[test]
     fn the_list_is_the_keys() {
-        assert_eq!(REQUEST_KEYS.len(), 18);
+        assert_eq!(REQUEST_KEYS.len(), 20);
         assert_eq!(REQUEST_KEYS[0], "tier_status");
         assert_eq!(REQUEST_KEYS[17], "metrics");
+        assert_eq!(REQUEST_KEYS[19], "unwatch");
         for k in REQUEST_KEYS {
             let err = parse(&format!("{{\"{k}\": 12}}"));
             assert!(!err.as_ref().is_err_and(|e| e.contains("unknown request")), "{k}: {err:?}");

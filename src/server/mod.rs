@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod events;
 pub mod framing;
 pub mod gate;
 pub mod metrics_http;

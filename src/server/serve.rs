@@ -585,6 +585,9 @@ async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
     loop {
         let (next_event, active, until_optimize) = shared.with(|engine, now| {
             engine.tick(now);
+            // Pressure and availability changes, for watchers (a no-op
+            // while nobody watches).
+            engine.observe_tiers(now);
             if let (Some(at), Some(every)) = (next_optimize, interval)
                 && now >= at
             {

@@ -92,6 +92,11 @@ pub struct Engine {
     /// each tier, and the last one of each model.
     pub(crate) fault_log: Vec<VecDeque<FaultView>>,
     pub(crate) model_faults: HashMap<ModelId, FaultView>,
+    /// Events for watchers since the server last took them; `None` while
+    /// nobody watches ([`super::events`]).
+    pub(crate) outbox: Option<Vec<super::events::Event>>,
+    /// Each tier's pressure and availability as watchers last heard them.
+    pub(crate) tiers_seen: Vec<super::events::TierSeen>,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -238,6 +243,8 @@ impl Engine {
             pending_releases: Vec::new(),
             fault_log: vec![VecDeque::new(); tiers],
             model_faults: HashMap::new(),
+            outbox: None,
+            tiers_seen: Vec::new(),
         })
     }
 

@@ -25,6 +25,7 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
+pub mod events;
 pub mod faults;
 pub mod histogram;
 pub mod invariants;
@@ -40,6 +41,7 @@ mod table;
 pub mod views;
 
 pub use engine::{Engine, ModelSnapshot, Restored, RestoredModel, Snapshot};
+pub use events::{Category, Event, EventKind};
 pub use histogram::Histogram;
 pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};

@@ -11,6 +11,7 @@ use crate::drivers::{DriverEvent, MoveEvent, MoveOrder};
 use crate::error::EngineError;
 
 use super::engine::Engine;
+use super::events::JobStep;
 use super::job::{Attempt, CancelCause, Job, JobKey, JobStatus, Priority};
 use super::views::JobView;
 
@@ -218,6 +219,13 @@ impl Engine {
     }
 
     pub(crate) fn record(&mut self, now: f64, kind: SchedEventKind, job: JobKey, priority: Priority) {
+        // Ended jobs are told once their error is set (`close`).
+        match kind {
+            SchedEventKind::Submitted => self.emit_job(now, job, JobStep::Queued),
+            SchedEventKind::Started => self.emit_job(now, job, JobStep::Started),
+            SchedEventKind::Retrying { not_before } => self.emit_job(now, job, JobStep::Retried { not_before }),
+            SchedEventKind::Ended { .. } => {}
+        }
         if let Some(log) = &mut self.log {
             log.push(SchedEvent {
                 time: now,
@@ -317,7 +325,13 @@ impl Engine {
                 if let Some(id) = self.state.model_id(&model)
                     && let Some(m) = self.state.model_mut(id)
                 {
+                    let tier = m.tier;
                     m.unavailable = Some(reason);
+                    if self.collecting_events()
+                        && let Some(reason) = self.state.model(id).and_then(|m| m.unavailable.clone())
+                    {
+                        self.emit_unavailable(now, &model, tier, &reason);
+                    }
                 }
             }
             MoveEvent::CopyCorrupt {
@@ -503,6 +517,15 @@ impl Engine {
             job.unclaimed_bytes = 0;
             job.unclaimed_models = 0;
         }
+        if self.collecting_events() {
+            self.emit_job(now, key, JobStep::Ended);
+            if status == JobStatus::Success
+                && let Some(j) = self.jobs.get(&key)
+            {
+                let (name, from, to) = (j.model_name.clone(), j.from, j.to);
+                self.emit_placed(now, &name, to, Some(from));
+            }
+        }
         self.ended.push_back(key);
         while self.ended.len() > self.cfg.job_history.max(1) {
             let Some(old) = self.ended.pop_front() else { break };
@@ -565,7 +588,6 @@ impl Engine {
                     self.state.tiers[to].incoming_running += bytes;
                     self.metrics.moves_started += 1;
                     started += 1;
-                    self.record(now, SchedEventKind::Started, key, prio);
                     if let Some(job) = self.jobs.get_mut(&key) {
                         job.status = JobStatus::Running;
                         job.attempt += 1;
@@ -577,6 +599,8 @@ impl Engine {
                             outcome: None,
                         });
                     }
+                    // After the attempt is counted, for its event.
+                    self.record(now, SchedEventKind::Started, key, prio);
                 }
                 Err(message) => {
                     self.end_job(now, key, JobStatus::Failed, Some(("TASK_FAILED".into(), message)));
