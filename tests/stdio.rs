@@ -179,6 +179,10 @@ fn every_request_answers() {
         assert!(r["metrics"].get(f).is_some(), "missing {f}: {r}");
     }
     assert_eq!(r["metrics"]["accesses"], json!(1));
+    let r = ask(&mut s, &mut seen, r#"{"watch": {"events": ["pressure"]}}"#);
+    ok(&r);
+    let r = ask(&mut s, &mut seen, r#"{"unwatch": true}"#);
+    assert_eq!(r["unwatched"], json!(true), "{r}");
 
     // The seed requests are covered by the test above; together all keys.
     for key in ["tier_status", "move_tier", "tier_job_status", "update_limits", "auto_optimize"] {
