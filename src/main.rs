@@ -84,6 +84,18 @@ enum Command {
     Request { json: String },
     /// Check that the server answers.
     Health,
+    /// Follow the server's events (moves, models, limits, pressure, engines) as they happen.
+    Watch {
+        /// Event groups: jobs, models, tiers, pressure, engines (comma separated) [default: all].
+        #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+        events: Vec<String>,
+        /// Print each event as its JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between two progress events of a move [default: 0.5].
+        #[arg(long, value_name = "S")]
+        progress_interval: Option<f64>,
+    },
     /// Measure round trips over the socket against a minimal echo server.
     Bench(BenchArgs),
     /// The move-job queue: status, history, cancel.
@@ -206,6 +218,18 @@ fn main() -> ExitCode {
             serve::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
         Command::Status => client::status(&socket).map_err(|e| e.to_string()),
+        Command::Watch {
+            events,
+            json,
+            progress_interval,
+        } => {
+            let args = tierd::server::follow::WatchArgs {
+                events,
+                json,
+                progress_interval_s: progress_interval,
+            };
+            tierd::server::follow::watch(&socket, &args).map_err(|e| e.to_string())
+        }
         Command::Move {
             model,
             tier,

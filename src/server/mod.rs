@@ -3,11 +3,13 @@
 //! connection's loop ([`connection`]), the Prometheus scrape endpoint
 //! ([`metrics_http`]), the server's
 //! lifecycle and how it builds its machine ([`serve`]), and the CLI client
-//! ([`client`]). What each request does is in `requests`.
+//! ([`client`]), which follows event streams with [`follow`]; watchers are
+//! fanned out to by [`events`]. What each request does is in `requests`.
 
 pub mod client;
 pub mod connection;
 pub mod events;
+pub mod follow;
 pub mod framing;
 pub mod gate;
 pub mod metrics_http;

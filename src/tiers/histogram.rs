@@ -37,13 +37,8 @@ impl Histogram {
     /// Counts one observation; a NaN or negative one (a clock that stepped
     /// back) is counted as 0 so the sum stays meaningful.
     pub fn observe(&mut self, v: f64) {
-        let v = if v.is_finite() && v > 0.0 {
-            v
-        } else if v == f64::INFINITY {
-            v
-        } else {
-            0.0
-        };
+        // (NaN > 0 is false; +Inf stays, in the +Inf bucket only.)
+        let v = if v > 0.0 { v } else { 0.0 };
         if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
             self.counts[i] += 1;
         }
