@@ -216,3 +216,105 @@ fn a_watcher_that_never_reads_blocks_nothing_and_learns_what_it_missed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `tierd watch` (human and JSON) and `tierd move --wait`, whose bar
+/// follows the stream; piped, the move prints one final line.
+#[test]
+fn the_cli_watches_and_waits_on_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let _s = Server::socket(&sock, &["--fault-probability", "0"]);
+    let sock_s = sock.to_str().unwrap();
+    let spawn_watch = |extra: &[&str]| {
+        let mut args = vec!["--socket", sock_s, "watch", "--events", "jobs,models,tiers"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tierd watch");
+        let (tx, rx) = channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let (mut human, human_rx) = spawn_watch(&[]);
+    let (mut json, json_rx) = spawn_watch(&["--json"]);
+    // A limit change both watchers see says that they are in (they
+    // connect on their own time: the change is repeated until then).
+    let mut c = Client::connect(&sock);
+    let (mut json_in, mut human_in) = (false, false);
+    let until = Instant::now() + DEADLINE;
+    while !(json_in && human_in) {
+        assert!(Instant::now() < until, "the watchers never saw a limit change");
+        let r = c.req(r#"{"update_limits": {"ram_max_gb": 5.0}}"#);
+        assert_eq!(r["status"], "success", "{r}");
+        for (rx, seen) in [(&json_rx, &mut json_in), (&human_rx, &mut human_in)] {
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(if *seen { 1 } else { 100 })) {
+                assert!(line.contains("tier_limit_changed"), "{line}");
+                *seen = true;
+            }
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["--socket", sock_s, "move", "t5-base", "storage", "--wait"])
+        .output()
+        .expect("tierd move");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("demote t5-base ram -> storage"), "{stdout}");
+    assert!(stdout.lines().last().unwrap_or_default().contains(": success after"), "{stdout}");
+
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &Value| l["event"] == "model_placed") {
+        let line = json_rx.recv_timeout(DEADLINE).expect("a JSON event line");
+        seen.push(serde_json::from_str(&line).expect("JSON"));
+    }
+    let names: Vec<&str> = seen
+        .iter()
+        .map(|v| v["event"].as_str().unwrap_or("?"))
+        .filter(|e| *e != "tier_limit_changed")
+        .collect();
+    assert_eq!(names.first(), Some(&"job_queued"), "{names:?}");
+    assert!(names.ends_with(&["job_ended", "model_placed"]), "{names:?}");
+    let mut first = human_rx.recv_timeout(DEADLINE).expect("a human line");
+    while first.contains("tier_limit_changed") {
+        first = human_rx.recv_timeout(DEADLINE).expect("a human line");
+    }
+    assert!(
+        first.contains("job_queued") && first.contains("queued: demote t5-base ram -> storage (normal, user)"),
+        "{first}"
+    );
+    let _ = human.kill();
+    let _ = json.kill();
+    let _ = human.wait();
+    let _ = json.wait();
+}
+
+/// A move that fails, waited on through the stream: piped, one final line
+/// on stderr with the reason, exit 1.
+#[test]
+fn a_failed_move_waited_on_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("t.sock");
+    let _s = Server::socket(&sock, &["--fault-probability", "1"]);
+    let out = Command::new(BIN)
+        .args(["--socket", sock.to_str().unwrap(), "move", "t5-base", "storage", "--wait"])
+        .output()
+        .expect("tierd move");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("tierd: tier_demote_t5-base_") && last.contains(" failed: "),
+        "{stderr}"
+    );
+}
