@@ -118,13 +118,30 @@ where
                     if let Some(t) = &ticket {
                         t.done();
                     }
-                    match watch_stream(&shared, &mut lines, &mut writer, &mut out, &spec, &id, &shutdown, &evict).await {
+                    match watch_stream(
+                        &shared,
+                        &mut lines,
+                        &mut writer,
+                        &mut out,
+                        &spec,
+                        &id,
+                        &shutdown,
+                        &evict,
+                        line_timeout,
+                    )
+                    .await
+                    {
                         WatchEnd::Unwatched => {}
                         WatchEnd::Closed(r) => {
                             r?;
                             break;
                         }
                         WatchEnd::Evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await,
+                        WatchEnd::CloseWith(line) => {
+                            // A partial line's bytes go back to the budget first.
+                            drop(lines);
+                            return close_with(&mut writer, &mut out, line).await;
+                        }
                     }
                     last_done = Instant::now();
                     continue;
@@ -185,6 +202,8 @@ enum WatchEnd {
     Closed(std::io::Result<()>),
     /// Closed to make room for a newcomer.
     Evicted,
+    /// Closed with this error line (a line timed out or over the budget).
+    CloseWith(Vec<u8>),
 }
 
 /// Events written per batch before the peer's input is looked at again.
@@ -204,6 +223,7 @@ async fn watch_stream<R, W>(
     id: &Option<Id>,
     shutdown: &CancellationToken,
     evict: &CancellationToken,
+    line_timeout: Option<Duration>,
 ) -> WatchEnd
 where
     R: AsyncBufRead + HasBuffer + Unpin,
@@ -273,7 +293,8 @@ where
                 }
             }
             Ok(Frame::TooLong(bytes)) => too_long_response(bytes, out),
-            Ok(Frame::TimedOut(_) | Frame::OverBudget(_)) => break WatchEnd::Closed(Ok(())),
+            Ok(Frame::TimedOut(bytes)) => break WatchEnd::CloseWith(timed_out_line(bytes, line_timeout)),
+            Ok(Frame::OverBudget(bytes)) => break WatchEnd::CloseWith(over_budget_line(bytes, lines.budget_limit().unwrap_or(0))),
         }
     };
     shared.unwatch(&watcher);
