@@ -104,6 +104,15 @@ enum Command {
     /// What every model source ([[sources]]) finds: name, kind, files, size,
     /// registered or not. Changes nothing.
     Discover,
+    /// Follow the server's events (moves, models, limits, pressure, engines) as they happen.
+    Watch {
+        /// Event groups: jobs, models, tiers, pressure, engines (comma separated) [default: all].
+        #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+        events: Vec<String>,
+        /// Seconds between two progress events of a move [default: 0.5].
+        #[arg(long, value_name = "S")]
+        progress_interval: Option<f64>,
+    },
     /// Measure round trips over the socket against a minimal echo server.
     Bench(BenchArgs),
     /// The move-job queue: status, history, cancel.
@@ -223,6 +232,14 @@ struct ServeArgs {
     /// is closed to make room [default: the config's max_connections, 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example
+    /// 127.0.0.1:9464); loopback addresses only, unless --metrics-listen-any.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address (the metrics name
+    /// every model).
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_any: bool,
 }
 
 /// `tierd mcp`: the embedded engine's options, as `serve`'s.
@@ -331,6 +348,8 @@ fn main() -> ExitCode {
                 backend: a.backend,
                 drain_timeout: Duration::try_from_secs_f64(a.drain_timeout).unwrap_or(Duration::from_secs(10)),
                 workers: a.workers,
+                metrics_listen: a.metrics_listen,
+                metrics_listen_any: a.metrics_listen_any,
                 ..ServeOptions::default()
             };
             // `--socket` without a path: the default one, in its private directory.
@@ -355,6 +374,14 @@ fn main() -> ExitCode {
             tierd::mcp::run(opts).map(|()| 0).map_err(|e| e.to_string())
         }
         Command::Status => client::status(&socket, output).map_err(|e| e.to_string()),
+        Command::Watch { events, progress_interval } => {
+            let args = tierd::server::follow::WatchArgs {
+                events,
+                json: output == Output::Json,
+                progress_interval_s: progress_interval,
+            };
+            tierd::server::follow::watch(&socket, &args).map_err(|e| e.to_string())
+        }
         Command::Move {
             model,
             tier,

@@ -668,6 +668,9 @@ fn run_case(seeds: &[Value], specs: &[LineSpec], setup: Setup) -> Result<(), Tes
                     }
                 },
                 Answer::Prepare(_) => prop_assert!(false, "the simulated machine prepares nothing"),
+                // A connection would start streaming here: answered as its
+                // acknowledgement, the stream itself is tests/watch.rs'.
+                Answer::Watch { id, .. } => write_value(&mut out, &with_id(serde_json::json!({"status": "success"}), &id)),
             }
             LINES.fetch_add(1, Ordering::Relaxed);
             check_answer(&line, &out, &mut jobs)?;

@@ -182,6 +182,10 @@ fn every_request_answers() {
     // No [[sources]] in the embedded config: nothing scanned, nothing found.
     let r = ask(&mut s, &mut seen, r#"{"discover": true}"#);
     assert_eq!((&r["scanned_at"], &r["sources"]), (&json!(null), &json!([])), "{r}");
+    let r = ask(&mut s, &mut seen, r#"{"watch": {"events": ["pressure"]}}"#);
+    ok(&r);
+    let r = ask(&mut s, &mut seen, r#"{"unwatch": true}"#);
+    assert_eq!(r["unwatched"], json!(true), "{r}");
 
     // The seed requests are covered by the test above; together all keys.
     for key in ["tier_status", "move_tier", "tier_job_status", "update_limits", "auto_optimize"] {

@@ -9,6 +9,7 @@
 //! [`execute`] advances the engine with one tick and applies the request;
 //! its answer is serialized after the lock is released.
 
+pub mod exposition;
 pub mod wire;
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -167,6 +168,8 @@ requests! {
     Health(health::Health),
     Metrics(metrics::Metrics),
     Discover(discover::Discover),
+    Watch(watch::Watch),
+    Unwatch(unwatch::Unwatch),
 }
 
 impl Request {
@@ -358,10 +361,11 @@ mod tests {
 
     #[test]
     fn the_list_is_the_keys() {
-        assert_eq!(REQUEST_KEYS.len(), 19);
+        assert_eq!(REQUEST_KEYS.len(), 21);
         assert_eq!(REQUEST_KEYS[0], "tier_status");
         assert_eq!(REQUEST_KEYS[17], "metrics");
         assert_eq!(REQUEST_KEYS[18], "discover");
+        assert_eq!(REQUEST_KEYS[20], "unwatch");
         for k in REQUEST_KEYS {
             let err = parse(&format!("{{\"{k}\": 12}}"));
             assert!(!err.as_ref().is_err_and(|e| e.contains("unknown request")), "{k}: {err:?}");

@@ -30,7 +30,8 @@ use crate::requests::queue_status::{QueueStatus, QueueStatusResponse};
 use crate::requests::tier_job_status::{TierJobStatus, TierJobStatusResponse};
 use crate::requests::tier_status::{TierStatus, TierStatusResponse};
 use crate::requests::update_limits::{UpdateLimits, UpdateLimitsResponse};
-use crate::tiers::{JobStatus, JobView, ModelView, TierView};
+use crate::requests::watch::Watch;
+use crate::tiers::{Category, JobStatus, JobView, ModelView, TierView};
 
 /// The socket path used when none is given: `$TIERD_SOCKET`, else
 /// `tierd.sock` in [`default_socket_dir`].
@@ -169,6 +170,19 @@ impl Client {
             return Err(ClientError::Closed);
         }
         Ok(resp.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    /// How long a read may wait (`None`: forever); a read that times out
+    /// fails with `WouldBlock` or `TimedOut` and keeps what it had read.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.writer.set_read_timeout(timeout).map_err(ClientError::from)
+    }
+
+    /// Reads (the rest of) one line into `buf`, newline included; returns
+    /// the bytes read (0: the server closed). Bytes read before a timeout
+    /// stay in `buf`, so calling again completes the line.
+    pub fn read_line_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.reader.read_until(b'\n', buf)
     }
 
     /// Sends a request, returns the response (errors included).
@@ -391,6 +405,18 @@ pub fn move_request(args: &MoveArgs) -> MoveTier {
 pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
     let mut c = Client::connect(socket)?;
     let json = args.output == Output::Json;
+    // The stream starts before the move, so none of its events is missed.
+    // A server that cannot stream (an older one) is polled instead.
+    let mut stream = if args.wait {
+        let spec = Watch {
+            events: [Category::Jobs].into_iter().collect(),
+            progress_interval_s: 0.1,
+            buffer: 4096,
+        };
+        super::follow::EventStream::open(socket, &spec).ok()
+    } else {
+        None
+    };
     let started_raw: Value = c.call(move_request(args))?;
     let started: MoveTierResponse =
         serde_json::from_value(started_raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {started_raw}")))?;
@@ -424,13 +450,43 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
     // Ctrl-C stops the waiting, not the move: say so, and how to cancel it.
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
+    let say_interrupted = |bar: &indicatif::ProgressBar| {
+        bar.abandon();
+        eprintln!(
+            "tierd: interrupted; the move {job_id} continues in the server. Cancel it with `tierd queue cancel {job_id}`, follow it with `tierd jobs`"
+        );
+        Ok(130)
+    };
+    if let Some(stream) = stream.as_mut() {
+        let mut shown = BarProgress {
+            bar: &bar,
+            interrupted: &interrupted,
+        };
+        let ended = super::follow::follow_job(stream, &job_id, &mut shown, || {
+            let st: TierJobStatusResponse = c.call(TierJobStatus { job_id: job_id.clone() })?;
+            Ok(match st.status {
+                JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled => Some(super::follow::JobEnd {
+                    status: st.status.as_str().to_string(),
+                    error: st.error.clone(),
+                    elapsed_s: st.elapsed_time,
+                }),
+                _ => None,
+            })
+        })?;
+        let Some(end) = ended else {
+            return say_interrupted(&bar);
+        };
+        if json {
+            // The job's final status answer, as `--json` promises.
+            let raw: Value = c.call(TierJobStatus { job_id: job_id.clone() })?;
+            print_json(&raw)?;
+            return Ok(if end.status == "success" { 0 } else { 1 });
+        }
+        return Ok(finish_move(&bar, &job_id, &end.status, end.elapsed_s, end.error.as_deref()));
+    }
     loop {
         if interrupted.load(Ordering::SeqCst) {
-            bar.abandon();
-            eprintln!(
-                "tierd: interrupted; the move {job_id} continues in the server. Cancel it with `tierd queue cancel {job_id}`, follow it with `tierd jobs`"
-            );
-            return Ok(130);
+            return say_interrupted(&bar);
         }
         let raw: Value = c.call(TierJobStatus { job_id: job_id.clone() })?;
         let st: TierJobStatusResponse = serde_json::from_value(raw.clone()).map_err(|e| ClientError::BadResponse(format!("{e}: {raw}")))?;
@@ -441,31 +497,57 @@ pub fn move_model(socket: &Path, args: &MoveArgs) -> Result<i32, ClientError> {
             human::duration(st.elapsed_time),
             human::duration(st.estimated_time)
         ));
-        // Without a terminal the bar is hidden: one final line says how
-        // the move ended, and why (stdout on success, stderr otherwise).
-        let ended = matches!(st.status, JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled);
-        if ended && json {
-            print_json(&raw)?;
-            return Ok(if st.status == JobStatus::Success { 0 } else { 1 });
-        }
         match st.status {
-            JobStatus::Success => {
-                bar.finish_with_message("success");
-                if bar.is_hidden() {
-                    println!("{job_id}: success after {}", human::duration(st.elapsed_time));
+            JobStatus::Success | JobStatus::Failed | JobStatus::Cancelled => {
+                if json {
+                    print_json(&raw)?;
+                    return Ok(if st.status == JobStatus::Success { 0 } else { 1 });
                 }
-                return Ok(0);
-            }
-            JobStatus::Failed | JobStatus::Cancelled => {
-                let why = format!("{status}: {}", human::round_gb_in(&opt(st.error.as_deref())));
-                if bar.is_hidden() {
-                    eprintln!("tierd: {job_id} {why}");
-                }
-                bar.abandon_with_message(why);
-                return Ok(1);
+                return Ok(finish_move(&bar, &job_id, status, st.elapsed_time, st.error.as_deref()));
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+/// The bar of `move --wait`, drawn from the job's events.
+struct BarProgress<'a> {
+    bar: &'a indicatif::ProgressBar,
+    interrupted: &'a AtomicBool,
+}
+
+impl super::follow::Progress for BarProgress<'_> {
+    fn update(&mut self, progress: f64, elapsed_s: f64, estimated_s: f64) {
+        self.bar.set_position((progress.clamp(0.0, 1.0) * 1000.0) as u64);
+        self.bar.set_message(format!(
+            "running  {} of about {}",
+            human::duration(elapsed_s),
+            human::duration(estimated_s)
+        ));
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends the bar of a move that ended with `status`; returns the exit code.
+/// Without a terminal the bar is hidden: one final line says how the move
+/// ended, and why (stdout on success, stderr otherwise).
+fn finish_move(bar: &indicatif::ProgressBar, job_id: &str, status: &str, elapsed_s: f64, error: Option<&str>) -> i32 {
+    if status == "success" {
+        bar.finish_with_message("success");
+        if bar.is_hidden() {
+            println!("{job_id}: success after {}", human::duration(elapsed_s));
+        }
+        0
+    } else {
+        let why = format!("{status}: {}", human::round_gb_in(&opt(error)));
+        if bar.is_hidden() {
+            eprintln!("tierd: {job_id} {why}");
+        }
+        bar.abandon_with_message(why);
+        1
     }
 }
 

@@ -10,12 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Map;
+use serde_json::{Map, json};
 use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ErrorCode;
-use crate::requests::wire::too_long_response;
+use crate::error::{EngineError, ErrorCode};
+use crate::requests::watch::Watch;
+use crate::requests::wire::{Id, error_response, too_long_response, with_id, write_value};
+use crate::requests::{self, Envelope, Request};
 
 use super::framing::{Frame, HasBuffer, LineReader, PartialBudget};
 use super::gate::{Ticket, error_line, evicted_line};
@@ -110,6 +112,40 @@ where
                     // Blocking work off the engine's lock and off this loop.
                     answer = shared.answer_prepared(*envelope, &mut out).await;
                 }
+                if let Answer::Watch { spec, id } = answer {
+                    // The connection is busy no more: a watcher waits on
+                    // the server, not the other way round.
+                    if let Some(t) = &ticket {
+                        t.done();
+                    }
+                    match watch_stream(
+                        &shared,
+                        &mut lines,
+                        &mut writer,
+                        &mut out,
+                        &spec,
+                        &id,
+                        &shutdown,
+                        &evict,
+                        line_timeout,
+                    )
+                    .await
+                    {
+                        WatchEnd::Unwatched => {}
+                        WatchEnd::Closed(r) => {
+                            r?;
+                            break;
+                        }
+                        WatchEnd::Evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await,
+                        WatchEnd::CloseWith(line) => {
+                            // A partial line's bytes go back to the budget first.
+                            drop(lines);
+                            return close_with(&mut writer, &mut out, line).await;
+                        }
+                    }
+                    last_done = Instant::now();
+                    continue;
+                }
                 if let Answer::Wait { job_id, id } = answer {
                     // Answers before this one go out first, so the peer sees
                     // them while the move runs. A peer that does not read
@@ -156,6 +192,133 @@ where
     }
     flush(&mut writer, &mut out).await?;
     writer.shutdown().await.or_else(ignore_not_connected)
+}
+
+/// How a watch ended.
+enum WatchEnd {
+    /// `{"unwatch": true}`: back to requests.
+    Unwatched,
+    /// The peer closed, the server shuts down, or an I/O error.
+    Closed(std::io::Result<()>),
+    /// Closed to make room for a newcomer.
+    Evicted,
+    /// Closed with this error line (a line timed out or over the budget).
+    CloseWith(Vec<u8>),
+}
+
+/// Events written per batch before the peer's input is looked at again.
+const EVENTS_PER_WRITE: usize = 256;
+
+/// A connection in watch mode: the acknowledgement, then the watcher's
+/// events as they come, until `unwatch`, the peer's end, or shutdown.
+/// Other requests meanwhile get an error line each (the stream stays a
+/// stream of events).
+#[allow(clippy::too_many_arguments)]
+async fn watch_stream<R, W>(
+    shared: &SharedEngine,
+    lines: &mut LineReader<R>,
+    writer: &mut W,
+    out: &mut Vec<u8>,
+    spec: &Watch,
+    id: &Option<Id>,
+    shutdown: &CancellationToken,
+    evict: &CancellationToken,
+    line_timeout: Option<Duration>,
+) -> WatchEnd
+where
+    R: AsyncBufRead + HasBuffer + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let watcher = shared.watch(spec);
+    let ack = json!({
+        "status": "success",
+        "watching": {
+            "events": spec.events.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "progress_interval_s": spec.progress_interval_s,
+            "buffer": spec.buffer,
+        }
+    });
+    write_value(out, &with_id(ack, id));
+    let end = loop {
+        // The next line's read stays pending while events are written (a
+        // read cancelled mid-line would lose its start).
+        let frame = {
+            let mut next = std::pin::pin!(lines.next_frame());
+            loop {
+                if let Err(e) = flush_or_stop(writer, out, shutdown, evict).await {
+                    break Err(e);
+                }
+                if watcher.drain_into(out, EVENTS_PER_WRITE) > 0 {
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Err(WatchEnd::Closed(Ok(()))),
+                    _ = evict.cancelled() => break Err(WatchEnd::Evicted),
+                    frame = &mut next => break Ok(frame),
+                    _ = watcher.ready() => continue,
+                }
+            }
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(end) => break end,
+        };
+        match frame {
+            Err(e) => break WatchEnd::Closed(Err(e)),
+            Ok(Frame::Eof) => break WatchEnd::Closed(Ok(())),
+            Ok(Frame::Line) => {
+                let line = lines.line();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match requests::parse_line(line) {
+                    Ok(Envelope {
+                        id,
+                        request: Request::Unwatch(_),
+                    }) => {
+                        let (delivered, dropped) = watcher.counts();
+                        let v = json!({"status": "success", "unwatched": true, "events_delivered": delivered, "events_dropped": dropped});
+                        write_value(out, &with_id(v, &id));
+                        break WatchEnd::Unwatched;
+                    }
+                    Ok(env) => {
+                        let e = EngineError::bad_request(format!(
+                            "this connection is watching events: {} is not served here; send {{\"unwatch\": true}} first, or use another connection",
+                            env.request.key()
+                        ));
+                        write_value(out, &error_response(&e, &env.id));
+                    }
+                    Err(f) => write_value(out, &error_response(&f.error, &f.id)),
+                }
+            }
+            Ok(Frame::TooLong(bytes)) => too_long_response(bytes, out),
+            Ok(Frame::TimedOut(bytes)) => break WatchEnd::CloseWith(timed_out_line(bytes, line_timeout)),
+            Ok(Frame::OverBudget(bytes)) => break WatchEnd::CloseWith(over_budget_line(bytes, lines.budget_limit().unwrap_or(0))),
+        }
+    };
+    shared.unwatch(&watcher);
+    if let WatchEnd::Unwatched = end
+        && let Err(e) = flush_or_stop(writer, out, shutdown, evict).await
+    {
+        return e;
+    }
+    end
+}
+
+/// Writes `out`, unless shutdown or eviction comes first.
+async fn flush_or_stop<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    out: &mut Vec<u8>,
+    shutdown: &CancellationToken,
+    evict: &CancellationToken,
+) -> Result<(), WatchEnd> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Err(WatchEnd::Closed(Ok(()))),
+        _ = evict.cancelled() => Err(WatchEnd::Evicted),
+        r = flush(writer, out) => r.map_err(|e| WatchEnd::Closed(Err(e))),
+    }
 }
 
 /// Writes what is pending and one last error line (bounded in time: the

@@ -69,6 +69,10 @@ pub struct ServeOptions {
     pub max_connections: Option<usize>,
     /// Connection loops serving the socket; 0 = connections on the main thread.
     pub workers: usize,
+    /// Serve `GET /metrics` (Prometheus) over HTTP on this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow `metrics_listen` on an address other than loopback.
+    pub metrics_listen_any: bool,
 }
 
 impl Default for ServeOptions {
@@ -84,6 +88,8 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(10),
             max_connections: None,
             workers: default_workers(),
+            metrics_listen: None,
+            metrics_listen_any: false,
         }
     }
 }
@@ -295,6 +301,14 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let metrics = match opts.metrics_listen {
+        Some(addr) => Some(
+            super::metrics_http::bind(addr, opts.metrics_listen_any)
+                .await
+                .map_err(ServeError::Option)?,
+        ),
+        None => None,
+    };
     let limits = ConnLimits::from_config(shared.lock().config(), opts.max_connections);
     if socket.is_some() {
         raise_nofile_limit(limits.max_connections);
@@ -344,6 +358,14 @@ pub async fn serve_with(
     let ticker = tokio::spawn(run_ticker(shared.clone(), token.clone()));
     if opts.stdio {
         start_stdio(&shared, &token, &tracker);
+    }
+    if let Some(listener) = metrics {
+        tracker.spawn(super::metrics_http::serve_metrics(
+            listener,
+            shared.clone(),
+            token.clone(),
+            tracker.clone(),
+        ));
     }
     let accept = async {
         match &socket {
@@ -620,6 +642,9 @@ pub async fn run_ticker(shared: SharedEngine, token: CancellationToken) {
     loop {
         let (next_event, active, until_optimize) = shared.with(|engine, now| {
             engine.tick(now);
+            // Pressure and availability changes, for watchers (a no-op
+            // while nobody watches).
+            engine.observe_tiers(now);
             if let (Some(at), Some(every)) = (next_optimize, interval)
                 && now >= at
             {

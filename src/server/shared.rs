@@ -10,10 +10,13 @@ use serde_json::Value;
 use crate::drivers::MachineKind;
 use crate::error::EngineError;
 use crate::requests::tier_status::{StatusCache, write_tier_status};
+use crate::requests::watch::Watch;
 use crate::requests::wire::{Id, Reply, error_response, with_id, write_value};
 use crate::requests::{self, Envelope, Outcome, Prepare, Request};
 use crate::store::StateStore;
 use crate::tiers::Engine;
+
+use super::events::{Hub, Watcher};
 
 /// Engine time: `start_unix + elapsed_wall * scale`, in unix seconds.
 ///
@@ -90,6 +93,8 @@ struct Inner {
     /// Where the engine's snapshots are saved (a real machine); `None` on
     /// the simulated one.
     store: Option<StateStore>,
+    /// The connections watching events.
+    hub: Hub,
 }
 
 impl std::fmt::Debug for SharedEngine {
@@ -110,6 +115,9 @@ pub enum Answer {
     /// The request has blocking work to do before the engine is locked:
     /// [`SharedEngine::answer_prepared`] does it (on a blocking thread).
     Prepare(Box<Envelope>),
+    /// `watch`: the connection becomes an event stream (it writes the
+    /// acknowledgement itself).
+    Watch { spec: Watch, id: Option<Id> },
 }
 
 impl SharedEngine {
@@ -143,6 +151,7 @@ impl SharedEngine {
                 clock,
                 prepare,
                 store,
+                hub: Hub::default(),
             }),
         }
     }
@@ -183,11 +192,43 @@ impl SharedEngine {
         self.inner.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the engine at the current engine time.
+    /// Runs `f` on the engine at the current engine time. The events it
+    /// produced (when someone watches) are taken out under the lock and
+    /// published to the watchers after it is released.
     pub fn with<T>(&self, f: impl FnOnce(&mut Engine, f64) -> T) -> T {
         let mut engine = self.lock();
         let now = self.inner.clock.now();
-        f(&mut engine, now)
+        let result = f(&mut engine, now);
+        if engine.collecting_events() {
+            let hub = &self.inner.hub;
+            if hub.is_empty() {
+                engine.collect_events(false);
+                return result;
+            }
+            let events = engine.take_events();
+            let progress = if hub.progress_due() {
+                engine.running_progress(now)
+            } else {
+                Vec::new()
+            };
+            drop(engine);
+            hub.publish(events, progress);
+        }
+        result
+    }
+
+    /// Registers a watcher of `spec` and turns the engine's event
+    /// collection on.
+    pub fn watch(&self, spec: &Watch) -> Arc<Watcher> {
+        let w = self.inner.hub.add(spec);
+        self.lock().collect_events(true);
+        w
+    }
+
+    /// Unregisters a watcher (the engine stops collecting at its next
+    /// call once nobody watches).
+    pub fn unwatch(&self, w: &Arc<Watcher>) {
+        self.inner.hub.remove(w);
     }
 
     /// Answers one request line, appending the response line to `out`.
@@ -202,9 +243,17 @@ impl SharedEngine {
                 return Answer::Written;
             }
         };
-        if let Request::TierStatus(_) = envelope.request {
-            self.write_status(&envelope.id, out);
-            return Answer::Written;
+        match envelope.request {
+            Request::TierStatus(_) => {
+                self.write_status(&envelope.id, out);
+                return Answer::Written;
+            }
+            Request::Watch(spec) => return Answer::Watch { spec, id: envelope.id },
+            Request::Unwatch(_) => {
+                write_value(out, &error_response(&crate::requests::unwatch::not_watching(), &envelope.id));
+                return Answer::Written;
+            }
+            _ => {}
         }
         if envelope.request.needs_prepare(&self.inner.prepare) {
             // Checks that need no I/O answer first, as if unprepared.

@@ -105,6 +105,11 @@ pub struct Engine {
     /// What real moves took, per pair of driver kinds (the estimates of
     /// later moves; saved in the state file).
     pub(crate) move_rates: MoveRates,
+    /// Events for watchers since the server last took them; `None` while
+    /// nobody watches ([`super::events`]).
+    pub(crate) outbox: Option<Vec<super::events::Event>>,
+    /// Each tier's pressure and availability as watchers last heard them.
+    pub(crate) tiers_seen: Vec<super::events::TierSeen>,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -255,10 +260,7 @@ impl Engine {
             id_suffixes: HashMap::new(),
             has_floors,
             next_pressure_check: now,
-            metrics: Metrics {
-                hits_by_tier: vec![0; tiers],
-                ..Metrics::default()
-            },
+            metrics: Metrics::for_tiers(tiers),
             started_at: now,
             explain: true,
             accesses_seen: 0,
@@ -270,6 +272,8 @@ impl Engine {
             source_missing: HashMap::new(),
             discovery: None,
             move_rates: MoveRates::default(),
+            outbox: None,
+            tiers_seen: Vec::new(),
         })
     }
 

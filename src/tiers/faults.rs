@@ -113,7 +113,7 @@ impl Engine {
             }
             (OriginLook::Changed { stamps, reason }, _) => {
                 self.end_queued_move(now, id, &reason);
-                let dropped = self.fall_back(id);
+                let dropped = self.fall_back(now, id);
                 if let Err(why) = self.adopt_origin(id, &stamps) {
                     self.make_unavailable(now, id, tier, "origin_changed", format!("{reason}: {why}"));
                     return;
@@ -133,7 +133,7 @@ impl Engine {
                     tracing::warn!(model = id, error = %why, "cannot record the origin's size");
                 }
                 self.end_queued_move(now, id, &why);
-                self.fall_back(id);
+                self.fall_back(now, id);
                 self.make_available(id);
                 let action = format!("the copy in {tier_name} was dropped; served from storage");
                 self.note_fault(now, id, tier, "copy_changed", why, action);
@@ -151,7 +151,7 @@ impl Engine {
                     // What a tier held of a vanished origin other than a copy
                     // (pages pinned in RAM) is of the old file, or nothing.
                     if !self.machine.drivers[tier].source_of(&look.item.model).is_copy() {
-                        self.fall_back(id);
+                        self.fall_back(now, id);
                     }
                     self.make_available(id);
                     let reason = "its files are back as recorded".to_string();
@@ -185,7 +185,7 @@ impl Engine {
             }
             None => {
                 self.end_queued_move(now, id, &reason);
-                self.fall_back(id);
+                self.fall_back(now, id);
                 let action = format!("the copy in {tier_name} was removed; served from storage");
                 self.note_fault(now, id, tier, "copy_corrupt", reason, action);
             }
@@ -196,7 +196,7 @@ impl Engine {
     /// lets its tier drop what it held (not waiting for a durable state:
     /// what is dropped is not a good copy, and a restart finds it gone).
     /// Returns whether it was anywhere else.
-    fn fall_back(&mut self, id: ModelId) -> bool {
+    fn fall_back(&mut self, now: f64, id: ModelId) -> bool {
         let last = self.state.last_tier();
         let Some(m) = self.state.model_mut(id) else { return false };
         let from = m.tier;
@@ -217,6 +217,7 @@ impl Engine {
         self.refresh_next_event(from);
         self.epoch += 1;
         self.dirty = true;
+        self.emit_fallback(now, &name, from, last);
         true
     }
 
@@ -350,7 +351,7 @@ impl Engine {
             old.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
         );
         self.end_queued_move(now, id, &reason);
-        self.fall_back(id);
+        self.fall_back(now, id);
         self.state.resize_model(id, files.bytes).map_err(|f| f.to_string())?;
         if let Some(m) = self.state.model_mut(id) {
             m.path = Some(files.origin.clone());
@@ -390,6 +391,8 @@ impl Engine {
             return;
         }
         m.unavailable = Some(reason.clone());
+        let name = m.name.clone();
+        self.emit_unavailable(now, &name, tier, &reason);
         self.end_queued_move(now, id, &reason);
         self.note_fault(now, id, tier, kind, reason, "unavailable".to_string());
     }

@@ -285,8 +285,12 @@ impl Engine {
                         lowered.push(ti);
                     }
                     self.state.tiers[ti].limit = Some(new);
+                    self.emit_limit(now, ti);
                 }
-                Planned::Reserved(ti, new) => self.state.tiers[ti].reserved = new,
+                Planned::Reserved(ti, new) => {
+                    self.state.tiers[ti].reserved = new;
+                    self.emit_limit(now, ti);
+                }
                 Planned::Concurrency(n) => self.max_concurrent = n,
             }
         }

@@ -27,7 +27,9 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
+pub mod events;
 pub mod faults;
+pub mod histogram;
 pub mod invariants;
 pub mod job;
 pub mod limits;
@@ -43,6 +45,8 @@ mod table;
 pub mod views;
 
 pub use engine::{Engine, ModelSnapshot, Restored, RestoredModel, Snapshot};
+pub use events::{Category, Event, EventKind};
+pub use histogram::Histogram;
 pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
 pub use placement::{Accessed, Optimized};

@@ -81,6 +81,9 @@ impl Engine {
         }
         self.metrics.accesses += 1;
         self.metrics.load_seconds += load;
+        if let Some(h) = self.metrics.load_time.get_mut(tier) {
+            h.observe(load);
+        }
         self.metrics.hits_by_tier[tier] += 1;
         let mut desires = std::mem::take(&mut self.desires);
         self.policy.on_access(now, &self.state, id, &mut desires);

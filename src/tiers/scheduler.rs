@@ -11,6 +11,7 @@ use crate::drivers::{DriverEvent, MachineKind, MoveEvent, MoveOrder};
 use crate::error::EngineError;
 
 use super::engine::Engine;
+use super::events::JobStep;
 use super::job::{Attempt, CancelCause, Job, JobKey, JobStatus, Priority};
 use super::views::JobView;
 
@@ -222,6 +223,13 @@ impl Engine {
     }
 
     pub(crate) fn record(&mut self, now: f64, kind: SchedEventKind, job: JobKey, priority: Priority) {
+        // Ended jobs are told once their error is set (`close`).
+        match kind {
+            SchedEventKind::Submitted => self.emit_job(now, job, JobStep::Queued),
+            SchedEventKind::Started => self.emit_job(now, job, JobStep::Started),
+            SchedEventKind::Retrying { not_before } => self.emit_job(now, job, JobStep::Retried { not_before }),
+            SchedEventKind::Ended { .. } => {}
+        }
         if let Some(log) = &mut self.log {
             log.push(SchedEvent {
                 time: now,
@@ -321,7 +329,13 @@ impl Engine {
                 if let Some(id) = self.state.model_id(&model)
                     && let Some(m) = self.state.model_mut(id)
                 {
+                    let tier = m.tier;
                     m.unavailable = Some(reason);
+                    if self.collecting_events()
+                        && let Some(reason) = self.state.model(id).and_then(|m| m.unavailable.clone())
+                    {
+                        self.emit_unavailable(now, &model, tier, &reason);
+                    }
                 }
             }
             MoveEvent::CopyCorrupt {
@@ -503,6 +517,11 @@ impl Engine {
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);
+            let slot = super::views::status_slot(status);
+            *self.metrics.moves_by_route.entry((job.from, job.to, slot)).or_insert(0) += 1;
+            if let (Some(started), Some(h)) = (job.started_at, self.metrics.move_duration.get_mut(job.to)) {
+                h[slot].observe(now - started);
+            }
             job.error = error;
             // Room counted on from this move is no longer pending.
             let from = &mut self.state.tiers[job.from];
@@ -510,6 +529,15 @@ impl Engine {
             from.claimed_out_models -= 1 - job.unclaimed_models;
             job.unclaimed_bytes = 0;
             job.unclaimed_models = 0;
+        }
+        if self.collecting_events() {
+            self.emit_job(now, key, JobStep::Ended);
+            if status == JobStatus::Success
+                && let Some(j) = self.jobs.get(&key)
+            {
+                let (name, from, to) = (j.model_name.clone(), j.from, j.to);
+                self.emit_placed(now, &name, to, Some(from));
+            }
         }
         self.ended.push_back(key);
         while self.ended.len() > self.cfg.job_history.max(1) {
@@ -573,7 +601,6 @@ impl Engine {
                     self.state.tiers[to].incoming_running += bytes;
                     self.metrics.moves_started += 1;
                     started += 1;
-                    self.record(now, SchedEventKind::Started, key, prio);
                     if let Some(job) = self.jobs.get_mut(&key) {
                         job.status = JobStatus::Running;
                         job.attempt += 1;
@@ -585,6 +612,8 @@ impl Engine {
                             outcome: None,
                         });
                     }
+                    // After the attempt is counted, for its event.
+                    self.record(now, SchedEventKind::Started, key, prio);
                 }
                 Err(message) => {
                     self.end_job(now, key, JobStatus::Failed, Some(("TASK_FAILED".into(), message)));

@@ -16,6 +16,7 @@ use crate::config::bytes_to_gb;
 use crate::error::EngineError;
 
 use super::engine::Engine;
+use super::histogram::{Histogram, LOAD_BUCKETS_S, MOVE_BUCKETS_S};
 use super::job::{Job, JobKey, JobStatus, Operation, Origin, Priority};
 use super::state::{Model, round6};
 
@@ -218,7 +219,7 @@ pub struct ModelInfoView {
 // ---------------------------------------------------------------- metrics
 
 /// Counters of the engine since it started.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     pub accesses: u64,
     pub load_seconds: f64,
@@ -238,6 +239,66 @@ pub struct Metrics {
     /// was taking their model to: the load seconds the move's time cost
     /// (an instant move would have saved them).
     pub promotion_wait_s: f64,
+    /// Ended moves by (source tier, target tier, [`status_slot`]): the
+    /// `tierd_moves_total{from,to,result}` counter. At most tiers² × 3 keys.
+    pub moves_by_route: std::collections::BTreeMap<(usize, usize, usize), u64>,
+    /// How long ended moves ran (first start to end, retries included), by
+    /// target tier, then final status (index [`status_slot`]). A move into
+    /// an engine tier is the engine loading the model: its duration is the
+    /// engine's load duration.
+    pub move_duration: Vec<[Histogram; 3]>,
+    /// Load seconds of each access, by the tier that served it.
+    pub load_time: Vec<Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            accesses: 0,
+            load_seconds: 0.0,
+            hits_by_tier: Vec::new(),
+            moves_started: 0,
+            moves_succeeded: 0,
+            moves_failed: 0,
+            moves_cancelled: 0,
+            retries: 0,
+            bytes_moved: 0,
+            jobs_submitted: 0,
+            accesses_during_promotion: 0,
+            promotion_wait_s: 0.0,
+            moves_by_route: std::collections::BTreeMap::new(),
+            move_duration: Vec::new(),
+            load_time: Vec::new(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Zeroed counters for an engine of `tiers` tiers.
+    pub fn for_tiers(tiers: usize) -> Metrics {
+        Metrics {
+            hits_by_tier: vec![0; tiers],
+            move_duration: (0..tiers)
+                .map(|_| std::array::from_fn(|_| Histogram::new(MOVE_BUCKETS_S)))
+                .collect(),
+            load_time: (0..tiers).map(|_| Histogram::new(LOAD_BUCKETS_S)).collect(),
+            ..Metrics::default()
+        }
+    }
+}
+
+/// The final statuses a move ends in, in the order of
+/// [`Metrics::move_duration`].
+pub const END_STATUSES: [JobStatus; 3] = [JobStatus::Success, JobStatus::Failed, JobStatus::Cancelled];
+
+/// The slot of `status` in [`Metrics::move_duration`] (anything not a
+/// success or a cancellation ended as a failure).
+pub fn status_slot(status: JobStatus) -> usize {
+    match status {
+        JobStatus::Success => 0,
+        JobStatus::Cancelled => 2,
+        _ => 1,
+    }
 }
 
 /// `metrics` as the wire shows it.
