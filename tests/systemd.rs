@@ -69,7 +69,8 @@ fn units_keep_activation_notify_and_hardening() {
         "ProtectSystem=strict",
         "ProtectHome=read-only",
         "PrivateTmp=yes",
-        "RestrictAddressFamilies=AF_UNIX",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "IPAddressAllow=localhost",
     ] {
         assert!(has(&service, line), "tierd.service lacks {line}");
     }
