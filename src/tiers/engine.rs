@@ -92,6 +92,8 @@ pub struct Engine {
     /// each tier, and the last one of each model.
     pub(crate) fault_log: Vec<VecDeque<FaultView>>,
     pub(crate) model_faults: HashMap<ModelId, FaultView>,
+    /// Load times into engine tiers, by model ([`super::engines`]).
+    pub(crate) load_stats: super::engines::LoadBook,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -241,6 +243,7 @@ impl Engine {
             pending_releases: Vec::new(),
             fault_log: vec![VecDeque::new(); tiers],
             model_faults: HashMap::new(),
+            load_stats: HashMap::new(),
         })
     }
 
