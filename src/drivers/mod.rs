@@ -355,4 +355,5 @@ pub const DRIVERS: &[(&str, OpenDriver)] = &[
     ("dir", dir::open),
     ("gpu", gpu::open),
     ("storage", storage::open),
+    ("llama-server", engine::llama_server::open),
 ];

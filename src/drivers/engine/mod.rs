@@ -48,6 +48,7 @@
 //! once, saying so; when it answers again its loaded set is re-read.
 
 pub mod http;
+pub mod llama_server;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -368,6 +369,14 @@ impl EngineSettings {
         let (probe, index) = self.gpu.as_ref()?;
         probe.free_bytes(*index).ok()
     }
+}
+
+/// The GPU an engine tier runs on, where NVML sees one: the index from
+/// the tier's name (`gpu1` is GPU 1), else GPU 0 when NVML has devices.
+pub fn engine_gpu(ctx: &mut super::machine::OpenContext, tier: &TierConfig) -> Option<(Arc<GpuProbe>, u32)> {
+    let probe = ctx.gpu();
+    let index = super::gpu::gpu_index(&tier.name, 0);
+    probe.free_bytes(index).ok().map(|_| (probe, index))
 }
 
 /// The engine options of a tier (`options = { ... }`) as JSON.
