@@ -393,8 +393,13 @@ impl Engine {
                     f.copy_mtime_ns = mtimes.next();
                 }
             }
+            let name = m.name.clone();
             self.state.detach(model, from);
             self.state.attach(model, to);
+            // An engine tier unloads toward where the model goes (vLLM's
+            // sleep level); other drivers ignore this.
+            let to_kind = self.machine.drivers[to].kind();
+            self.machine.drivers[from].moving_out(&name, to_kind);
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;
@@ -494,7 +499,7 @@ impl Engine {
     }
 
     /// Marks a job ended and bounds the history.
-    fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+    pub(crate) fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);

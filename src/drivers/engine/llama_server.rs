@@ -224,8 +224,8 @@ impl LlamaServer {
     /// `GET /models`, parsed.
     pub fn models(&self) -> Result<Vec<RouterModel>, EngineError> {
         let v = self.http.get_json("/models", REQUEST_TIMEOUT)?;
-        let list: ModelList = serde_json::from_value(v)
-            .map_err(|e| EngineError::refused(format!("GET /models: unexpected answer ({e})")))?;
+        let list: ModelList =
+            serde_json::from_value(v).map_err(|e| EngineError::refused(format!("GET /models: unexpected answer ({e})")))?;
         Ok(list.data)
     }
 
@@ -287,7 +287,8 @@ impl EngineApi for LlamaServer {
             return Ok(());
         }
         let started = Instant::now();
-        self.http.post_json("/models/load", Some(&json!({ "model": id })), REQUEST_TIMEOUT.min(ctl.remaining()))?;
+        self.http
+            .post_json("/models/load", Some(&json!({ "model": id })), REQUEST_TIMEOUT.min(ctl.remaining()))?;
         let mut seen_loading = false;
         loop {
             match self.status_of(id)? {
@@ -312,7 +313,11 @@ impl EngineApi for LlamaServer {
             Some(s) if s.value == "unloaded" => return Ok(()),
             Some(_) => {}
         }
-        if let Err(e) = self.http.post_json("/models/unload", Some(&json!({ "model": id })), REQUEST_TIMEOUT.min(ctl.remaining())) {
+        if let Err(e) = self.http.post_json(
+            "/models/unload",
+            Some(&json!({ "model": id })),
+            REQUEST_TIMEOUT.min(ctl.remaining()),
+        ) {
             // "model is not running": it went away meanwhile.
             if !matches!(self.status_of(id)?, Some(ref s) if s.value != "unloaded") {
                 return Ok(());
@@ -372,8 +377,7 @@ pub fn open_tier(ctx: &mut OpenContext, tier: &TierConfig) -> Result<EngineTier<
         .url
         .as_deref()
         .ok_or_else(|| format!("tier {:?}: a llama-server tier needs url = \"http://127.0.0.1:PORT\"", tier.name))?;
-    let api = LlamaServer::new(url, tier.allow_remote_engines, tier.command.clone())
-        .map_err(|e| format!("tier {:?}: {e}", tier.name))?;
+    let api = LlamaServer::new(url, tier.allow_remote_engines, tier.command.clone()).map_err(|e| format!("tier {:?}: {e}", tier.name))?;
     let settings = EngineSettings::from_config(tier, super::engine_gpu(ctx, tier));
     EngineTier::open(api, settings)
 }

@@ -826,12 +826,36 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                 id: id.to_string(),
                 footprint,
                 footprint_source: source,
-                // An external load reads the files itself; tierd pins them
-                // when it next moves the model.
+                // Pinned below, off the lock.
                 pin: None,
                 activity: None,
             },
         );
+        drop(b);
+        // The engine reads the files again on its next load: keep them
+        // resident like a load tierd made.
+        let Some(files) = files else { return };
+        let (paths, books, model) = (files.origin_paths(), self.books.clone(), model.to_string());
+        let spawned = std::thread::Builder::new().name("tierd-engine-pin".into()).spawn(move || {
+            let shared = MoveShared::new(1);
+            match pin_files(&paths, &shared, None) {
+                Ok(pin) => {
+                    let mut b = lock(&books);
+                    match b.held.get_mut(&model) {
+                        Some(h) if h.pin.is_none() => h.pin = Some(pin),
+                        // Gone again meanwhile: let go.
+                        _ => {
+                            drop(b);
+                            pin.release();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(model = %model, error = ?e, "cannot pin an engine-loaded model's files"),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a pin thread");
+        }
     }
 
     fn details(&self) -> Map<String, Value> {
