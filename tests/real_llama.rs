@@ -414,3 +414,38 @@ fn a_supervised_router_is_started_restarted_and_stopped() {
     let gone = eventually(|| Path::new(&format!("/proc/{new_pid}/stat")).exists(), |alive| !alive);
     assert!(!gone, "router {new_pid} still runs after the tier closed");
 }
+
+#[test]
+fn failed_loads_roll_back_with_the_engines_message() {
+    let Some(s) = setup("real_llama::failed_loads") else { return };
+    // Garbage the router lists (a .gguf in its dir) but cannot load, and a
+    // model whose file the router does not know.
+    make_file(&s.models.join("bad.gguf"), 256 * 1024, 3);
+    let outside = s.root.path().join("elsewhere/unknown.gguf");
+    make_file(&outside, 64 * 1024, 4);
+    let port = free_port();
+    let _router = Router::start(&router_args(&s, port, 0));
+    wait_up(port);
+    let (mut e, _store, _) = engine(&config(&s, &engine_tier(port, "")));
+    register(&mut e, &s, "bad");
+    e.register_json(now(), "unknown", None, Some("storage"), Some(&outside)).expect("register");
+    wait_available(&mut e);
+
+    let locked_before = sys::self_status("VmLck").expect("VmLck");
+    let st = move_and_wait(&mut e, "bad", "gpu0");
+    assert_eq!(st["status"], json!("failed"), "{st}");
+    let err = st.to_string();
+    assert!(err.contains("exited"), "the router's failure is in the message: {st}");
+    assert_eq!(model(&mut e, "bad")["tier"], json!("storage"));
+    assert_ne!(router_status(port, "bad"), "loaded");
+
+    let st = move_and_wait(&mut e, "unknown", "gpu0");
+    assert_eq!(st["status"], json!("failed"), "{st}");
+    assert!(st.to_string().contains("knows no model"), "{st}");
+    assert_eq!(model(&mut e, "unknown")["tier"], json!("storage"));
+    // The failed loads' pins were let go.
+    let locked = eventually(|| sys::self_status("VmLck").expect("VmLck"), |v| *v <= locked_before);
+    assert!(locked <= locked_before, "VmLck {locked} > {locked_before}: a failed load kept its pin");
+    // The tier is still up and serving.
+    assert_eq!(tier_json(&mut e, "gpu0")["available"], json!(true));
+}
