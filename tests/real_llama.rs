@@ -428,7 +428,8 @@ fn failed_loads_roll_back_with_the_engines_message() {
     wait_up(port);
     let (mut e, _store, _) = engine(&config(&s, &engine_tier(port, "")));
     register(&mut e, &s, "bad");
-    e.register_json(now(), "unknown", None, Some("storage"), Some(&outside)).expect("register");
+    e.register_json(now(), "unknown", None, Some("storage"), Some(&outside))
+        .expect("register");
     wait_available(&mut e);
 
     let locked_before = sys::self_status("VmLck").expect("VmLck");
@@ -445,7 +446,10 @@ fn failed_loads_roll_back_with_the_engines_message() {
     assert_eq!(model(&mut e, "unknown")["tier"], json!("storage"));
     // The failed loads' pins were let go.
     let locked = eventually(|| sys::self_status("VmLck").expect("VmLck"), |v| *v <= locked_before);
-    assert!(locked <= locked_before, "VmLck {locked} > {locked_before}: a failed load kept its pin");
+    assert!(
+        locked <= locked_before,
+        "VmLck {locked} > {locked_before}: a failed load kept its pin"
+    );
     // The tier is still up and serving.
     assert_eq!(tier_json(&mut e, "gpu0")["available"], json!(true));
 }

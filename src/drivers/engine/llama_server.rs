@@ -181,6 +181,9 @@ pub struct LlamaServer {
     /// Directory relative `--model` paths are resolved against (the
     /// router's working directory when tierd starts it: tierd's own).
     base_dir: PathBuf,
+    /// The last `GET /models` answer (a load reads the entry's earlier
+    /// failure flag from it without one more request).
+    last_list: Mutex<Vec<RouterModel>>,
 }
 
 impl LlamaServer {
@@ -203,6 +206,7 @@ impl LlamaServer {
             url: url.to_string(),
             supervised,
             base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            last_list: Mutex::new(Vec::new()),
         };
         s.supervise();
         Ok(s)
@@ -226,6 +230,7 @@ impl LlamaServer {
         let v = self.http.get_json("/models", REQUEST_TIMEOUT)?;
         let list: ModelList =
             serde_json::from_value(v).map_err(|e| EngineError::refused(format!("GET /models: unexpected answer ({e})")))?;
+        self.last_list.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&list.data);
         Ok(list.data)
     }
 
@@ -281,14 +286,26 @@ impl EngineApi for LlamaServer {
     }
 
     fn load(&self, id: &str, _model: &ModelRef, ctl: &LoadControl) -> Result<(), EngineError> {
-        let before = self.status_of(id)?;
-        let failed_before = before.as_ref().is_some_and(|s| s.failed);
-        if before.as_ref().is_some_and(|s| s.value == "loaded") {
-            return Ok(());
-        }
+        // The failure flag of an earlier load stays on the entry: as the
+        // last `GET /models` (the resolve just before) showed it.
+        let failed_before = self
+            .last_list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|m| m.id == id)
+            .is_none_or(|m| m.status.failed);
         let started = Instant::now();
-        self.http
-            .post_json("/models/load", Some(&json!({ "model": id })), REQUEST_TIMEOUT.min(ctl.remaining()))?;
+        if let Err(e) = self
+            .http
+            .post_json("/models/load", Some(&json!({ "model": id })), REQUEST_TIMEOUT.min(ctl.remaining()))
+        {
+            return match self.status_of(id)? {
+                // "model is already running".
+                Some(s) if s.value == "loaded" => Ok(()),
+                _ => Err(e.into()),
+            };
+        }
         let mut seen_loading = false;
         loop {
             match self.status_of(id)? {

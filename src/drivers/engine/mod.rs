@@ -141,6 +141,17 @@ impl From<HttpError> for EngineError {
     }
 }
 
+/// How often a load or an unload looks at the engine's state while it
+/// waits (a `GET` on a local engine costs well under a millisecond; the
+/// move ends at most this long after the engine is done).
+pub const LOAD_POLL: Duration = Duration::from_millis(5);
+
+/// How often the engine polls an engine tier while a load runs, engine
+/// seconds: a load's end reaches the books within this (finer than
+/// [`super::POLL_EVERY_S`]: loads are few, and a model's load time is what
+/// its clients wait for).
+pub const LOADING_POLL_S: f64 = 0.001;
+
 /// What a long call (a load, an unload) checks between its steps.
 #[derive(Debug, Clone)]
 pub struct LoadControl {
@@ -190,7 +201,7 @@ impl LoadControl {
 
     /// Sleeps one poll interval (shorter near the deadline), then checks.
     pub fn wait(&self, what: &str) -> Result<(), EngineError> {
-        std::thread::sleep(self.poll.min(Duration::from_millis(50)).min(self.remaining()));
+        std::thread::sleep(self.poll.min(LOAD_POLL).min(self.remaining()));
         self.check(what)
     }
 }
@@ -635,11 +646,9 @@ fn run_load<A: EngineApi + ?Sized>(
         return Err(e);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let reported = api
-        .loaded()
-        .ok()
-        .and_then(|set| set.into_iter().find(|l| l.id == id))
-        .and_then(|l| l.bytes);
+    // What the engine reports replaces this at the poller's next look
+    // (one request less on the load's path).
+    let reported = lock(books).seen.iter().find(|l| l.id == id).and_then(|l| l.bytes);
     let measured = match (gpu_before, settings.gpu_free()) {
         (Some(before), Some(after)) if before > after => Some(before - after),
         _ => None,
@@ -793,7 +802,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         // within `poll_s`).
         let poll_s = self.settings.poll.as_secs_f64().max(super::POLL_EVERY_S);
         let busy = !lock(&self.books).loading.is_empty();
-        Some(self.last_now + if busy { super::POLL_EVERY_S } else { poll_s.min(0.25) })
+        Some(self.last_now + if busy { LOADING_POLL_S } else { poll_s.min(0.25) })
     }
 
     fn moving_out(&mut self, model: &str, to_kind: &str) {
