@@ -916,3 +916,244 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         Some(if files_resident(Some(files)) { 1.0 } else { 0.0 })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine in memory: what it has loaded, whether it answers, and
+    /// whether loads hang.
+    #[derive(Default)]
+    struct Fake {
+        state: Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        loaded: Vec<Loaded>,
+        down: bool,
+        hang: bool,
+        unloads: Vec<String>,
+    }
+
+    impl Fake {
+        fn st(&self) -> MutexGuard<'_, FakeState> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+        fn up(&self) -> Result<(), EngineError> {
+            if self.st().down {
+                Err(EngineError {
+                    message: "connection refused".into(),
+                    down: true,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn entry(id: &str) -> Loaded {
+        Loaded {
+            id: id.into(),
+            path: None,
+            bytes: None,
+            activity: None,
+        }
+    }
+
+    impl EngineApi for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn loaded(&self) -> Result<Vec<Loaded>, EngineError> {
+            self.up()?;
+            Ok(self.st().loaded.clone())
+        }
+        fn resolve(&self, model: &ModelRef) -> Result<String, EngineError> {
+            self.up()?;
+            if model.name == "unknown" {
+                return Err(EngineError::refused("model 'unknown' not found"));
+            }
+            Ok(model.name.clone())
+        }
+        fn load(&self, id: &str, _model: &ModelRef, ctl: &LoadControl) -> Result<(), EngineError> {
+            self.up()?;
+            // Half loaded: the engine lists it before it is ready.
+            self.st().loaded.push(entry(id));
+            while self.st().hang {
+                ctl.wait(&format!("loading {id}"))?;
+            }
+            Ok(())
+        }
+        fn unload(&self, id: &str, _to: UnloadTo, _ctl: &LoadControl) -> Result<(), EngineError> {
+            let mut st = self.st();
+            st.unloads.push(id.to_string());
+            st.loaded.retain(|l| l.id != id);
+            Ok(())
+        }
+    }
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            tier: "gpu0".into(),
+            max_bytes: Some(10_000),
+            reserved_bytes: 0,
+            poll: Duration::from_millis(10),
+            load_timeout: Duration::from_millis(300),
+            footprint_factor: 1.5,
+            gpu: None,
+        }
+    }
+
+    fn order<'a>(job: JobKey, model: &'a Arc<str>) -> MoveOrder<'a> {
+        MoveOrder {
+            job,
+            model,
+            files: None,
+            bytes: 1000,
+            from: 1,
+            to: 0,
+            from_name: "ram",
+            to_name: "gpu0",
+            source: super::super::Source::Origin,
+            expected_s: 0.0,
+            bandwidth_mb_s: None,
+        }
+    }
+
+    /// Polls the tier until an event matching `want` arrives (5 s at most).
+    fn wait_event(t: &mut EngineTier<Fake>, want: impl Fn(&MoveEvent) -> bool) -> Vec<MoveEvent> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while start.elapsed() < Duration::from_secs(5) {
+            let mut events = Vec::new();
+            t.poll(0.0, &mut events);
+            seen.extend(events.into_iter().map(|e| e.event));
+            if seen.iter().any(&want) {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no such event; saw {seen:?}");
+    }
+
+    fn up_tier() -> EngineTier<Fake> {
+        let mut t = EngineTier::open(Fake::default(), settings()).expect("open");
+        let start = Instant::now();
+        while t.down_reason().is_some() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(t.capacity(), Capacity::Free(10_000));
+        t.last_now = 0.0;
+        t
+    }
+
+    #[test]
+    fn a_load_finishes_with_its_time_and_the_factor_footprint() {
+        let mut t = up_tier();
+        let m: Arc<str> = "m".into();
+        t.start_move(0.0, &order(1, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Finished { job: 1, .. }));
+        let timed = ev.iter().find_map(|e| match e {
+            MoveEvent::LoadTimed { footprint, seconds, .. } => Some((*footprint, *seconds)),
+            _ => None,
+        });
+        assert!(timed.is_some_and(|(f, s)| f == 1500 && s >= 0.0), "{ev:?}");
+        assert_eq!(t.capacity(), Capacity::Free(8_500));
+        // Released toward storage: unloaded.
+        t.moving_out("m", "storage");
+        t.release("m", None);
+        let start = Instant::now();
+        while t.api().st().unloads.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(t.api().st().unloads, vec!["m".to_string()]);
+    }
+
+    #[test]
+    fn a_load_that_times_out_fails_and_unloads_the_half_loaded_model() {
+        let mut t = up_tier();
+        t.api().st().hang = true;
+        let m: Arc<str> = "slow".into();
+        t.start_move(0.0, &order(2, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Failed { job: 2, .. }));
+        let msg = ev
+            .iter()
+            .find_map(|e| match e {
+                MoveEvent::Failed { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(msg.contains("timed out"), "{msg}");
+        assert!(t.api().st().loaded.is_empty(), "the half-loaded model was unloaded");
+        assert_eq!(t.api().st().unloads, vec!["slow".to_string()]);
+        // Not taken for an engine-side load afterwards.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut events = Vec::new();
+        t.poll(0.0, &mut events);
+        assert!(
+            events.iter().all(|e| !matches!(e.event, MoveEvent::EngineLoaded { .. })),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_fails_with_the_engines_message() {
+        let mut t = up_tier();
+        let m: Arc<str> = "unknown".into();
+        t.start_move(0.0, &order(3, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Failed { job: 3, .. }));
+        assert!(format!("{ev:?}").contains("model 'unknown' not found"), "{ev:?}");
+    }
+
+    #[test]
+    fn a_cancelled_load_is_rolled_back() {
+        let mut t = up_tier();
+        t.api().st().hang = true;
+        let m: Arc<str> = "c".into();
+        t.start_move(0.0, &order(4, &m)).expect("start");
+        std::thread::sleep(Duration::from_millis(30));
+        t.cancel_move(0.0, 4);
+        wait_event(&mut t, |e| matches!(e, MoveEvent::Cancelled { job: 4 }));
+        assert!(t.api().st().loaded.is_empty());
+    }
+
+    #[test]
+    fn engine_side_loads_and_unloads_are_reported_once() {
+        let mut t = up_tier();
+        t.api().st().loaded.push(entry("other"));
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::EngineLoaded { id, .. } if id == "other"));
+        assert_eq!(ev.iter().filter(|e| matches!(e, MoveEvent::EngineLoaded { .. })).count(), 1);
+        t.adopt("other", None, "other");
+        t.api().st().loaded.clear();
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::EngineUnloaded { model, .. } if model == "other"));
+        assert_eq!(ev.iter().filter(|e| matches!(e, MoveEvent::EngineUnloaded { .. })).count(), 1);
+    }
+
+    #[test]
+    fn a_down_engine_makes_the_tier_unavailable_and_recovers() {
+        let mut t = up_tier();
+        t.api().st().down = true;
+        let start = Instant::now();
+        while t.down_reason().is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match t.capacity() {
+            Capacity::Unavailable(r) => assert!(r.contains("down") && r.contains("connection refused"), "{r}"),
+            c => panic!("capacity {c:?}"),
+        }
+        let m: Arc<str> = "m".into();
+        let err = t.start_move(0.0, &order(5, &m)).unwrap_err();
+        assert!(err.contains("down"), "{err}");
+        let h = t.health();
+        assert!(!h.up && h.consecutive_failures >= 1, "{h:?}");
+        assert_eq!(t.details()["health"]["up"], json!(false));
+        t.api().st().down = false;
+        let start = Instant::now();
+        while t.down_reason().is_some() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(t.health().up);
+        assert!(t.health().last_success.is_some());
+    }
+}
