@@ -453,3 +453,62 @@ fn failed_loads_roll_back_with_the_engines_message() {
     // The tier is still up and serving.
     assert_eq!(tier_json(&mut e, "gpu0")["available"], json!(true));
 }
+
+#[test]
+fn a_restarted_tierd_takes_back_what_the_router_still_has_loaded() {
+    let Some(s) = setup("real_llama::restart") else { return };
+    let port = free_port();
+    let _router = Router::start(&router_args(&s, port, 0));
+    wait_up(port);
+    let cfg = config(&s, &engine_tier(port, ""));
+    {
+        let (mut e, store, _) = engine(&cfg);
+        register(&mut e, &s, "tiny-a");
+        register(&mut e, &s, "tiny-b");
+        wait_available(&mut e);
+        for m in ["tiny-a", "tiny-b"] {
+            let st = move_and_wait(&mut e, m, "gpu0");
+            assert_eq!(st["status"], json!("success"), "{st}");
+        }
+        save(&mut e, &store);
+    }
+    // While tierd is away, another client unloads tiny-b.
+    client(port)
+        .post_json("/models/unload", Some(&json!({"model": "tiny-b"})), Duration::from_secs(5))
+        .expect("direct unload");
+    let t = Instant::now();
+    while router_status(port, "tiny-b") != "unloaded" && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        router_status(port, "tiny-a"),
+        "loaded",
+        "tierd's exit leaves the router's models loaded"
+    );
+
+    let (mut e, _store, _) = engine(&cfg);
+    let b = tick_until(&mut e, "tiny-b", Duration::from_secs(5), |m| m["tier"] != json!("gpu0"));
+    assert_eq!(b["tier"], json!("storage"), "{b}");
+    assert_eq!(model(&mut e, "tiny-a")["tier"], json!("gpu0"));
+    let tier = {
+        let t = Instant::now();
+        loop {
+            e.tick(now());
+            let st = tier_json(&mut e, "gpu0");
+            if st["loaded"].as_array().is_some_and(|l| !l.is_empty()) || t.elapsed() > Duration::from_secs(5) {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert_eq!(tier["loaded"][0]["model"], json!("tiny-a"), "{tier}");
+    // Held again: a demotion unloads it.
+    let st = move_and_wait(&mut e, "tiny-a", "storage");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    let t = Instant::now();
+    while router_status(port, "tiny-a") != "unloaded" && t.elapsed() < Duration::from_secs(10) {
+        e.tick(now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(router_status(port, "tiny-a"), "unloaded");
+}

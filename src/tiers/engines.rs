@@ -129,8 +129,8 @@ impl Engine {
         };
         let Some(m) = self.state.model(id) else { return };
         if m.tier == tier || m.job.is_some() {
-            // Already ours, or a move of it is under way (it ends by its
-            // own events; the next look reconciles again).
+            // Already ours (a restart: the tier settles it), or a move of
+            // it is under way (it ends by its own events).
             return;
         }
         let (from, files) = (m.tier, m.files.clone());
@@ -232,6 +232,16 @@ impl Engine {
         });
         self.job_ids.insert(id, key);
         self.close(now, key, JobStatus::Success, None);
+    }
+
+    /// The expected seconds of a move of `model` into tier `to`: for an
+    /// engine tier, the mean of the model's measured loads once there is
+    /// one; else `fallback` (size times the configured rate).
+    pub(crate) fn move_estimate_s(&self, model: &str, to: usize, fallback: f64) -> f64 {
+        if !self.cfg.tiers.get(to).is_some_and(|t| t.is_engine()) {
+            return fallback;
+        }
+        self.load_stats.get(model).and_then(|s| s.all.mean).unwrap_or(fallback)
     }
 
     /// A model's load statistics, where it was ever loaded in an engine.

@@ -344,6 +344,9 @@ struct Books {
     stop: bool,
     /// Unloads that failed: (model, message).
     unload_errors: HashMap<String, String>,
+    /// Models the state file places here, checked at the first answer
+    /// from the engine: still loaded (held from then on), or fallen back.
+    restoring: HashMap<String, Option<Arc<ModelFiles>>>,
 }
 
 /// The settings of an engine tier, from its `[[tiers]]` entry.
@@ -517,11 +520,57 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             b.held.values().map(|h| h.id.clone()).collect::<Vec<_>>()
         };
         if let Ok(seen) = &seen {
+            restore_models(api, settings, books, seen);
             let r = api.upkeep(seen, &held_ids);
             lock(books).upkeep_error = r.err().map(|e| e.message);
         }
         let rest = settings.poll.saturating_sub(started.elapsed());
         std::thread::sleep(rest.max(Duration::from_millis(5)));
+    }
+}
+
+/// Settles the models the state file placed here, once the engine
+/// answers: one it still has loaded is held (its files pinned again), one
+/// it does not falls back ([`MoveEvent::EngineUnloaded`]).
+fn restore_models<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mutex<Books>, seen: &[Loaded]) {
+    let pending: Vec<(String, Option<Arc<ModelFiles>>)> = lock(books).restoring.drain().collect();
+    for (model, files) in pending {
+        let mref = ModelRef {
+            name: model.clone(),
+            files: files.clone(),
+        };
+        let id = api.resolve(&mref).ok();
+        let loaded = id.as_ref().and_then(|id| seen.iter().find(|l| &l.id == id));
+        match (id.clone(), loaded) {
+            (Some(id), Some(l)) => {
+                let pin = files
+                    .as_ref()
+                    .and_then(|f| pin_files(&f.origin_paths(), &MoveShared::new(1), None).ok());
+                let bytes = files.as_ref().map(|f| f.bytes).unwrap_or(0);
+                let (footprint, footprint_source) = match l.bytes {
+                    Some(b) => (b, "engine"),
+                    None => ((bytes as f64 * settings.footprint_factor).round() as u64, "factor"),
+                };
+                let mut b = lock(books);
+                b.reported.remove(&id);
+                b.held.insert(
+                    model,
+                    Held {
+                        id,
+                        footprint,
+                        footprint_source,
+                        pin,
+                        activity: l.activity.clone(),
+                    },
+                );
+            }
+            _ => lock(books).events.push(MoveEvent::EngineUnloaded {
+                tier: 0,
+                model,
+                id: id.unwrap_or_default(),
+                reason: "not loaded in the engine when tierd started".into(),
+            }),
+        }
     }
 }
 
@@ -865,6 +914,10 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a pin thread");
         }
+    }
+
+    fn restore(&mut self, model: &str, files: &ModelFiles) {
+        lock(&self.books).restoring.insert(model.to_string(), Some(Arc::new(files.clone())));
     }
 
     fn details(&self) -> Map<String, Value> {
