@@ -512,3 +512,58 @@ fn a_restarted_tierd_takes_back_what_the_router_still_has_loaded() {
     }
     assert_eq!(router_status(port, "tiny-a"), "unloaded");
 }
+
+#[test]
+fn max_models_and_the_free_floor_unload_the_coldest_to_ram() {
+    let Some(s) = setup("real_llama::limits") else { return };
+    let port = free_port();
+    let _router = Router::start(&router_args(&s, port, 0));
+    wait_up(port);
+    // max_models = 1: a second load first unloads the other model to RAM.
+    let (mut e, _store, _) = engine(&config(&s, &engine_tier(port, "").replace("max_models = 4", "max_models = 1")));
+    let file_a = register(&mut e, &s, "tiny-a");
+    register(&mut e, &s, "tiny-b");
+    wait_available(&mut e);
+    assert_eq!(move_and_wait(&mut e, "tiny-a", "gpu0")["status"], json!("success"));
+    // A move over the limit is refused without make_room...
+    let r = e.move_model(now(), "tiny-b", "gpu0", &MoveOptions::default());
+    assert!(r.is_err_and(|e| e.to_string().contains("max_models") || format!("{e:?}").contains("ModelCountExceeded")));
+    // ... and another client's load over it makes tierd unload the colder
+    // model to RAM.
+    client(port)
+        .post_json("/models/load", Some(&json!({"model": "tiny-b"})), Duration::from_secs(5))
+        .expect("direct load");
+    let b = tick_until(&mut e, "tiny-b", Duration::from_secs(5), |m| m["tier"] == json!("gpu0"));
+    assert_eq!(b["tier"], json!("gpu0"), "{b}");
+    let a = tick_until(&mut e, "tiny-a", Duration::from_secs(5), |m| m["tier"] == json!("ram"));
+    assert_eq!(a["tier"], json!("ram"), "{a}");
+    let t = Instant::now();
+    while router_status(port, "tiny-a") != "unloaded" && t.elapsed() < Duration::from_secs(10) {
+        e.tick(now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(router_status(port, "tiny-a"), "unloaded");
+    assert_eq!(router_status(port, "tiny-b"), "loaded");
+    let (res, len) = sys::file_resident_fraction(&file_a).expect("mincore");
+    assert_eq!(res, len, "tiny-a stays resident in RAM");
+    drop(e);
+
+    // A free floor: two footprints (1.2 x 469 KB each) leave less than
+    // min_free_gb of the 1.5 MB budget, so the colder one is unloaded.
+    let tier = engine_tier(port, "min_free_gb = 0.0005\n").replace("max_gb = 1.0", "max_gb = 0.0015");
+    let root2 = tempfile::tempdir().expect("tempdir");
+    let cfg = config_with(root2.path(), &root2.path().join("swap"), &tier);
+    let (mut e, _store, _) = engine(&cfg);
+    register(&mut e, &s, "tiny-a");
+    register(&mut e, &s, "tiny-b");
+    wait_available(&mut e);
+    // tiny-b is used (warmer) before both load.
+    for _ in 0..3 {
+        e.access(now(), "tiny-b").expect("access");
+    }
+    assert_eq!(move_and_wait(&mut e, "tiny-b", "gpu0")["status"], json!("success"));
+    assert_eq!(move_and_wait(&mut e, "tiny-a", "gpu0")["status"], json!("success"));
+    let a = tick_until(&mut e, "tiny-a", Duration::from_secs(5), |m| m["tier"] == json!("ram"));
+    assert_eq!(a["tier"], json!("ram"), "the colder model is unloaded: {a}");
+    assert_eq!(model(&mut e, "tiny-b")["tier"], json!("gpu0"));
+}

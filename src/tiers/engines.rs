@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use super::engine::Engine;
 use super::job::{Attempt, Job, JobStatus, Operation, Origin, Priority};
 use super::state::ModelId;
+use super::submit::MoveOptions;
 use crate::drivers::MoveEvent;
 
 /// Most load times kept per model and residency (the p95 is over these).
@@ -145,6 +146,38 @@ impl Engine {
         self.record_engine_job(now, id, from, tier, format!("the engine loaded {engine_id} on its own"));
         // A load is a use.
         let _ = self.access_id(now, id);
+        self.enforce_max_models(now, tier, id);
+    }
+
+    /// The engine's own load took tier `tier` over its `max_models`: the
+    /// coldest unpinned models (never `keep`, the one just loaded) are
+    /// unloaded to the next slower tier (RAM, above which engine tiers sit).
+    fn enforce_max_models(&mut self, now: f64, tier: usize, keep: ModelId) {
+        let Some(max) = self.state.tiers[tier].max_models else { return };
+        let t = &self.state.tiers[tier];
+        let over = (t.models + t.incoming_models).saturating_sub(max);
+        if over == 0 || tier + 1 >= self.state.tiers.len() {
+            return;
+        }
+        let target = self.state.tiers[tier + 1].name.clone();
+        for victim in self.eviction_order(now, tier, Some(keep)).into_iter().take(over) {
+            let Some(name) = self.state.model(victim).map(|m| m.name.to_string()) else {
+                continue;
+            };
+            let opts = MoveOptions {
+                priority: Priority::High,
+                origin: Origin::Pressure,
+                reason: Some(format!(
+                    "{} holds more than its max_models = {max} after an engine-side load",
+                    self.state.tiers[tier].name
+                )),
+                make_room: true,
+                ..MoveOptions::default()
+            };
+            if let Err(e) = self.move_model(now, &name, &target, &opts) {
+                tracing::warn!(model = %name, error = %e, "cannot unload a model over max_models");
+            }
+        }
     }
 
     /// The engine of tier `tier` no longer has a model tierd placed there
