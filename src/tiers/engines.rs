@@ -258,7 +258,7 @@ impl Engine {
             cancel_requested: false,
             cancel_at_shutdown: false,
             bandwidth_mb_s: None,
-            reason: Some(reason.into()),
+            reason: Some(reason),
             unmet_deps: 0,
             dependents: SmallVec::new(),
             exchange: false,

@@ -660,16 +660,30 @@ fn files_resident(files: Option<&ModelFiles>) -> bool {
 
 /// A load: pin, resolve, load, measure. On failure unloads what may have
 /// been half loaded and drops the pin.
+/// One load a worker carries out.
+struct LoadJob {
+    job: JobKey,
+    model: ModelRef,
+    /// The model's size (the footprint estimate's base).
+    bytes: u64,
+    ctl: LoadControl,
+    shared: Arc<MoveShared>,
+}
+
 fn run_load<A: EngineApi + ?Sized>(
     api: &A,
     settings: &EngineSettings,
     books: &Mutex<Books>,
-    job: JobKey,
-    model: &ModelRef,
-    bytes: u64,
-    ctl: &LoadControl,
-    shared: &MoveShared,
+    load: &LoadJob,
 ) -> Result<LoadDone, EngineError> {
+    let LoadJob {
+        job,
+        model,
+        bytes,
+        ctl,
+        shared,
+    } = load;
+    let (job, bytes) = (*job, *bytes);
     let started = Instant::now();
     let resident = files_resident(model.files.as_deref());
     let pin = match &model.files {
@@ -764,10 +778,17 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             },
         );
         let (api, settings, books) = (self.api.clone(), self.settings.clone(), self.books.clone());
-        let (job, bytes) = (order.job, order.bytes);
+        let load = LoadJob {
+            job: order.job,
+            model: mref,
+            bytes: order.bytes,
+            ctl,
+            shared,
+        };
+        let job = order.job;
         let spawned = std::thread::Builder::new().name("tierd-engine-load".into()).spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_load(&*api, &settings, &books, job, &mref, bytes, &ctl, &shared)
+                run_load(&*api, &settings, &books, &load)
             }))
             .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
@@ -777,13 +798,13 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                     b.reported.remove(&done.id);
                     b.events.push(MoveEvent::LoadTimed {
                         tier: 0,
-                        model: mref.name.clone(),
+                        model: load.model.name.clone(),
                         seconds: done.seconds,
                         resident: done.resident,
                         footprint: done.footprint,
                     });
                     b.held.insert(
-                        mref.name.clone(),
+                        load.model.name.clone(),
                         Held {
                             id: done.id,
                             footprint: done.footprint,
@@ -798,7 +819,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                         mtimes: None,
                     });
                 }
-                Err(e) if ctl.cancelled() => {
+                Err(e) if load.ctl.cancelled() => {
                     tracing::debug!(error = %e, "engine load cancelled");
                     b.events.push(MoveEvent::Cancelled { job });
                 }
@@ -808,7 +829,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                     }
                     b.events.push(MoveEvent::Failed {
                         job,
-                        message: format!("{} load of {}: {}", api.kind(), mref.name, e.message),
+                        message: format!("{} load of {}: {}", api.kind(), load.model.name, e.message),
                         retryable: e.down,
                     });
                 }
