@@ -787,10 +787,8 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         };
         let job = order.job;
         let spawned = std::thread::Builder::new().name("tierd-engine-load".into()).spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_load(&*api, &settings, &books, &load)
-            }))
-            .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_load(&*api, &settings, &books, &load)))
+                .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
             b.loading.remove(&job);
             match r {
