@@ -256,13 +256,13 @@ fn a_move_loads_in_the_router_and_demotion_to_ram_unloads_and_keeps_the_file_loc
     let m = model(&mut e, "tiny-a");
     assert_eq!(m["tier"], json!("gpu0"), "{m}");
     let info = e.model_json(now(), "tiny-a").expect("model_info")["model"].clone();
-    assert_eq!(info["load_time_s"]["count"], json!(1), "{info}");
-    assert!(info["load_time_s"]["last"].as_f64().is_some_and(|s| s > 0.0), "{info}");
+    assert_eq!(info["engine_load_time_s"]["count"], json!(1), "{info}");
+    assert!(info["engine_load_time_s"]["last"].as_f64().is_some_and(|s| s > 0.0), "{info}");
     let split =
-        info["load_time_s"]["resident"]["count"].as_u64().unwrap_or(0) + info["load_time_s"]["not_resident"]["count"].as_u64().unwrap_or(0);
+        info["engine_load_time_s"]["resident"]["count"].as_u64().unwrap_or(0) + info["engine_load_time_s"]["not_resident"]["count"].as_u64().unwrap_or(0);
     assert_eq!(split, 1, "{info}");
     let metrics = e.metrics_view(now());
-    assert_eq!(metrics.load_time_s.get("tiny-a").map(|l| l.all.count), Some(1));
+    assert_eq!(metrics.engine_load_time_s.get("tiny-a").map(|l| l.all.count), Some(1));
     let tier = tier_json(&mut e, "gpu0");
     assert_eq!(tier["loaded"][0]["engine_id"], json!("tiny-a"), "{tier}");
     assert_eq!(tier["loaded"][0]["footprint_source"], json!("factor"), "{tier}");
