@@ -258,8 +258,8 @@ fn a_move_loads_in_the_router_and_demotion_to_ram_unloads_and_keeps_the_file_loc
     let info = e.model_json(now(), "tiny-a").expect("model_info")["model"].clone();
     assert_eq!(info["engine_load_time_s"]["count"], json!(1), "{info}");
     assert!(info["engine_load_time_s"]["last"].as_f64().is_some_and(|s| s > 0.0), "{info}");
-    let split =
-        info["engine_load_time_s"]["resident"]["count"].as_u64().unwrap_or(0) + info["engine_load_time_s"]["not_resident"]["count"].as_u64().unwrap_or(0);
+    let split = info["engine_load_time_s"]["resident"]["count"].as_u64().unwrap_or(0)
+        + info["engine_load_time_s"]["not_resident"]["count"].as_u64().unwrap_or(0);
     assert_eq!(split, 1, "{info}");
     let metrics = e.metrics_view(now());
     assert_eq!(metrics.engine_load_time_s.get("tiny-a").map(|l| l.all.count), Some(1));
