@@ -5,7 +5,7 @@
 //!    until the job succeeds) against a direct `POST /models/load` polled
 //!    on `GET /models` until `loaded` (polled every [`LOAD_POLL`], as
 //!    tierd's load does), on the same router and the same tiny model,
-//!    turns alternating; medians of `--reps`.
+//!    turns alternating; medians of `--overhead-reps`.
 //! 2. The point of tierd: time to `loaded` (direct load, same polling) of a
 //!    generated ~`--size-mib` GGUF with its file pinned in RAM by tierd
 //!    (the model in the `ram` tier), against after its page cache was
@@ -45,9 +45,12 @@ pub struct EngineBenchArgs {
     /// Size of the large model, MiB.
     #[arg(long, default_value_t = 1024)]
     pub size_mib: u64,
-    /// Runs of each measurement.
+    /// Runs of the pinned and the cold load.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Runs of the direct and the tierd load of the tiny model.
+    #[arg(long, default_value_t = 20)]
+    pub overhead_reps: usize,
     /// Router port on 127.0.0.1.
     #[arg(long, default_value_t = 18977)]
     pub port: u16,
@@ -57,6 +60,7 @@ pub struct EngineBenchArgs {
 #[derive(Debug, Clone)]
 pub struct EngineBenchReport {
     pub reps: usize,
+    pub overhead_reps: usize,
     pub direct_s: Vec<f64>,
     pub tierd_s: Vec<f64>,
     pub big_bytes: u64,
@@ -74,10 +78,22 @@ fn median(v: &[f64]) -> f64 {
 impl fmt::Display for EngineBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (d, t) = (median(&self.direct_s), median(&self.tierd_s));
-        writeln!(f, "llama-server engine tier, medians of {} runs", self.reps)?;
+        writeln!(
+            f,
+            "llama-server engine tier, medians of {} runs (loads of the tiny model) and {} (the large one)",
+            self.overhead_reps, self.reps
+        )?;
         writeln!(f, "load of a tiny model, direct POST /models/load: {:.2} ms", d * 1e3)?;
         writeln!(f, "the same load through tierd (move into the tier): {:.2} ms", t * 1e3)?;
         writeln!(f, "overhead: {:+.2} ms (target <= 5 ms)", (t - d) * 1e3)?;
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        writeln!(
+            f,
+            "fastest of each: direct {:.2} ms, tierd {:.2} ms ({:+.2} ms)",
+            min(&self.direct_s) * 1e3,
+            min(&self.tierd_s) * 1e3,
+            (min(&self.tierd_s) - min(&self.direct_s)) * 1e3
+        )?;
         let (p, c) = (median(&self.pinned_s), median(&self.cold_s));
         writeln!(f, "time to loaded, {} MiB model:", self.big_bytes >> 20)?;
         writeln!(
@@ -285,7 +301,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<EngineBenchReport, String> {
     settle(&mut e);
     let (mut direct_s, mut tierd_s) = (Vec::new(), Vec::new());
     tierd_move(&mut e, "tiny", "ram")?;
-    for _ in 0..=reps {
+    for _ in 0..=args.overhead_reps.max(1) {
         settle(&mut e);
         tierd_s.push(tierd_move(&mut e, "tiny", "gpu0")?);
         tierd_move(&mut e, "tiny", "ram")?;
@@ -321,6 +337,7 @@ pub fn run(args: &EngineBenchArgs) -> Result<EngineBenchReport, String> {
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(EngineBenchReport {
         reps,
+        overhead_reps: args.overhead_reps.max(1),
         direct_s,
         tierd_s,
         big_bytes,

@@ -144,7 +144,7 @@ impl From<HttpError> for EngineError {
 /// How often a load or an unload looks at the engine's state while it
 /// waits (a `GET` on a local engine costs well under a millisecond; the
 /// move ends at most this long after the engine is done).
-pub const LOAD_POLL: Duration = Duration::from_millis(5);
+pub const LOAD_POLL: Duration = Duration::from_millis(2);
 
 /// How often the engine polls an engine tier while a load runs, engine
 /// seconds: a load's end reaches the books within this (finer than
