@@ -326,14 +326,23 @@ fn the_routers_own_eviction_is_noticed() {
     client(port)
         .post_json("/models/load", Some(&json!({"model": "tiny-b"})), Duration::from_secs(5))
         .expect("direct load");
-    let a = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["tier"] != json!("gpu0"));
-    assert_eq!(a["tier"], json!("storage"), "{a}");
+    // Noticed: out of the engine tier, and on into RAM ("unload to RAM
+    // instead of disk"), its file resident.
+    let a = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| {
+        m["tier"] == json!("ram") && m["job_id"].is_null()
+    });
+    assert_eq!(a["tier"], json!("ram"), "{a}");
+    let (res, len) = sys::file_resident_fraction(&s.models.join("tiny-a.gguf")).expect("mincore");
+    assert_eq!(res, len);
     let b = tick_until(&mut e, "tiny-b", Duration::from_secs(10), |m| m["tier"] == json!("gpu0"));
     assert_eq!(b["tier"], json!("gpu0"), "{b}");
     let jobs = engine_jobs(&e, "tiny-a");
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!(jobs[0].source_tier.as_deref(), Some("gpu0"));
-    assert!(jobs[0].reason.as_deref().is_some_and(|r| r.contains("on its own")), "{jobs:?}");
+    let evicted = jobs
+        .iter()
+        .find(|j| j.source_tier.as_deref() == Some("gpu0"))
+        .expect("the eviction's job");
+    assert!(evicted.reason.as_deref().is_some_and(|r| r.contains("on its own")), "{jobs:?}");
+    assert!(jobs.iter().any(|j| j.target_tier.as_deref() == Some("ram")), "{jobs:?}");
 }
 
 #[test]
@@ -406,8 +415,8 @@ fn a_supervised_router_is_started_restarted_and_stopped() {
     assert!(st["supervised"]["restarts"].as_u64().is_some_and(|r| r >= 1), "{st}");
     assert_eq!(st["available"], json!(true), "{st}");
     // The restarted router has nothing loaded: tierd followed.
-    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(5), |m| m["tier"] != json!("gpu0"));
-    assert_eq!(m["tier"], json!("storage"), "{m}");
+    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(5), |m| m["tier"] == json!("ram"));
+    assert_eq!(m["tier"], json!("ram"), "{m}");
     let new_pid = st["supervised"]["pid"].as_u64().expect("pid") as i32;
     drop(e);
     // Stopped at shutdown.
@@ -487,8 +496,8 @@ fn a_restarted_tierd_takes_back_what_the_router_still_has_loaded() {
     );
 
     let (mut e, _store, _) = engine(&cfg);
-    let b = tick_until(&mut e, "tiny-b", Duration::from_secs(5), |m| m["tier"] != json!("gpu0"));
-    assert_eq!(b["tier"], json!("storage"), "{b}");
+    let b = tick_until(&mut e, "tiny-b", Duration::from_secs(5), |m| m["tier"] == json!("ram"));
+    assert_eq!(b["tier"], json!("ram"), "{b}");
     assert_eq!(model(&mut e, "tiny-a")["tier"], json!("gpu0"));
     let tier = {
         let t = Instant::now();

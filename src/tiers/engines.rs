@@ -182,7 +182,8 @@ impl Engine {
 
     /// The engine of tier `tier` no longer has a model tierd placed there
     /// (its LRU, its expiry, another client): the model falls back to its
-    /// origin (the last tier), recorded as a job with origin `engine`.
+    /// origin (the last tier), recorded as a job with origin `engine`, and
+    /// moves on to the RAM tier below where it fits.
     fn engine_unloaded(&mut self, now: f64, tier: usize, model: &str, engine_id: &str, reason: &str) {
         let Some(id) = self.state.model_id(model) else { return };
         let Some(m) = self.state.model(id) else { return };
@@ -194,6 +195,21 @@ impl Engine {
         self.release_model(id, tier);
         self.refresh_next_event(tier);
         self.record_engine_job(now, id, tier, last, format!("{engine_id}: {reason}"));
+        // "Unload to RAM instead of disk": where the RAM tier sits right
+        // below and has room, the model goes there (its pages are still
+        // resident: the engine tier keeps its pin a while).
+        let below = tier + 1;
+        if below < last && self.machine.drivers[below].kind() == "pagecache" {
+            let target = self.state.tiers[below].name.clone();
+            let opts = MoveOptions {
+                origin: Origin::Engine,
+                reason: Some(format!("{engine_id} left the engine on its own: kept in RAM")),
+                ..MoveOptions::default()
+            };
+            if let Err(e) = self.move_model(now, model, &target, &opts) {
+                tracing::info!(model, error = %e, "an engine-evicted model stays in storage");
+            }
+        }
     }
 
     /// Moves model `id` from tier `from` to `to` in the books at once.

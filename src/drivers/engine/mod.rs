@@ -152,6 +152,10 @@ pub const LOAD_POLL: Duration = Duration::from_millis(2);
 /// its clients wait for).
 pub const LOADING_POLL_S: f64 = 0.001;
 
+/// How long the pin of a model the engine unloaded on its own is kept (for
+/// its move to RAM to find the pages resident).
+pub const LINGER: Duration = Duration::from_secs(30);
+
 /// What a long call (a load, an unload) checks between its steps.
 #[derive(Debug, Clone)]
 pub struct LoadControl {
@@ -344,6 +348,9 @@ struct Books {
     stop: bool,
     /// Unloads that failed: (model, message).
     unload_errors: HashMap<String, String>,
+    /// Pins of models the engine unloaded on its own, let go at their
+    /// deadline.
+    lingering: Vec<(Instant, Pin)>,
     /// Models the state file places here, checked at the first answer
     /// from the engine: still loaded (held from then on), or fallen back.
     restoring: HashMap<String, Option<Arc<ModelFiles>>>,
@@ -513,6 +520,12 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
         let held_ids = {
             let mut b = lock(books);
+            let now = Instant::now();
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut b.lingering).into_iter().partition(|(at, _)| *at <= now);
+            b.lingering = keep;
+            for (_, p) in due {
+                p.release_in_background();
+            }
             b.health.record(&seen.as_ref().map(drop).map_err(Clone::clone));
             if let Ok(seen) = &seen {
                 reconcile(&mut b, seen);
@@ -594,8 +607,10 @@ fn reconcile(b: &mut Books, seen: &[Loaded]) {
                 id: h.id.clone(),
                 reason: "the engine unloaded it on its own (eviction, expiry or another client)".into(),
             });
+            // Kept a while: tierd places the model in RAM next (see
+            // `tiers::engines`), whose pin then finds the pages resident.
             if let Some(p) = h.pin {
-                p.release_in_background();
+                b.lingering.push((Instant::now() + LINGER, p));
             }
         }
     }
