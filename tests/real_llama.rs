@@ -307,6 +307,7 @@ fn a_direct_load_shows_in_tierd_within_two_seconds() {
     let jobs = engine_jobs(&e, "tiny-b");
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].target_tier.as_deref(), Some("gpu0"));
+    e.check_invariants().expect("the books hold after an engine-side load");
 }
 
 #[test]
@@ -343,6 +344,7 @@ fn the_routers_own_eviction_is_noticed() {
         .expect("the eviction's job");
     assert!(evicted.reason.as_deref().is_some_and(|r| r.contains("on its own")), "{jobs:?}");
     assert!(jobs.iter().any(|j| j.target_tier.as_deref() == Some("ram")), "{jobs:?}");
+    e.check_invariants().expect("the books hold after the engine's own moves");
 }
 
 #[test]
@@ -556,6 +558,15 @@ fn max_models_and_the_free_floor_unload_the_coldest_to_ram() {
     let (res, len) = sys::file_resident_fraction(&file_a).expect("mincore");
     assert_eq!(res, len, "tiny-a stays resident in RAM");
     drop(e);
+    // A fresh start: nothing loaded in the router (a new tierd would take
+    // tiny-b back, rightly).
+    client(port)
+        .post_json("/models/unload", Some(&json!({"model": "tiny-b"})), Duration::from_secs(5))
+        .expect("unload");
+    let t = Instant::now();
+    while router_status(port, "tiny-b") != "unloaded" && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A free floor: two footprints (1.2 x 469 KB each) leave less than
     // min_free_gb of the 1.5 MB budget, so the colder one is unloaded.
@@ -575,4 +586,5 @@ fn max_models_and_the_free_floor_unload_the_coldest_to_ram() {
     let a = tick_until(&mut e, "tiny-a", Duration::from_secs(5), |m| m["tier"] == json!("ram"));
     assert_eq!(a["tier"], json!("ram"), "the colder model is unloaded: {a}");
     assert_eq!(model(&mut e, "tiny-b")["tier"], json!("gpu0"));
+    e.check_invariants().expect("the books hold under pressure");
 }
