@@ -320,6 +320,64 @@ mod tests {
         assert_eq!(error_message(b"plain text"), "plain text");
     }
 
+    /// Serves one canned answer per connection on a Unix socket.
+    fn unix_server(path: &std::path::Path, answers: Vec<&'static str>) -> std::thread::JoinHandle<Vec<String>> {
+        use std::io::{Read, Write};
+        let l = std::os::unix::net::UnixListener::bind(path).expect("bind");
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for a in answers {
+                let (mut c, _) = l.accept().expect("accept");
+                let mut buf = [0u8; 4096];
+                let n = c.read(&mut buf).unwrap_or(0);
+                seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let _ = c.write_all(a.as_bytes());
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn unix_socket_urls_carry_json_and_the_engines_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("engine.sock");
+        let server = unix_server(
+            &sock,
+            vec![
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}",
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 39\r\nConnection: close\r\n\r\n{\"error\":{\"message\":\"model not found\"}}",
+                "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot json!",
+            ],
+        );
+        let c = HttpClient::new(&format!("unix:{}", sock.display()), false).expect("url");
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            c.post_json("/models/load", Some(&serde_json::json!({"model": "m"})), t),
+            Ok(serde_json::json!({"ok": true}))
+        );
+        assert_eq!(
+            c.get_json("/models", t),
+            Err(HttpError::Status {
+                status: 404,
+                excerpt: "model not found".into()
+            })
+        );
+        assert!(matches!(c.get_json("/models", t), Err(HttpError::Garbage(_))));
+        let seen = server.join().expect("server");
+        assert!(seen[0].starts_with("POST /models/load HTTP/1.1"), "{}", seen[0]);
+        assert!(seen[0].contains("{\"model\":\"m\"}"), "{}", seen[0]);
+    }
+
+    #[test]
+    fn a_silent_engine_times_out() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let c = HttpClient::new(&format!("http://127.0.0.1:{port}"), false).expect("url");
+        let e = c.get_json("/models", Duration::from_millis(200)).unwrap_err();
+        assert!(e.is_down() && e.to_string().contains("no answer within"), "{e}");
+        drop(l);
+    }
+
     #[test]
     fn a_closed_port_is_unreachable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
