@@ -362,7 +362,8 @@ pub struct EngineSettings {
     pub tier: String,
     /// `max_gb` in bytes.
     pub max_bytes: Option<u64>,
-    /// `reserved_gb` in bytes, kept free on the GPU.
+    /// `reserved_gb` in bytes, kept free on the GPU (the engine subtracts
+    /// it from the capacity; shown in `details`).
     pub reserved_bytes: u64,
     pub poll: Duration,
     pub load_timeout: Duration,
@@ -757,7 +758,9 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         }
         let held: u64 = lock(&self.books).held.values().map(|h| h.footprint).sum();
         let budget = self.settings.max_bytes.map(|m| m.saturating_sub(held));
-        let gpu = self.settings.gpu_free().map(|f| f.saturating_sub(self.settings.reserved_bytes));
+        // The engine takes the tier's `reserved_gb` off a `Free` reading
+        // itself (room.rs): the GPU's free bytes go up as they are.
+        let gpu = self.settings.gpu_free();
         match (budget, gpu) {
             (Some(a), Some(b)) => Capacity::Free(a.min(b)),
             (Some(a), None) | (None, Some(a)) => Capacity::Free(a),
@@ -994,6 +997,10 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             .collect();
         m.insert("engine_loaded".into(), Value::Array(engine_set));
         m.insert("footprint_factor".into(), json!(self.settings.footprint_factor));
+        if let Some(free) = self.settings.gpu_free() {
+            m.insert("gpu_free_gb".into(), json!(bytes_to_gb(free)));
+            m.insert("gpu_reserved_gb".into(), json!(bytes_to_gb(self.settings.reserved_bytes)));
+        }
         m.insert("poll_s".into(), json!(self.settings.poll.as_secs_f64()));
         m.insert("load_timeout_s".into(), json!(self.settings.load_timeout.as_secs_f64()));
         if let Some(e) = &b.upkeep_error {
