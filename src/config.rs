@@ -111,6 +111,64 @@ pub struct TierConfig {
     /// typo in a mount point cannot put the "NVMe tier" on the root disk.
     #[serde(default)]
     pub create: bool,
+    // ------------------------------------------------- engine tiers only
+    // (`driver = "llama-server" | "ollama" | "vllm"`; see drivers::engine)
+    /// Where the engine answers: `http://127.0.0.1:PORT`,
+    /// `http://localhost:PORT` or `unix:/path/to.sock`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Accept an engine URL on another host (off: an engine tier drives a
+    /// process on this machine, whose files it pins).
+    #[serde(default)]
+    pub allow_remote_engines: bool,
+    /// Seconds between two looks at the engine's loaded set (default 1).
+    #[serde(default)]
+    pub poll_s: Option<f64>,
+    /// Longest a load may take before the move fails and the half-loaded
+    /// model is unloaded (default 600 s).
+    #[serde(default)]
+    pub load_timeout_s: Option<f64>,
+    /// A model's footprint in the engine, as a multiple of its file size,
+    /// where neither the engine nor NVML measures it (default 1.2: weights
+    /// plus a small context and compute buffers).
+    #[serde(default)]
+    pub footprint_factor: Option<f64>,
+    /// Engine options sent with every load (Ollama `options`, such as
+    /// `num_ctx`); passed through as JSON.
+    #[serde(default)]
+    pub options: Option<toml::Table>,
+    /// The engine's argv, when tierd starts the engine itself (llama-server:
+    /// restarted with backoff when it dies, stopped at shutdown).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// vLLM: one entry per instance (each serves one model).
+    #[serde(default)]
+    pub instances: Option<Vec<EngineInstance>>,
+}
+
+/// One vLLM instance of a `vllm` tier: the model it serves and its URL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineInstance {
+    pub model: String,
+    pub url: String,
+}
+
+/// The engine-tier drivers (their tiers take the engine keys above).
+pub const ENGINE_DRIVERS: &[&str] = &["llama-server", "ollama", "vllm"];
+
+/// Default seconds between two looks at an engine.
+pub const DEFAULT_POLL_S: f64 = 1.0;
+/// Default longest load.
+pub const DEFAULT_LOAD_TIMEOUT_S: f64 = 600.0;
+/// Default footprint multiple of a model's file size.
+pub const DEFAULT_FOOTPRINT_FACTOR: f64 = 1.2;
+
+impl TierConfig {
+    /// Whether this tier is an inference engine's.
+    pub fn is_engine(&self) -> bool {
+        self.driver.as_deref().is_some_and(|d| ENGINE_DRIVERS.contains(&d))
+    }
 }
 
 fn default_access() -> f64 {
@@ -482,6 +540,14 @@ impl Config {
             min_free_gb: None,
             mode: None,
             create: false,
+            url: None,
+            allow_remote_engines: false,
+            poll_s: None,
+            load_timeout_s: None,
+            footprint_factor: None,
+            options: None,
+            command: None,
+            instances: None,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
         ram.reserved_gb = Some(1.0);
@@ -584,6 +650,40 @@ impl Config {
                 {
                     return bad(format!("tier {:?}: {what} must be between 0 and {MAX_GB}", t.name));
                 }
+            }
+            if !t.is_engine() {
+                let stray = [
+                    ("url", t.url.is_some()),
+                    ("poll_s", t.poll_s.is_some()),
+                    ("load_timeout_s", t.load_timeout_s.is_some()),
+                    ("footprint_factor", t.footprint_factor.is_some()),
+                    ("options", t.options.is_some()),
+                    ("command", t.command.is_some()),
+                    ("instances", t.instances.is_some()),
+                ];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return bad(format!(
+                        "tier {:?}: {key} is an engine-tier key (driver = {})",
+                        t.name,
+                        ENGINE_DRIVERS.join(" | ")
+                    ));
+                }
+            }
+            for (what, v, min) in [
+                ("poll_s", t.poll_s, 0.01),
+                ("load_timeout_s", t.load_timeout_s, 0.01),
+                ("footprint_factor", t.footprint_factor, 0.01),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && (min..=1e6).contains(&v))
+                {
+                    return bad(format!("tier {:?}: {what} must be a number between {min} and 1000000", t.name));
+                }
+            }
+            if let Some(cmd) = &t.command
+                && cmd.first().is_none_or(|c| c.is_empty())
+            {
+                return bad(format!("tier {:?}: command needs at least the program", t.name));
             }
             if let (Some(m), Some(min)) = (t.max_gb, t.min_max_gb)
                 && m < min
@@ -757,6 +857,33 @@ mod tests {
         assert!(err.contains("not a permission mode"), "{err}");
         let ok = base.replace("MAX", "1.0").replace("name='a'", "name='a'\nmode=0o750");
         assert_eq!(Config::from_toml(&ok).map(|c| c.tiers[0].mode).ok(), Some(Some(0o750)));
+    }
+
+    #[test]
+    fn engine_keys_belong_to_engine_tiers() {
+        let engine = "[[tiers]]\nname='gpu0'\ndriver='llama-server'\nurl='http://127.0.0.1:8080'\nmax_gb=8.0\nmax_models=2\n\
+                      poll_s=0.5\nload_timeout_s=60\nfootprint_factor=1.3\ncommand=['llama-server','--models-dir','/m']\n\
+                      options={num_ctx=4096}\n[[tiers]]\nname='storage'\n";
+        let cfg = Config::from_toml(engine).expect("engine tier parses");
+        let t = &cfg.tiers[0];
+        assert!(t.is_engine());
+        assert_eq!(t.poll_s, Some(0.5));
+        assert_eq!(t.command.as_ref().map(Vec::len), Some(3));
+        assert_eq!(
+            t.options.as_ref().and_then(|o| o.get("num_ctx")).and_then(toml::Value::as_integer),
+            Some(4096)
+        );
+        let stray = "[[tiers]]\nname='ram'\ndriver='pagecache'\nmax_gb=1.0\nurl='http://127.0.0.1:1'\n[[tiers]]\nname='s'\n";
+        let err = Config::from_toml(stray).unwrap_err().to_string();
+        assert!(err.contains("url is an engine-tier key"), "{err}");
+        let err = Config::from_toml(&engine.replace("poll_s=0.5", "poll_s=0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_s must be"), "{err}");
+        let err = Config::from_toml(&engine.replace("['llama-server','--models-dir','/m']", "[]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("command needs at least the program"), "{err}");
     }
 
     #[test]

@@ -160,6 +160,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Measure the llama-server engine tier: a load through tierd against a
+    /// direct one, and time to loaded with files pinned against cold.
+    BenchEngine(tierd::bench::engine::EngineBenchArgs),
 }
 
 /// The one-model commands (`tierd register`, `info`, `path`, ...) and their
@@ -435,6 +438,13 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::BenchEngine(args) => match tierd::bench::engine::run(&args) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(0)
+            }
+            Err(e) => Err(format!("bench-engine: {e}")),
+        },
         Command::BenchReal(args) => match tierd::bench::real::run(&args) {
             Ok(report) => {
                 print!("{report}");

@@ -110,6 +110,8 @@ pub struct Engine {
     pub(crate) outbox: Option<Vec<super::events::Event>>,
     /// Each tier's pressure and availability as watchers last heard them.
     pub(crate) tiers_seen: Vec<super::events::TierSeen>,
+    /// Load times into engine tiers, by model ([`super::engines`]).
+    pub(crate) load_stats: super::engines::LoadBook,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -274,6 +276,7 @@ impl Engine {
             move_rates: MoveRates::default(),
             outbox: None,
             tiers_seen: Vec::new(),
+            load_stats: HashMap::new(),
         })
     }
 

@@ -16,6 +16,8 @@
 //! - [`rates`]: the measured throughput of real moves, per pair of driver
 //!   kinds, behind their `estimated_time`;
 //! - [`views`]: the typed answers (tiers, models, jobs, metrics);
+//! - [`engines`]: engine tiers' news (loads and unloads the engine did on
+//!   its own, its activity, load times);
 //! - [`faults`]: what the engine makes of faults noticed while running
 //!   (copies and origins changed or gone, corrupt copies);
 //! - [`invariants`]: the books checked against a recount;
@@ -27,6 +29,7 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
+pub mod engines;
 pub mod events;
 pub mod faults;
 pub mod histogram;

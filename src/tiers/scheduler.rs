@@ -136,7 +136,11 @@ impl Engine {
     fn poll_drivers(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
         for i in 0..self.next_events.len() {
             if matches!(self.next_events[i], Some(t) if t <= now) {
+                let first = events.len();
                 self.machine.drivers[i].poll(now, events);
+                for e in &mut events[first..] {
+                    e.event.set_tier(i);
+                }
                 self.refresh_next_event(i);
             }
         }
@@ -345,6 +349,10 @@ impl Engine {
                 origin_problem,
                 ..
             } => self.copy_corrupt(now, &model, tier, reason, origin_problem),
+            event @ (MoveEvent::EngineLoaded { .. }
+            | MoveEvent::EngineUnloaded { .. }
+            | MoveEvent::EngineActivity { .. }
+            | MoveEvent::LoadTimed { .. }) => self.engine_event(now, event),
         }
     }
 
@@ -410,10 +418,15 @@ impl Engine {
                     f.copy_mtime_ns = mtimes.next();
                 }
             }
+            let name = m.name.clone();
             self.state.detach(model, from);
             self.state.attach(model, to);
             // The serve path leads to the new copy before the old one goes.
             self.link_serve_path(model);
+            // An engine tier unloads toward where the model goes (vLLM's
+            // sleep level); other drivers ignore this.
+            let to_kind = self.machine.drivers[to].kind();
+            self.machine.drivers[from].moving_out(&name, to_kind);
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;
@@ -513,7 +526,7 @@ impl Engine {
     }
 
     /// Marks a job ended and bounds the history.
-    fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+    pub(crate) fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);

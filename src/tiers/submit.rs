@@ -108,7 +108,7 @@ pub struct Registered {
 }
 
 impl Engine {
-    fn new_job_id(&mut self, op: Operation, model: &str, now: f64) -> String {
+    pub(crate) fn new_job_id(&mut self, op: Operation, model: &str, now: f64) -> String {
         let second = now.max(0.0).floor() as u64;
         let base = format!("tier_{}_{}_{second}", op.as_str(), model);
         // Ids taken within this second, by base: the next suffix is known
@@ -309,6 +309,8 @@ impl Engine {
         if let Some(m) = self.state.model_mut(model) {
             m.job = Some(key);
         }
+        // Into an engine tier: the model's mean load time, once measured.
+        let estimated_s = self.move_estimate_s(&name, to, estimated_s);
         *self.jobs.slot_for(key) = Some(Job {
             key,
             id: id.clone(),

@@ -214,6 +214,12 @@ pub struct ModelInfoView {
     pub by_hour: Vec<u32>,
     pub by_weekday: Vec<u32>,
     pub registered_at: f64,
+    /// Measured loads into engine tiers: last, mean, p95, count, and split
+    /// by whether the files were RAM-resident at the load's start (absent
+    /// for a model never loaded in an engine). Not `load_time_s`: that key
+    /// is the seed's estimated load seconds from the model's tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_load_time_s: Option<super::engines::LoadStats>,
 }
 
 // ---------------------------------------------------------------- metrics
@@ -326,6 +332,10 @@ pub struct MetricsView {
     /// base of their `estimated_time` (none until a move was measured).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub move_rates: Vec<super::rates::MoveRate>,
+    /// Engine-tier load times by model (`engine_load_time_s` of
+    /// `model_info`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub engine_load_time_s: std::collections::BTreeMap<String, super::engines::LoadStats>,
 }
 
 // ------------------------------------------------------------------ plans
@@ -661,6 +671,7 @@ impl Engine {
             by_hour: m.usage.by_hour.to_vec(),
             by_weekday: m.usage.by_weekday.to_vec(),
             registered_at: m.registered_at,
+            engine_load_time_s: self.load_stats.get(&*m.name).cloned(),
         })
     }
 
@@ -698,6 +709,7 @@ impl Engine {
             models: state.by_name.len(),
             uptime_s: round6(now - self.started_at),
             move_rates: self.move_rates(),
+            engine_load_time_s: self.load_stats.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         }
     }
 }
