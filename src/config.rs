@@ -497,7 +497,14 @@ impl Config {
             keys.push("state_dir".to_string());
         }
         for (i, t) in self.tiers.iter().enumerate() {
-            for (key, set) in [("driver", t.driver.is_some()), ("path", t.path.is_some()), ("create", t.create)] {
+            for (key, set) in [
+                ("driver", t.driver.is_some()),
+                ("path", t.path.is_some()),
+                ("create", t.create),
+                ("url", t.url.is_some()),
+                ("command", t.command.is_some()),
+                ("instances", t.instances.is_some()),
+            ] {
                 if set {
                     keys.push(format!("tiers[{i}].{key} (tier {:?})", t.name));
                 }
