@@ -30,6 +30,7 @@
 
 pub mod copy;
 pub mod dir;
+pub mod engine;
 pub mod files;
 pub mod gpu;
 pub mod machine;

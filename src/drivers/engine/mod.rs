@@ -1,0 +1,5 @@
+//! Engine tiers (placeholder until the engine-tier core is merged): the wire
+//! types of the engines' APIs.
+
+pub mod ollama_wire;
+pub mod vllm_wire;
