@@ -1,5 +1,7 @@
 //! Engine tiers (placeholder until the engine-tier core is merged): the wire
 //! types of the engines' APIs.
 
+pub mod ollama;
 pub mod ollama_wire;
+pub mod vllm;
 pub mod vllm_wire;

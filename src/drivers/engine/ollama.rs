@@ -1,0 +1,244 @@
+//! `ollama`: an engine tier whose models are loaded in an Ollama server.
+//! Wire types: [`super::ollama_wire`] (Ollama's docs/api.md).
+//!
+//! - Load: `POST /api/generate {"model": M, "keep_alive": -1, "options":
+//!   {...}, "stream": false}` with no prompt. The configured `options` (the
+//!   tier's `options` table, e.g. `num_ctx`) go with it, so that the first
+//!   request of a client using the same options does not make Ollama
+//!   reload the model.
+//! - Unload: the same with `"keep_alive": 0`; it ends when the answer says
+//!   `done_reason: "unload"` AND `/api/ps` no longer lists the model
+//!   (Ollama unloads asynchronously after answering).
+//! - Observation: `GET /api/ps` every `poll_s`; a model's footprint is its
+//!   `size_vram` (the GPU bytes), or `size` when nothing is on the GPU.
+//! - Pins: tierd loads with `keep_alive: -1`, which Ollama shows as an
+//!   `expires_at` centuries away. Any request to the model replaces its
+//!   keep_alive (a native client's `"5m"`, or none: the default 5 minutes),
+//!   which is how models "unload despite keep_alive=-1" (ollama#7773). When
+//!   a model tierd loaded shows an `expires_at` less than
+//!   [`PIN_HORIZON_S`] away, tierd re-asserts its keep_alive with another
+//!   empty-prompt request.
+//! - Activity: a changed `expires_at` means a request reached the model;
+//!   it counts as an access (except the change tierd's own re-assertion
+//!   makes).
+//! - Names: Ollama's `name:tag` (no tag means `:latest`); a tierd model is
+//!   matched to the name `/api/tags` lists for it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+
+use super::ollama_wire::{ErrorResponse, GenerateRequest, GenerateResponse, PsResponse, TagsResponse, parse_rfc3339};
+
+/// An `expires_at` closer than this (seconds) is no longer tierd's pin:
+/// a request with a finite keep_alive overrode it. Ollama's "forever" is
+/// about 292 years away; a keep_alive a client sets on purpose is rarely
+/// more than days.
+pub const PIN_HORIZON_S: f64 = 365.0 * 86_400.0;
+
+/// `name` with Ollama's default tag.
+pub fn full_name(name: &str) -> String {
+    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) { name.to_string() } else { format!("{name}:latest") }
+}
+
+/// The body of a load.
+pub fn load_request(model: &str, options: &Map<String, Value>) -> Value {
+    let req = GenerateRequest {
+        model: model.to_string(),
+        prompt: None,
+        keep_alive: Some(json!(-1)),
+        options: if options.is_empty() { None } else { Some(options.clone()) },
+        stream: Some(false),
+    };
+    serde_json::to_value(req).unwrap_or(Value::Null)
+}
+
+/// The body of an unload.
+pub fn unload_request(model: &str) -> Value {
+    let req = GenerateRequest { model: model.to_string(), keep_alive: Some(json!(0)), stream: Some(false), ..Default::default() };
+    serde_json::to_value(req).unwrap_or(Value::Null)
+}
+
+/// The engine's own words for a failed answer: Ollama's `{"error": ...}`,
+/// else the status and the start of the body.
+pub fn engine_message(status: u16, body: &[u8]) -> String {
+    if let Ok(e) = serde_json::from_slice::<ErrorResponse>(body) {
+        return format!("ollama: {} (HTTP {status})", e.error);
+    }
+    let text = String::from_utf8_lossy(body);
+    let excerpt: String = text.chars().take(200).collect();
+    format!("ollama: HTTP {status}: {}", excerpt.trim())
+}
+
+/// Checks the answer to a load.
+pub fn check_load(status: u16, body: &[u8]) -> Result<GenerateResponse, String> {
+    if !(200..300).contains(&status) {
+        return Err(engine_message(status, body));
+    }
+    let answer: GenerateResponse = serde_json::from_slice(body).map_err(|e| {
+        let text = String::from_utf8_lossy(body);
+        format!("ollama answered garbage to a load ({e}): {:?}", text.chars().take(120).collect::<String>())
+    })?;
+    if !answer.done {
+        return Err("ollama answered a load with done: false".into());
+    }
+    Ok(answer)
+}
+
+/// Checks the answer to an unload: it must say `done_reason: "unload"`.
+pub fn check_unload(status: u16, body: &[u8]) -> Result<(), String> {
+    if !(200..300).contains(&status) {
+        return Err(engine_message(status, body));
+    }
+    let answer: GenerateResponse = serde_json::from_slice(body).map_err(|e| {
+        let text = String::from_utf8_lossy(body);
+        format!("ollama answered garbage to an unload ({e}): {:?}", text.chars().take(120).collect::<String>())
+    })?;
+    match answer.done_reason.as_deref() {
+        Some("unload") => Ok(()),
+        other => Err(format!("ollama answered an unload with done_reason {other:?}, not \"unload\"")),
+    }
+}
+
+/// One loaded model as `/api/ps` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    /// Ollama's full name (`name:tag`).
+    pub name: String,
+    /// Bytes it takes: `size_vram`, or `size` when none is on the GPU.
+    pub bytes: u64,
+    /// Of which on the GPU.
+    pub vram_bytes: u64,
+    /// Unix seconds.
+    pub expires_at: Option<f64>,
+}
+
+/// Parses `/api/ps`.
+pub fn parse_ps(status: u16, body: &[u8]) -> Result<Vec<Running>, String> {
+    if !(200..300).contains(&status) {
+        return Err(engine_message(status, body));
+    }
+    let ps: PsResponse = serde_json::from_slice(body).map_err(|e| format!("ollama /api/ps answered garbage: {e}"))?;
+    Ok(ps
+        .models
+        .into_iter()
+        .map(|m| Running {
+            name: full_name(if m.name.is_empty() { &m.model } else { &m.name }),
+            bytes: if m.size_vram > 0 { m.size_vram } else { m.size },
+            vram_bytes: m.size_vram,
+            expires_at: parse_rfc3339(&m.expires_at).ok(),
+        })
+        .collect())
+}
+
+/// Parses `/api/tags` into full name -> bytes on disk.
+pub fn parse_tags(status: u16, body: &[u8]) -> Result<BTreeMap<String, u64>, String> {
+    if !(200..300).contains(&status) {
+        return Err(engine_message(status, body));
+    }
+    let tags: TagsResponse = serde_json::from_slice(body).map_err(|e| format!("ollama /api/tags answered garbage: {e}"))?;
+    Ok(tags.models.into_iter().map(|m| (full_name(&m.name), m.size)).collect())
+}
+
+/// The Ollama name of tierd model `model` among the local ones: the same
+/// name, or the same with `:latest`.
+pub fn resolve(model: &str, local: &BTreeMap<String, u64>) -> Option<String> {
+    let full = full_name(model);
+    local.contains_key(&full).then_some(full)
+}
+
+/// Whether a model tierd pinned needs its keep_alive re-asserted.
+pub fn pin_overridden(expires_at: Option<f64>, now: f64) -> bool {
+    match expires_at {
+        Some(t) => t < now + PIN_HORIZON_S,
+        // Ollama shows no parsable time: leave it, the next poll looks again.
+        None => false,
+    }
+}
+
+/// What the driver remembers between polls to tell activity from its own
+/// doing: the last `expires_at` of each loaded model.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last: HashMap<String, f64>,
+}
+
+impl Activity {
+    /// Compares a poll with the last one: the models a request reached in
+    /// between (their `expires_at` changed). `own` names the models whose
+    /// change tierd caused (its loads and re-assertions since the last poll).
+    pub fn accesses(&mut self, running: &[Running], own: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let mut touched = Vec::new();
+        let mut next = HashMap::with_capacity(running.len());
+        for r in running {
+            let Some(t) = r.expires_at else { continue };
+            if let Some(&before) = self.last.get(&r.name)
+                && (t - before).abs() > 0.5
+                && !own(&r.name)
+            {
+                touched.push(r.name.clone());
+            }
+            next.insert(r.name.clone(), t);
+        }
+        self.last = next;
+        touched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_and_unload_bodies_are_ollamas() {
+        let mut options = Map::new();
+        options.insert("num_ctx".into(), json!(8192));
+        assert_eq!(
+            load_request("llama3.2:latest", &options),
+            json!({"model": "llama3.2:latest", "keep_alive": -1, "options": {"num_ctx": 8192}, "stream": false})
+        );
+        assert_eq!(load_request("m", &Map::new()), json!({"model": "m", "keep_alive": -1, "stream": false}));
+        assert_eq!(unload_request("m"), json!({"model": "m", "keep_alive": 0, "stream": false}));
+    }
+
+    #[test]
+    fn answers_are_checked_with_the_engines_message() {
+        assert!(check_unload(200, br#"{"model":"m","done":true,"done_reason":"unload"}"#).is_ok());
+        assert!(check_unload(200, br#"{"model":"m","done":true}"#).unwrap_err().contains("not \"unload\""));
+        let e = check_load(404, br#"{"error":"model \"x\" not found, try pulling it first"}"#).unwrap_err();
+        assert!(e.contains("not found") && e.contains("404"), "{e}");
+        assert!(check_load(200, b"<html>").unwrap_err().contains("garbage"));
+        assert!(engine_message(502, b"Bad Gateway").contains("HTTP 502: Bad Gateway"));
+    }
+
+    #[test]
+    fn ps_footprint_and_pins() {
+        let body = br#"{"models":[{"name":"a:latest","model":"a:latest","size":100,"size_vram":80,"expires_at":"2318-01-01T00:00:00Z"},
+                                  {"name":"b","model":"b","size":50,"size_vram":0,"expires_at":"2024-06-04T14:38:31.83753-07:00"}]}"#;
+        let r = parse_ps(200, body).unwrap();
+        assert_eq!((r[0].name.as_str(), r[0].bytes), ("a:latest", 80));
+        assert_eq!((r[1].name.as_str(), r[1].bytes), ("b:latest", 50), "CPU-only model: size");
+        let now = 1_800_000_000.0;
+        assert!(!pin_overridden(r[0].expires_at, now));
+        assert!(pin_overridden(r[1].expires_at, now));
+        assert!(parse_ps(200, b"{}").is_err());
+    }
+
+    #[test]
+    fn activity_is_a_changed_expiry_not_tierds_own() {
+        let mut a = Activity::default();
+        let run = |t: f64| vec![Running { name: "a:latest".into(), bytes: 1, vram_bytes: 1, expires_at: Some(t) }];
+        assert!(a.accesses(&run(100.0), &|_| false).is_empty(), "first sight is not an access");
+        assert!(a.accesses(&run(100.0), &|_| false).is_empty());
+        assert_eq!(a.accesses(&run(400.0), &|_| false), vec!["a:latest".to_string()]);
+        assert!(a.accesses(&run(9e9), &|_| true).is_empty(), "tierd's re-assertion");
+    }
+
+    #[test]
+    fn names_resolve_with_the_default_tag() {
+        let local: BTreeMap<String, u64> = [("llama3.2:latest".to_string(), 1), ("qwen:0.5b".to_string(), 2)].into();
+        assert_eq!(resolve("llama3.2", &local).as_deref(), Some("llama3.2:latest"));
+        assert_eq!(resolve("qwen:0.5b", &local).as_deref(), Some("qwen:0.5b"));
+        assert_eq!(resolve("library/x", &local), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! `vllm`: an engine tier made of vLLM instances in sleep mode, one model
+//! each (`instances = [{ model = "...", url = "..." }]`; every instance runs
+//! with `--enable-sleep-mode` and `VLLM_SERVER_DEV_MODE=1`). Wire types:
+//! [`super::vllm_wire`].
+//!
+//! - An instance that is awake holds its model in the tier.
+//! - Demotion to the RAM tier is `POST /sleep?level=1`: the weights stay in
+//!   the vLLM process's CPU memory, so they count against the RAM tier's
+//!   budget (the driver reports them, see [`Asleep::ram_bytes`]).
+//! - Demotion to storage is `POST /sleep?level=2`: the weights are dropped.
+//! - Promotion is `POST /wake_up` from level 1; from level 2 (or a sleep
+//!   tierd did not order, whose level `/is_sleeping` does not tell) it is
+//!   `wake_up?tags=weights`, `POST /collective_rpc {"method":
+//!   "reload_weights"}`, then `wake_up?tags=kv_cache` — always correct,
+//!   since reloading level-1 weights from storage only costs time.
+//! - State: `GET /is_sleeping` every `poll_s`. The level always goes in the
+//!   query string: vLLM ignores a JSON body.
+
+use serde_json::Value;
+
+use super::vllm_wire::{
+    COLLECTIVE_RPC, CollectiveRpcRequest, DetailResponse, IS_SLEEPING, IsSleepingResponse, RELOAD_WEIGHTS, SleepLevel, WAKE_UP,
+    WAKE_UP_KV_CACHE, WAKE_UP_WEIGHTS,
+};
+
+/// What tierd knows of a sleeping instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asleep {
+    /// tierd put it to sleep at this level.
+    Level(SleepLevel),
+    /// Someone else did; `/is_sleeping` does not say at which level.
+    Unknown,
+}
+
+impl Asleep {
+    /// Whether the instance's CPU memory holds the weights (counted against
+    /// the RAM tier's budget). An unknown sleep is assumed to be level 1,
+    /// vLLM's default for `POST /sleep`, so the RAM budget errs on the safe
+    /// side.
+    pub fn ram_bytes(self) -> bool {
+        !matches!(self, Asleep::Level(SleepLevel::Two))
+    }
+}
+
+/// One HTTP step of a sleep or a wake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// `POST` path, query included.
+    pub path: &'static str,
+    /// JSON body, if any.
+    pub body: Option<Value>,
+}
+
+/// The sleep level of a demotion: to the tier right below (RAM) level 1,
+/// further down level 2.
+pub fn sleep_level(to_ram: bool) -> SleepLevel {
+    if to_ram { SleepLevel::One } else { SleepLevel::Two }
+}
+
+/// The step that puts an instance to sleep.
+pub fn sleep_step(level: SleepLevel) -> Step {
+    Step { path: level.path(), body: None }
+}
+
+/// The steps that wake an instance from `asleep`.
+pub fn wake_steps(asleep: Asleep) -> Vec<Step> {
+    match asleep {
+        Asleep::Level(SleepLevel::One) => vec![Step { path: WAKE_UP, body: None }],
+        Asleep::Level(SleepLevel::Two) | Asleep::Unknown => vec![
+            Step { path: WAKE_UP_WEIGHTS, body: None },
+            Step {
+                path: COLLECTIVE_RPC,
+                body: serde_json::to_value(CollectiveRpcRequest { method: RELOAD_WEIGHTS.into(), ..Default::default() }).ok(),
+            },
+            Step { path: WAKE_UP_KV_CACHE, body: None },
+        ],
+    }
+}
+
+/// The path of the state.
+pub const STATE_PATH: &str = IS_SLEEPING;
+
+/// The engine's own words for a failed answer: FastAPI's `{"detail": ...}`,
+/// else the status and the start of the body.
+pub fn engine_message(status: u16, body: &[u8]) -> String {
+    if let Ok(d) = serde_json::from_slice::<DetailResponse>(body) {
+        let detail = match d.detail {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        return format!("vllm: {detail} (HTTP {status})");
+    }
+    let text = String::from_utf8_lossy(body);
+    let excerpt: String = text.chars().take(200).collect();
+    format!("vllm: HTTP {status}: {}", excerpt.trim())
+}
+
+/// Checks the answer to a step.
+pub fn check_step(step: &Step, status: u16, body: &[u8]) -> Result<(), String> {
+    if (200..300).contains(&status) {
+        // collective_rpc answers JSON or nothing; the others nothing.
+        if step.path == COLLECTIVE_RPC && !body.is_empty() && serde_json::from_slice::<Value>(body).is_err() {
+            return Err(format!("vllm answered garbage to {}", step.path));
+        }
+        return Ok(());
+    }
+    Err(format!("{} failed: {}", step.path, engine_message(status, body)))
+}
+
+/// Parses `/is_sleeping`.
+pub fn parse_is_sleeping(status: u16, body: &[u8]) -> Result<bool, String> {
+    if !(200..300).contains(&status) {
+        return Err(engine_message(status, body));
+    }
+    serde_json::from_slice::<IsSleepingResponse>(body)
+        .map(|s| s.is_sleeping)
+        .map_err(|e| format!("vllm /is_sleeping answered garbage: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn demotions_pick_the_level_in_the_query_string() {
+        assert_eq!(sleep_step(sleep_level(true)).path, "/sleep?level=1");
+        assert_eq!(sleep_step(sleep_level(false)).path, "/sleep?level=2");
+        assert_eq!(sleep_step(SleepLevel::Two).body, None, "no body: vLLM ignores it");
+    }
+
+    #[test]
+    fn level_two_and_unknown_sleeps_wake_in_three_steps() {
+        assert_eq!(wake_steps(Asleep::Level(SleepLevel::One)).iter().map(|s| s.path).collect::<Vec<_>>(), vec!["/wake_up"]);
+        for asleep in [Asleep::Level(SleepLevel::Two), Asleep::Unknown] {
+            let steps = wake_steps(asleep);
+            assert_eq!(
+                steps.iter().map(|s| s.path).collect::<Vec<_>>(),
+                vec!["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"]
+            );
+            assert_eq!(steps[1].body, Some(json!({"method": "reload_weights"})));
+        }
+        assert!(Asleep::Unknown.ram_bytes() && Asleep::Level(SleepLevel::One).ram_bytes());
+        assert!(!Asleep::Level(SleepLevel::Two).ram_bytes());
+    }
+
+    #[test]
+    fn answers_carry_the_engines_message() {
+        assert_eq!(parse_is_sleeping(200, br#"{"is_sleeping": true}"#), Ok(true));
+        assert!(parse_is_sleeping(200, b"nope").unwrap_err().contains("garbage"));
+        let step = &wake_steps(Asleep::Unknown)[1];
+        let e = check_step(step, 400, br#"{"detail": "Missing 'method' in request body"}"#).unwrap_err();
+        assert!(e.contains("Missing 'method'") && e.contains("400"), "{e}");
+        assert!(check_step(step, 500, b"Internal Server Error").unwrap_err().contains("HTTP 500: Internal Server Error"));
+        assert!(check_step(step, 200, b"").is_ok());
+    }
+}
