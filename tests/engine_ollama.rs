@@ -73,3 +73,213 @@ fn fake_ollama_follows_the_documented_api() {
     fake.come_back();
     assert!(ps(&url).models.is_empty(), "a restarted Ollama has nothing loaded");
 }
+
+// ------------------------------------------------------ tierd's ollama tier
+
+mod real_support;
+
+use real_support::{MB as MIB, Wire, engine, make_file, now};
+use tierd::store::StateStore;
+use tierd::tiers::{Engine, MoveOptions};
+
+/// The model every test moves: Ollama's name is tierd's.
+const M: &str = "llama3.2:latest";
+
+/// A real machine with an `ollama` tier (`gpu0`) above `ram` (pagecache)
+/// and `storage`, the model registered from storage, and the fake.
+struct Rig {
+    _root: tempfile::TempDir,
+    fake: FakeOllama,
+    e: Engine,
+    _store: StateStore,
+}
+
+fn rig_with(extra: &str, models: &[(&str, u64)]) -> Rig {
+    let root = tempfile::tempdir().expect("tempdir");
+    let fake = FakeOllama::start(models);
+    let text = format!(
+        "state_dir = {state:?}\nmax_single_model_gb = 100.0\n\
+         [[tiers]]\nname = \"gpu0\"\ndriver = \"ollama\"\nurl = {url:?}\nmax_gb = 4.0\nmax_models = 3\npoll_s = 0.05\n\
+         load_timeout_s = 5.0\noptions = {{ num_ctx = 8192 }}\n{extra}\n\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 4.0\nreserved_gb = 0.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = root.path().join("state"),
+        url = fake.url(),
+    );
+    let cfg = tierd::config::Config::from_toml(&text).expect("config parses");
+    let (mut e, store, _) = engine(&cfg);
+    for (name, _) in models {
+        let file = root.path().join("blobs").join(name.replace(':', "-"));
+        make_file(&file, 2 * MIB, 3);
+        e.register_json(now(), &ollama_full(name), None, Some("storage"), Some(&file)).expect("register");
+    }
+    Rig { _root: root, fake, e, _store: store }
+}
+
+fn ollama_full(name: &str) -> String {
+    engine_fakes::ollama::full_name(name)
+}
+
+fn rig() -> Rig {
+    rig_with("", &[("llama3.2", 100 * MB), ("qwen:0.5b", 50 * MB)])
+}
+
+impl Rig {
+    fn tick_for(&mut self, d: Duration) {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {
+            self.e.tick(now());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    /// Ticks until `done` holds of the engine (at most 10 s); whether it did.
+    fn until(&mut self, done: impl Fn(&mut Engine) -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            self.e.tick(now());
+            if done(&mut self.e) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+    fn tier_of(&mut self, model: &str) -> String {
+        self.e.model_json(now(), model).expect("model_info")["model"]["tier"].as_str().unwrap_or("").to_string()
+    }
+    fn tier(&mut self, tier: &str) -> Value {
+        self.e.status_json(now())["tiers"][tier].clone()
+    }
+    /// Moves and waits; the job's final status.
+    fn move_wait(&mut self, model: &str, to: &str) -> Value {
+        self.e.tick(now());
+        let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
+        real_support::wait(&mut self.e, &s.job_id, Duration::from_secs(20))
+    }
+    /// The jobs recorded with `origin: "engine"` for `model`.
+    fn engine_jobs(&mut self, model: &str) -> Vec<Value> {
+        let jobs = self.e.jobs_json(now());
+        let list = jobs["jobs"].as_array().cloned().unwrap_or_default();
+        list.into_iter().filter(|j| j["origin"] == "engine" && j["model_name"] == model).collect()
+    }
+}
+
+#[test]
+fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
+    let mut r = rig();
+    let st = r.move_wait(M, "gpu0");
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(r.fake.loaded(), vec![M.to_string()]);
+    let load = r.fake.generate_requests().into_iter().find(|b| b["keep_alive"] == json!(-1)).expect("a load request");
+    assert_eq!(load["model"], M);
+    assert_eq!(load["options"]["num_ctx"], 8192, "the configured options go with the load");
+    assert!(load.get("prompt").is_none_or(|p| p == ""), "no prompt: {load}");
+    assert!(r.fake.expires_at(M).unwrap() > now() + 100.0 * 365.0 * 86400.0, "pinned forever");
+    let info = r.e.model_json(now(), M).expect("model_info");
+    assert_eq!(info["model"]["tier"], "gpu0", "{info}");
+    // The footprint is what /api/ps reports (size_vram = 125 MB).
+    let gpu = r.tier("gpu0");
+    assert_eq!(gpu["models"], 1, "{gpu}");
+    assert!((gpu["used_gb"].as_f64().unwrap() - 0.125).abs() < 1e-6, "{gpu}");
+
+    let st = r.move_wait(M, "ram");
+    assert_eq!(st["status"], "success", "{st}");
+    assert!(r.fake.loaded().is_empty(), "unloaded");
+    assert!(r.fake.generate_requests().iter().any(|b| b["keep_alive"] == json!(0) && b["model"] == M));
+    assert_eq!(r.tier_of(M), "ram");
+}
+
+#[test]
+fn loads_and_unloads_by_others_move_the_model_in_the_books() {
+    let mut r = rig();
+    r.fake.external_load("qwen:0.5b", KeepAlive::For(Duration::from_secs(300)));
+    assert!(r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] == "gpu0"), "external load noticed");
+    assert!(!r.engine_jobs("qwen:0.5b").is_empty(), "recorded with origin engine: {}", r.e.jobs_json(now()));
+    r.fake.evict("qwen:0.5b");
+    assert!(r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] != "gpu0"), "eviction noticed");
+    assert!(r.engine_jobs("qwen:0.5b").len() >= 2, "{}", r.e.jobs_json(now()));
+}
+
+#[test]
+fn a_native_clients_keep_alive_is_overridden_by_the_pin() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    // A client's request with keep_alive "5m" replaced tierd's -1.
+    let (status, _) =
+        request(&r.fake.url(), "POST", "/api/generate", Some(&json!({"model": M, "prompt": "hi", "keep_alive": "5m"}))).unwrap();
+    assert_eq!(status, 200);
+    assert!(r.fake.expires_at(M).unwrap() < now() + 301.0);
+    let fake_expiry = |r: &mut Rig| r.fake.expires_at(M).unwrap_or(0.0);
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while fake_expiry(&mut r) < now() + 365.0 * 86400.0 && std::time::Instant::now() < end {
+        r.tick_for(Duration::from_millis(20));
+    }
+    assert!(fake_expiry(&mut r) > now() + 100.0 * 365.0 * 86400.0, "tierd re-asserted keep_alive -1");
+    assert_eq!(r.tier_of(M), "gpu0");
+}
+
+#[test]
+fn an_engine_down_makes_the_tier_unavailable_and_its_state_is_read_again() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    r.fake.go_down();
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == false), "{}", r.tier("gpu0"));
+    let gpu = r.tier("gpu0");
+    assert!(gpu.to_string().contains("127.0.0.1"), "the reason names the engine: {gpu}");
+    // A move into it fails clearly (or waits) rather than hanging.
+    let answer = r.e.move_model(now(), "qwen:0.5b", "gpu0", &MoveOptions::default());
+    if let Ok(s) = answer {
+        let st = real_support::wait(&mut r.e, &s.job_id, Duration::from_secs(20));
+        assert_ne!(st["status"], "success", "{st}");
+    }
+    // Back, without the model (a restarted Ollama has nothing loaded): re-read.
+    r.fake.come_back();
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true), "{}", r.tier("gpu0"));
+    assert!(r.until(|e| e.model_json(now(), M).unwrap()["model"]["tier"] != "gpu0"), "the lost model left the tier");
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+}
+
+#[test]
+fn a_load_that_times_out_fails_and_the_late_model_is_unloaded() {
+    let mut r = rig_with("", &[("llama3.2", 100 * MB)]);
+    // This test's timeout: 5 s configured; the load takes 8 s.
+    r.fake.set_load_s(M, 8.0);
+    let st = r.move_wait(M, "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(err.contains("timed out") || err.contains("timeout"), "{st}");
+    assert_eq!(r.tier_of(M), "storage", "rolled back");
+    // The engine finished the abandoned load later; tierd unloads it.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end && (r.fake.is_loading(M) || !r.fake.loaded().is_empty()) {
+        r.tick_for(Duration::from_millis(50));
+    }
+    assert!(r.fake.loaded().is_empty(), "the half-loaded model was unloaded");
+    assert_eq!(r.tier_of(M), "storage");
+}
+
+#[test]
+fn garbage_and_http_errors_fail_the_move_with_the_engines_message() {
+    let mut r = rig();
+    r.fake.fail_next("/api/generate", Fault::Status(500, r#"{"error":"model requires more system memory (7.1 GiB) than is available (3.2 GiB)"}"#.into()), 10);
+    let st = r.move_wait(M, "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["error"].as_str().unwrap_or_default().contains("requires more system memory"), "{st}");
+    assert_eq!(r.tier_of(M), "storage");
+    r.fake.server.clear_faults();
+    r.fake.fail_next("/api/generate", Fault::Garbage, 10);
+    let st = r.move_wait(M, "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["error"].as_str().unwrap_or_default().contains("garbage"), "{st}");
+    assert_eq!(r.tier_of(M), "storage");
+    r.fake.server.clear_faults();
+    // Unknown to Ollama: a clear failure, not a hang.
+    let file = r._root.path().join("blobs/unknown");
+    make_file(&file, MIB, 9);
+    r.e.register_json(now(), "mistral:7b", None, Some("storage"), Some(&file)).expect("register");
+    let st = r.move_wait("mistral:7b", "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["error"].as_str().unwrap_or_default().contains("not found"), "{st}");
+    // And the tier still works.
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+}

@@ -58,3 +58,174 @@ fn fake_vllm_follows_the_documented_api() {
     fake.come_back();
     assert!(!is_sleeping(&url));
 }
+
+// -------------------------------------------------------- tierd's vllm tier
+
+mod real_support;
+
+use std::time::{Duration, Instant};
+
+use engine_fakes::http::Fault;
+use real_support::{MB, Wire, engine, make_file, now};
+use serde_json::Value;
+use tierd::store::StateStore;
+use tierd::tiers::{Engine, MoveOptions};
+
+const A: &str = "qwen3-0.6b";
+const B: &str = "llama-3.2-1b";
+
+/// A real machine with a `vllm` tier (`gpu0`, two instances) above `ram`
+/// (pagecache) and `storage`; both models registered from storage.
+struct Rig {
+    root: tempfile::TempDir,
+    a: FakeVllm,
+    b: FakeVllm,
+    e: Engine,
+    _store: StateStore,
+}
+
+fn rig() -> Rig {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = FakeVllm::start("Qwen/Qwen3-0.6B");
+    let b = FakeVllm::start("meta-llama/Llama-3.2-1B");
+    // Both start asleep at level 2, as tierd would leave them.
+    a.external_sleep(2);
+    b.external_sleep(2);
+    let text = format!(
+        "state_dir = {state:?}\nmax_single_model_gb = 100.0\n\
+         [[tiers]]\nname = \"gpu0\"\ndriver = \"vllm\"\nmax_gb = 4.0\npoll_s = 0.05\nload_timeout_s = 5.0\n\
+         instances = [{{ model = {A:?}, url = {ua:?} }}, {{ model = {B:?}, url = {ub:?} }}]\n\
+         [[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 4.0\nreserved_gb = 0.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = root.path().join("state"),
+        ua = a.url(),
+        ub = b.url(),
+    );
+    let cfg = tierd::config::Config::from_toml(&text).expect("config parses");
+    let (mut e, store, _) = engine(&cfg);
+    for name in [A, B] {
+        let file = root.path().join("models").join(name).join("model.safetensors");
+        make_file(&file, 2 * MB, 5);
+        e.register_json(now(), name, None, Some("storage"), Some(&file)).expect("register");
+    }
+    Rig { root, a, b, e, _store: store }
+}
+
+impl Rig {
+    fn until(&mut self, done: impl Fn(&mut Engine) -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            self.e.tick(now());
+            if done(&mut self.e) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+    fn tier_of(&mut self, model: &str) -> String {
+        self.e.model_json(now(), model).expect("model_info")["model"]["tier"].as_str().unwrap_or("").to_string()
+    }
+    fn move_wait(&mut self, model: &str, to: &str) -> Value {
+        self.e.tick(now());
+        let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
+        real_support::wait(&mut self.e, &s.job_id, Duration::from_secs(20))
+    }
+    fn engine_jobs(&mut self, model: &str) -> usize {
+        let jobs = self.e.jobs_json(now());
+        jobs["jobs"].as_array().map_or(0, |l| l.iter().filter(|j| j["origin"] == "engine" && j["model_name"] == model).count())
+    }
+}
+
+#[test]
+fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
+    let mut r = rig();
+    // From storage (level 2): weights, reload_weights, kv_cache, in order.
+    let st = r.move_wait(A, "gpu0");
+    assert_eq!(st["status"], "success", "{st}");
+    assert!(!r.a.is_sleeping());
+    let posts = r.a.posts();
+    assert_eq!(posts, vec!["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"], "{posts:?}");
+    assert_eq!(r.a.reloads(), 1);
+    // To RAM: level 1 in the query string.
+    let st = r.move_wait(A, "ram");
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(r.a.last_level(), Some(1));
+    assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Cpu);
+    assert_eq!(r.a.posts().last().map(String::as_str), Some("/sleep?level=1"));
+    assert_eq!(r.tier_of(A), "ram");
+    // From level 1: a plain wake_up.
+    let st = r.move_wait(A, "gpu0");
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(r.a.posts().last().map(String::as_str), Some("/wake_up"));
+    assert_eq!(r.a.reloads(), 1, "no reload from level 1");
+    // To storage: level 2.
+    let st = r.move_wait(A, "storage");
+    assert_eq!(st["status"], "success", "{st}");
+    assert_eq!(r.a.last_level(), Some(2));
+    assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Discarded);
+    assert_eq!(r.tier_of(A), "storage");
+    assert_eq!(r.tier_of(B), "storage", "the other instance untouched");
+    assert!(r.b.posts().is_empty());
+}
+
+#[test]
+fn wakes_and_sleeps_by_others_move_the_model_in_the_books() {
+    let mut r = rig();
+    r.b.external_wake();
+    assert!(r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] == "gpu0"), "external wake noticed");
+    assert!(r.engine_jobs(B) >= 1);
+    r.b.external_sleep(1);
+    assert!(r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] != "gpu0"), "external sleep noticed");
+    assert!(r.engine_jobs(B) >= 2);
+    // The level of a sleep tierd did not order is unknown: the safe wake.
+    let st = r.move_wait(B, "gpu0");
+    assert_eq!(st["status"], "success", "{st}");
+    let posts = r.b.posts();
+    assert_eq!(&posts[posts.len() - 3..], ["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"]);
+}
+
+#[test]
+fn an_instance_down_makes_the_tier_unavailable_and_comes_back_awake() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(A, "gpu0")["status"], "success");
+    r.a.go_down();
+    assert!(
+        r.until(|e| {
+            let t = &e.status_json(now())["tiers"]["gpu0"];
+            t["available"] == false || t.to_string().contains("down")
+        }),
+        "{}",
+        r.e.status_json(now())["tiers"]["gpu0"]
+    );
+    r.a.come_back();
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true));
+    assert!(r.until(|e| e.model_json(now(), A).unwrap()["model"]["tier"] == "gpu0"), "a restarted instance is awake");
+}
+
+#[test]
+fn a_failed_wake_step_fails_the_move_and_puts_the_instance_back_to_sleep() {
+    let mut r = rig();
+    r.a.fail_next("/collective_rpc", Fault::Status(500, "Internal Server Error".into()), 10);
+    let st = r.move_wait(A, "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    assert!(st["error"].as_str().unwrap_or_default().contains("500"), "{st}");
+    assert_eq!(r.tier_of(A), "storage", "rolled back");
+    assert!(r.until(|_| true));
+    assert!(r.a.is_sleeping(), "the half-woken instance sleeps again");
+    r.a.server.clear_faults();
+    // A wake slower than load_timeout_s (5 s): failed, and asleep again.
+    r.a.set_times(0.05, 8.0);
+    let st = r.move_wait(A, "gpu0");
+    assert_eq!(st["status"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(err.contains("timed out") || err.contains("timeout"), "{st}");
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && !r.a.is_sleeping() {
+        r.e.tick(now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(r.a.is_sleeping());
+    assert_eq!(r.tier_of(A), "storage");
+    let _ = &r.root;
+}
