@@ -283,3 +283,65 @@ fn garbage_and_http_errors_fail_the_move_with_the_engines_message() {
     // And the tier still works.
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
 }
+
+// ------------------------------------------------------------ the property
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What Ollama (or its other clients) may do between two polls.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Another client loads model `i` with this keep_alive (seconds).
+        Load(usize, u64),
+        /// Ollama unloads model `i` on its own.
+        Evict(usize),
+        /// A client shortens model `i`'s keep_alive (it stays loaded).
+        Touch(usize),
+    }
+
+    const NAMES: [&str; 3] = ["llama3.2:latest", "qwen:0.5b", "phi3:mini"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..NAMES.len(), 60u64..600).prop_map(|(i, k)| Op::Load(i, k)),
+            (0..NAMES.len()).prop_map(Op::Evict),
+            (0..NAMES.len()).prop_map(Op::Touch),
+        ]
+    }
+
+    fn books(e: &mut Engine) -> Vec<String> {
+        let mut v: Vec<String> = NAMES
+            .iter()
+            .filter(|n| e.model_json(now(), n).ok().is_some_and(|m| m["model"]["tier"] == "gpu0"))
+            .map(|n| n.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, max_shrink_iters: 16, ..ProptestConfig::default() })]
+
+        /// Whatever Ollama does on its own, after the next poll tierd's
+        /// books hold exactly the engine's loaded set, and the engine's
+        /// invariants hold.
+        #[test]
+        fn the_books_follow_the_engine(ops in proptest::collection::vec(op(), 1..7)) {
+            let mut r = rig_with("", &[(NAMES[0], 60 * MB), (NAMES[1], 40 * MB), (NAMES[2], 30 * MB)]);
+            for op in ops {
+                match op {
+                    Op::Load(i, k) => r.fake.external_load(NAMES[i], KeepAlive::For(Duration::from_secs(k))),
+                    Op::Evict(i) => r.fake.evict(NAMES[i]),
+                    Op::Touch(i) => r.fake.set_expiry(NAMES[i], 120.0),
+                }
+                let mut engine_set = r.fake.loaded();
+                engine_set.sort();
+                let matched = r.until(|e| books(e) == engine_set);
+                prop_assert!(matched, "books {:?} engine {:?}", books(&mut r.e), engine_set);
+                r.e.check_invariants().map_err(|e| TestCaseError::fail(format!("invariants: {e}")))?;
+            }
+        }
+    }
+}
