@@ -242,3 +242,89 @@ mod tests {
         assert_eq!(resolve("library/x", &local), None);
     }
 }
+
+// ------------------------------------------------------------- operations
+
+/// One HTTP exchange with the engine: `(status, body)`, or why there was no
+/// answer (refused, reset, timed out). Implemented over the engine-tier
+/// HTTP client; the operations below take it so that they can run on any
+/// worker thread and be tested against the fakes.
+pub trait Exchange {
+    fn exchange(&self, method: &str, path: &str, body: Option<&Value>, timeout: std::time::Duration) -> Result<(u16, Vec<u8>), String>;
+}
+
+/// How often a load or an unload looks at `/api/ps` while it waits for
+/// Ollama to list (or drop) the model.
+pub const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn left(deadline: std::time::Instant) -> Result<std::time::Duration, String> {
+    deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()).ok_or_else(|| "timed out".to_string())
+}
+
+/// Reads `/api/ps`.
+pub fn running(http: &dyn Exchange, timeout: std::time::Duration) -> Result<Vec<Running>, String> {
+    let (status, body) = http.exchange("GET", "/api/ps", None, timeout)?;
+    parse_ps(status, &body)
+}
+
+/// Reads `/api/tags`.
+pub fn local_models(http: &dyn Exchange, timeout: std::time::Duration) -> Result<BTreeMap<String, u64>, String> {
+    let (status, body) = http.exchange("GET", "/api/tags", None, timeout)?;
+    parse_tags(status, &body)
+}
+
+/// Loads `name` pinned, with `options`, and waits until `/api/ps` lists it;
+/// its entry. `Err` carries the engine's message, or says it timed out at
+/// `deadline` (the caller then unloads what the engine may still finish
+/// loading). `cancelled` is asked between steps.
+pub fn load(
+    http: &dyn Exchange,
+    name: &str,
+    options: &Map<String, Value>,
+    deadline: std::time::Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Running, String> {
+    let timed_out = |what: &str| format!("ollama: loading {name} timed out ({what})");
+    let wait = left(deadline).map_err(|_| timed_out("before it started"))?;
+    let (status, body) = http
+        .exchange("POST", "/api/generate", Some(&load_request(name, options)), wait)
+        .map_err(|e| if left(deadline).is_err() { timed_out(&e) } else { format!("ollama: load of {name}: {e}") })?;
+    check_load(status, &body)?;
+    loop {
+        if cancelled() {
+            return Err("cancelled".into());
+        }
+        let wait = left(deadline).map_err(|_| timed_out("/api/ps never listed it"))?;
+        if let Some(r) = running(http, wait)?.into_iter().find(|r| r.name == name) {
+            return Ok(r);
+        }
+        std::thread::sleep(SETTLE_POLL.min(wait));
+    }
+}
+
+/// Unloads `name` and waits until `/api/ps` no longer lists it.
+pub fn unload(http: &dyn Exchange, name: &str, deadline: std::time::Instant) -> Result<(), String> {
+    let wait = left(deadline).map_err(|_| format!("ollama: unloading {name} timed out"))?;
+    let (status, body) = http.exchange("POST", "/api/generate", Some(&unload_request(name)), wait)?;
+    check_unload(status, &body)?;
+    loop {
+        let wait = left(deadline).map_err(|_| format!("ollama: unloading {name} timed out: /api/ps still lists it"))?;
+        if !running(http, wait)?.iter().any(|r| r.name == name) {
+            return Ok(());
+        }
+        std::thread::sleep(SETTLE_POLL.min(wait));
+    }
+}
+
+/// Re-asserts tierd's pin on a loaded model (the same empty-prompt request
+/// as a load, which Ollama answers at once for a loaded model with the same
+/// options).
+pub fn reassert_pin(
+    http: &dyn Exchange,
+    name: &str,
+    options: &Map<String, Value>,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let (status, body) = http.exchange("POST", "/api/generate", Some(&load_request(name, options)), timeout)?;
+    check_load(status, &body).map(|_| ())
+}

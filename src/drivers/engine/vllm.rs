@@ -155,3 +155,63 @@ mod tests {
         assert!(check_step(step, 200, b"").is_ok());
     }
 }
+
+// ------------------------------------------------------------- operations
+
+pub use super::ollama::Exchange;
+
+fn left(deadline: std::time::Instant) -> Option<std::time::Duration> {
+    deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero())
+}
+
+/// Runs one step before `deadline`.
+pub fn run_step(http: &dyn Exchange, step: &Step, deadline: std::time::Instant) -> Result<(), String> {
+    let wait = left(deadline).ok_or_else(|| format!("vllm: {} timed out", step.path))?;
+    let (status, body) = http
+        .exchange("POST", step.path, step.body.as_ref(), wait)
+        .map_err(|e| if left(deadline).is_none() { format!("vllm: {} timed out ({e})", step.path) } else { format!("vllm: {}: {e}", step.path) })?;
+    check_step(step, status, &body)
+}
+
+/// Reads `/is_sleeping`.
+pub fn is_sleeping(http: &dyn Exchange, timeout: std::time::Duration) -> Result<bool, String> {
+    let (status, body) = http.exchange("GET", STATE_PATH, None, timeout)?;
+    parse_is_sleeping(status, &body)
+}
+
+/// Wakes an instance from `asleep`, then checks `/is_sleeping` says awake.
+/// On an error the steps already done are reported (`Err((message,
+/// done))`) so that the caller can put the instance back to sleep.
+pub fn wake(http: &dyn Exchange, asleep: Asleep, deadline: std::time::Instant) -> Result<(), (String, usize)> {
+    let steps = wake_steps(asleep);
+    for (i, step) in steps.iter().enumerate() {
+        run_step(http, step, deadline).map_err(|e| (e, i))?;
+    }
+    let wait = left(deadline).ok_or_else(|| ("vllm: wake timed out".to_string(), steps.len()))?;
+    match is_sleeping(http, wait) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(("vllm: /is_sleeping still says true after the wake".into(), steps.len())),
+        Err(e) => Err((e, steps.len())),
+    }
+}
+
+/// Puts an instance to sleep at `level` and checks that it sleeps.
+pub fn sleep(http: &dyn Exchange, level: SleepLevel, deadline: std::time::Instant) -> Result<(), String> {
+    run_step(http, &sleep_step(level), deadline)?;
+    let wait = left(deadline).ok_or_else(|| "vllm: sleep timed out".to_string())?;
+    if is_sleeping(http, wait)? { Ok(()) } else { Err("vllm: /is_sleeping says false after the sleep".into()) }
+}
+
+/// Puts a half-woken instance back to sleep at `level` (the rollback of a
+/// failed promotion). While any tag still sleeps, vLLM ignores `/sleep`, so
+/// a wake that stopped half-way is finished first (reload the weights, wake
+/// the KV cache), then the instance sleeps.
+pub fn back_to_sleep(http: &dyn Exchange, level: SleepLevel, deadline: std::time::Instant) -> Result<(), String> {
+    let wait = left(deadline).ok_or_else(|| "vllm: rollback timed out".to_string())?;
+    if is_sleeping(http, wait)? {
+        for step in wake_steps(Asleep::Unknown) {
+            run_step(http, &step, deadline)?;
+        }
+    }
+    sleep(http, level, deadline)
+}
