@@ -74,6 +74,40 @@ fn fake_ollama_follows_the_documented_api() {
     assert!(ps(&url).models.is_empty(), "a restarted Ollama has nothing loaded");
 }
 
+/// The driver's operations, run straight against the fake.
+struct Direct(String);
+
+impl tierd::drivers::engine::ollama::Exchange for Direct {
+    fn exchange(&self, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+        engine_fakes::http::request_within(&self.0, method, path, body, timeout).map(|(s, b)| (s, b.into_bytes()))
+    }
+}
+
+#[test]
+fn the_operations_wait_for_api_ps() {
+    use std::time::Instant;
+    use tierd::drivers::engine::ollama as op;
+    let fake = FakeOllama::start(&[("llama3.2", 100 * MB)]);
+    let http = Direct(fake.url());
+    let mut options = serde_json::Map::new();
+    options.insert("num_ctx".into(), json!(2048));
+    fake.set_load_s("llama3.2", 0.2);
+    let r = op::load(&http, "llama3.2:latest", &options, Instant::now() + Duration::from_secs(5), &|| false).expect("load");
+    assert_eq!(r.bytes, 125 * MB);
+    assert!(!op::pin_overridden(r.expires_at, engine_fakes::unix_now()));
+    assert_eq!(fake.options_of("llama3.2").unwrap()["num_ctx"], 2048);
+    // Ollama takes a while to drop it from /api/ps: unload waits for that.
+    fake.state.lock().unwrap().unload_s = 0.2;
+    op::unload(&http, "llama3.2:latest", Instant::now() + Duration::from_secs(5)).expect("unload");
+    assert!(fake.loaded().is_empty());
+    // A load slower than its deadline times out.
+    fake.set_load_s("llama3.2", 2.0);
+    let e = op::load(&http, "llama3.2:latest", &options, Instant::now() + Duration::from_millis(300), &|| false).unwrap_err();
+    assert!(e.contains("timed out"), "{e}");
+    let e = op::load(&http, "nope", &options, Instant::now() + Duration::from_secs(5), &|| false).unwrap_err();
+    assert!(e.contains("not found"), "{e}");
+}
+
 // ------------------------------------------------------ tierd's ollama tier
 
 mod real_support;

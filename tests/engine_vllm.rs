@@ -59,6 +59,45 @@ fn fake_vllm_follows_the_documented_api() {
     assert!(!is_sleeping(&url));
 }
 
+/// The driver's operations, run straight against the fake.
+struct Direct(String);
+
+impl tierd::drivers::engine::vllm::Exchange for Direct {
+    fn exchange(&self, method: &str, path: &str, body: Option<&serde_json::Value>, timeout: std::time::Duration) -> Result<(u16, Vec<u8>), String> {
+        engine_fakes::http::request_within(&self.0, method, path, body, timeout).map(|(s, b)| (s, b.into_bytes()))
+    }
+}
+
+#[test]
+fn the_operations_follow_the_wake_sequence_and_roll_back() {
+    use std::time::{Duration, Instant};
+    use tierd::drivers::engine::vllm::{self as op, Asleep};
+    use tierd::drivers::engine::vllm_wire::SleepLevel;
+    let fake = FakeVllm::start("m");
+    let http = Direct(fake.url());
+    let soon = || Instant::now() + Duration::from_secs(5);
+    op::sleep(&http, SleepLevel::Two, soon()).expect("sleep");
+    assert_eq!(fake.weights(), Weights::Discarded);
+    op::wake(&http, Asleep::Level(SleepLevel::Two), soon()).expect("wake");
+    assert_eq!(fake.weights(), Weights::Gpu);
+    assert_eq!(fake.reloads(), 1);
+    // A failed reload: the wake reports how far it got; the rollback
+    // finishes it and sleeps again, so no weights stay on the GPU.
+    op::sleep(&http, SleepLevel::Two, soon()).expect("sleep");
+    fake.fail_next("/collective_rpc", engine_fakes::http::Fault::Status(500, "Internal Server Error".into()), 1);
+    let (e, done) = op::wake(&http, Asleep::Level(SleepLevel::Two), soon()).unwrap_err();
+    assert_eq!(done, 1, "{e}");
+    assert!(e.contains("HTTP 500"), "{e}");
+    assert_eq!(fake.weights(), Weights::Uninitialised);
+    op::back_to_sleep(&http, SleepLevel::Two, soon()).expect("rollback");
+    assert_eq!(fake.weights(), Weights::Discarded);
+    assert!(fake.is_sleeping());
+    // A reload slower than the deadline times out.
+    fake.set_times(0.05, 2.0);
+    let (e, _) = op::wake(&http, Asleep::Unknown, Instant::now() + Duration::from_millis(300)).unwrap_err();
+    assert!(e.contains("timed out"), "{e}");
+}
+
 // -------------------------------------------------------- tierd's vllm tier
 
 mod real_support;

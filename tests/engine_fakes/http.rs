@@ -383,9 +383,20 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
 /// A native client's request (or a test's look): one request on a fresh
 /// connection; `Err` when the server cannot be reached.
 pub fn request(url: &str, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<(u16, String), String> {
+    request_within(url, method, path, body, Duration::from_secs(30))
+}
+
+/// As [`request`], giving up after `timeout`.
+pub fn request_within(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let host = url.strip_prefix("http://").ok_or("only http:// urls")?;
     let mut stream = TcpStream::connect(host).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
