@@ -24,8 +24,13 @@ fn fake_ollama_follows_the_documented_api() {
     let fake = FakeOllama::start(&[("llama3.2", 100 * MB), ("qwen:0.5b", 50 * MB)]);
     let url = fake.url();
     // Load: empty prompt, keep_alive -1 -> listed, expires centuries away.
-    let (status, body) =
-        request(&url, "POST", "/api/generate", Some(&json!({"model": "llama3.2", "keep_alive": -1, "stream": false}))).unwrap();
+    let (status, body) = request(
+        &url,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "llama3.2", "keep_alive": -1, "stream": false})),
+    )
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["done"], true);
@@ -34,10 +39,19 @@ fn fake_ollama_follows_the_documented_api() {
     assert_eq!(listed.models[0].name, "llama3.2:latest");
     assert_eq!(listed.models[0].size_vram, 125 * MB);
     let expires = parse_rfc3339(&listed.models[0].expires_at).unwrap();
-    assert!(expires > engine_fakes::unix_now() + 100.0 * 365.0 * 86400.0, "{}", listed.models[0].expires_at);
+    assert!(
+        expires > engine_fakes::unix_now() + 100.0 * 365.0 * 86400.0,
+        "{}",
+        listed.models[0].expires_at
+    );
     // A native client's "5m" overrides the pin.
-    let (status, _) =
-        request(&url, "POST", "/api/generate", Some(&json!({"model": "llama3.2", "prompt": "hi", "keep_alive": "5m"}))).unwrap();
+    let (status, _) = request(
+        &url,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "llama3.2", "prompt": "hi", "keep_alive": "5m"})),
+    )
+    .unwrap();
     assert_eq!(status, 200);
     let expires = fake.expires_at("llama3.2").unwrap();
     assert!(expires < engine_fakes::unix_now() + 301.0);
@@ -52,7 +66,13 @@ fn fake_ollama_follows_the_documented_api() {
     assert_eq!(status, 404);
     assert!(body.contains("not found"), "{body}");
     // keep_alive of 1s expires on its own.
-    request(&url, "POST", "/api/generate", Some(&json!({"model": "qwen:0.5b", "keep_alive": "1s"}))).unwrap();
+    request(
+        &url,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "qwen:0.5b", "keep_alive": "1s"})),
+    )
+    .unwrap();
     assert_eq!(fake.loaded(), vec!["qwen:0.5b".to_string()]);
     std::thread::sleep(Duration::from_millis(1100));
     assert!(fake.loaded().is_empty());
@@ -66,8 +86,18 @@ fn fake_ollama_follows_the_documented_api() {
     assert!(serde_json::from_str::<Value>(&body).is_err());
     fake.external_load("qwen:0.5b", KeepAlive::Forever);
     fake.set_max_loaded(Some(1));
-    request(&url, "POST", "/api/generate", Some(&json!({"model": "llama3.2", "keep_alive": "10m"}))).unwrap();
-    assert_eq!(fake.loaded(), vec!["llama3.2:latest".to_string()], "the load evicted the other model");
+    request(
+        &url,
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": "llama3.2", "keep_alive": "10m"})),
+    )
+    .unwrap();
+    assert_eq!(
+        fake.loaded(),
+        vec!["llama3.2:latest".to_string()],
+        "the load evicted the other model"
+    );
     fake.go_down();
     assert!(request(&url, "GET", "/api/ps", None).is_err());
     fake.come_back();
@@ -92,7 +122,10 @@ fn the_operations_wait_for_api_ps() {
     let mut options = serde_json::Map::new();
     options.insert("num_ctx".into(), json!(2048));
     fake.set_load_s("llama3.2", 0.2);
-    let r = op::load(&http, "llama3.2:latest", &options, Instant::now() + Duration::from_secs(5), &|| false).expect("load");
+    let r = op::load(&http, "llama3.2:latest", &options, Instant::now() + Duration::from_secs(5), &|| {
+        false
+    })
+    .expect("load");
     assert_eq!(r.bytes, 125 * MB);
     assert!(!op::pin_overridden(r.expires_at, engine_fakes::unix_now()));
     assert_eq!(fake.options_of("llama3.2").unwrap()["num_ctx"], 2048);
@@ -102,7 +135,14 @@ fn the_operations_wait_for_api_ps() {
     assert!(fake.loaded().is_empty());
     // A load slower than its deadline times out.
     fake.set_load_s("llama3.2", 2.0);
-    let e = op::load(&http, "llama3.2:latest", &options, Instant::now() + Duration::from_millis(300), &|| false).unwrap_err();
+    let e = op::load(
+        &http,
+        "llama3.2:latest",
+        &options,
+        Instant::now() + Duration::from_millis(300),
+        &|| false,
+    )
+    .unwrap_err();
     assert!(e.contains("timed out"), "{e}");
     let e = op::load(&http, "nope", &options, Instant::now() + Duration::from_secs(5), &|| false).unwrap_err();
     assert!(e.contains("not found"), "{e}");
@@ -145,9 +185,15 @@ fn rig_with(extra: &str, models: &[(&str, u64)]) -> Rig {
     for (name, _) in models {
         let file = root.path().join("blobs").join(name.replace(':', "-"));
         make_file(&file, 2 * MIB, 3);
-        e.register_json(now(), &ollama_full(name), None, Some("storage"), Some(&file)).expect("register");
+        e.register_json(now(), &ollama_full(name), None, Some("storage"), Some(&file))
+            .expect("register");
     }
-    Rig { _root: root, fake, e, _store: store }
+    Rig {
+        _root: root,
+        fake,
+        e,
+        _store: store,
+    }
 }
 
 fn ollama_full(name: &str) -> String {
@@ -179,7 +225,10 @@ impl Rig {
         false
     }
     fn tier_of(&mut self, model: &str) -> String {
-        self.e.model_json(now(), model).expect("model_info")["model"]["tier"].as_str().unwrap_or("").to_string()
+        self.e.model_json(now(), model).expect("model_info")["model"]["tier"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     fn tier(&mut self, tier: &str) -> Value {
         self.e.status_json(now())["tiers"][tier].clone()
@@ -194,7 +243,9 @@ impl Rig {
     fn engine_jobs(&mut self, model: &str) -> Vec<Value> {
         let jobs = self.e.jobs_json(now());
         let list = jobs["jobs"].as_array().cloned().unwrap_or_default();
-        list.into_iter().filter(|j| j["origin"] == "engine" && j["model_name"] == model).collect()
+        list.into_iter()
+            .filter(|j| j["origin"] == "engine" && j["model_name"] == model)
+            .collect()
     }
 }
 
@@ -204,7 +255,12 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
     let st = r.move_wait(M, "gpu0");
     assert_eq!(st["status"], "success", "{st}");
     assert_eq!(r.fake.loaded(), vec![M.to_string()]);
-    let load = r.fake.generate_requests().into_iter().find(|b| b["keep_alive"] == json!(-1)).expect("a load request");
+    let load = r
+        .fake
+        .generate_requests()
+        .into_iter()
+        .find(|b| b["keep_alive"] == json!(-1))
+        .expect("a load request");
     assert_eq!(load["model"], M);
     assert_eq!(load["options"]["num_ctx"], 8192, "the configured options go with the load");
     assert!(load.get("prompt").is_none_or(|p| p == ""), "no prompt: {load}");
@@ -219,7 +275,12 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
     let st = r.move_wait(M, "ram");
     assert_eq!(st["status"], "success", "{st}");
     assert!(r.fake.loaded().is_empty(), "unloaded");
-    assert!(r.fake.generate_requests().iter().any(|b| b["keep_alive"] == json!(0) && b["model"] == M));
+    assert!(
+        r.fake
+            .generate_requests()
+            .iter()
+            .any(|b| b["keep_alive"] == json!(0) && b["model"] == M)
+    );
     assert_eq!(r.tier_of(M), "ram");
 }
 
@@ -227,10 +288,20 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
 fn loads_and_unloads_by_others_move_the_model_in_the_books() {
     let mut r = rig();
     r.fake.external_load("qwen:0.5b", KeepAlive::For(Duration::from_secs(300)));
-    assert!(r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] == "gpu0"), "external load noticed");
-    assert!(!r.engine_jobs("qwen:0.5b").is_empty(), "recorded with origin engine: {}", r.e.jobs_json(now()));
+    assert!(
+        r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] == "gpu0"),
+        "external load noticed"
+    );
+    assert!(
+        !r.engine_jobs("qwen:0.5b").is_empty(),
+        "recorded with origin engine: {}",
+        r.e.jobs_json(now())
+    );
     r.fake.evict("qwen:0.5b");
-    assert!(r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] != "gpu0"), "eviction noticed");
+    assert!(
+        r.until(|e| e.model_json(now(), "qwen:0.5b").unwrap()["model"]["tier"] != "gpu0"),
+        "eviction noticed"
+    );
     assert!(r.engine_jobs("qwen:0.5b").len() >= 2, "{}", r.e.jobs_json(now()));
 }
 
@@ -239,8 +310,13 @@ fn a_native_clients_keep_alive_is_overridden_by_the_pin() {
     let mut r = rig();
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
     // A client's request with keep_alive "5m" replaced tierd's -1.
-    let (status, _) =
-        request(&r.fake.url(), "POST", "/api/generate", Some(&json!({"model": M, "prompt": "hi", "keep_alive": "5m"}))).unwrap();
+    let (status, _) = request(
+        &r.fake.url(),
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": M, "prompt": "hi", "keep_alive": "5m"})),
+    )
+    .unwrap();
     assert_eq!(status, 200);
     assert!(r.fake.expires_at(M).unwrap() < now() + 301.0);
     let fake_expiry = |r: &mut Rig| r.fake.expires_at(M).unwrap_or(0.0);
@@ -248,7 +324,10 @@ fn a_native_clients_keep_alive_is_overridden_by_the_pin() {
     while fake_expiry(&mut r) < now() + 365.0 * 86400.0 && std::time::Instant::now() < end {
         r.tick_for(Duration::from_millis(20));
     }
-    assert!(fake_expiry(&mut r) > now() + 100.0 * 365.0 * 86400.0, "tierd re-asserted keep_alive -1");
+    assert!(
+        fake_expiry(&mut r) > now() + 100.0 * 365.0 * 86400.0,
+        "tierd re-asserted keep_alive -1"
+    );
     assert_eq!(r.tier_of(M), "gpu0");
 }
 
@@ -257,7 +336,11 @@ fn an_engine_down_makes_the_tier_unavailable_and_its_state_is_read_again() {
     let mut r = rig();
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
     r.fake.go_down();
-    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == false), "{}", r.tier("gpu0"));
+    assert!(
+        r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == false),
+        "{}",
+        r.tier("gpu0")
+    );
     let gpu = r.tier("gpu0");
     assert!(gpu.to_string().contains("127.0.0.1"), "the reason names the engine: {gpu}");
     // A move into it fails clearly (or waits) rather than hanging.
@@ -268,8 +351,15 @@ fn an_engine_down_makes_the_tier_unavailable_and_its_state_is_read_again() {
     }
     // Back, without the model (a restarted Ollama has nothing loaded): re-read.
     r.fake.come_back();
-    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true), "{}", r.tier("gpu0"));
-    assert!(r.until(|e| e.model_json(now(), M).unwrap()["model"]["tier"] != "gpu0"), "the lost model left the tier");
+    assert!(
+        r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true),
+        "{}",
+        r.tier("gpu0")
+    );
+    assert!(
+        r.until(|e| e.model_json(now(), M).unwrap()["model"]["tier"] != "gpu0"),
+        "the lost model left the tier"
+    );
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
 }
 
@@ -295,10 +385,20 @@ fn a_load_that_times_out_fails_and_the_late_model_is_unloaded() {
 #[test]
 fn garbage_and_http_errors_fail_the_move_with_the_engines_message() {
     let mut r = rig();
-    r.fake.fail_next("/api/generate", Fault::Status(500, r#"{"error":"model requires more system memory (7.1 GiB) than is available (3.2 GiB)"}"#.into()), 10);
+    r.fake.fail_next(
+        "/api/generate",
+        Fault::Status(
+            500,
+            r#"{"error":"model requires more system memory (7.1 GiB) than is available (3.2 GiB)"}"#.into(),
+        ),
+        10,
+    );
     let st = r.move_wait(M, "gpu0");
     assert_eq!(st["status"], "failed", "{st}");
-    assert!(st["error"].as_str().unwrap_or_default().contains("requires more system memory"), "{st}");
+    assert!(
+        st["error"].as_str().unwrap_or_default().contains("requires more system memory"),
+        "{st}"
+    );
     assert_eq!(r.tier_of(M), "storage");
     r.fake.server.clear_faults();
     r.fake.fail_next("/api/generate", Fault::Garbage, 10);
@@ -310,7 +410,8 @@ fn garbage_and_http_errors_fail_the_move_with_the_engines_message() {
     // Unknown to Ollama: a clear failure, not a hang.
     let file = r._root.path().join("blobs/unknown");
     make_file(&file, MIB, 9);
-    r.e.register_json(now(), "mistral:7b", None, Some("storage"), Some(&file)).expect("register");
+    r.e.register_json(now(), "mistral:7b", None, Some("storage"), Some(&file))
+        .expect("register");
     let st = r.move_wait("mistral:7b", "gpu0");
     assert_eq!(st["status"], "failed", "{st}");
     assert!(st["error"].as_str().unwrap_or_default().contains("not found"), "{st}");

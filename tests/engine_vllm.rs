@@ -10,7 +10,9 @@ use serde_json::json;
 fn is_sleeping(url: &str) -> bool {
     let (status, body) = request(url, "GET", "/is_sleeping", None).expect("is_sleeping");
     assert_eq!(status, 200);
-    serde_json::from_str::<tierd::drivers::engine::vllm_wire::IsSleepingResponse>(&body).expect("json").is_sleeping
+    serde_json::from_str::<tierd::drivers::engine::vllm_wire::IsSleepingResponse>(&body)
+        .expect("json")
+        .is_sleeping
 }
 
 /// The fake keeps the documented behaviours the driver relies on.
@@ -63,7 +65,13 @@ fn fake_vllm_follows_the_documented_api() {
 struct Direct(String);
 
 impl tierd::drivers::engine::vllm::Exchange for Direct {
-    fn exchange(&self, method: &str, path: &str, body: Option<&serde_json::Value>, timeout: std::time::Duration) -> Result<(u16, Vec<u8>), String> {
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: std::time::Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
         engine_fakes::http::request_within(&self.0, method, path, body, timeout).map(|(s, b)| (s, b.into_bytes()))
     }
 }
@@ -84,7 +92,11 @@ fn the_operations_follow_the_wake_sequence_and_roll_back() {
     // A failed reload: the wake reports how far it got; the rollback
     // finishes it and sleeps again, so no weights stay on the GPU.
     op::sleep(&http, SleepLevel::Two, soon()).expect("sleep");
-    fake.fail_next("/collective_rpc", engine_fakes::http::Fault::Status(500, "Internal Server Error".into()), 1);
+    fake.fail_next(
+        "/collective_rpc",
+        engine_fakes::http::Fault::Status(500, "Internal Server Error".into()),
+        1,
+    );
     let (e, done) = op::wake(&http, Asleep::Level(SleepLevel::Two), soon()).unwrap_err();
     assert_eq!(done, 1, "{e}");
     assert!(e.contains("HTTP 500"), "{e}");
@@ -147,7 +159,13 @@ fn rig() -> Rig {
         make_file(&file, 2 * MB, 5);
         e.register_json(now(), name, None, Some("storage"), Some(&file)).expect("register");
     }
-    Rig { root, a, b, e, _store: store }
+    Rig {
+        root,
+        a,
+        b,
+        e,
+        _store: store,
+    }
 }
 
 impl Rig {
@@ -163,7 +181,10 @@ impl Rig {
         false
     }
     fn tier_of(&mut self, model: &str) -> String {
-        self.e.model_json(now(), model).expect("model_info")["model"]["tier"].as_str().unwrap_or("").to_string()
+        self.e.model_json(now(), model).expect("model_info")["model"]["tier"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     fn move_wait(&mut self, model: &str, to: &str) -> Value {
         self.e.tick(now());
@@ -172,7 +193,9 @@ impl Rig {
     }
     fn engine_jobs(&mut self, model: &str) -> usize {
         let jobs = self.e.jobs_json(now());
-        jobs["jobs"].as_array().map_or(0, |l| l.iter().filter(|j| j["origin"] == "engine" && j["model_name"] == model).count())
+        jobs["jobs"].as_array().map_or(0, |l| {
+            l.iter().filter(|j| j["origin"] == "engine" && j["model_name"] == model).count()
+        })
     }
 }
 
@@ -184,7 +207,11 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
     assert_eq!(st["status"], "success", "{st}");
     assert!(!r.a.is_sleeping());
     let posts = r.a.posts();
-    assert_eq!(posts, vec!["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"], "{posts:?}");
+    assert_eq!(
+        posts,
+        vec!["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"],
+        "{posts:?}"
+    );
     assert_eq!(r.a.reloads(), 1);
     // To RAM: level 1 in the query string.
     let st = r.move_wait(A, "ram");
@@ -212,16 +239,25 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
 fn wakes_and_sleeps_by_others_move_the_model_in_the_books() {
     let mut r = rig();
     r.b.external_wake();
-    assert!(r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] == "gpu0"), "external wake noticed");
+    assert!(
+        r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] == "gpu0"),
+        "external wake noticed"
+    );
     assert!(r.engine_jobs(B) >= 1);
     r.b.external_sleep(1);
-    assert!(r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] != "gpu0"), "external sleep noticed");
+    assert!(
+        r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] != "gpu0"),
+        "external sleep noticed"
+    );
     assert!(r.engine_jobs(B) >= 2);
     // The level of a sleep tierd did not order is unknown: the safe wake.
     let st = r.move_wait(B, "gpu0");
     assert_eq!(st["status"], "success", "{st}");
     let posts = r.b.posts();
-    assert_eq!(&posts[posts.len() - 3..], ["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"]);
+    assert_eq!(
+        &posts[posts.len() - 3..],
+        ["/wake_up?tags=weights", "/collective_rpc", "/wake_up?tags=kv_cache"]
+    );
 }
 
 #[test]
@@ -239,7 +275,10 @@ fn an_instance_down_makes_the_tier_unavailable_and_comes_back_awake() {
     );
     r.a.come_back();
     assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true));
-    assert!(r.until(|e| e.model_json(now(), A).unwrap()["model"]["tier"] == "gpu0"), "a restarted instance is awake");
+    assert!(
+        r.until(|e| e.model_json(now(), A).unwrap()["model"]["tier"] == "gpu0"),
+        "a restarted instance is awake"
+    );
 }
 
 #[test]

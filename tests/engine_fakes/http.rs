@@ -45,13 +45,25 @@ pub struct Response {
 
 impl Response {
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response { status, content_type: "application/json; charset=utf-8", body: value.to_string().into_bytes() }
+        Response {
+            status,
+            content_type: "application/json; charset=utf-8",
+            body: value.to_string().into_bytes(),
+        }
     }
     pub fn text(status: u16, text: &str) -> Response {
-        Response { status, content_type: "text/plain; charset=utf-8", body: text.as_bytes().to_vec() }
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: text.as_bytes().to_vec(),
+        }
     }
     pub fn empty() -> Response {
-        Response { status: 200, content_type: "application/json", body: Vec::new() }
+        Response {
+            status: 200,
+            content_type: "application/json",
+            body: Vec::new(),
+        }
     }
 }
 
@@ -230,21 +242,25 @@ fn serve_connection(stream: TcpStream, state: Arc<ServerState>, handler: Arc<dyn
     let Ok(write_half) = stream.try_clone() else { return };
     let mut writer = write_half;
     let mut reader = BufReader::new(stream);
-    loop {
-        let req = match read_request(&mut reader, &state, generation) {
-            Some(r) => r,
-            None => break,
-        };
+    while let Some(req) = read_request(&mut reader, &state, generation) {
         let path_q = if req.query.is_empty() {
             req.path.clone()
         } else {
-            format!("{}?{}", req.path, req.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"))
+            format!(
+                "{}?{}",
+                req.path,
+                req.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+            )
         };
         state.log.lock().unwrap().push((req.method.clone(), path_q, req.body_str()));
         let response = match state.take_fault(&req.path) {
             Some(Fault::Status(code, body)) => {
                 if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
-                    Response { status: code, content_type: "application/json", body: body.into_bytes() }
+                    Response {
+                        status: code,
+                        content_type: "application/json",
+                        body: body.into_bytes(),
+                    }
                 } else {
                     Response::text(code, &body)
                 }
@@ -367,7 +383,13 @@ fn read_request(reader: &mut BufReader<TcpStream>, state: &ServerState, generati
         Some((p, q)) => (p.to_string(), parse_query(q)),
         None => (target, Vec::new()),
     };
-    Some(Request { method, path, query, body, close })
+    Some(Request {
+        method,
+        path,
+        query,
+        body,
+        close,
+    })
 }
 
 fn parse_query(q: &str) -> Vec<(String, String)> {
@@ -396,7 +418,9 @@ pub fn request_within(
 ) -> Result<(u16, String), String> {
     let host = url.strip_prefix("http://").ok_or("only http:// urls")?;
     let mut stream = TcpStream::connect(host).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .map_err(|e| e.to_string())?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -408,6 +432,10 @@ pub fn request_within(
     stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no answer: {text:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line: {head:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
     Ok((status, body.to_string()))
 }

@@ -26,5 +26,8 @@ pub mod vllm;
 /// Wall-clock Unix seconds (the fakes keep real time: tierd's driver reads
 /// `expires_at` against its own clock).
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

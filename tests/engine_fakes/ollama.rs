@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tierd::drivers::engine::ollama_wire::{
-    DEFAULT_KEEP_ALIVE, GenerateRequest, GenerateResponse, KeepAlive, LocalModel, ModelDetails, PsResponse, RunningModel,
-    TagsResponse, format_rfc3339,
+    DEFAULT_KEEP_ALIVE, GenerateRequest, GenerateResponse, KeepAlive, LocalModel, ModelDetails, PsResponse, RunningModel, TagsResponse,
+    format_rfc3339,
 };
 
 use super::http::{Fault, Handler, HttpServer, Request, Response, ServerState};
@@ -76,7 +76,8 @@ pub struct OllamaState {
 impl OllamaState {
     /// Drops expired and unloaded models (Ollama's scheduler, lazily).
     fn expire(&mut self, now: f64) {
-        self.loaded.retain(|_, l| l.expires_at > now && l.leaving_at.is_none_or(|t| t > now));
+        self.loaded
+            .retain(|_, l| l.expires_at > now && l.leaving_at.is_none_or(|t| t > now));
     }
 }
 
@@ -86,17 +87,35 @@ struct OllamaHandler {
 
 /// `name` with Ollama's default tag.
 pub fn full_name(name: &str) -> String {
-    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) { name.to_string() } else { format!("{name}:latest") }
+    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
 }
 
 /// The options that shape the runner (a change reloads the model; the
 /// sampling ones, like `temperature`, do not).
-const RUNNER_OPTIONS: &[&str] =
-    &["num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "use_mmap", "use_mlock", "num_thread", "numa"];
+const RUNNER_OPTIONS: &[&str] = &[
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "low_vram",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+    "numa",
+];
 
 fn runner_options(options: Option<&Map<String, Value>>) -> Map<String, Value> {
     options
-        .map(|o| o.iter().filter(|(k, _)| RUNNER_OPTIONS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| RUNNER_OPTIONS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -185,15 +204,25 @@ impl OllamaHandler {
             if let Some(max) = st.max_loaded {
                 while st.loaded.len() >= max.max(1) {
                     // Ollama evicts the runner that expires first.
-                    let Some(victim) =
-                        st.loaded.iter().min_by(|a, b| a.1.expires_at.total_cmp(&b.1.expires_at)).map(|(k, _)| k.clone())
+                    let Some(victim) = st
+                        .loaded
+                        .iter()
+                        .min_by(|a, b| a.1.expires_at.total_cmp(&b.1.expires_at))
+                        .map(|(k, _)| k.clone())
                     else {
                         break;
                     };
                     st.loaded.remove(&victim);
                 }
             }
-            st.loaded.insert(name.clone(), Loaded { expires_at: f64::INFINITY, options: options.clone(), leaving_at: None });
+            st.loaded.insert(
+                name.clone(),
+                Loaded {
+                    expires_at: f64::INFINITY,
+                    options: options.clone(),
+                    leaving_at: None,
+                },
+            );
             st.loads_done += 1;
             load_duration = Some((load_s * 1e9) as u64);
         }
@@ -210,7 +239,11 @@ impl OllamaHandler {
         let answer = GenerateResponse {
             model: body.model.clone(),
             created_at: format_rfc3339(now),
-            response: if prompt.is_empty() { String::new() } else { "The sky is blue.".into() },
+            response: if prompt.is_empty() {
+                String::new()
+            } else {
+                "The sky is blue.".into()
+            },
             done: true,
             done_reason: if prompt.is_empty() { None } else { Some("stop".into()) },
             load_duration,
@@ -286,7 +319,10 @@ impl FakeOllama {
     /// A server with these local models: (name, bytes on disk); loaded they
     /// take 1.25 times that, all on the GPU; a load takes 50 ms.
     pub fn start(models: &[(&str, u64)]) -> FakeOllama {
-        let mut st = OllamaState { unload_s: 0.05, ..Default::default() };
+        let mut st = OllamaState {
+            unload_s: 0.05,
+            ..Default::default()
+        };
         for (i, (name, size)) in models.iter().enumerate() {
             st.models.insert(
                 full_name(name),
@@ -335,7 +371,14 @@ impl FakeOllama {
             KeepAlive::Forever => now + FOREVER_S,
             KeepAlive::For(d) => now + d.as_secs_f64(),
         };
-        st.loaded.insert(full_name(name), Loaded { expires_at, options: Map::new(), leaving_at: None });
+        st.loaded.insert(
+            full_name(name),
+            Loaded {
+                expires_at,
+                options: Map::new(),
+                leaving_at: None,
+            },
+        );
         st.loads_done += 1;
     }
 

@@ -99,8 +99,11 @@ impl VllmHandler {
 
     fn wake_up(&self, req: &Request, server: &ServerState) -> Response {
         let tags: Vec<String> = req.query_all("tags").into_iter().map(str::to_string).collect();
-        let wake: BTreeSet<String> =
-            if tags.is_empty() { ["weights".to_string(), "kv_cache".to_string()].into() } else { tags.into_iter().collect() };
+        let wake: BTreeSet<String> = if tags.is_empty() {
+            ["weights".to_string(), "kv_cache".to_string()].into()
+        } else {
+            tags.into_iter().collect()
+        };
         let wait = {
             let st = self.state.lock().unwrap();
             if !st.is_sleeping() {
@@ -119,7 +122,11 @@ impl VllmHandler {
             if wake.contains("kv_cache") && st.sleeping_tags.contains("kv_cache") && weights_after != Weights::Gpu {
                 return internal_error();
             }
-            if wake.contains("weights") && st.weights == Weights::Cpu { st.wake_s } else { st.wake_s / 10.0 }
+            if wake.contains("weights") && st.weights == Weights::Cpu {
+                st.wake_s
+            } else {
+                st.wake_s / 10.0
+            }
         };
         if !server.sleep(Duration::from_secs_f64(wait)) {
             return internal_error();
@@ -161,7 +168,13 @@ impl VllmHandler {
         let mut st = self.state.lock().unwrap();
         st.weights = Weights::Gpu;
         st.reloads += 1;
-        Response::json(200, &serde_json::to_value(CollectiveRpcResponse { results: vec![serde_json::Value::Null] }).unwrap_or_default())
+        Response::json(
+            200,
+            &serde_json::to_value(CollectiveRpcResponse {
+                results: vec![serde_json::Value::Null],
+            })
+            .unwrap_or_default(),
+        )
     }
 }
 
@@ -173,14 +186,22 @@ impl Handler for VllmHandler {
             ("POST", "/collective_rpc") => self.collective_rpc(req, server),
             ("GET", "/is_sleeping") => {
                 let s = self.state.lock().unwrap().is_sleeping();
-                Response::json(200, &serde_json::to_value(IsSleepingResponse { is_sleeping: s }).unwrap_or_default())
+                Response::json(
+                    200,
+                    &serde_json::to_value(IsSleepingResponse { is_sleeping: s }).unwrap_or_default(),
+                )
             }
             ("GET", "/health") => Response::empty(),
             ("GET", "/v1/models") => {
                 let model = self.state.lock().unwrap().model.clone();
                 let answer = ModelsResponse {
                     object: "list".into(),
-                    data: vec![ModelCard { id: model.clone(), object: "model".into(), root: Some(model), max_model_len: Some(4096) }],
+                    data: vec![ModelCard {
+                        id: model.clone(),
+                        object: "model".into(),
+                        root: Some(model),
+                        max_model_len: Some(4096),
+                    }],
                 };
                 Response::json(200, &serde_json::to_value(answer).unwrap_or_default())
             }
@@ -280,6 +301,11 @@ impl FakeVllm {
 
     /// The paths (with query) of the POSTs received, in order.
     pub fn posts(&self) -> Vec<String> {
-        self.server.requests().into_iter().filter(|(m, _, _)| m == "POST").map(|(_, p, _)| p).collect()
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|(m, _, _)| m == "POST")
+            .map(|(_, p, _)| p)
+            .collect()
     }
 }

@@ -38,7 +38,11 @@ pub const PIN_HORIZON_S: f64 = 365.0 * 86_400.0;
 
 /// `name` with Ollama's default tag.
 pub fn full_name(name: &str) -> String {
-    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) { name.to_string() } else { format!("{name}:latest") }
+    if name.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
 }
 
 /// The body of a load.
@@ -55,7 +59,12 @@ pub fn load_request(model: &str, options: &Map<String, Value>) -> Value {
 
 /// The body of an unload.
 pub fn unload_request(model: &str) -> Value {
-    let req = GenerateRequest { model: model.to_string(), keep_alive: Some(json!(0)), stream: Some(false), ..Default::default() };
+    let req = GenerateRequest {
+        model: model.to_string(),
+        keep_alive: Some(json!(0)),
+        stream: Some(false),
+        ..Default::default()
+    };
     serde_json::to_value(req).unwrap_or(Value::Null)
 }
 
@@ -77,7 +86,10 @@ pub fn check_load(status: u16, body: &[u8]) -> Result<GenerateResponse, String> 
     }
     let answer: GenerateResponse = serde_json::from_slice(body).map_err(|e| {
         let text = String::from_utf8_lossy(body);
-        format!("ollama answered garbage to a load ({e}): {:?}", text.chars().take(120).collect::<String>())
+        format!(
+            "ollama answered garbage to a load ({e}): {:?}",
+            text.chars().take(120).collect::<String>()
+        )
     })?;
     if !answer.done {
         return Err("ollama answered a load with done: false".into());
@@ -92,7 +104,10 @@ pub fn check_unload(status: u16, body: &[u8]) -> Result<(), String> {
     }
     let answer: GenerateResponse = serde_json::from_slice(body).map_err(|e| {
         let text = String::from_utf8_lossy(body);
-        format!("ollama answered garbage to an unload ({e}): {:?}", text.chars().take(120).collect::<String>())
+        format!(
+            "ollama answered garbage to an unload ({e}): {:?}",
+            text.chars().take(120).collect::<String>()
+        )
     })?;
     match answer.done_reason.as_deref() {
         Some("unload") => Ok(()),
@@ -197,14 +212,21 @@ mod tests {
             load_request("llama3.2:latest", &options),
             json!({"model": "llama3.2:latest", "keep_alive": -1, "options": {"num_ctx": 8192}, "stream": false})
         );
-        assert_eq!(load_request("m", &Map::new()), json!({"model": "m", "keep_alive": -1, "stream": false}));
+        assert_eq!(
+            load_request("m", &Map::new()),
+            json!({"model": "m", "keep_alive": -1, "stream": false})
+        );
         assert_eq!(unload_request("m"), json!({"model": "m", "keep_alive": 0, "stream": false}));
     }
 
     #[test]
     fn answers_are_checked_with_the_engines_message() {
         assert!(check_unload(200, br#"{"model":"m","done":true,"done_reason":"unload"}"#).is_ok());
-        assert!(check_unload(200, br#"{"model":"m","done":true}"#).unwrap_err().contains("not \"unload\""));
+        assert!(
+            check_unload(200, br#"{"model":"m","done":true}"#)
+                .unwrap_err()
+                .contains("not \"unload\"")
+        );
         let e = check_load(404, br#"{"error":"model \"x\" not found, try pulling it first"}"#).unwrap_err();
         assert!(e.contains("not found") && e.contains("404"), "{e}");
         assert!(check_load(200, b"<html>").unwrap_err().contains("garbage"));
@@ -227,7 +249,14 @@ mod tests {
     #[test]
     fn activity_is_a_changed_expiry_not_tierds_own() {
         let mut a = Activity::default();
-        let run = |t: f64| vec![Running { name: "a:latest".into(), bytes: 1, vram_bytes: 1, expires_at: Some(t) }];
+        let run = |t: f64| {
+            vec![Running {
+                name: "a:latest".into(),
+                bytes: 1,
+                vram_bytes: 1,
+                expires_at: Some(t),
+            }]
+        };
         assert!(a.accesses(&run(100.0), &|_| false).is_empty(), "first sight is not an access");
         assert!(a.accesses(&run(100.0), &|_| false).is_empty());
         assert_eq!(a.accesses(&run(400.0), &|_| false), vec!["a:latest".to_string()]);
@@ -258,7 +287,10 @@ pub trait Exchange {
 pub const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn left(deadline: std::time::Instant) -> Result<std::time::Duration, String> {
-    deadline.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()).ok_or_else(|| "timed out".to_string())
+    deadline
+        .checked_duration_since(std::time::Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "timed out".to_string())
 }
 
 /// Reads `/api/ps`.
@@ -288,7 +320,13 @@ pub fn load(
     let wait = left(deadline).map_err(|_| timed_out("before it started"))?;
     let (status, body) = http
         .exchange("POST", "/api/generate", Some(&load_request(name, options)), wait)
-        .map_err(|e| if left(deadline).is_err() { timed_out(&e) } else { format!("ollama: load of {name}: {e}") })?;
+        .map_err(|e| {
+            if left(deadline).is_err() {
+                timed_out(&e)
+            } else {
+                format!("ollama: load of {name}: {e}")
+            }
+        })?;
     check_load(status, &body)?;
     loop {
         if cancelled() {
@@ -319,12 +357,7 @@ pub fn unload(http: &dyn Exchange, name: &str, deadline: std::time::Instant) -> 
 /// Re-asserts tierd's pin on a loaded model (the same empty-prompt request
 /// as a load, which Ollama answers at once for a loaded model with the same
 /// options).
-pub fn reassert_pin(
-    http: &dyn Exchange,
-    name: &str,
-    options: &Map<String, Value>,
-    timeout: std::time::Duration,
-) -> Result<(), String> {
+pub fn reassert_pin(http: &dyn Exchange, name: &str, options: &Map<String, Value>, timeout: std::time::Duration) -> Result<(), String> {
     let (status, body) = http.exchange("POST", "/api/generate", Some(&load_request(name, options)), timeout)?;
     check_load(status, &body).map(|_| ())
 }

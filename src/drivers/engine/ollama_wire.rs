@@ -313,7 +313,10 @@ mod tests {
         assert_eq!(KeepAlive::from_json(&json!(30)), Ok(KeepAlive::For(Duration::from_secs(30))));
         assert_eq!(KeepAlive::from_json(&json!("5m")), Ok(KeepAlive::For(Duration::from_secs(300))));
         assert_eq!(KeepAlive::from_json(&json!("1h30m")), Ok(KeepAlive::For(Duration::from_secs(5400))));
-        assert_eq!(KeepAlive::from_json(&json!("1.5s")), Ok(KeepAlive::For(Duration::from_millis(1500))));
+        assert_eq!(
+            KeepAlive::from_json(&json!("1.5s")),
+            Ok(KeepAlive::For(Duration::from_millis(1500)))
+        );
         assert_eq!(KeepAlive::from_json(&json!("-1m")), Ok(KeepAlive::Forever));
         assert_eq!(KeepAlive::from_json(&json!("0")), Ok(KeepAlive::For(Duration::ZERO)));
         // Go's ParseDuration refuses a bare number other than 0, and so does Ollama.

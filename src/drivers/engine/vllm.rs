@@ -59,7 +59,10 @@ pub fn sleep_level(to_ram: bool) -> SleepLevel {
 
 /// The step that puts an instance to sleep.
 pub fn sleep_step(level: SleepLevel) -> Step {
-    Step { path: level.path(), body: None }
+    Step {
+        path: level.path(),
+        body: None,
+    }
 }
 
 /// The steps that wake an instance from `asleep`.
@@ -67,12 +70,22 @@ pub fn wake_steps(asleep: Asleep) -> Vec<Step> {
     match asleep {
         Asleep::Level(SleepLevel::One) => vec![Step { path: WAKE_UP, body: None }],
         Asleep::Level(SleepLevel::Two) | Asleep::Unknown => vec![
-            Step { path: WAKE_UP_WEIGHTS, body: None },
+            Step {
+                path: WAKE_UP_WEIGHTS,
+                body: None,
+            },
             Step {
                 path: COLLECTIVE_RPC,
-                body: serde_json::to_value(CollectiveRpcRequest { method: RELOAD_WEIGHTS.into(), ..Default::default() }).ok(),
+                body: serde_json::to_value(CollectiveRpcRequest {
+                    method: RELOAD_WEIGHTS.into(),
+                    ..Default::default()
+                })
+                .ok(),
             },
-            Step { path: WAKE_UP_KV_CACHE, body: None },
+            Step {
+                path: WAKE_UP_KV_CACHE,
+                body: None,
+            },
         ],
     }
 }
@@ -131,7 +144,13 @@ mod tests {
 
     #[test]
     fn level_two_and_unknown_sleeps_wake_in_three_steps() {
-        assert_eq!(wake_steps(Asleep::Level(SleepLevel::One)).iter().map(|s| s.path).collect::<Vec<_>>(), vec!["/wake_up"]);
+        assert_eq!(
+            wake_steps(Asleep::Level(SleepLevel::One))
+                .iter()
+                .map(|s| s.path)
+                .collect::<Vec<_>>(),
+            vec!["/wake_up"]
+        );
         for asleep in [Asleep::Level(SleepLevel::Two), Asleep::Unknown] {
             let steps = wake_steps(asleep);
             assert_eq!(
@@ -151,7 +170,11 @@ mod tests {
         let step = &wake_steps(Asleep::Unknown)[1];
         let e = check_step(step, 400, br#"{"detail": "Missing 'method' in request body"}"#).unwrap_err();
         assert!(e.contains("Missing 'method'") && e.contains("400"), "{e}");
-        assert!(check_step(step, 500, b"Internal Server Error").unwrap_err().contains("HTTP 500: Internal Server Error"));
+        assert!(
+            check_step(step, 500, b"Internal Server Error")
+                .unwrap_err()
+                .contains("HTTP 500: Internal Server Error")
+        );
         assert!(check_step(step, 200, b"").is_ok());
     }
 }
@@ -167,9 +190,13 @@ fn left(deadline: std::time::Instant) -> Option<std::time::Duration> {
 /// Runs one step before `deadline`.
 pub fn run_step(http: &dyn Exchange, step: &Step, deadline: std::time::Instant) -> Result<(), String> {
     let wait = left(deadline).ok_or_else(|| format!("vllm: {} timed out", step.path))?;
-    let (status, body) = http
-        .exchange("POST", step.path, step.body.as_ref(), wait)
-        .map_err(|e| if left(deadline).is_none() { format!("vllm: {} timed out ({e})", step.path) } else { format!("vllm: {}: {e}", step.path) })?;
+    let (status, body) = http.exchange("POST", step.path, step.body.as_ref(), wait).map_err(|e| {
+        if left(deadline).is_none() {
+            format!("vllm: {} timed out ({e})", step.path)
+        } else {
+            format!("vllm: {}: {e}", step.path)
+        }
+    })?;
     check_step(step, status, &body)
 }
 
@@ -199,7 +226,11 @@ pub fn wake(http: &dyn Exchange, asleep: Asleep, deadline: std::time::Instant) -
 pub fn sleep(http: &dyn Exchange, level: SleepLevel, deadline: std::time::Instant) -> Result<(), String> {
     run_step(http, &sleep_step(level), deadline)?;
     let wait = left(deadline).ok_or_else(|| "vllm: sleep timed out".to_string())?;
-    if is_sleeping(http, wait)? { Ok(()) } else { Err("vllm: /is_sleeping says false after the sleep".into()) }
+    if is_sleeping(http, wait)? {
+        Ok(())
+    } else {
+        Err("vllm: /is_sleeping says false after the sleep".into())
+    }
 }
 
 /// Puts a half-woken instance back to sleep at `level` (the rollback of a

@@ -120,7 +120,11 @@ mod tests {
         assert_eq!(SleepLevel::Two.path(), "/sleep?level=2");
         let s: IsSleepingResponse = serde_json::from_str(r#"{"is_sleeping": true}"#).unwrap();
         assert!(s.is_sleeping);
-        let rpc = serde_json::to_value(CollectiveRpcRequest { method: RELOAD_WEIGHTS.into(), ..Default::default() }).unwrap();
+        let rpc = serde_json::to_value(CollectiveRpcRequest {
+            method: RELOAD_WEIGHTS.into(),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(rpc, serde_json::json!({"method": "reload_weights"}));
     }
 }
