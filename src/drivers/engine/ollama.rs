@@ -361,3 +361,141 @@ pub fn reassert_pin(http: &dyn Exchange, name: &str, options: &Map<String, Value
     let (status, body) = http.exchange("POST", "/api/generate", Some(&load_request(name, options)), timeout)?;
     check_load(status, &body).map(|_| ())
 }
+
+// ---------------------------------------------------------- the engine api
+
+/// What the `ollama` tier keeps between calls (all behind one lock, taken
+/// only between HTTP exchanges, never across one).
+#[derive(Debug, Default)]
+struct Books {
+    /// Ollama names of the models tierd loaded (and so pinned).
+    pinned: std::collections::HashSet<String>,
+    /// Models whose `expires_at` tierd itself changed since the last look
+    /// (its loads and re-assertions): not a client's access.
+    own: std::collections::HashSet<String>,
+    /// Loads tierd gave up on (timed out, cancelled): if Ollama finishes
+    /// one anyway, tierd unloads it rather than adopting it.
+    abandoned: std::collections::HashSet<String>,
+    activity: Activity,
+    /// `/api/tags`, refreshed when a name is not found in it.
+    local: BTreeMap<String, u64>,
+}
+
+/// One Ollama server, as the engine tier sees it.
+pub struct Ollama {
+    http: Box<dyn Exchange + Send + Sync>,
+    /// The tier's `options` table, sent with every load.
+    options: Map<String, Value>,
+    /// Timeout of a look (`/api/ps`, `/api/tags`) and of an unload.
+    request_timeout: std::time::Duration,
+    books: std::sync::Mutex<Books>,
+}
+
+/// What a look at Ollama found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    /// The loaded models (abandoned loads left out: they are being unloaded).
+    pub running: Vec<Running>,
+    /// Models a client's request reached since the last look.
+    pub accessed: Vec<String>,
+}
+
+impl Ollama {
+    pub fn new(http: Box<dyn Exchange + Send + Sync>, options: Map<String, Value>, request_timeout: std::time::Duration) -> Ollama {
+        Ollama {
+            http,
+            options,
+            request_timeout,
+            books: std::sync::Mutex::new(Books::default()),
+        }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The Ollama name of tierd model `model`, or why there is none.
+    pub fn resolve(&self, model: &str) -> Result<String, String> {
+        if let Some(name) = resolve(model, &self.books().local) {
+            return Ok(name);
+        }
+        let local = local_models(&*self.http, self.request_timeout)?;
+        let found = resolve(model, &local);
+        self.books().local = local;
+        found.ok_or_else(|| format!("ollama: model \"{model}\" not found (not in /api/tags), try pulling it first"))
+    }
+
+    /// Loads `name` pinned, within `timeout`; its footprint in bytes.
+    pub fn load(&self, name: &str, timeout: std::time::Duration, cancelled: &dyn Fn() -> bool) -> Result<u64, String> {
+        self.books().abandoned.remove(name);
+        match load(&*self.http, name, &self.options, std::time::Instant::now() + timeout, cancelled) {
+            Ok(r) => {
+                let mut b = self.books();
+                b.pinned.insert(name.to_string());
+                b.own.insert(name.to_string());
+                Ok(r.bytes)
+            }
+            Err(e) => {
+                // Ollama may still finish it: unload it when it shows up,
+                // and try at once in case it already has.
+                self.books().abandoned.insert(name.to_string());
+                let _ = unload(&*self.http, name, std::time::Instant::now() + self.request_timeout);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unloads `name` and waits until `/api/ps` no longer lists it.
+    pub fn unload(&self, name: &str) -> Result<(), String> {
+        unload(&*self.http, name, std::time::Instant::now() + self.request_timeout)?;
+        let mut b = self.books();
+        b.pinned.remove(name);
+        b.own.remove(name);
+        Ok(())
+    }
+
+    /// Looks at `/api/ps`, and does the upkeep the look calls for:
+    /// re-asserts the pins a client overrode, unloads abandoned loads that
+    /// Ollama finished.
+    pub fn observe(&self, now_unix: f64) -> Result<Observation, String> {
+        let mut running = running(&*self.http, self.request_timeout)?;
+        let (reassert, drop): (Vec<String>, Vec<String>) = {
+            let b = self.books();
+            (
+                running
+                    .iter()
+                    .filter(|r| b.pinned.contains(&r.name) && pin_overridden(r.expires_at, now_unix))
+                    .map(|r| r.name.clone())
+                    .collect(),
+                running
+                    .iter()
+                    .filter(|r| b.abandoned.contains(&r.name))
+                    .map(|r| r.name.clone())
+                    .collect(),
+            )
+        };
+        for name in &drop {
+            if unload(&*self.http, name, std::time::Instant::now() + self.request_timeout).is_ok() {
+                self.books().abandoned.remove(name);
+            }
+        }
+        running.retain(|r| !drop.contains(&r.name));
+        let mut b = self.books();
+        let own = std::mem::take(&mut b.own);
+        // A pin that was overridden: a client's request reached the model.
+        let mut accessed = b.activity.accesses(&running, &|n| own.contains(n));
+        b.pinned.retain(|n| running.iter().any(|r| &r.name == n));
+        for name in reassert {
+            if !accessed.contains(&name) {
+                accessed.push(name.clone());
+            }
+            b.own.insert(name.clone());
+            std::mem::drop(b);
+            if let Err(e) = reassert_pin(&*self.http, &name, &self.options, self.request_timeout) {
+                tracing::warn!(model = %name, error = %e, "ollama: cannot re-assert keep_alive -1");
+            }
+            b = self.books();
+        }
+        Ok(Observation { running, accessed })
+    }
+}

@@ -246,3 +246,126 @@ pub fn back_to_sleep(http: &dyn Exchange, level: SleepLevel, deadline: std::time
     }
     sleep(http, level, deadline)
 }
+
+// ---------------------------------------------------------- the engine api
+
+/// One vLLM instance of a `vllm` tier.
+pub struct Instance {
+    /// tierd's name of the model the instance serves.
+    pub model: String,
+    pub url: String,
+    pub http: Box<dyn Exchange + Send + Sync>,
+}
+
+/// What tierd knows of one instance between calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Awake,
+    Asleep(Asleep),
+    /// Not read yet, or not answering.
+    Unknown,
+}
+
+/// The instances of a `vllm` tier.
+pub struct Vllm {
+    pub instances: Vec<Instance>,
+    request_timeout: std::time::Duration,
+    known: std::sync::Mutex<Vec<Known>>,
+}
+
+impl Vllm {
+    pub fn new(instances: Vec<Instance>, request_timeout: std::time::Duration) -> Vllm {
+        let known = vec![Known::Unknown; instances.len()];
+        Vllm {
+            instances,
+            request_timeout,
+            known: std::sync::Mutex::new(known),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Vec<Known>> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The instance serving tierd model `model`.
+    pub fn resolve(&self, model: &str) -> Result<usize, String> {
+        self.instances
+            .iter()
+            .position(|i| i.model == model)
+            .ok_or_else(|| format!("vllm: no instance serves model \"{model}\" (add it to the tier's instances)"))
+    }
+
+    /// What tierd knows of instance `i`.
+    pub fn state_of(&self, i: usize) -> Known {
+        self.known().get(i).copied().unwrap_or(Known::Unknown)
+    }
+
+    /// Wakes instance `i` within `timeout`. On failure, a half-woken instance
+    /// is put back to sleep at the level it had.
+    pub fn wake(&self, i: usize, timeout: std::time::Duration) -> Result<(), String> {
+        let inst = self.instances.get(i).ok_or("vllm: no such instance")?;
+        let asleep = match self.state_of(i) {
+            Known::Awake => return Ok(()),
+            Known::Asleep(a) => a,
+            Known::Unknown => Asleep::Unknown,
+        };
+        match wake(&*inst.http, asleep, std::time::Instant::now() + timeout) {
+            Ok(()) => {
+                self.set(i, Known::Awake);
+                Ok(())
+            }
+            Err((e, done)) => {
+                if done > 0 {
+                    let level = match asleep {
+                        Asleep::Level(l) => l,
+                        Asleep::Unknown => SleepLevel::One,
+                    };
+                    match back_to_sleep(&*inst.http, level, std::time::Instant::now() + self.request_timeout.max(timeout)) {
+                        Ok(()) => self.set(i, Known::Asleep(Asleep::Level(level))),
+                        Err(r) => {
+                            tracing::warn!(instance = %inst.url, error = %r, "vllm: cannot put the half-woken instance back to sleep");
+                            self.set(i, Known::Unknown);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts instance `i` to sleep: level 1 when the model goes to RAM, else 2.
+    pub fn sleep(&self, i: usize, to_ram: bool) -> Result<(), String> {
+        let inst = self.instances.get(i).ok_or("vllm: no such instance")?;
+        let level = sleep_level(to_ram);
+        sleep(&*inst.http, level, std::time::Instant::now() + self.request_timeout)?;
+        self.set(i, Known::Asleep(Asleep::Level(level)));
+        Ok(())
+    }
+
+    fn set(&self, i: usize, k: Known) {
+        if let Some(slot) = self.known().get_mut(i) {
+            *slot = k;
+        }
+    }
+
+    /// Reads `/is_sleeping` of every instance: per instance, awake or not,
+    /// or why it did not answer. A sleep tierd did not order becomes
+    /// [`Asleep::Unknown`].
+    pub fn observe(&self) -> Vec<Result<bool, String>> {
+        self.instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| {
+                let r = is_sleeping(&*inst.http, self.request_timeout).map_err(|e| format!("{}: {e}", inst.url));
+                let next = match (&r, self.state_of(i)) {
+                    (Ok(false), _) => Known::Awake,
+                    (Ok(true), Known::Asleep(a)) => Known::Asleep(a),
+                    (Ok(true), _) => Known::Asleep(Asleep::Unknown),
+                    (Err(_), _) => Known::Unknown,
+                };
+                self.set(i, next);
+                r.map(|sleeping| !sleeping)
+            })
+            .collect()
+    }
+}
