@@ -148,6 +148,58 @@ fn the_operations_wait_for_api_ps() {
     assert!(e.contains("not found"), "{e}");
 }
 
+#[test]
+fn the_engine_state_reasserts_pins_and_unloads_abandoned_loads() {
+    use tierd::drivers::engine::ollama::Ollama;
+    let fake = FakeOllama::start(&[("llama3.2", 100 * MB), ("qwen:0.5b", 50 * MB)]);
+    let mut options = serde_json::Map::new();
+    options.insert("num_ctx".into(), json!(8192));
+    let api = Ollama::new(Box::new(Direct(fake.url())), options, Duration::from_secs(5));
+    assert_eq!(api.resolve("llama3.2").unwrap(), M);
+    assert!(api.resolve("mistral").unwrap_err().contains("not found"));
+    assert_eq!(api.load(M, Duration::from_secs(5), &|| false).unwrap(), 125 * MB);
+    let first = api.observe(engine_fakes::unix_now()).unwrap();
+    assert_eq!(first.running.len(), 1);
+    assert!(first.accessed.is_empty(), "tierd's own load is not an access");
+    // A client's "5m" request: an access, and the pin is re-asserted.
+    request(
+        &fake.url(),
+        "POST",
+        "/api/generate",
+        Some(&json!({"model": M, "prompt": "hi", "keep_alive": "5m", "options": {"num_ctx": 8192}})),
+    )
+    .unwrap();
+    let seen = api.observe(engine_fakes::unix_now()).unwrap();
+    assert_eq!(seen.accessed, vec![M.to_string()]);
+    assert!(
+        fake.expires_at(M).unwrap() > engine_fakes::unix_now() + 100.0 * 365.0 * 86400.0,
+        "pinned again"
+    );
+    assert_eq!(fake.state.lock().unwrap().loads_done, 1, "same options: no reload");
+    assert!(
+        api.observe(engine_fakes::unix_now()).unwrap().accessed.is_empty(),
+        "the re-assertion is not an access"
+    );
+    // A model another client loaded is not tierd's to pin.
+    fake.external_load("qwen:0.5b", KeepAlive::For(Duration::from_secs(60)));
+    api.observe(engine_fakes::unix_now()).unwrap();
+    assert!(fake.expires_at("qwen:0.5b").unwrap() < engine_fakes::unix_now() + 61.0);
+    // A load that timed out and that Ollama finished later is unloaded.
+    api.unload(M).unwrap();
+    fake.set_load_s(M, 0.6);
+    assert!(
+        api.load(M, Duration::from_millis(200), &|| false)
+            .unwrap_err()
+            .contains("timed out")
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(fake.loaded().contains(&M.to_string()), "Ollama finished the load");
+    let seen = api.observe(engine_fakes::unix_now()).unwrap();
+    assert!(seen.running.iter().all(|r| r.name != M), "not adopted");
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(!fake.loaded().contains(&M.to_string()), "unloaded");
+}
+
 // ------------------------------------------------------ tierd's ollama tier
 
 mod real_support;

@@ -110,6 +110,42 @@ fn the_operations_follow_the_wake_sequence_and_roll_back() {
     assert!(e.contains("timed out"), "{e}");
 }
 
+#[test]
+fn the_engine_state_tracks_levels_and_unknown_sleeps() {
+    use std::time::Duration;
+    use tierd::drivers::engine::vllm::{Asleep, Instance, Known, Vllm};
+    let a = FakeVllm::start("a");
+    let b = FakeVllm::start("b");
+    let inst = |m: &str, f: &FakeVllm| Instance {
+        model: m.into(),
+        url: f.url(),
+        http: Box::new(Direct(f.url())),
+    };
+    let api = Vllm::new(vec![inst("qa", &a), inst("qb", &b)], Duration::from_secs(5));
+    assert_eq!(api.resolve("qb"), Ok(1));
+    assert!(api.resolve("qc").is_err());
+    assert_eq!(api.observe(), vec![Ok(true), Ok(true)]);
+    api.sleep(0, true).unwrap();
+    assert_eq!(a.last_level(), Some(1));
+    api.sleep(1, false).unwrap();
+    assert_eq!(b.weights(), Weights::Discarded);
+    assert_eq!(api.observe(), vec![Ok(false), Ok(false)]);
+    api.wake(0, Duration::from_secs(5)).unwrap();
+    assert_eq!(a.posts().last().map(String::as_str), Some("/wake_up"));
+    api.wake(1, Duration::from_secs(5)).unwrap();
+    assert_eq!(b.reloads(), 1);
+    // Someone else's sleep: level unknown, the safe wake.
+    a.external_sleep(2);
+    api.observe();
+    assert_eq!(api.state_of(0), Known::Asleep(Asleep::Unknown));
+    api.wake(0, Duration::from_secs(5)).unwrap();
+    assert_eq!(a.weights(), Weights::Gpu);
+    // Down: an error naming the instance.
+    b.go_down();
+    let seen = api.observe();
+    assert!(seen[1].as_ref().unwrap_err().contains(&b.url()), "{seen:?}");
+}
+
 // -------------------------------------------------------- tierd's vllm tier
 
 mod real_support;
