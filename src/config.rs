@@ -106,6 +106,37 @@ pub struct TierConfig {
     /// (TOML octal, `mode = 0o700`); 0700 when absent.
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Engine tiers (`ollama`, `vllm`, `llama-server`): the engine's URL,
+    /// `http://127.0.0.1:PORT`, `http://localhost:PORT` or `unix:/path.sock`
+    /// (another host only with `allow_remote_engines = true`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Engine tiers: seconds between two looks at the engine's loaded set
+    /// (default 1).
+    #[serde(default)]
+    pub poll_s: Option<f64>,
+    /// Engine tiers: longest a load may take before the move fails (and
+    /// what the engine finishes late is unloaded); default 300.
+    #[serde(default)]
+    pub load_timeout_s: Option<f64>,
+    /// Engine tiers: parameters sent with every load (Ollama's `options`,
+    /// e.g. `{ num_ctx = 8192 }`: the same ones the clients send, so that
+    /// their first request does not make the engine reload the model).
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `vllm` tiers: one vLLM server per model.
+    #[serde(default)]
+    pub instances: Option<Vec<EngineInstance>>,
+}
+
+/// One vLLM instance of a `vllm` tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineInstance {
+    /// tierd's name of the model the instance serves.
+    pub model: String,
+    /// Its URL (the same forms as a tier's `url`).
+    pub url: String,
 }
 
 fn default_access() -> f64 {
@@ -275,6 +306,10 @@ pub struct Config {
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// Whether engine tiers may name engines on other hosts (their API has
+    /// no authentication: by default only loopback and Unix sockets).
+    #[serde(default)]
+    pub allow_remote_engines: bool,
 }
 
 fn default_max_single() -> f64 {
@@ -322,6 +357,11 @@ impl Config {
             max_models: None,
             min_free_gb: None,
             mode: None,
+            url: None,
+            poll_s: None,
+            load_timeout_s: None,
+            options: None,
+            instances: None,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
         ram.reserved_gb = Some(1.0);
@@ -347,6 +387,7 @@ impl Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             models: Vec::new(),
+            allow_remote_engines: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Engine tiers (placeholder until the engine-tier core is merged): the wire
 //! types of the engines' APIs.
 
+pub mod client;
 pub mod ollama;
 pub mod ollama_wire;
 pub mod vllm;
