@@ -135,6 +135,14 @@ pub enum MoveEvent {
     Cancelled { job: JobKey },
     /// A model's files changed under the driver (vanished, changed size).
     ModelUnavailable { model: String, reason: String },
+    /// An engine tier's engine loaded (`to` is that tier) or unloaded (`to`
+    /// is where its bytes are now) a model on its own: the books follow,
+    /// with a job of origin `engine` in the history. `bytes` is the
+    /// footprint the engine reports, if it does.
+    EngineMoved { model: String, to: usize, bytes: Option<u64> },
+    /// An engine showed activity on a model (a request reached it): an
+    /// access for the usage statistics and the policy.
+    EngineAccess { model: String },
     /// Move `job` read the model's copy in tier `tier` and found it corrupt
     /// (it no longer matches its recorded checksums). Comes right after the
     /// move's `Failed`. `origin_problem` says what is wrong with the origin,
@@ -157,7 +165,7 @@ impl MoveEvent {
             | MoveEvent::Failed { job, .. }
             | MoveEvent::Cancelled { job }
             | MoveEvent::CopyCorrupt { job, .. } => Some(*job),
-            MoveEvent::ModelUnavailable { .. } => None,
+            MoveEvent::ModelUnavailable { .. } | MoveEvent::EngineMoved { .. } | MoveEvent::EngineAccess { .. } => None,
         }
     }
 }
@@ -239,6 +247,12 @@ pub trait TierDriver: Send {
     /// was unregistered): drop what the tier holds of it. Never blocks; the
     /// driver does slow work on a thread of its own.
     fn release(&mut self, _model: &str, _files: Option<&ModelFiles>) {}
+
+    /// As [`TierDriver::release`], told the tier the model is in now (an
+    /// engine tier unloads differently into RAM than further down).
+    fn release_to(&mut self, model: &str, files: Option<&ModelFiles>, _to: usize) {
+        self.release(model, files)
+    }
 
     /// Where a move out of this tier reads the model from.
     fn source_of(&self, _model: &str) -> Source {

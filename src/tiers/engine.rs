@@ -101,6 +101,8 @@ pub(crate) struct PendingRelease {
     pub epoch: u64,
     pub model: Arc<str>,
     pub tier: usize,
+    /// The tier the model is in now.
+    pub to: usize,
     pub files: Option<Arc<ModelFiles>>,
 }
 
@@ -419,7 +421,7 @@ impl Engine {
         let mut keep = Vec::new();
         for r in std::mem::take(&mut self.pending_releases) {
             if r.epoch <= epoch {
-                self.machine.drivers[r.tier].release(&r.model, r.files.as_deref());
+                self.machine.drivers[r.tier].release_to(&r.model, r.files.as_deref(), r.to);
                 self.refresh_next_event(r.tier);
                 self.dirty = true;
             } else {
@@ -450,10 +452,11 @@ impl Engine {
                 epoch: self.epoch,
                 model: m.name.clone(),
                 tier,
+                to: m.tier,
                 files: m.files.clone(),
             });
         } else {
-            self.machine.drivers[tier].release(&m.name, m.files.as_deref());
+            self.machine.drivers[tier].release_to(&m.name, m.files.as_deref(), m.tier);
             self.refresh_next_event(tier);
         }
     }

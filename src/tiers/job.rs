@@ -134,6 +134,9 @@ pub enum Origin {
     Pressure,
     /// Placement of a newly registered model.
     Register,
+    /// What an inference engine did on its own (another client's load, its
+    /// expiry or eviction), recorded as it was seen.
+    Engine,
 }
 
 impl Origin {
@@ -146,6 +149,7 @@ impl Origin {
             Origin::Policy => "policy",
             Origin::Pressure => "pressure",
             Origin::Register => "register",
+            Origin::Engine => "engine",
         }
     }
 }

@@ -25,6 +25,7 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
+mod engine_events;
 pub mod faults;
 pub mod invariants;
 pub mod job;

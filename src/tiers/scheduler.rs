@@ -327,6 +327,12 @@ impl Engine {
                 origin_problem,
                 ..
             } => self.copy_corrupt(now, &model, tier, reason, origin_problem),
+            MoveEvent::EngineMoved { model, to, .. } => self.engine_moved(now, &model, to),
+            MoveEvent::EngineAccess { model } => {
+                if let Some(id) = self.state.model_id(&model) {
+                    let _ = self.access_id(now, id);
+                }
+            }
         }
     }
 
