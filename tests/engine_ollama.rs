@@ -217,7 +217,7 @@ struct Rig {
     _root: tempfile::TempDir,
     fake: FakeOllama,
     e: Engine,
-    _store: StateStore,
+    store: StateStore,
 }
 
 fn rig_with(extra: &str, models: &[(&str, u64)]) -> Rig {
@@ -244,7 +244,7 @@ fn rig_with(extra: &str, models: &[(&str, u64)]) -> Rig {
         _root: root,
         fake,
         e,
-        _store: store,
+        store,
     }
 }
 
@@ -261,6 +261,7 @@ impl Rig {
         let end = std::time::Instant::now() + d;
         while std::time::Instant::now() < end {
             self.e.tick(now());
+            real_support::save(&mut self.e, &self.store);
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -269,6 +270,7 @@ impl Rig {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < end {
             self.e.tick(now());
+            real_support::save(&mut self.e, &self.store);
             if done(&mut self.e) {
                 return true;
             }
@@ -289,7 +291,9 @@ impl Rig {
     fn move_wait(&mut self, model: &str, to: &str) -> Value {
         self.e.tick(now());
         let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
-        real_support::wait(&mut self.e, &s.job_id, Duration::from_secs(20))
+        let id = s.job_id.clone();
+        assert!(self.until(|e| e.job_ended(&id) != Some(false)), "job {id} did not end");
+        self.e.job_json(now(), &id).expect("job status")
     }
     /// The jobs recorded with `origin: "engine"` for `model`.
     fn engine_jobs(&mut self, model: &str) -> Vec<Value> {
@@ -320,12 +324,20 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
     let info = r.e.model_json(now(), M).expect("model_info");
     assert_eq!(info["model"]["tier"], "gpu0", "{info}");
     // The footprint is what /api/ps reports (size_vram = 125 MB).
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["engine_loaded"] == json!([M])));
     let gpu = r.tier("gpu0");
     assert_eq!(gpu["models"], 1, "{gpu}");
-    assert!((gpu["used_gb"].as_f64().unwrap() - 0.125).abs() < 1e-6, "{gpu}");
+    assert_eq!(gpu["footprint_gb"][M], 0.125, "{gpu}");
+    assert_eq!(gpu["engine_loaded"], json!([M]), "{gpu}");
+    assert_eq!(gpu["health"]["up"], true, "{gpu}");
 
     let st = r.move_wait(M, "ram");
     assert_eq!(st["status"], "success", "{st}");
+    // The RAM tier pinned the files; the unload follows the committed move.
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !r.fake.loaded().is_empty() && std::time::Instant::now() < end {
+        r.tick_for(Duration::from_millis(20));
+    }
     assert!(r.fake.loaded().is_empty(), "unloaded");
     assert!(
         r.fake
@@ -380,7 +392,9 @@ fn a_native_clients_keep_alive_is_overridden_by_the_pin() {
         fake_expiry(&mut r) > now() + 100.0 * 365.0 * 86400.0,
         "tierd re-asserted keep_alive -1"
     );
-    assert_eq!(r.tier_of(M), "gpu0");
+    // The client's request without options made Ollama reload the model
+    // (it left /api/ps for a moment): the books follow it back.
+    assert!(r.until(|e| e.model_json(now(), M).unwrap()["model"]["tier"] == "gpu0"));
 }
 
 #[test]

@@ -168,7 +168,7 @@ struct Rig {
     a: FakeVllm,
     b: FakeVllm,
     e: Engine,
-    _store: StateStore,
+    store: StateStore,
 }
 
 fn rig() -> Rig {
@@ -195,13 +195,7 @@ fn rig() -> Rig {
         make_file(&file, 2 * MB, 5);
         e.register_json(now(), name, None, Some("storage"), Some(&file)).expect("register");
     }
-    Rig {
-        root,
-        a,
-        b,
-        e,
-        _store: store,
-    }
+    Rig { root, a, b, e, store }
 }
 
 impl Rig {
@@ -209,6 +203,7 @@ impl Rig {
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
             self.e.tick(now());
+            real_support::save(&mut self.e, &self.store);
             if done(&mut self.e) {
                 return true;
             }
@@ -225,7 +220,9 @@ impl Rig {
     fn move_wait(&mut self, model: &str, to: &str) -> Value {
         self.e.tick(now());
         let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
-        real_support::wait(&mut self.e, &s.job_id, Duration::from_secs(20))
+        let id = s.job_id.clone();
+        assert!(self.until(|e| e.job_ended(&id) != Some(false)), "job {id} did not end");
+        self.e.job_json(now(), &id).expect("job status")
     }
     fn engine_jobs(&mut self, model: &str) -> usize {
         let jobs = self.e.jobs_json(now());

@@ -68,6 +68,8 @@ pub struct OpenContext {
     /// tier tells a demotion to the tier right below it (RAM) from one
     /// further down.
     pub tier_index: usize,
+    /// How many tiers the machine has (the last is storage).
+    pub tier_count: usize,
     /// The configuration's `allow_remote_engines`.
     pub allow_remote_engines: bool,
     probe: Option<Arc<GpuProbe>>,
@@ -151,6 +153,7 @@ impl Machine {
             gpu_tiers: 0,
             spaces: Default::default(),
             tier_index: 0,
+            tier_count: n,
             allow_remote_engines: cfg.allow_remote_engines,
             probe: None,
             open_gpu: Some(Box::new(gpu)),

@@ -312,4 +312,6 @@ pub const DRIVERS: &[(&str, OpenDriver)] = &[
     ("dir", dir::open),
     ("gpu", gpu::open),
     ("storage", storage::open),
+    ("ollama", engine::ollama::open),
+    ("vllm", engine::vllm::open),
 ];

@@ -492,7 +492,7 @@ impl Engine {
     }
 
     /// Marks a job ended and bounds the history.
-    fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+    pub(crate) fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);

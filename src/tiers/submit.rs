@@ -107,7 +107,7 @@ pub struct Registered {
 }
 
 impl Engine {
-    fn new_job_id(&mut self, op: Operation, model: &str, now: f64) -> String {
+    pub(crate) fn new_job_id(&mut self, op: Operation, model: &str, now: f64) -> String {
         let second = now.max(0.0).floor() as u64;
         let base = format!("tier_{}_{}_{second}", op.as_str(), model);
         // Ids taken within this second, by base: the next suffix is known

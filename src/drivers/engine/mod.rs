@@ -4,5 +4,6 @@
 pub mod client;
 pub mod ollama;
 pub mod ollama_wire;
+pub mod tier;
 pub mod vllm;
 pub mod vllm_wire;

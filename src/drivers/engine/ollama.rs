@@ -484,7 +484,9 @@ impl Ollama {
         let own = std::mem::take(&mut b.own);
         // A pin that was overridden: a client's request reached the model.
         let mut accessed = b.activity.accesses(&running, &|n| own.contains(n));
-        b.pinned.retain(|n| running.iter().any(|r| &r.name == n));
+        // Pins stay until tierd unloads: a model Ollama reloaded (a client
+        // with other options) or that another client loads again after an
+        // expiry is pinned again once it shows.
         for name in reassert {
             if !accessed.contains(&name) {
                 accessed.push(name.clone());
@@ -498,4 +500,70 @@ impl Ollama {
         }
         Ok(Observation { running, accessed })
     }
+}
+
+// ------------------------------------------------------------- the driver
+
+/// Timeout of one look at Ollama and of an unload.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An Ollama server with its URL, as the engine tier's API.
+pub struct OllamaEngine {
+    pub url: String,
+    pub api: Ollama,
+}
+
+impl super::tier::EngineApi for OllamaEngine {
+    fn kind(&self) -> &'static str {
+        "ollama"
+    }
+    fn location(&self) -> String {
+        self.url.clone()
+    }
+    fn resolve(&self, model: &str) -> Result<String, String> {
+        self.api.resolve(model)
+    }
+    fn load(&self, id: &str, timeout: std::time::Duration, cancelled: &dyn Fn() -> bool) -> Result<Option<u64>, String> {
+        self.api.load(id, timeout, cancelled).map(Some)
+    }
+    fn unload(&self, id: &str, _to_ram: bool) -> Result<(), String> {
+        self.api.unload(id)
+    }
+    fn observe(&self) -> Result<super::tier::View, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let o = self.api.observe(now)?;
+        Ok(super::tier::View {
+            loaded: o.running.into_iter().map(|r| (r.name, Some(r.bytes))).collect(),
+            accessed: o.accessed,
+        })
+    }
+    fn model_names(&self, id: &str) -> Vec<String> {
+        let mut names = vec![id.to_string()];
+        if let Some(bare) = id.strip_suffix(":latest") {
+            names.push(bare.to_string());
+        }
+        names
+    }
+    fn dropped_to_ram(&self) -> bool {
+        false
+    }
+}
+
+/// Opens an `ollama` tier: `url` (required), `options`, `poll_s`,
+/// `load_timeout_s`.
+pub fn open(
+    ctx: &mut crate::drivers::machine::OpenContext,
+    tier: &crate::config::TierConfig,
+) -> Result<Box<dyn crate::drivers::TierDriver>, String> {
+    let url = tier.url.as_deref().ok_or("an ollama tier needs url = \"http://127.0.0.1:11434\"")?;
+    let client = super::client::Client::new(url, ctx.allow_remote_engines)?;
+    let settings = super::tier::settings(ctx, tier)?;
+    let api = Ollama::new(Box::new(client), tier.options.clone().unwrap_or_default(), REQUEST_TIMEOUT);
+    Ok(Box::new(super::tier::EngineTier::start(
+        OllamaEngine { url: url.to_string(), api },
+        settings,
+    )))
 }

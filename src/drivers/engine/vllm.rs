@@ -369,3 +369,89 @@ impl Vllm {
             .collect()
     }
 }
+
+// ------------------------------------------------------------- the driver
+
+/// Timeout of one look at an instance and of a sleep.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl super::tier::EngineApi for Vllm {
+    fn kind(&self) -> &'static str {
+        "vllm"
+    }
+    fn location(&self) -> String {
+        self.instances.iter().map(|i| i.url.as_str()).collect::<Vec<_>>().join(", ")
+    }
+    fn resolve(&self, model: &str) -> Result<String, String> {
+        self.resolve(model).map(|i| i.to_string())
+    }
+    fn load(&self, id: &str, timeout: std::time::Duration, _cancelled: &dyn Fn() -> bool) -> Result<Option<u64>, String> {
+        let i: usize = id.parse().map_err(|_| format!("vllm: bad instance id {id:?}"))?;
+        self.wake(i, timeout).map(|()| None)
+    }
+    fn unload(&self, id: &str, to_ram: bool) -> Result<(), String> {
+        let i: usize = id.parse().map_err(|_| format!("vllm: bad instance id {id:?}"))?;
+        self.sleep(i, to_ram)
+    }
+    fn observe(&self) -> Result<super::tier::View, String> {
+        let mut loaded = Vec::new();
+        let mut errors = Vec::new();
+        for (i, r) in self.observe().into_iter().enumerate() {
+            match r {
+                Ok(true) => loaded.push((i.to_string(), None)),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(super::tier::View {
+                loaded,
+                accessed: Vec::new(),
+            })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+    fn model_names(&self, id: &str) -> Vec<String> {
+        id.parse::<usize>()
+            .ok()
+            .and_then(|i| self.instances.get(i))
+            .map(|i| vec![i.model.clone()])
+            .unwrap_or_default()
+    }
+    fn dropped_to_ram(&self) -> bool {
+        // A sleep tierd did not order is taken for level 1 (vLLM's default):
+        // the weights are in the instance's CPU memory.
+        true
+    }
+}
+
+/// Opens a `vllm` tier: `instances = [{ model, url }]` (required),
+/// `poll_s`, `load_timeout_s`.
+pub fn open(
+    ctx: &mut crate::drivers::machine::OpenContext,
+    tier: &crate::config::TierConfig,
+) -> Result<Box<dyn crate::drivers::TierDriver>, String> {
+    let list = tier
+        .instances
+        .as_ref()
+        .filter(|l| !l.is_empty())
+        .ok_or("a vllm tier needs instances = [{ model = \"...\", url = \"http://127.0.0.1:8000\" }]")?;
+    let mut instances = Vec::with_capacity(list.len());
+    for (n, inst) in list.iter().enumerate() {
+        if list[..n].iter().any(|o| o.model == inst.model) {
+            return Err(format!("vllm: model {:?} is served by two instances", inst.model));
+        }
+        let client = super::client::Client::new(&inst.url, ctx.allow_remote_engines)?;
+        instances.push(Instance {
+            model: inst.model.clone(),
+            url: inst.url.clone(),
+            http: Box::new(client),
+        });
+    }
+    let settings = super::tier::settings(ctx, tier)?;
+    Ok(Box::new(super::tier::EngineTier::start(
+        Vllm::new(instances, REQUEST_TIMEOUT),
+        settings,
+    )))
+}
