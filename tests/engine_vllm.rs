@@ -200,7 +200,7 @@ fn rig() -> Rig {
 
 impl Rig {
     fn until(&mut self, done: impl Fn(&mut Engine) -> bool) -> bool {
-        let end = Instant::now() + Duration::from_secs(10);
+        let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             self.e.tick(now());
             real_support::save(&mut self.e, &self.store);
@@ -246,9 +246,17 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
         "{posts:?}"
     );
     assert_eq!(r.a.reloads(), 1);
-    // To RAM: level 1 in the query string.
+    // To RAM: level 1 in the query string (once the move committed).
     let st = r.move_wait(A, "ram");
     assert_eq!(st["status"], "success", "{st}");
+    let a = &r.a;
+    let slept = |_: &mut Engine| a.is_sleeping();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !slept(&mut r.e) && Instant::now() < end {
+        r.e.tick(now());
+        real_support::save(&mut r.e, &r.store);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(r.a.last_level(), Some(1));
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Cpu);
     assert_eq!(r.a.posts().last().map(String::as_str), Some("/sleep?level=1"));
@@ -261,6 +269,12 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
     // To storage: level 2.
     let st = r.move_wait(A, "storage");
     assert_eq!(st["status"], "success", "{st}");
+    let end = Instant::now() + Duration::from_secs(5);
+    while !r.a.is_sleeping() && Instant::now() < end {
+        r.e.tick(now());
+        real_support::save(&mut r.e, &r.store);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(r.a.last_level(), Some(2));
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Discarded);
     assert_eq!(r.tier_of(A), "storage");
@@ -331,7 +345,7 @@ fn a_failed_wake_step_fails_the_move_and_puts_the_instance_back_to_sleep() {
     assert!(r.a.is_sleeping(), "the half-woken instance sleeps again");
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Discarded, "{:?}", r.a.posts());
     // A wake slower than load_timeout_s (5 s): failed, and asleep again.
-    r.a.set_times(0.05, 8.0);
+    r.a.set_times(0.05, 5.5);
     let st = r.move_wait(A, "gpu0");
     assert_eq!(st["status"], "failed", "{st}");
     let err = st["error"].as_str().unwrap_or_default().to_lowercase();

@@ -270,12 +270,15 @@ pub enum Known {
 pub struct Vllm {
     pub instances: Vec<Instance>,
     request_timeout: std::time::Duration,
-    known: std::sync::Mutex<Vec<Known>>,
+    /// Per instance: what tierd knows, and a count bumped by each sleep and
+    /// wake, so that a look that started before one does not overwrite
+    /// what it set.
+    known: std::sync::Mutex<Vec<(Known, u64)>>,
 }
 
 impl Vllm {
     pub fn new(instances: Vec<Instance>, request_timeout: std::time::Duration) -> Vllm {
-        let known = vec![Known::Unknown; instances.len()];
+        let known = vec![(Known::Unknown, 0); instances.len()];
         Vllm {
             instances,
             request_timeout,
@@ -283,7 +286,7 @@ impl Vllm {
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, Vec<Known>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, Vec<(Known, u64)>> {
         self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -297,17 +300,25 @@ impl Vllm {
 
     /// What tierd knows of instance `i`.
     pub fn state_of(&self, i: usize) -> Known {
-        self.known().get(i).copied().unwrap_or(Known::Unknown)
+        self.known().get(i).map_or(Known::Unknown, |k| k.0)
+    }
+
+    fn generation(&self, i: usize) -> u64 {
+        self.known().get(i).map_or(0, |k| k.1)
     }
 
     /// Wakes instance `i` within `timeout`. On failure, a half-woken instance
     /// is put back to sleep at the level it had.
     pub fn wake(&self, i: usize, timeout: std::time::Duration) -> Result<(), String> {
         let inst = self.instances.get(i).ok_or("vllm: no such instance")?;
+        // What tierd remembers may be older than the instance's state: ask.
+        if !is_sleeping(&*inst.http, self.request_timeout.min(timeout))? {
+            self.set(i, Known::Awake);
+            return Ok(());
+        }
         let asleep = match self.state_of(i) {
-            Known::Awake => return Ok(()),
             Known::Asleep(a) => a,
-            Known::Unknown => Asleep::Unknown,
+            Known::Awake | Known::Unknown => Asleep::Unknown,
         };
         match wake(&*inst.http, asleep, std::time::Instant::now() + timeout) {
             Ok(()) => {
@@ -316,9 +327,11 @@ impl Vllm {
             }
             Err((e, done)) => {
                 if done > 0 {
+                    // Back to the level it had; an unknown one to level 2, so
+                    // that no weights stay in memory the books do not count.
                     let level = match asleep {
                         Asleep::Level(l) => l,
-                        Asleep::Unknown => SleepLevel::One,
+                        Asleep::Unknown => SleepLevel::Two,
                     };
                     match back_to_sleep(&*inst.http, level, std::time::Instant::now() + self.request_timeout.max(timeout)) {
                         Ok(()) => self.set(i, Known::Asleep(Asleep::Level(level))),
@@ -344,7 +357,7 @@ impl Vllm {
 
     fn set(&self, i: usize, k: Known) {
         if let Some(slot) = self.known().get_mut(i) {
-            *slot = k;
+            *slot = (k, slot.1 + 1);
         }
     }
 
@@ -356,14 +369,19 @@ impl Vllm {
             .iter()
             .enumerate()
             .map(|(i, inst)| {
+                let generation = self.generation(i);
                 let r = is_sleeping(&*inst.http, self.request_timeout).map_err(|e| format!("{}: {e}", inst.url));
-                let next = match (&r, self.state_of(i)) {
-                    (Ok(false), _) => Known::Awake,
-                    (Ok(true), Known::Asleep(a)) => Known::Asleep(a),
-                    (Ok(true), _) => Known::Asleep(Asleep::Unknown),
-                    (Err(_), _) => Known::Unknown,
-                };
-                self.set(i, next);
+                let mut known = self.known();
+                if let Some(slot) = known.get_mut(i)
+                    && slot.1 == generation
+                {
+                    slot.0 = match (&r, slot.0) {
+                        (Ok(false), _) => Known::Awake,
+                        (Ok(true), Known::Asleep(a)) => Known::Asleep(a),
+                        (Ok(true), _) => Known::Asleep(Asleep::Unknown),
+                        (Err(_), _) => Known::Unknown,
+                    };
+                }
                 r.map(|sleeping| !sleeping)
             })
             .collect()
