@@ -106,37 +106,64 @@ pub struct TierConfig {
     /// (TOML octal, `mode = 0o700`); 0700 when absent.
     #[serde(default)]
     pub mode: Option<u32>,
-    /// Engine tiers (`ollama`, `vllm`, `llama-server`): the engine's URL,
-    /// `http://127.0.0.1:PORT`, `http://localhost:PORT` or `unix:/path.sock`
-    /// (another host only with `allow_remote_engines = true`).
+    // ------------------------------------------------- engine tiers only
+    // (`driver = "llama-server" | "ollama" | "vllm"`; see drivers::engine)
+    /// Where the engine answers: `http://127.0.0.1:PORT`,
+    /// `http://localhost:PORT` or `unix:/path/to.sock`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Engine tiers: seconds between two looks at the engine's loaded set
-    /// (default 1).
+    /// Accept an engine URL on another host (off: an engine tier drives a
+    /// process on this machine, whose files it pins).
+    #[serde(default)]
+    pub allow_remote_engines: bool,
+    /// Seconds between two looks at the engine's loaded set (default 1).
     #[serde(default)]
     pub poll_s: Option<f64>,
-    /// Engine tiers: longest a load may take before the move fails (and
-    /// what the engine finishes late is unloaded); default 300.
+    /// Longest a load may take before the move fails and the half-loaded
+    /// model is unloaded (default 600 s).
     #[serde(default)]
     pub load_timeout_s: Option<f64>,
-    /// Engine tiers: parameters sent with every load (Ollama's `options`,
-    /// e.g. `{ num_ctx = 8192 }`: the same ones the clients send, so that
-    /// their first request does not make the engine reload the model).
+    /// A model's footprint in the engine, as a multiple of its file size,
+    /// where neither the engine nor NVML measures it (default 1.2: weights
+    /// plus a small context and compute buffers).
     #[serde(default)]
-    pub options: Option<serde_json::Map<String, serde_json::Value>>,
-    /// `vllm` tiers: one vLLM server per model.
+    pub footprint_factor: Option<f64>,
+    /// Engine options sent with every load (Ollama `options`, such as
+    /// `num_ctx`); passed through as JSON.
+    #[serde(default)]
+    pub options: Option<toml::Table>,
+    /// The engine's argv, when tierd starts the engine itself (llama-server:
+    /// restarted with backoff when it dies, stopped at shutdown).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// vLLM: one entry per instance (each serves one model).
     #[serde(default)]
     pub instances: Option<Vec<EngineInstance>>,
 }
 
-/// One vLLM instance of a `vllm` tier.
+/// One vLLM instance of a `vllm` tier: the model it serves and its URL.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineInstance {
-    /// tierd's name of the model the instance serves.
     pub model: String,
-    /// Its URL (the same forms as a tier's `url`).
     pub url: String,
+}
+
+/// The engine-tier drivers (their tiers take the engine keys above).
+pub const ENGINE_DRIVERS: &[&str] = &["llama-server", "ollama", "vllm"];
+
+/// Default seconds between two looks at an engine.
+pub const DEFAULT_POLL_S: f64 = 1.0;
+/// Default longest load.
+pub const DEFAULT_LOAD_TIMEOUT_S: f64 = 600.0;
+/// Default footprint multiple of a model's file size.
+pub const DEFAULT_FOOTPRINT_FACTOR: f64 = 1.2;
+
+impl TierConfig {
+    /// Whether this tier is an inference engine's.
+    pub fn is_engine(&self) -> bool {
+        self.driver.as_deref().is_some_and(|d| ENGINE_DRIVERS.contains(&d))
+    }
 }
 
 fn default_access() -> f64 {
@@ -306,10 +333,6 @@ pub struct Config {
     /// Models present at start (the simulated default catalog).
     #[serde(default)]
     pub models: Vec<ModelConfig>,
-    /// Whether engine tiers may name engines on other hosts (their API has
-    /// no authentication: by default only loopback and Unix sockets).
-    #[serde(default)]
-    pub allow_remote_engines: bool,
 }
 
 fn default_max_single() -> f64 {
@@ -358,9 +381,12 @@ impl Config {
             min_free_gb: None,
             mode: None,
             url: None,
+            allow_remote_engines: false,
             poll_s: None,
             load_timeout_s: None,
+            footprint_factor: None,
             options: None,
+            command: None,
             instances: None,
         };
         let mut ram = tier("ram", Some(5.0), 0.1);
@@ -387,7 +413,6 @@ impl Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             models: Vec::new(),
-            allow_remote_engines: false,
         }
     }
 
@@ -454,6 +479,40 @@ impl Config {
                 {
                     return bad(format!("tier {:?}: {what} must be between 0 and {MAX_GB}", t.name));
                 }
+            }
+            if !t.is_engine() {
+                let stray = [
+                    ("url", t.url.is_some()),
+                    ("poll_s", t.poll_s.is_some()),
+                    ("load_timeout_s", t.load_timeout_s.is_some()),
+                    ("footprint_factor", t.footprint_factor.is_some()),
+                    ("options", t.options.is_some()),
+                    ("command", t.command.is_some()),
+                    ("instances", t.instances.is_some()),
+                ];
+                if let Some((key, _)) = stray.iter().find(|(_, set)| *set) {
+                    return bad(format!(
+                        "tier {:?}: {key} is an engine-tier key (driver = {})",
+                        t.name,
+                        ENGINE_DRIVERS.join(" | ")
+                    ));
+                }
+            }
+            for (what, v, min) in [
+                ("poll_s", t.poll_s, 0.01),
+                ("load_timeout_s", t.load_timeout_s, 0.01),
+                ("footprint_factor", t.footprint_factor, 0.01),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && (min..=1e6).contains(&v))
+                {
+                    return bad(format!("tier {:?}: {what} must be a number between {min} and 1000000", t.name));
+                }
+            }
+            if let Some(cmd) = &t.command
+                && cmd.first().is_none_or(|c| c.is_empty())
+            {
+                return bad(format!("tier {:?}: command needs at least the program", t.name));
             }
             if let (Some(m), Some(min)) = (t.max_gb, t.min_max_gb)
                 && m < min

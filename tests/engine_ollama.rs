@@ -324,11 +324,12 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
     let info = r.e.model_json(now(), M).expect("model_info");
     assert_eq!(info["model"]["tier"], "gpu0", "{info}");
     // The footprint is what /api/ps reports (size_vram = 125 MB).
-    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["engine_loaded"] == json!([M])));
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["engine_loaded"][0]["id"] == M));
     let gpu = r.tier("gpu0");
     assert_eq!(gpu["models"], 1, "{gpu}");
-    assert_eq!(gpu["footprint_gb"][M], 0.125, "{gpu}");
-    assert_eq!(gpu["engine_loaded"], json!([M]), "{gpu}");
+    assert_eq!(gpu["loaded"][0]["model"], M, "{gpu}");
+    assert_eq!(gpu["loaded"][0]["footprint_gb"], 0.125, "{gpu}");
+    assert_eq!(gpu["loaded"][0]["footprint_source"], "engine", "{gpu}");
     assert_eq!(gpu["health"]["up"], true, "{gpu}");
 
     let st = r.move_wait(M, "ram");

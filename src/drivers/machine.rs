@@ -64,14 +64,6 @@ pub struct OpenContext {
     /// Free-space books of the filesystems under `dir` tiers, shared by
     /// the tiers on one filesystem.
     pub spaces: super::space::FsSpaces,
-    /// The position of the tier being opened (fastest first): an engine
-    /// tier tells a demotion to the tier right below it (RAM) from one
-    /// further down.
-    pub tier_index: usize,
-    /// How many tiers the machine has (the last is storage).
-    pub tier_count: usize,
-    /// The configuration's `allow_remote_engines`.
-    pub allow_remote_engines: bool,
     probe: Option<Arc<GpuProbe>>,
     open_gpu: Option<Box<dyn FnOnce() -> GpuProbe>>,
 }
@@ -152,9 +144,6 @@ impl Machine {
         let mut ctx = OpenContext {
             gpu_tiers: 0,
             spaces: Default::default(),
-            tier_index: 0,
-            tier_count: n,
-            allow_remote_engines: cfg.allow_remote_engines,
             probe: None,
             open_gpu: Some(Box::new(gpu)),
         };
@@ -180,7 +169,6 @@ impl Machine {
                     t.name
                 ));
             }
-            ctx.tier_index = i;
             let driver = open(&mut ctx, t).map_err(|e| format!("tier {:?}: {e}", t.name))?;
             // A tier that serves copies of its own names their directory as
             // the source of the empty name: no two may overlap.

@@ -16,7 +16,9 @@
 //! - `pagecache` ([`pagecache`]): RAM, origin files pinned with `mlock`;
 //! - `dir` ([`dir`]): verified, fsynced copies in a directory;
 //! - `gpu` ([`gpu`]): observed through NVML, refuses moves;
-//! - `storage` ([`storage`]): the origins, never modified.
+//! - `storage` ([`storage`]): the origins, never modified;
+//! - engine tiers ([`engine`]): models loaded in an inference engine
+//!   (`llama-server`, `ollama`, `vllm`).
 //!
 //! Adding a kind of tier is one new file implementing [`TierDriver`] and one
 //! line in [`DRIVERS`].
@@ -135,14 +137,6 @@ pub enum MoveEvent {
     Cancelled { job: JobKey },
     /// A model's files changed under the driver (vanished, changed size).
     ModelUnavailable { model: String, reason: String },
-    /// An engine tier's engine loaded (`to` is that tier) or unloaded (`to`
-    /// is where its bytes are now) a model on its own: the books follow,
-    /// with a job of origin `engine` in the history. `bytes` is the
-    /// footprint the engine reports, if it does.
-    EngineMoved { model: String, to: usize, bytes: Option<u64> },
-    /// An engine showed activity on a model (a request reached it): an
-    /// access for the usage statistics and the policy.
-    EngineAccess { model: String },
     /// Move `job` read the model's copy in tier `tier` and found it corrupt
     /// (it no longer matches its recorded checksums). Comes right after the
     /// move's `Failed`. `origin_problem` says what is wrong with the origin,
@@ -154,9 +148,51 @@ pub enum MoveEvent {
         reason: String,
         origin_problem: Option<String>,
     },
+    /// An engine tier's engine loaded a model tierd did not ask it to (by
+    /// engine id, with the weights path it reports); the engine matches it
+    /// to a model and calls [`TierDriver::adopt`].
+    EngineLoaded {
+        /// The tier (set by the engine when it polls the driver).
+        tier: usize,
+        id: String,
+        path: Option<PathBuf>,
+        bytes: Option<u64>,
+    },
+    /// A model tierd placed in an engine tier is no longer loaded there
+    /// (the engine's LRU, its expiry, another client).
+    EngineUnloaded {
+        tier: usize,
+        model: String,
+        id: String,
+        reason: String,
+    },
+    /// The engine shows the model in use: an access.
+    EngineActivity { tier: usize, model: String },
+    /// A load into an engine tier ended: its wall time, whether the files
+    /// were all RAM-resident at its start, and the model's footprint there.
+    /// Comes right before the move's `Finished`.
+    LoadTimed {
+        tier: usize,
+        model: String,
+        seconds: f64,
+        resident: bool,
+        footprint: u64,
+    },
 }
 
 impl MoveEvent {
+    /// Stamps an engine event with the tier whose driver reported it
+    /// (drivers do not know their place in the machine).
+    pub fn set_tier(&mut self, index: usize) {
+        match self {
+            MoveEvent::EngineLoaded { tier, .. }
+            | MoveEvent::EngineUnloaded { tier, .. }
+            | MoveEvent::EngineActivity { tier, .. }
+            | MoveEvent::LoadTimed { tier, .. } => *tier = index,
+            _ => {}
+        }
+    }
+
     /// The job the event is about, if any (events of one job keep their
     /// order: `CopyCorrupt` comes after the `Failed` that ends its move).
     pub fn job(&self) -> Option<JobKey> {
@@ -165,7 +201,11 @@ impl MoveEvent {
             | MoveEvent::Failed { job, .. }
             | MoveEvent::Cancelled { job }
             | MoveEvent::CopyCorrupt { job, .. } => Some(*job),
-            MoveEvent::ModelUnavailable { .. } | MoveEvent::EngineMoved { .. } | MoveEvent::EngineAccess { .. } => None,
+            MoveEvent::ModelUnavailable { .. }
+            | MoveEvent::EngineLoaded { .. }
+            | MoveEvent::EngineUnloaded { .. }
+            | MoveEvent::EngineActivity { .. }
+            | MoveEvent::LoadTimed { .. } => None,
         }
     }
 }
@@ -248,11 +288,14 @@ pub trait TierDriver: Send {
     /// driver does slow work on a thread of its own.
     fn release(&mut self, _model: &str, _files: Option<&ModelFiles>) {}
 
-    /// As [`TierDriver::release`], told the tier the model is in now (an
-    /// engine tier unloads differently into RAM than further down).
-    fn release_to(&mut self, model: &str, files: Option<&ModelFiles>, _to: usize) {
-        self.release(model, files)
-    }
+    /// A move of `model` out of this tier to a tier of driver `to_kind` is
+    /// committing (before [`TierDriver::release`]): an engine tier unloads
+    /// toward RAM or storage accordingly (vLLM's sleep level).
+    fn moving_out(&mut self, _model: &str, _to_kind: &str) {}
+
+    /// The engine matched an engine-side load ([`MoveEvent::EngineLoaded`])
+    /// to `model` and placed it in this tier: hold it from now on.
+    fn adopt(&mut self, _model: &str, _files: Option<&ModelFiles>, _engine_id: &str) {}
 
     /// Where a move out of this tier reads the model from.
     fn source_of(&self, _model: &str) -> Source {

@@ -92,6 +92,8 @@ pub struct Engine {
     /// each tier, and the last one of each model.
     pub(crate) fault_log: Vec<VecDeque<FaultView>>,
     pub(crate) model_faults: HashMap<ModelId, FaultView>,
+    /// Load times into engine tiers, by model ([`super::engines`]).
+    pub(crate) load_stats: super::engines::LoadBook,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -101,8 +103,6 @@ pub(crate) struct PendingRelease {
     pub epoch: u64,
     pub model: Arc<str>,
     pub tier: usize,
-    /// The tier the model is in now.
-    pub to: usize,
     pub files: Option<Arc<ModelFiles>>,
 }
 
@@ -243,6 +243,7 @@ impl Engine {
             pending_releases: Vec::new(),
             fault_log: vec![VecDeque::new(); tiers],
             model_faults: HashMap::new(),
+            load_stats: HashMap::new(),
         })
     }
 
@@ -421,7 +422,7 @@ impl Engine {
         let mut keep = Vec::new();
         for r in std::mem::take(&mut self.pending_releases) {
             if r.epoch <= epoch {
-                self.machine.drivers[r.tier].release_to(&r.model, r.files.as_deref(), r.to);
+                self.machine.drivers[r.tier].release(&r.model, r.files.as_deref());
                 self.refresh_next_event(r.tier);
                 self.dirty = true;
             } else {
@@ -452,11 +453,10 @@ impl Engine {
                 epoch: self.epoch,
                 model: m.name.clone(),
                 tier,
-                to: m.tier,
                 files: m.files.clone(),
             });
         } else {
-            self.machine.drivers[tier].release_to(&m.name, m.files.as_deref(), m.tier);
+            self.machine.drivers[tier].release(&m.name, m.files.as_deref());
             self.refresh_next_event(tier);
         }
     }

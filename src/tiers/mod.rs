@@ -14,6 +14,8 @@
 //!   the eviction order of make-room, lowered limits and memory pressure;
 //! - [`limits`]: the run-time limits and `update_limits`;
 //! - [`views`]: the typed answers (tiers, models, jobs, metrics);
+//! - [`engines`]: engine tiers' news (loads and unloads the engine did on
+//!   its own, its activity, load times);
 //! - [`faults`]: what the engine makes of faults noticed while running
 //!   (copies and origins changed or gone, corrupt copies);
 //! - [`invariants`]: the books checked against a recount;
@@ -25,7 +27,8 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
-mod engine_events;
+mod engine_moves;
+pub mod engines;
 pub mod faults;
 pub mod invariants;
 pub mod job;

@@ -135,7 +135,11 @@ impl Engine {
     fn poll_drivers(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
         for i in 0..self.next_events.len() {
             if matches!(self.next_events[i], Some(t) if t <= now) {
+                let first = events.len();
                 self.machine.drivers[i].poll(now, events);
+                for e in &mut events[first..] {
+                    e.event.set_tier(i);
+                }
                 self.refresh_next_event(i);
             }
         }
@@ -327,12 +331,10 @@ impl Engine {
                 origin_problem,
                 ..
             } => self.copy_corrupt(now, &model, tier, reason, origin_problem),
-            MoveEvent::EngineMoved { model, to, .. } => self.engine_moved(now, &model, to),
-            MoveEvent::EngineAccess { model } => {
-                if let Some(id) = self.state.model_id(&model) {
-                    let _ = self.access_id(now, id);
-                }
-            }
+            event @ (MoveEvent::EngineLoaded { .. }
+            | MoveEvent::EngineUnloaded { .. }
+            | MoveEvent::EngineActivity { .. }
+            | MoveEvent::LoadTimed { .. }) => self.engine_event(now, event),
         }
     }
 

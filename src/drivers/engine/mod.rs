@@ -1,9 +1,880 @@
-//! Engine tiers (placeholder until the engine-tier core is merged): the wire
-//! types of the engines' APIs.
+//! Engine tiers: models loaded in an inference engine (llama.cpp's
+//! `llama-server` router, Ollama, vLLM), driven over the engine's HTTP API.
+//!
+//! An engine tier sits above the `pagecache` RAM tier:
+//! - a move into it (promotion) pins the model's files in RAM on a worker
+//!   thread (already resident when the model comes from the RAM tier), then
+//!   loads the model in the engine, which reads the pinned, resident pages.
+//!   The tier holds its own pin for as long as the model is loaded, so the
+//!   RAM tier letting go of the model after the move does not evict pages
+//!   the engine may read again;
+//! - a move out of it to RAM unloads the model and leaves its files pinned
+//!   (the RAM tier pins them before this tier lets go);
+//! - a move out to storage unloads it and unpins.
+//!
+//! # Implementing an engine
+//! One engine is one type implementing [`EngineApi`] (one file under
+//! `drivers/engine/`, wire types with the engine's own field names, a link
+//! to its API doc), plus one line in [`DRIVERS`](super::DRIVERS) whose open
+//! function builds the API from the tier's config and calls
+//! [`EngineTier::open`]. [`EngineTier`] does everything else: capacity,
+//! footprints, health, the poller that reconciles the engine's loaded set
+//! with tierd's books, load timing and rollback. Every [`EngineApi`] method
+//! blocks and is only ever called on the tier's own threads (never under
+//! the engine's lock); each makes its HTTP requests with
+//! [`http::HttpClient`], whose every request has a timeout.
+//!
+//! # What the engine tells tierd
+//! The poller looks at the engine every `poll_s` (default 1 s) and reports:
+//! - [`MoveEvent::EngineLoaded`]: a load tierd did not ask for (another
+//!   client, the engine's own autoload); tierd matches it to a model by name
+//!   or file path and calls [`TierDriver::adopt`];
+//! - [`MoveEvent::EngineUnloaded`]: a model tierd placed here is no longer
+//!   loaded (LRU eviction, expiry, another client);
+//! - [`MoveEvent::EngineActivity`]: the engine shows use (its activity
+//!   marker moved), an access for the usage statistics;
+//! - [`MoveEvent::LoadTimed`]: each load's wall time and footprint.
+//!
+//! # Footprint
+//! A model's bytes in the tier are, in order of preference: what the engine
+//! reports ([`Loaded::bytes`], Ollama `size_vram`), the drop in the GPU's
+//! free memory across the load (NVML), else the file size times
+//! `footprint_factor` (default 1.2).
+//!
+//! # Health
+//! `details()` carries `health` (up, last error, consecutive failures, last
+//! success). While the engine is down the tier's capacity is
+//! [`Capacity::Unavailable`] with the reason, and moves into it fail at
+//! once, saying so; when it answers again its loaded set is re-read.
 
-pub mod client;
+pub mod http;
 pub mod ollama;
 pub mod ollama_wire;
-pub mod tier;
 pub mod vllm;
 pub mod vllm_wire;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+use self::http::HttpError;
+use super::files::ModelFiles;
+use super::gpu::GpuProbe;
+use super::pin::{Pin, pin_files};
+use super::work::{MoveShared, panic_message};
+use super::{Capacity, DriverEvent, JobKey, MoveEvent, MoveOrder, TierDriver};
+use crate::config::{DEFAULT_FOOTPRINT_FACTOR, DEFAULT_LOAD_TIMEOUT_S, DEFAULT_POLL_S, TierConfig, bytes_to_gb, gb_to_bytes};
+
+/// One model the engine has loaded, as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The engine's id of the model (router id, Ollama name).
+    pub id: String,
+    /// The weights file the engine reports for it, where it does (matches
+    /// the model to tierd's by path).
+    pub path: Option<PathBuf>,
+    /// Bytes the engine says the model takes (Ollama `size_vram`, else
+    /// `size`); `None` where it does not say.
+    pub bytes: Option<u64>,
+    /// A marker that changes when the model is used (Ollama `expires_at`
+    /// moving forward); `None` where the engine shows no activity.
+    pub activity: Option<String>,
+}
+
+/// A tierd model as an engine needs it.
+#[derive(Debug, Clone)]
+pub struct ModelRef {
+    pub name: String,
+    pub files: Option<Arc<ModelFiles>>,
+}
+
+impl ModelRef {
+    /// The model's origin paths (empty on a simulated model).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files
+            .as_ref()
+            .map(|f| f.origin_paths().into_iter().map(|(p, _)| p).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Where an unload sends the model (vLLM sleeps at level 1 for RAM and 2
+/// for storage; the others simply unload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnloadTo {
+    Ram,
+    Storage,
+}
+
+/// Why an engine call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    /// The engine's message (HTTP status and body excerpt where it answered).
+    pub message: String,
+    /// The engine could not be reached: it is down.
+    pub down: bool,
+}
+
+impl EngineError {
+    /// The engine answered but refused or failed the request.
+    pub fn refused(message: impl Into<String>) -> EngineError {
+        EngineError {
+            message: message.into(),
+            down: false,
+        }
+    }
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<HttpError> for EngineError {
+    fn from(e: HttpError) -> EngineError {
+        EngineError {
+            down: e.is_down(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a long call (a load, an unload) checks between its steps.
+#[derive(Debug, Clone)]
+pub struct LoadControl {
+    cancelled: Arc<AtomicBool>,
+    /// When the call gives up (`load_timeout_s` from its start).
+    pub deadline: Instant,
+    /// The tier's poll interval (how often to look at the engine's state).
+    pub poll: Duration,
+}
+
+impl LoadControl {
+    pub fn new(timeout: Duration, poll: Duration) -> LoadControl {
+        LoadControl {
+            cancelled: Arc::new(AtomicBool::new(false)),
+            deadline: Instant::now() + timeout,
+            poll,
+        }
+    }
+
+    /// Asks the call to stop.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Time left before the deadline (at least a millisecond, so a request
+    /// made at the deadline still has a timeout).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    }
+
+    /// `Err` once cancelled or past the deadline: `what` names the wait.
+    pub fn check(&self, what: &str) -> Result<(), EngineError> {
+        if self.cancelled() {
+            return Err(EngineError::refused(format!("{what}: cancelled")));
+        }
+        if Instant::now() >= self.deadline {
+            return Err(EngineError::refused(format!("{what}: timed out (load_timeout_s)")));
+        }
+        Ok(())
+    }
+
+    /// Sleeps one poll interval (shorter near the deadline), then checks.
+    pub fn wait(&self, what: &str) -> Result<(), EngineError> {
+        std::thread::sleep(self.poll.min(Duration::from_millis(50)).min(self.remaining()));
+        self.check(what)
+    }
+}
+
+/// An inference engine's API, as an engine tier drives it. Every method
+/// blocks; the tier calls them on its own threads only.
+pub trait EngineApi: Send + Sync + 'static {
+    /// The driver name (`llama-server`, `ollama`, `vllm`).
+    fn kind(&self) -> &'static str;
+
+    /// The models the engine has loaded now. An `Err` with `down` marks
+    /// the engine down.
+    fn loaded(&self) -> Result<Vec<Loaded>, EngineError>;
+
+    /// The engine's id for a tierd model (by its file path, or its name);
+    /// `Err` when the engine does not know it.
+    fn resolve(&self, model: &ModelRef) -> Result<String, EngineError>;
+
+    /// Loads `id` with the tier's options and returns once the engine
+    /// reports it loaded; gives up (`Err`) when `ctl` is cancelled or past
+    /// its deadline. The tier unloads a model whose load failed.
+    fn load(&self, id: &str, model: &ModelRef, ctl: &LoadControl) -> Result<(), EngineError>;
+
+    /// Unloads `id` and returns once the engine no longer reports it loaded.
+    fn unload(&self, id: &str, to: UnloadTo, ctl: &LoadControl) -> Result<(), EngineError>;
+
+    /// Whether the engine answers (default: its loaded set can be read).
+    fn health(&self) -> Result<(), EngineError> {
+        self.loaded().map(drop)
+    }
+
+    /// Per-poll upkeep after each successful look at the engine, given what
+    /// it reports and the ids tierd holds in the tier (Ollama re-asserts
+    /// `keep_alive` where a client overrode it). Messages are recorded as
+    /// the tier's last upkeep error.
+    fn upkeep(&self, _loaded: &[Loaded], _held: &[String]) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The engine's own facts for `tier_status` (its process, its URL).
+    fn details(&self) -> Map<String, Value> {
+        Map::new()
+    }
+
+    /// The tier is closing (tierd stops): stop what the API started (a
+    /// supervised engine process).
+    fn shutdown(&self) {}
+}
+
+/// An engine's health, as `tier_status` shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// Whether the last look at the engine succeeded (false before the
+    /// first look has answered).
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
+    /// When the engine last answered, Unix seconds.
+    pub last_success: Option<f64>,
+    /// Looks at the engine so far.
+    pub checks: u64,
+}
+
+impl Health {
+    fn record(&mut self, r: &Result<(), EngineError>) {
+        self.checks += 1;
+        match r {
+            Ok(()) => {
+                self.up = true;
+                self.consecutive_failures = 0;
+                self.last_success = Some(unix_now());
+            }
+            Err(e) => {
+                if e.down {
+                    self.up = false;
+                    self.consecutive_failures += 1;
+                }
+                self.last_error = Some(e.message.clone());
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "up": self.up,
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+            "last_success": self.last_success,
+            "checks": self.checks,
+        })
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A model tierd holds in the tier.
+#[derive(Debug)]
+struct Held {
+    id: String,
+    /// Its footprint in the tier and how it was found.
+    footprint: u64,
+    footprint_source: &'static str,
+    /// The tier's own pin of its files (see the module docs).
+    pin: Option<Pin>,
+    /// The engine's last activity marker.
+    activity: Option<String>,
+}
+
+/// A load in progress.
+#[derive(Debug)]
+struct Loading {
+    model: String,
+    /// The engine id, once resolved (an external report of it is ours).
+    id: Option<String>,
+    ctl: LoadControl,
+    shared: Arc<MoveShared>,
+}
+
+/// What the tier's threads and its driver share.
+#[derive(Debug, Default)]
+struct Books {
+    held: HashMap<String, Held>,
+    loading: HashMap<JobKey, Loading>,
+    /// Engine ids being unloaded by tierd (their disappearance is ours).
+    unloading: HashSet<String>,
+    /// Where a model leaving the tier goes (told by the engine at commit).
+    leaving_to: HashMap<String, UnloadTo>,
+    /// Engine ids already reported as external loads (reported once).
+    reported: HashSet<String>,
+    health: Health,
+    /// What the engine reported at the last look.
+    seen: Vec<Loaded>,
+    /// The last upkeep failure.
+    upkeep_error: Option<String>,
+    /// Events for the next `poll`.
+    events: Vec<MoveEvent>,
+    /// Whether the poller should stop (the driver was dropped).
+    stop: bool,
+    /// Unloads that failed: (model, message).
+    unload_errors: HashMap<String, String>,
+}
+
+/// The settings of an engine tier, from its `[[tiers]]` entry.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub tier: String,
+    /// `max_gb` in bytes.
+    pub max_bytes: Option<u64>,
+    /// `reserved_gb` in bytes, kept free on the GPU.
+    pub reserved_bytes: u64,
+    pub poll: Duration,
+    pub load_timeout: Duration,
+    pub footprint_factor: f64,
+    /// The engine's GPU where NVML sees it (index from the tier's name).
+    pub gpu: Option<(Arc<GpuProbe>, u32)>,
+}
+
+impl EngineSettings {
+    /// Reads the shared engine keys of a tier.
+    pub fn from_config(tier: &TierConfig, gpu: Option<(Arc<GpuProbe>, u32)>) -> EngineSettings {
+        EngineSettings {
+            tier: tier.name.clone(),
+            max_bytes: tier.max_gb.map(gb_to_bytes),
+            reserved_bytes: tier.reserved_gb.map(gb_to_bytes).unwrap_or(0),
+            poll: Duration::from_secs_f64(tier.poll_s.unwrap_or(DEFAULT_POLL_S)),
+            load_timeout: Duration::from_secs_f64(tier.load_timeout_s.unwrap_or(DEFAULT_LOAD_TIMEOUT_S)),
+            footprint_factor: tier.footprint_factor.unwrap_or(DEFAULT_FOOTPRINT_FACTOR),
+            gpu,
+        }
+    }
+
+    /// NVML free bytes of the engine's GPU, where it sees one.
+    fn gpu_free(&self) -> Option<u64> {
+        let (probe, index) = self.gpu.as_ref()?;
+        probe.free_bytes(*index).ok()
+    }
+}
+
+/// The engine options of a tier (`options = { ... }`) as JSON.
+pub fn options_json(tier: &TierConfig) -> Map<String, Value> {
+    match tier.options.as_ref().map(serde_json::to_value) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => Map::new(),
+    }
+}
+
+/// An engine tier over API `A`. See the module docs.
+pub struct EngineTier<A: EngineApi> {
+    api: Arc<A>,
+    settings: Arc<EngineSettings>,
+    books: Arc<Mutex<Books>>,
+    last_now: f64,
+}
+
+impl<A: EngineApi> std::fmt::Debug for EngineTier<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineTier")
+            .field("kind", &self.api.kind())
+            .field("tier", &self.settings.tier)
+            .finish()
+    }
+}
+
+fn lock(books: &Mutex<Books>) -> MutexGuard<'_, Books> {
+    books.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<A: EngineApi> EngineTier<A> {
+    /// Builds the tier and starts its poller thread (which takes a first
+    /// look at the engine at once).
+    pub fn open(api: A, settings: EngineSettings) -> Result<EngineTier<A>, String> {
+        let tier = EngineTier {
+            api: Arc::new(api),
+            settings: Arc::new(settings),
+            books: Arc::new(Mutex::new(Books::default())),
+            last_now: 0.0,
+        };
+        let (api, settings, books) = (tier.api.clone(), tier.settings.clone(), tier.books.clone());
+        std::thread::Builder::new()
+            .name(format!("tierd-engine-{}", tier.settings.tier))
+            .spawn(move || poller(&*api, &settings, &books))
+            .map_err(|e| format!("cannot start the engine poller thread: {e}"))?;
+        Ok(tier)
+    }
+
+    /// The engine API (tests and the bench reach the engine through it).
+    pub fn api(&self) -> &Arc<A> {
+        &self.api
+    }
+
+    /// The engine's health now.
+    pub fn health(&self) -> Health {
+        lock(&self.books).health.clone()
+    }
+
+    /// Whether the engine is known to be down, and why.
+    fn down_reason(&self) -> Option<String> {
+        let b = lock(&self.books);
+        if b.health.up {
+            return None;
+        }
+        Some(match (&b.health.last_error, b.health.checks) {
+            (Some(e), _) => format!("engine {} is down: {e}", self.api.kind()),
+            (None, 0) => format!("engine {} not reached yet", self.api.kind()),
+            (None, _) => format!("engine {} is down", self.api.kind()),
+        })
+    }
+
+    /// Starts the worker that releases model `model` (unload, then unpin).
+    fn spawn_unload(&self, model: String, held: Held, to: UnloadTo) {
+        let (api, settings, books) = (self.api.clone(), self.settings.clone(), self.books.clone());
+        lock(&books).unloading.insert(held.id.clone());
+        let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
+            let ctl = LoadControl::new(settings.load_timeout, settings.poll);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&held.id, to, &ctl)))
+                .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let mut b = lock(&books);
+            b.unloading.remove(&held.id);
+            b.reported.remove(&held.id);
+            match r {
+                Ok(()) => {
+                    b.unload_errors.remove(&model);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %model, error = %e, "engine unload failed");
+                    b.unload_errors.insert(model, e.message);
+                }
+            }
+            drop(b);
+            if let Some(p) = held.pin {
+                p.release();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start an engine unload thread");
+        }
+    }
+}
+
+impl<A: EngineApi> Drop for EngineTier<A> {
+    fn drop(&mut self) {
+        lock(&self.books).stop = true;
+        self.api.shutdown();
+    }
+}
+
+/// The poller: every `poll`, looks at the engine, records its health and
+/// reconciles its loaded set with the tier's books.
+fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mutex<Books>) {
+    loop {
+        if lock(books).stop {
+            return;
+        }
+        let started = Instant::now();
+        let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.loaded()))
+            .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+        let held_ids = {
+            let mut b = lock(books);
+            b.health.record(&seen.as_ref().map(drop).map_err(Clone::clone));
+            if let Ok(seen) = &seen {
+                reconcile(&mut b, seen);
+            }
+            b.held.values().map(|h| h.id.clone()).collect::<Vec<_>>()
+        };
+        if let Ok(seen) = &seen {
+            let r = api.upkeep(seen, &held_ids);
+            lock(books).upkeep_error = r.err().map(|e| e.message);
+        }
+        let rest = settings.poll.saturating_sub(started.elapsed());
+        std::thread::sleep(rest.max(Duration::from_millis(5)));
+    }
+}
+
+/// Compares what the engine reports with the books and queues the events.
+fn reconcile(b: &mut Books, seen: &[Loaded]) {
+    let ids: HashSet<&str> = seen.iter().map(|l| l.id.as_str()).collect();
+    let loading_ids: HashSet<String> = b.loading.values().filter_map(|l| l.id.clone()).collect();
+    // Models tierd placed here that the engine no longer has.
+    let gone: Vec<String> = b
+        .held
+        .iter()
+        .filter(|(_, h)| !ids.contains(h.id.as_str()) && !b.unloading.contains(&h.id))
+        .map(|(m, _)| m.clone())
+        .collect();
+    for model in gone {
+        if let Some(h) = b.held.remove(&model) {
+            b.reported.remove(&h.id);
+            b.events.push(MoveEvent::EngineUnloaded {
+                tier: 0,
+                model: model.clone(),
+                id: h.id.clone(),
+                reason: "the engine unloaded it on its own (eviction, expiry or another client)".into(),
+            });
+            if let Some(p) = h.pin {
+                p.release_in_background();
+            }
+        }
+    }
+    let mut activity = Vec::new();
+    for l in seen {
+        let ours = b.held.iter_mut().find(|(_, h)| h.id == l.id);
+        match ours {
+            Some((model, h)) => {
+                if l.activity.is_some() && h.activity.is_some() && l.activity != h.activity {
+                    activity.push(model.clone());
+                }
+                if l.activity.is_some() {
+                    h.activity = l.activity.clone();
+                }
+                if let Some(bytes) = l.bytes
+                    && h.footprint_source != "engine"
+                {
+                    h.footprint = bytes;
+                    h.footprint_source = "engine";
+                }
+            }
+            None => {
+                if !loading_ids.contains(&l.id) && !b.unloading.contains(&l.id) && b.reported.insert(l.id.clone()) {
+                    b.events.push(MoveEvent::EngineLoaded {
+                        tier: 0,
+                        id: l.id.clone(),
+                        path: l.path.clone(),
+                        bytes: l.bytes,
+                    });
+                }
+            }
+        }
+    }
+    // Reported external loads that went away again may be reported anew.
+    b.reported.retain(|id| ids.contains(id.as_str()));
+    for model in activity {
+        b.events.push(MoveEvent::EngineActivity { tier: 0, model });
+    }
+    b.seen = seen.to_vec();
+}
+
+/// The result of a load worker.
+struct LoadDone {
+    id: String,
+    footprint: u64,
+    footprint_source: &'static str,
+    pin: Option<Pin>,
+    seconds: f64,
+    resident: bool,
+}
+
+/// Whether every byte of the model's files is in the page cache now.
+fn files_resident(files: Option<&ModelFiles>) -> bool {
+    let Some(files) = files else { return false };
+    let present: u64 = files
+        .files
+        .iter()
+        .map(|f| super::sys::file_resident_fraction(&files.origin_file(f)).map(|r| r.0).unwrap_or(0))
+        .sum();
+    present >= files.bytes
+}
+
+/// A load: pin, resolve, load, measure. On failure unloads what may have
+/// been half loaded and drops the pin.
+fn run_load<A: EngineApi + ?Sized>(
+    api: &A,
+    settings: &EngineSettings,
+    books: &Mutex<Books>,
+    job: JobKey,
+    model: &ModelRef,
+    bytes: u64,
+    ctl: &LoadControl,
+    shared: &MoveShared,
+) -> Result<LoadDone, EngineError> {
+    let started = Instant::now();
+    let resident = files_resident(model.files.as_deref());
+    let pin = match &model.files {
+        Some(files) => Some(pin_files(&files.origin_paths(), shared, None).map_err(|e| match e {
+            super::work::WorkError::Cancelled => EngineError::refused("load: cancelled"),
+            super::work::WorkError::Failed { message, .. } => EngineError::refused(format!("pinning the files for the engine: {message}")),
+        })?),
+        None => None,
+    };
+    ctl.check("load")?;
+    let id = api.resolve(model)?;
+    if let Some(l) = lock(books).loading.get_mut(&job) {
+        l.id = Some(id.clone());
+    }
+    let gpu_before = settings.gpu_free();
+    if let Err(e) = api.load(&id, model, ctl) {
+        // Roll back: a half-loaded model is unloaded (with a fresh
+        // deadline: the load's may be spent).
+        let undo = LoadControl::new(settings.load_timeout.min(Duration::from_secs(60)), settings.poll);
+        if let Err(u) = api.unload(&id, UnloadTo::Ram, &undo) {
+            tracing::warn!(model = %model.name, error = %u, "unloading a failed load failed");
+        }
+        return Err(e);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let reported = api
+        .loaded()
+        .ok()
+        .and_then(|set| set.into_iter().find(|l| l.id == id))
+        .and_then(|l| l.bytes);
+    let measured = match (gpu_before, settings.gpu_free()) {
+        (Some(before), Some(after)) if before > after => Some(before - after),
+        _ => None,
+    };
+    let (footprint, footprint_source) = match (reported, measured) {
+        (Some(b), _) => (b, "engine"),
+        (None, Some(b)) => (b, "nvml"),
+        (None, None) => ((bytes as f64 * settings.footprint_factor).round() as u64, "factor"),
+    };
+    Ok(LoadDone {
+        id,
+        footprint,
+        footprint_source,
+        pin,
+        seconds,
+        resident,
+    })
+}
+
+impl<A: EngineApi> TierDriver for EngineTier<A> {
+    fn kind(&self) -> &'static str {
+        self.api.kind()
+    }
+
+    fn capacity(&self) -> Capacity {
+        if let Some(reason) = self.down_reason() {
+            return Capacity::Unavailable(reason);
+        }
+        let held: u64 = lock(&self.books).held.values().map(|h| h.footprint).sum();
+        let budget = self.settings.max_bytes.map(|m| m.saturating_sub(held));
+        let gpu = self.settings.gpu_free().map(|f| f.saturating_sub(self.settings.reserved_bytes));
+        match (budget, gpu) {
+            (Some(a), Some(b)) => Capacity::Free(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Capacity::Free(a),
+            (None, None) => Capacity::Unbounded,
+        }
+    }
+
+    fn start_move(&mut self, now: f64, order: &MoveOrder<'_>) -> Result<(), String> {
+        self.last_now = now;
+        if let Some(reason) = self.down_reason() {
+            return Err(reason);
+        }
+        let model = order.model.to_string();
+        {
+            let b = lock(&self.books);
+            if b.held.contains_key(&model) || b.loading.values().any(|l| l.model == model) {
+                return Err(format!("model {model} is already loaded or loading in {}", order.to_name));
+            }
+        }
+        let mref = ModelRef {
+            name: model.clone(),
+            files: order.files.cloned(),
+        };
+        let ctl = LoadControl::new(self.settings.load_timeout, self.settings.poll);
+        let shared = MoveShared::new(order.bytes.max(1));
+        lock(&self.books).loading.insert(
+            order.job,
+            Loading {
+                model: model.clone(),
+                id: None,
+                ctl: ctl.clone(),
+                shared: shared.clone(),
+            },
+        );
+        let (api, settings, books) = (self.api.clone(), self.settings.clone(), self.books.clone());
+        let (job, bytes) = (order.job, order.bytes);
+        let spawned = std::thread::Builder::new().name("tierd-engine-load".into()).spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_load(&*api, &settings, &books, job, &mref, bytes, &ctl, &shared)
+            }))
+            .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let mut b = lock(&books);
+            b.loading.remove(&job);
+            match r {
+                Ok(done) => {
+                    b.reported.remove(&done.id);
+                    b.events.push(MoveEvent::LoadTimed {
+                        tier: 0,
+                        model: mref.name.clone(),
+                        seconds: done.seconds,
+                        resident: done.resident,
+                        footprint: done.footprint,
+                    });
+                    b.held.insert(
+                        mref.name.clone(),
+                        Held {
+                            id: done.id,
+                            footprint: done.footprint,
+                            footprint_source: done.footprint_source,
+                            pin: done.pin,
+                            activity: None,
+                        },
+                    );
+                    b.events.push(MoveEvent::Finished {
+                        job,
+                        checksums: None,
+                        mtimes: None,
+                    });
+                }
+                Err(e) if ctl.cancelled() => {
+                    tracing::debug!(error = %e, "engine load cancelled");
+                    b.events.push(MoveEvent::Cancelled { job });
+                }
+                Err(e) => {
+                    if e.down {
+                        b.health.record(&Err(e.clone()));
+                    }
+                    b.events.push(MoveEvent::Failed {
+                        job,
+                        message: format!("{} load of {}: {}", api.kind(), mref.name, e.message),
+                        retryable: e.down,
+                    });
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            lock(&self.books).loading.remove(&order.job);
+            return Err(format!("cannot start an engine load thread: {e}"));
+        }
+        Ok(())
+    }
+
+    fn cancel_move(&mut self, now: f64, job: JobKey) {
+        self.last_now = now;
+        if let Some(l) = lock(&self.books).loading.get(&job) {
+            l.ctl.cancel();
+            l.shared.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn progress(&self, _now: f64, job: JobKey) -> f64 {
+        // Pinning is the measurable half; the engine's load the other.
+        lock(&self.books)
+            .loading
+            .get(&job)
+            .map(|l| l.shared.progress() * 0.5 + if l.id.is_some() { 0.5 } else { 0.0 })
+            .unwrap_or(0.0)
+    }
+
+    fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
+        self.last_now = now;
+        let drained = std::mem::take(&mut lock(&self.books).events);
+        // `tier: 0` in the engine events is stamped by the engine.
+        events.extend(drained.into_iter().map(|event| DriverEvent { at: now, event }));
+    }
+
+    fn next_event_time(&self) -> Option<f64> {
+        // The poller works on its own clock: look at its news as often as
+        // it can have some (loads finish within a poll; external changes
+        // within `poll_s`).
+        let poll_s = self.settings.poll.as_secs_f64().max(super::POLL_EVERY_S);
+        let busy = !lock(&self.books).loading.is_empty();
+        Some(self.last_now + if busy { super::POLL_EVERY_S } else { poll_s.min(0.25) })
+    }
+
+    fn moving_out(&mut self, model: &str, to_kind: &str) {
+        let to = if to_kind == "pagecache" { UnloadTo::Ram } else { UnloadTo::Storage };
+        lock(&self.books).leaving_to.insert(model.to_string(), to);
+    }
+
+    fn release(&mut self, model: &str, _files: Option<&ModelFiles>) {
+        let (held, to) = {
+            let mut b = lock(&self.books);
+            let to = b.leaving_to.remove(model).unwrap_or(UnloadTo::Storage);
+            (b.held.remove(model), to)
+        };
+        if let Some(h) = held {
+            self.spawn_unload(model.to_string(), h, to);
+        }
+    }
+
+    fn adopt(&mut self, model: &str, files: Option<&ModelFiles>, id: &str) {
+        let mut b = lock(&self.books);
+        let bytes = files.map(|f| f.bytes).unwrap_or(0);
+        let reported = b.seen.iter().find(|l| l.id == id).and_then(|l| l.bytes);
+        let (footprint, source) = match reported {
+            Some(r) => (r, "engine"),
+            None => ((bytes as f64 * self.settings.footprint_factor).round() as u64, "factor"),
+        };
+        b.held.insert(
+            model.to_string(),
+            Held {
+                id: id.to_string(),
+                footprint,
+                footprint_source: source,
+                // An external load reads the files itself; tierd pins them
+                // when it next moves the model.
+                pin: None,
+                activity: None,
+            },
+        );
+    }
+
+    fn details(&self) -> Map<String, Value> {
+        let mut m = self.api.details();
+        m.insert("driver".into(), json!(self.api.kind()));
+        m.insert("engine_tier".into(), json!(true));
+        let b = lock(&self.books);
+        m.insert("health".into(), b.health.to_json());
+        if !b.health.up {
+            let reason = b.health.last_error.clone().unwrap_or_else(|| "engine not reached yet".into());
+            m.insert("unavailable_reason".into(), json!(reason));
+        }
+        let mut loaded: Vec<Value> = b
+            .held
+            .iter()
+            .map(|(name, h)| {
+                json!({
+                    "model": name,
+                    "engine_id": h.id,
+                    "footprint_gb": bytes_to_gb(h.footprint),
+                    "footprint_source": h.footprint_source,
+                    "pinned": h.pin.as_ref().map(|p| p.locked),
+                })
+            })
+            .collect();
+        loaded.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
+        m.insert("loaded".into(), Value::Array(loaded));
+        let engine_set: Vec<Value> = b
+            .seen
+            .iter()
+            .map(|l| json!({"id": l.id, "path": l.path, "bytes": l.bytes}))
+            .collect();
+        m.insert("engine_loaded".into(), Value::Array(engine_set));
+        m.insert("footprint_factor".into(), json!(self.settings.footprint_factor));
+        m.insert("poll_s".into(), json!(self.settings.poll.as_secs_f64()));
+        m.insert("load_timeout_s".into(), json!(self.settings.load_timeout.as_secs_f64()));
+        if let Some(e) = &b.upkeep_error {
+            m.insert("upkeep_error".into(), json!(e));
+        }
+        if !b.unload_errors.is_empty() {
+            m.insert("unload_errors".into(), json!(b.unload_errors));
+        }
+        m
+    }
+
+    fn resident_fraction(&self, model: &str, files: Option<&ModelFiles>) -> Option<f64> {
+        lock(&self.books).held.contains_key(model).then_some(())?;
+        let files = files?;
+        Some(if files_resident(Some(files)) { 1.0 } else { 0.0 })
+    }
+}

@@ -377,17 +377,19 @@ struct Books {
     /// one anyway, tierd unloads it rather than adopting it.
     abandoned: std::collections::HashSet<String>,
     activity: Activity,
+    /// The last `/api/ps` reading.
+    last_seen: Vec<Running>,
     /// `/api/tags`, refreshed when a name is not found in it.
     local: BTreeMap<String, u64>,
 }
 
 /// One Ollama server, as the engine tier sees it.
 pub struct Ollama {
-    http: Box<dyn Exchange + Send + Sync>,
+    pub http: Box<dyn Exchange + Send + Sync>,
     /// The tier's `options` table, sent with every load.
     options: Map<String, Value>,
     /// Timeout of a look (`/api/ps`, `/api/tags`) and of an unload.
-    request_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
     books: std::sync::Mutex<Books>,
 }
 
@@ -454,6 +456,64 @@ impl Ollama {
         Ok(())
     }
 
+    /// Unloads `name` before `deadline`.
+    pub fn unload_until(&self, name: &str, deadline: std::time::Instant) -> Result<(), String> {
+        unload(&*self.http, name, deadline)?;
+        let mut b = self.books();
+        b.pinned.remove(name);
+        b.own.remove(name);
+        Ok(())
+    }
+
+    /// Sorts one `/api/ps` reading: leaves out the abandoned loads (they
+    /// are being unloaded), remembers when each model expires, and tells
+    /// which models a client's request reached since the last reading.
+    pub fn look(&self, mut running: Vec<Running>, _now_unix: f64) -> Observation {
+        let mut b = self.books();
+        b.last_seen = running.clone();
+        running.retain(|r| !b.abandoned.contains(&r.name));
+        let own = std::mem::take(&mut b.own);
+        let accessed = b.activity.accesses(&running, &|n| own.contains(n));
+        Observation { running, accessed }
+    }
+
+    /// The upkeep after a reading: re-asserts tierd's pin on the `held`
+    /// models whose `expires_at` a client shortened, and unloads abandoned
+    /// loads Ollama finished after all.
+    pub fn upkeep(&self, held: &[String], now_unix: f64) -> Result<(), String> {
+        let (reassert, drop): (Vec<String>, Vec<String>) = {
+            let b = self.books();
+            let seen = |n: &str| b.last_seen.iter().find(|r| r.name == n).cloned();
+            (
+                held.iter()
+                    .filter(|n| seen(n).is_some_and(|r| pin_overridden(r.expires_at, now_unix)))
+                    .cloned()
+                    .collect(),
+                b.abandoned
+                    .iter()
+                    .filter(|n| seen(n).is_some() && !held.contains(n))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        let mut errors = Vec::new();
+        for name in &drop {
+            match unload(&*self.http, name, std::time::Instant::now() + self.request_timeout) {
+                Ok(()) => {
+                    self.books().abandoned.remove(name);
+                }
+                Err(e) => errors.push(format!("unloading the abandoned load of {name}: {e}")),
+            }
+        }
+        for name in reassert {
+            self.books().own.insert(name.clone());
+            if let Err(e) = reassert_pin(&*self.http, &name, &self.options, self.request_timeout) {
+                errors.push(format!("re-asserting keep_alive -1 on {name}: {e}"));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
     /// Looks at `/api/ps`, and does the upkeep the look calls for:
     /// re-asserts the pins a client overrode, unloads abandoned loads that
     /// Ollama finished.
@@ -504,66 +564,139 @@ impl Ollama {
 
 // ------------------------------------------------------------- the driver
 
-/// Timeout of one look at Ollama and of an unload.
+/// Timeout of one look at Ollama (`/api/ps`, `/api/tags`).
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// An Ollama server with its URL, as the engine tier's API.
+impl Exchange for super::http::HttpClient {
+    fn exchange(&self, method: &str, path: &str, body: Option<&Value>, timeout: std::time::Duration) -> Result<(u16, Vec<u8>), String> {
+        self.request(method, path, body, timeout)
+            .map(|a| (a.status, a.body.to_vec()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An Ollama server as the engine tier drives it
+/// ([`super::EngineApi`]).
 pub struct OllamaEngine {
     pub url: String,
     pub api: Ollama,
+    /// Per model, a counter bumped at each access [`Ollama::observe`] saw:
+    /// the activity marker the engine tier compares between looks.
+    accesses: std::sync::Mutex<HashMap<String, u64>>,
 }
 
-impl super::tier::EngineApi for OllamaEngine {
+impl OllamaEngine {
+    pub fn new(url: &str, api: Ollama) -> OllamaEngine {
+        OllamaEngine {
+            url: url.to_string(),
+            api,
+            accesses: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn refused(message: String) -> super::EngineError {
+    super::EngineError::refused(message)
+}
+
+impl super::EngineApi for OllamaEngine {
     fn kind(&self) -> &'static str {
         "ollama"
     }
-    fn location(&self) -> String {
-        self.url.clone()
-    }
-    fn resolve(&self, model: &str) -> Result<String, String> {
-        self.api.resolve(model)
-    }
-    fn load(&self, id: &str, timeout: std::time::Duration, cancelled: &dyn Fn() -> bool) -> Result<Option<u64>, String> {
-        self.api.load(id, timeout, cancelled).map(Some)
-    }
-    fn unload(&self, id: &str, _to_ram: bool) -> Result<(), String> {
-        self.api.unload(id)
-    }
-    fn observe(&self) -> Result<super::tier::View, String> {
+
+    fn loaded(&self) -> Result<Vec<super::Loaded>, super::EngineError> {
+        // Reachability first: a refused connection marks Ollama down.
+        let (status, body) = self
+            .api
+            .http
+            .exchange("GET", "/api/ps", None, self.api.request_timeout)
+            .map_err(|e| super::EngineError {
+                message: format!("ollama at {}: {e}", self.url),
+                down: true,
+            })?;
+        let running = parse_ps(status, &body).map_err(refused)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let o = self.api.observe(now)?;
-        Ok(super::tier::View {
-            loaded: o.running.into_iter().map(|r| (r.name, Some(r.bytes))).collect(),
-            accessed: o.accessed,
-        })
-    }
-    fn model_names(&self, id: &str) -> Vec<String> {
-        let mut names = vec![id.to_string()];
-        if let Some(bare) = id.strip_suffix(":latest") {
-            names.push(bare.to_string());
+        let seen = self.api.look(running, now);
+        let mut counts = self.accesses.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for name in &seen.accessed {
+            *counts.entry(name.clone()).or_default() += 1;
         }
-        names
+        Ok(seen
+            .running
+            .into_iter()
+            .map(|r| super::Loaded {
+                activity: Some(counts.get(&r.name).copied().unwrap_or(0).to_string()),
+                id: r.name,
+                path: None,
+                bytes: Some(r.bytes),
+            })
+            .collect())
     }
-    fn dropped_to_ram(&self) -> bool {
-        false
+
+    fn resolve(&self, model: &super::ModelRef) -> Result<String, super::EngineError> {
+        self.api.resolve(&model.name).map_err(refused)
+    }
+
+    fn load(&self, id: &str, _model: &super::ModelRef, ctl: &super::LoadControl) -> Result<(), super::EngineError> {
+        self.api.load(id, ctl.remaining(), &|| ctl.cancelled()).map(drop).map_err(refused)
+    }
+
+    fn unload(&self, id: &str, _to: super::UnloadTo, ctl: &super::LoadControl) -> Result<(), super::EngineError> {
+        self.api.unload_until(id, ctl.deadline).map_err(refused)
+    }
+
+    fn upkeep(&self, _loaded: &[super::Loaded], held: &[String]) -> Result<(), super::EngineError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.api.upkeep(held, now).map_err(refused)
+    }
+
+    fn details(&self) -> Map<String, Value> {
+        let mut d = Map::new();
+        d.insert("url".into(), json!(self.url));
+        d.insert("pin_horizon_s".into(), json!(PIN_HORIZON_S));
+        d
+    }
+}
+
+/// The GPU an engine tier's capacity follows, where NVML sees one: GPU N
+/// for a tier named with a trailing number (`gpu0`, `ollama1`), else GPU 0.
+pub fn engine_gpu(
+    ctx: &mut crate::drivers::machine::OpenContext,
+    tier: &crate::config::TierConfig,
+) -> Option<(std::sync::Arc<crate::drivers::gpu::GpuProbe>, u32)> {
+    let digits: String = tier
+        .name
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let index = digits.parse::<u32>().unwrap_or(0);
+    let probe = ctx.gpu();
+    match &*probe {
+        crate::drivers::gpu::GpuProbe::Ready(_) if probe.free_bytes(index).is_ok() => Some((probe, index)),
+        _ => None,
     }
 }
 
 /// Opens an `ollama` tier: `url` (required), `options`, `poll_s`,
-/// `load_timeout_s`.
+/// `load_timeout_s`, `max_gb`, `max_models`.
 pub fn open(
     ctx: &mut crate::drivers::machine::OpenContext,
     tier: &crate::config::TierConfig,
 ) -> Result<Box<dyn crate::drivers::TierDriver>, String> {
     let url = tier.url.as_deref().ok_or("an ollama tier needs url = \"http://127.0.0.1:11434\"")?;
-    let client = super::client::Client::new(url, ctx.allow_remote_engines)?;
-    let settings = super::tier::settings(ctx, tier)?;
-    let api = Ollama::new(Box::new(client), tier.options.clone().unwrap_or_default(), REQUEST_TIMEOUT);
-    Ok(Box::new(super::tier::EngineTier::start(
-        OllamaEngine { url: url.to_string(), api },
-        settings,
-    )))
+    let client = super::http::HttpClient::new(url, tier.allow_remote_engines)?;
+    let api = Ollama::new(Box::new(client), super::options_json(tier), REQUEST_TIMEOUT);
+    let gpu = engine_gpu(ctx, tier);
+    let settings = super::EngineSettings::from_config(tier, gpu);
+    Ok(Box::new(super::EngineTier::open(OllamaEngine::new(url, api), settings)?))
 }

@@ -16,7 +16,7 @@
 //! - State: `GET /is_sleeping` every `poll_s`. The level always goes in the
 //!   query string: vLLM ignores a JSON body.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::vllm_wire::{
     COLLECTIVE_RPC, CollectiveRpcRequest, DetailResponse, IS_SLEEPING, IsSleepingResponse, RELOAD_WEIGHTS, SleepLevel, WAKE_UP,
@@ -393,59 +393,79 @@ impl Vllm {
 /// Timeout of one look at an instance and of a sleep.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl super::tier::EngineApi for Vllm {
+impl super::EngineApi for Vllm {
     fn kind(&self) -> &'static str {
         "vllm"
     }
-    fn location(&self) -> String {
-        self.instances.iter().map(|i| i.url.as_str()).collect::<Vec<_>>().join(", ")
-    }
-    fn resolve(&self, model: &str) -> Result<String, String> {
-        self.resolve(model).map(|i| i.to_string())
-    }
-    fn load(&self, id: &str, timeout: std::time::Duration, _cancelled: &dyn Fn() -> bool) -> Result<Option<u64>, String> {
-        let i: usize = id.parse().map_err(|_| format!("vllm: bad instance id {id:?}"))?;
-        self.wake(i, timeout).map(|()| None)
-    }
-    fn unload(&self, id: &str, to_ram: bool) -> Result<(), String> {
-        let i: usize = id.parse().map_err(|_| format!("vllm: bad instance id {id:?}"))?;
-        self.sleep(i, to_ram)
-    }
-    fn observe(&self) -> Result<super::tier::View, String> {
+
+    /// The awake instances, by the model they serve (its tierd name is the
+    /// engine's id).
+    fn loaded(&self) -> Result<Vec<super::Loaded>, super::EngineError> {
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
         for (i, r) in self.observe().into_iter().enumerate() {
             match r {
-                Ok(true) => loaded.push((i.to_string(), None)),
+                Ok(true) => loaded.push(super::Loaded {
+                    id: self.instances[i].model.clone(),
+                    path: None,
+                    bytes: None,
+                    activity: None,
+                }),
                 Ok(false) => {}
                 Err(e) => errors.push(e),
             }
         }
         if errors.is_empty() {
-            Ok(super::tier::View {
-                loaded,
-                accessed: Vec::new(),
-            })
+            Ok(loaded)
         } else {
-            Err(errors.join("; "))
+            Err(super::EngineError {
+                message: errors.join("; "),
+                down: true,
+            })
         }
     }
-    fn model_names(&self, id: &str) -> Vec<String> {
-        id.parse::<usize>()
-            .ok()
-            .and_then(|i| self.instances.get(i))
-            .map(|i| vec![i.model.clone()])
-            .unwrap_or_default()
+
+    fn resolve(&self, model: &super::ModelRef) -> Result<String, super::EngineError> {
+        self.resolve(&model.name)
+            .map(|i| self.instances[i].model.clone())
+            .map_err(super::EngineError::refused)
     }
-    fn dropped_to_ram(&self) -> bool {
-        // A sleep tierd did not order is taken for level 1 (vLLM's default):
-        // the weights are in the instance's CPU memory.
-        true
+
+    fn load(&self, id: &str, _model: &super::ModelRef, ctl: &super::LoadControl) -> Result<(), super::EngineError> {
+        let i = self.resolve(id).map_err(super::EngineError::refused)?;
+        self.wake(i, ctl.remaining()).map_err(super::EngineError::refused)
+    }
+
+    /// Sleeps at level 1 into RAM (the weights stay in the instance's CPU
+    /// memory), level 2 further down.
+    fn unload(&self, id: &str, to: super::UnloadTo, _ctl: &super::LoadControl) -> Result<(), super::EngineError> {
+        let i = self.resolve(id).map_err(super::EngineError::refused)?;
+        self.sleep(i, to == super::UnloadTo::Ram).map_err(super::EngineError::refused)
+    }
+
+    fn details(&self) -> Map<String, Value> {
+        let mut d = Map::new();
+        let instances: Vec<Value> = self
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| {
+                let state = match self.state_of(i) {
+                    Known::Awake => "awake".to_string(),
+                    Known::Asleep(Asleep::Level(l)) => format!("asleep (level {})", l as u8),
+                    Known::Asleep(Asleep::Unknown) => "asleep (level unknown)".to_string(),
+                    Known::Unknown => "unknown".to_string(),
+                };
+                serde_json::json!({"model": inst.model, "url": inst.url, "state": state})
+            })
+            .collect();
+        d.insert("instances".into(), Value::Array(instances));
+        d
     }
 }
 
 /// Opens a `vllm` tier: `instances = [{ model, url }]` (required),
-/// `poll_s`, `load_timeout_s`.
+/// `poll_s`, `load_timeout_s`, `max_gb`.
 pub fn open(
     ctx: &mut crate::drivers::machine::OpenContext,
     tier: &crate::config::TierConfig,
@@ -460,16 +480,14 @@ pub fn open(
         if list[..n].iter().any(|o| o.model == inst.model) {
             return Err(format!("vllm: model {:?} is served by two instances", inst.model));
         }
-        let client = super::client::Client::new(&inst.url, ctx.allow_remote_engines)?;
+        let client = super::http::HttpClient::new(&inst.url, tier.allow_remote_engines)?;
         instances.push(Instance {
             model: inst.model.clone(),
             url: inst.url.clone(),
             http: Box::new(client),
         });
     }
-    let settings = super::tier::settings(ctx, tier)?;
-    Ok(Box::new(super::tier::EngineTier::start(
-        Vllm::new(instances, REQUEST_TIMEOUT),
-        settings,
-    )))
+    let gpu = super::ollama::engine_gpu(ctx, tier);
+    let settings = super::EngineSettings::from_config(tier, gpu);
+    Ok(Box::new(super::EngineTier::open(Vllm::new(instances, REQUEST_TIMEOUT), settings)?))
 }

@@ -1,0 +1,332 @@
+//! A small HTTP/1.1 JSON client for engine APIs (hyper 1 over tokio, on a
+//! runtime of its own so that callers on plain threads can block on it).
+//!
+//! Engine URLs take three forms:
+//! - `http://127.0.0.1:PORT` (or `http://[::1]:PORT`),
+//! - `http://localhost:PORT`,
+//! - `unix:/path/to/engine.sock` (HTTP over a Unix socket; the request's
+//!   `Host` header is `localhost`).
+//!
+//! Any other host is refused unless the tier sets
+//! `allow_remote_engines = true`: an engine tier pins the model's files on
+//! this machine for the engine to read, which only makes sense for a local
+//! engine, and tierd should not be turned into a client of arbitrary hosts.
+//! Every request has a timeout; an error carries the engine's HTTP status
+//! and the start of its body, so a failed move says what the engine said.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Largest body an engine answer may have (a `/models` list of thousands
+/// of models fits many times over).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of an error body a message quotes.
+const EXCERPT_CHARS: usize = 300;
+
+/// Where an engine listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `host:port` over TCP, and the `Host` header to send.
+    Tcp { addr: String, host: String },
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses an engine URL (see the module docs).
+    pub fn parse(url: &str, allow_remote: bool) -> Result<Endpoint, String> {
+        if let Some(path) = url.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.starts_with('/') {
+                return Err(format!("engine URL {url:?}: a Unix socket URL is unix:/absolute/path.sock"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(format!(
+                "engine URL {url:?}: use http://127.0.0.1:PORT, http://localhost:PORT or unix:/path.sock (https is not supported)"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') || authority.contains('@') || authority.is_empty() {
+            return Err(format!("engine URL {url:?}: give only scheme, host and port (no path or user)"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p),
+            _ => (authority, "80"),
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("engine URL {url:?}: port {port:?} is not a number from 0 to 65535"))?;
+        let local = matches!(host, "127.0.0.1" | "localhost" | "[::1]");
+        if !local && !allow_remote {
+            return Err(format!(
+                "engine URL {url:?}: only 127.0.0.1, localhost and Unix sockets are accepted unless the tier sets allow_remote_engines = true"
+            ));
+        }
+        let connect_host = if host == "localhost" { "127.0.0.1" } else { host };
+        Ok(Endpoint::Tcp {
+            addr: format!("{connect_host}:{port}"),
+            host: format!("{host}:{port}"),
+        })
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The engine could not be reached (refused, reset, timed out).
+    #[error("engine unreachable: {0}")]
+    Unreachable(String),
+    /// The engine answered with an error status.
+    #[error("engine answered HTTP {status}: {excerpt}")]
+    Status { status: u16, excerpt: String },
+    /// The engine answered something that is not the JSON expected.
+    #[error("engine answered garbage: {0}")]
+    Garbage(String),
+}
+
+impl HttpError {
+    /// Whether the failure says the engine is down (rather than that it
+    /// refused this one request).
+    pub fn is_down(&self) -> bool {
+        matches!(self, HttpError::Unreachable(_))
+    }
+}
+
+/// The one runtime every engine client shares (one worker thread: engine
+/// requests are few and small).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, HttpError> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tierd-engine-http")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| HttpError::Unreachable(format!("cannot start the HTTP runtime: {e}")))
+}
+
+/// A client of one engine.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    endpoint: Endpoint,
+}
+
+/// An engine's answer: status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (an empty body is `null`).
+    pub fn json(&self) -> Result<Value, HttpError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&self.body).map_err(|e| HttpError::Garbage(format!("{e}: {}", excerpt(&self.body))))
+    }
+}
+
+/// The start of a body, for messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+impl HttpClient {
+    /// A client of the engine at `url` (see [`Endpoint::parse`]).
+    pub fn new(url: &str, allow_remote: bool) -> Result<HttpClient, String> {
+        Ok(HttpClient {
+            endpoint: Endpoint::parse(url, allow_remote)?,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// `GET path`, answer as JSON; an error status is an error.
+    pub fn get_json(&self, path: &str, timeout: Duration) -> Result<Value, HttpError> {
+        self.call("GET", path, None, timeout)?.json()
+    }
+
+    /// `POST path` with a JSON body (or none), answer as JSON; an error
+    /// status is an error.
+    pub fn post_json(&self, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Value, HttpError> {
+        self.call("POST", path, body, timeout)?.json()
+    }
+
+    /// One request; an error status is an [`HttpError::Status`].
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Answer, HttpError> {
+        let answer = self.request(method, path, body, timeout)?;
+        if !(200..300).contains(&answer.status) {
+            return Err(HttpError::Status {
+                status: answer.status,
+                excerpt: error_message(&answer.body),
+            });
+        }
+        Ok(answer)
+    }
+
+    /// One request, whatever its status. Blocks the calling thread (never
+    /// call it on a runtime's thread or under the engine's lock).
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Answer, HttpError> {
+        let rt = runtime()?;
+        let fut = self.send(method, path, body);
+        rt.block_on(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(HttpError::Unreachable(format!(
+                    "{method} {path}: no answer within {:.1} s",
+                    timeout.as_secs_f64()
+                ))),
+            }
+        })
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, HttpError> {
+        let payload = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| HttpError::Garbage(e.to_string()))?),
+            None => Bytes::new(),
+        };
+        let host = match &self.endpoint {
+            Endpoint::Tcp { host, .. } => host.clone(),
+            Endpoint::Unix(_) => "localhost".to_string(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("accept", "application/json");
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| HttpError::Garbage(format!("bad request {method} {path}: {e}")))?;
+        let what = format!("{method} {path}");
+        match &self.endpoint {
+            Endpoint::Tcp { addr, .. } => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {addr}: {e}")))?;
+                let _ = s.set_nodelay(true);
+                exchange(s, req, &what).await
+            }
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {}: {e}", p.display())))?;
+                exchange(s, req, &what).await
+            }
+        }
+    }
+}
+
+/// Sends one request on a fresh connection and reads the whole answer.
+async fn exchange<S>(stream: S, req: Request<Full<Bytes>>, what: &str) -> Result<Answer, HttpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
+    // The connection task ends when the answer has been read (or on error).
+    let conn = tokio::spawn(conn);
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
+    let status = res.status().as_u16();
+    let body = Limited::new(res.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| HttpError::Unreachable(format!("{what}: reading the answer: {e}")))?
+        .to_bytes();
+    drop(sender);
+    conn.abort();
+    Ok(Answer { status, body })
+}
+
+/// The engine's own message from an error body: `error.message`, `error`
+/// or `detail` when it is JSON, else the start of the body.
+pub fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let found = v
+            .pointer("/error/message")
+            .or_else(|| v.get("error"))
+            .or_else(|| v.get("detail"))
+            .or_else(|| v.get("message"));
+        if let Some(m) = found {
+            return match m.as_str() {
+                Some(s) => s.to_string(),
+                None => excerpt(m.to_string().as_bytes()),
+            };
+        }
+    }
+    excerpt(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_local_unless_allowed() {
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:8080", false),
+            Ok(Endpoint::Tcp {
+                addr: "127.0.0.1:8080".into(),
+                host: "127.0.0.1:8080".into()
+            })
+        );
+        assert!(matches!(Endpoint::parse("http://localhost:1/", false), Ok(Endpoint::Tcp { .. })));
+        assert_eq!(Endpoint::parse("unix:/run/e.sock", false), Ok(Endpoint::Unix("/run/e.sock".into())));
+        assert!(Endpoint::parse("unix:rel.sock", false).is_err());
+        let err = Endpoint::parse("http://10.0.0.2:80", false).unwrap_err();
+        assert!(err.contains("allow_remote_engines"), "{err}");
+        assert!(Endpoint::parse("http://10.0.0.2:80", true).is_ok());
+        assert!(Endpoint::parse("https://127.0.0.1:1", true).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:1/api", false).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:99999", false).is_err());
+    }
+
+    #[test]
+    fn error_messages_quote_the_engine() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"model not found","code":404}}"#),
+            "model not found"
+        );
+        assert_eq!(error_message(br#"{"error":"bad"}"#), "bad");
+        assert_eq!(error_message(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        let c = HttpClient::new(&format!("http://127.0.0.1:{port}"), false).expect("url");
+        let e = c.get_json("/models", Duration::from_secs(2)).unwrap_err();
+        assert!(e.is_down(), "{e}");
+    }
+}
