@@ -478,15 +478,16 @@ impl Ollama {
     }
 
     /// The upkeep after a reading: re-asserts tierd's pin on the `held`
-    /// models whose `expires_at` a client shortened, and unloads abandoned
-    /// loads Ollama finished after all.
+    /// models tierd loaded itself whose `expires_at` a client shortened (a
+    /// model another client loaded keeps that client's keep_alive), and
+    /// unloads abandoned loads Ollama finished after all.
     pub fn upkeep(&self, held: &[String], now_unix: f64) -> Result<(), String> {
         let (reassert, drop): (Vec<String>, Vec<String>) = {
             let b = self.books();
             let seen = |n: &str| b.last_seen.iter().find(|r| r.name == n).cloned();
             (
                 held.iter()
-                    .filter(|n| seen(n).is_some_and(|r| pin_overridden(r.expires_at, now_unix)))
+                    .filter(|n| b.pinned.contains(*n) && seen(n).is_some_and(|r| pin_overridden(r.expires_at, now_unix)))
                     .cloned()
                     .collect(),
                 b.abandoned
