@@ -395,6 +395,11 @@ impl Engine {
             }
             self.state.detach(model, from);
             self.state.attach(model, to);
+            // An engine tier unloads into RAM differently than further down.
+            let to_kind = self.machine.drivers[to].kind();
+            if let Some(name) = self.state.model(model).map(|m| m.name.clone()) {
+                self.machine.drivers[from].moving_out(&name, to_kind);
+            }
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;

@@ -274,15 +274,20 @@ pub struct Vllm {
     /// wake, so that a look that started before one does not overwrite
     /// what it set.
     known: std::sync::Mutex<Vec<(Known, u64)>>,
+    /// One sleep or wake at a time per instance: a wake ordered while the
+    /// sleep before it still settles waits for it (and so knows its level).
+    ops: Vec<std::sync::Mutex<()>>,
 }
 
 impl Vllm {
     pub fn new(instances: Vec<Instance>, request_timeout: std::time::Duration) -> Vllm {
         let known = vec![(Known::Unknown, 0); instances.len()];
+        let ops = instances.iter().map(|_| std::sync::Mutex::new(())).collect();
         Vllm {
             instances,
             request_timeout,
             known: std::sync::Mutex::new(known),
+            ops,
         }
     }
 
@@ -311,6 +316,7 @@ impl Vllm {
     /// is put back to sleep at the level it had.
     pub fn wake(&self, i: usize, timeout: std::time::Duration) -> Result<(), String> {
         let inst = self.instances.get(i).ok_or("vllm: no such instance")?;
+        let _one_at_a_time = self.ops[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // What tierd remembers may be older than the instance's state: ask.
         if !is_sleeping(&*inst.http, self.request_timeout.min(timeout))? {
             self.set(i, Known::Awake);
@@ -349,7 +355,15 @@ impl Vllm {
     /// Puts instance `i` to sleep: level 1 when the model goes to RAM, else 2.
     pub fn sleep(&self, i: usize, to_ram: bool) -> Result<(), String> {
         let inst = self.instances.get(i).ok_or("vllm: no such instance")?;
+        let _one_at_a_time = self.ops[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let level = sleep_level(to_ram);
+        // vLLM ignores a sleep while asleep: the level stays what it was.
+        if is_sleeping(&*inst.http, self.request_timeout)? {
+            if !matches!(self.state_of(i), Known::Asleep(_)) {
+                self.set(i, Known::Asleep(Asleep::Unknown));
+            }
+            return Ok(());
+        }
         sleep(&*inst.http, level, std::time::Instant::now() + self.request_timeout)?;
         self.set(i, Known::Asleep(Asleep::Level(level)));
         Ok(())
