@@ -595,6 +595,7 @@ fn files_resident(files: Option<&ModelFiles>) -> bool {
 
 /// A load: pin, resolve, load, measure. On failure unloads what may have
 /// been half loaded and drops the pin.
+#[allow(clippy::too_many_arguments)] // the load worker's whole context, passed by reference
 fn run_load<A: EngineApi + ?Sized>(
     api: &A,
     settings: &EngineSettings,
