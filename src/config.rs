@@ -627,6 +627,33 @@ mod tests {
     }
 
     #[test]
+    fn engine_keys_belong_to_engine_tiers() {
+        let engine = "[[tiers]]\nname='gpu0'\ndriver='llama-server'\nurl='http://127.0.0.1:8080'\nmax_gb=8.0\nmax_models=2\n\
+                      poll_s=0.5\nload_timeout_s=60\nfootprint_factor=1.3\ncommand=['llama-server','--models-dir','/m']\n\
+                      options={num_ctx=4096}\n[[tiers]]\nname='storage'\n";
+        let cfg = Config::from_toml(engine).expect("engine tier parses");
+        let t = &cfg.tiers[0];
+        assert!(t.is_engine());
+        assert_eq!(t.poll_s, Some(0.5));
+        assert_eq!(t.command.as_ref().map(Vec::len), Some(3));
+        assert_eq!(
+            t.options.as_ref().and_then(|o| o.get("num_ctx")).and_then(toml::Value::as_integer),
+            Some(4096)
+        );
+        let stray = "[[tiers]]\nname='ram'\ndriver='pagecache'\nmax_gb=1.0\nurl='http://127.0.0.1:1'\n[[tiers]]\nname='s'\n";
+        let err = Config::from_toml(stray).unwrap_err().to_string();
+        assert!(err.contains("url is an engine-tier key"), "{err}");
+        let err = Config::from_toml(&engine.replace("poll_s=0.5", "poll_s=0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_s must be"), "{err}");
+        let err = Config::from_toml(&engine.replace("['llama-server','--models-dir','/m']", "[]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("command needs at least the program"), "{err}");
+    }
+
+    #[test]
     fn gb_conversion_round_trips() {
         assert_eq!(gb_to_bytes(4.8), 4_800_000_000);
         assert_eq!(bytes_to_gb(4_800_000_000), 4.8);

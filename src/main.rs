@@ -94,6 +94,9 @@ enum Command {
     /// Measure the real backend: promotion to RAM against `cat` and
     /// `vmtouch -t`, a verified directory move against `cp`.
     BenchReal(tierd::bench::real::BenchArgs),
+    /// Measure the llama-server engine tier: a load through tierd against a
+    /// direct one, and time to loaded with files pinned against cold.
+    BenchEngine(tierd::bench::engine::EngineBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,6 +242,13 @@ fn main() -> ExitCode {
             };
             client::queue(&socket, &action).map_err(|e| e.to_string())
         }
+        Command::BenchEngine(args) => match tierd::bench::engine::run(&args) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(0)
+            }
+            Err(e) => Err(format!("bench-engine: {e}")),
+        },
         Command::BenchReal(args) => match tierd::bench::real::run(&args) {
             Ok(report) => {
                 print!("{report}");

@@ -355,6 +355,7 @@ pub const DRIVERS: &[(&str, OpenDriver)] = &[
     ("dir", dir::open),
     ("gpu", gpu::open),
     ("storage", storage::open),
+    ("llama-server", engine::llama_server::open),
     ("ollama", engine::ollama::open),
     ("vllm", engine::vllm::open),
 ];

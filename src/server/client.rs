@@ -22,6 +22,7 @@ use crate::requests::cancel_job::{CancelJob, CancelJobResponse};
 use crate::requests::health::{Health, HealthResponse};
 use crate::requests::list_jobs::{ListJobs, ListJobsResponse};
 use crate::requests::list_models::{ListModels, ListModelsResponse};
+use crate::requests::metrics::{Metrics, MetricsResponse};
 use crate::requests::move_tier::{MoveTier, MoveTierResponse};
 use crate::requests::queue_history::{QueueHistory, QueueHistoryResponse};
 use crate::requests::queue_status::{QueueStatus, QueueStatusResponse};
@@ -211,7 +212,7 @@ fn opt(v: Option<&str>) -> String {
 
 /// Renders `tier_status` and `list_models` answers as a table of tiers
 /// followed by the models of each tier.
-pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> String {
+pub fn render_status(status: &TierStatusResponse, models: &[ModelView], load_times: &LoadTimesByModel) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -232,16 +233,22 @@ pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> Strin
             t.models
         );
     }
-    for (name, _) in &status.tiers {
+    for (name, t) in &status.tiers {
         let here: Vec<&ModelView> = models.iter().filter(|m| m.tier == *name).collect();
-        let _ = writeln!(out, "\n{name}:");
+        let engine = t.details.get("engine_tier") == Some(&Value::Bool(true));
+        let _ = writeln!(out, "\n{name}:{}", if engine { engine_line(t) } else { String::new() });
         if here.is_empty() {
             let _ = writeln!(out, "  (none)");
         }
         for m in here {
+            let extra = if engine {
+                engine_model(t, &m.model_name, load_times)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {:<24} {:>7} GB  usage {:>4}  {}",
+                "  {:<24} {:>7} GB  usage {:>4}  {}{extra}",
                 m.model_name,
                 num(Some(m.size_gb)),
                 m.usage,
@@ -251,6 +258,48 @@ pub fn render_status(status: &TierStatusResponse, models: &[ModelView]) -> Strin
     }
     out
 }
+
+/// An engine tier's heading: its engine and health.
+fn engine_line(t: &crate::tiers::TierView) -> String {
+    let driver = t.details.get("driver").and_then(Value::as_str).unwrap_or("engine");
+    let health = t.details.get("health");
+    let up = health.and_then(|h| h.get("up")).and_then(Value::as_bool).unwrap_or(false);
+    if up {
+        return format!(" engine tier ({driver}), up");
+    }
+    let failures = health
+        .and_then(|h| h.get("consecutive_failures"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let reason = t.unavailable_reason.as_deref().unwrap_or("not reached yet");
+    format!(" engine tier ({driver}), DOWN after {failures} failed looks: {reason}")
+}
+
+/// A loaded model's footprint and load times, for an engine tier's list.
+fn engine_model(t: &crate::tiers::TierView, model: &str, load_times: &LoadTimesByModel) -> String {
+    let mut out = String::new();
+    let loaded = t.details.get("loaded").and_then(Value::as_array);
+    if let Some(l) = loaded.and_then(|l| l.iter().find(|e| e.get("model").and_then(Value::as_str) == Some(model))) {
+        let gb = l.get("footprint_gb").and_then(Value::as_f64);
+        let source = l.get("footprint_source").and_then(Value::as_str).unwrap_or("?");
+        let _ = write!(out, "  footprint {} GB ({source})", num(gb));
+    }
+    if let Some(s) = load_times.get(model) {
+        let ms = |v: Option<f64>| v.map(|s| format!("{:.0} ms", s * 1e3)).unwrap_or_else(|| "-".into());
+        let _ = write!(
+            out,
+            "  load last {} mean {} p95 {} ({} loads)",
+            ms(s.all.last),
+            ms(s.all.mean),
+            ms(s.all.p95),
+            s.all.count
+        );
+    }
+    out
+}
+
+/// Engine-tier load times by model (from `metrics`).
+pub type LoadTimesByModel = std::collections::BTreeMap<String, crate::tiers::engines::LoadStats>;
 
 /// Renders a `list_models` answer as a table.
 pub fn render_models(models: &[ModelView]) -> String {
@@ -308,7 +357,12 @@ pub fn status(socket: &Path) -> Result<i32, ClientError> {
     let s: TierStatusResponse = c.call(TierStatus)?;
     let m: ListModelsResponse = c.call(ListModels::default())?;
     println!("{}", serving_line(&h));
-    print!("{}", render_status(&s, &m.models));
+    // Load times of engine tiers (an older server without them: none).
+    let load_times = c
+        .call::<MetricsResponse>(Metrics)
+        .map(|r| r.metrics.engine_load_time_s)
+        .unwrap_or_default();
+    print!("{}", render_status(&s, &m.models, &load_times));
     Ok(0)
 }
 
@@ -673,8 +727,38 @@ mod tests {
     fn status_table_lists_tiers_then_models() {
         let s: TierStatusResponse = serde_json::from_value(json!({"status": "success", "tiers": {"ram": {"used_gb": 4.8, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1, "access_s_per_gb": 0.1, "reserved_gb": 1.0, "incoming_gb": 0.0, "max_models": null, "available": true}}, "tier_order": ["ram"]})).unwrap();
         let m: Vec<ModelView> = serde_json::from_value(json!([{"model_name": "bert-large", "size_gb": 1.3, "tier": "ram", "usage": 8, "status": "ready", "last_access": null, "pinned": false, "frequency": 0.0, "temperature": "cold", "interarrival_mean_s": null, "interarrival_stddev_s": null, "first_access": null, "load_time_s": 0.13, "job_id": null, "unavailable_reason": null, "path": null}])).unwrap();
-        let out = render_status(&s, &m);
+        let out = render_status(&s, &m, &LoadTimesByModel::new());
         assert!(out.contains("96.0%"), "{out}");
         assert!(out.contains("bert-large"), "{out}");
+    }
+
+    #[test]
+    fn status_shows_engine_tiers_with_footprints_health_and_load_times() {
+        let tier = |up: bool| {
+            json!({"used_gb": 0.5, "limit_gb": 20.0, "available_gb": 19.0, "utilization": 0.03, "pressure": "low", "models": 1,
+                "access_s_per_gb": 0.01, "reserved_gb": 0.0, "incoming_gb": 0.0, "max_models": 3, "available": up,
+                "unavailable_reason": if up { Value::Null } else { json!("engine llama-server is down: connection refused") },
+                "driver": "llama-server", "engine_tier": true,
+                "health": {"up": up, "consecutive_failures": if up { 0 } else { 4 }},
+                "loaded": [{"model": "phi", "engine_id": "phi", "footprint_gb": 0.6, "footprint_source": "factor"}]})
+        };
+        let m: Vec<ModelView> = serde_json::from_value(json!([{"model_name": "phi", "size_gb": 0.5, "tier": "gpu0", "usage": 2, "status": "ready", "last_access": null, "pinned": false, "frequency": 0.0, "temperature": "cold", "interarrival_mean_s": null, "interarrival_stddev_s": null, "first_access": null, "load_time_s": 0.01, "job_id": null, "unavailable_reason": null, "path": null}])).unwrap();
+        let mut times = LoadTimesByModel::new();
+        let mut stats = crate::tiers::engines::LoadStats::default();
+        stats.all.add(0.25);
+        times.insert("phi".into(), stats);
+        let s: TierStatusResponse =
+            serde_json::from_value(json!({"status": "success", "tiers": {"gpu0": tier(true)}, "tier_order": ["gpu0"]})).unwrap();
+        let out = render_status(&s, &m, &times);
+        assert!(out.contains("gpu0: engine tier (llama-server), up"), "{out}");
+        assert!(out.contains("footprint 0.60 GB (factor)"), "{out}");
+        assert!(out.contains("load last 250 ms mean 250 ms p95 250 ms (1 loads)"), "{out}");
+        let s: TierStatusResponse =
+            serde_json::from_value(json!({"status": "success", "tiers": {"gpu0": tier(false)}, "tier_order": ["gpu0"]})).unwrap();
+        let out = render_status(&s, &m, &times);
+        assert!(
+            out.contains("DOWN after 4 failed looks: engine llama-server is down: connection refused"),
+            "{out}"
+        );
     }
 }

@@ -5,16 +5,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::engine::Engine;
+use super::job::{Attempt, Job, JobStatus, Operation, Origin, Priority};
+use super::state::ModelId;
+use super::submit::MoveOptions;
 use crate::drivers::MoveEvent;
 
 /// Most load times kept per model and residency (the p95 is over these).
 pub const LOAD_SAMPLES: usize = 100;
 
 /// Load times of one model (all loads, or those of one residency).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadTimes {
     pub count: u64,
     pub last: Option<f64>,
@@ -47,7 +51,7 @@ impl LoadTimes {
 
 /// A model's `load_time_s`: every load into an engine tier, and split by
 /// whether its files were all RAM-resident when the load started.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadStats {
     #[serde(flatten)]
     pub all: LoadTimes,
@@ -91,9 +95,189 @@ impl Engine {
                 }
             }
             MoveEvent::EngineLoaded { tier, id, path, .. } => self.engine_loaded(now, tier, &id, path.as_deref()),
-            MoveEvent::EngineUnloaded { tier, model, .. } => self.engine_unloaded(now, tier, &model),
-            other => tracing::info!(event = ?other, "engine tier event"),
+            MoveEvent::EngineUnloaded { tier, model, id, reason } => self.engine_unloaded(now, tier, &model, &id, &reason),
+            _ => {}
         }
+    }
+
+    /// The model an engine-side load is of: by a file path the engine
+    /// reports, else by name = engine id.
+    fn model_of_engine_id(&self, id: &str, path: Option<&std::path::Path>) -> Option<ModelId> {
+        if let Some(path) = path {
+            let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            let found = self.state.models.iter().enumerate().find_map(|(i, m)| {
+                let files = m.as_ref()?.files.as_ref()?;
+                files
+                    .origin_paths()
+                    .iter()
+                    .any(|(p, _)| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == canon)
+                    .then_some(i as ModelId)
+            });
+            if found.is_some() {
+                return found;
+            }
+        }
+        // Ollama names a model `name:tag`; `name` alone means `:latest`.
+        self.state
+            .model_id(id)
+            .or_else(|| id.strip_suffix(":latest").and_then(|n| self.state.model_id(n)))
+    }
+
+    /// The engine of tier `tier` loaded a model on its own: the model moves
+    /// there in the books (its old tier lets go), and a job with origin
+    /// `engine` records it.
+    fn engine_loaded(&mut self, now: f64, tier: usize, engine_id: &str, path: Option<&std::path::Path>) {
+        let Some(id) = self.model_of_engine_id(engine_id, path) else {
+            tracing::info!(engine_id, "engine loaded a model tierd does not know");
+            return;
+        };
+        let Some(m) = self.state.model(id) else { return };
+        if m.tier == tier || m.job.is_some() {
+            // Already ours (a restart: the tier settles it), or a move of
+            // it is under way (it ends by its own events).
+            return;
+        }
+        let (from, files) = (m.tier, m.files.clone());
+        self.rebook(id, from, tier);
+        self.machine.drivers[tier].adopt(
+            &self.state.model(id).map(|m| m.name.to_string()).unwrap_or_default(),
+            files.as_deref(),
+            engine_id,
+        );
+        self.refresh_next_event(tier);
+        self.release_model(id, from);
+        self.record_engine_job(now, id, from, tier, format!("the engine loaded {engine_id} on its own"));
+        // A load is a use.
+        let _ = self.access_id(now, id);
+        self.enforce_max_models(now, tier, id);
+    }
+
+    /// The engine's own load took tier `tier` over its `max_models`: the
+    /// coldest unpinned models (never `keep`, the one just loaded) are
+    /// unloaded to the next slower tier (RAM, above which engine tiers sit).
+    fn enforce_max_models(&mut self, now: f64, tier: usize, keep: ModelId) {
+        let Some(max) = self.state.tiers[tier].max_models else { return };
+        let t = &self.state.tiers[tier];
+        let over = (t.models + t.incoming_models).saturating_sub(max);
+        if over == 0 || tier + 1 >= self.state.tiers.len() {
+            return;
+        }
+        let target = self.state.tiers[tier + 1].name.clone();
+        for victim in self.eviction_order(now, tier, Some(keep)).into_iter().take(over) {
+            let Some(name) = self.state.model(victim).map(|m| m.name.to_string()) else {
+                continue;
+            };
+            let opts = MoveOptions {
+                priority: Priority::High,
+                origin: Origin::Pressure,
+                reason: Some(format!(
+                    "{} holds more than its max_models = {max} after an engine-side load",
+                    self.state.tiers[tier].name
+                )),
+                make_room: true,
+                ..MoveOptions::default()
+            };
+            if let Err(e) = self.move_model(now, &name, &target, &opts) {
+                tracing::warn!(model = %name, error = %e, "cannot unload a model over max_models");
+            }
+        }
+    }
+
+    /// The engine of tier `tier` no longer has a model tierd placed there
+    /// (its LRU, its expiry, another client): the model falls back to its
+    /// origin (the last tier), recorded as a job with origin `engine`.
+    fn engine_unloaded(&mut self, now: f64, tier: usize, model: &str, engine_id: &str, reason: &str) {
+        let Some(id) = self.state.model_id(model) else { return };
+        let Some(m) = self.state.model(id) else { return };
+        if m.tier != tier || m.job.is_some() {
+            return;
+        }
+        let last = self.state.last_tier();
+        self.rebook(id, tier, last);
+        self.release_model(id, tier);
+        self.refresh_next_event(tier);
+        self.record_engine_job(now, id, tier, last, format!("{engine_id}: {reason}"));
+    }
+
+    /// Moves model `id` from tier `from` to `to` in the books at once.
+    fn rebook(&mut self, id: ModelId, from: usize, to: usize) {
+        let Some(m) = self.state.model_mut(id) else { return };
+        m.tier = to;
+        let bytes = m.bytes;
+        let tiers = &mut self.state.tiers;
+        tiers[from].used -= bytes;
+        tiers[from].models -= 1;
+        tiers[to].used += bytes;
+        tiers[to].models += 1;
+        self.state.detach(id, from);
+        self.state.attach(id, to);
+        self.epoch += 1;
+        self.dirty = true;
+    }
+
+    /// Records what the engine did as an ended job (`origin: "engine"`),
+    /// for `tier_job_status` and the history.
+    fn record_engine_job(&mut self, now: f64, model: ModelId, from: usize, to: usize, reason: String) {
+        let Some(m) = self.state.model(model) else { return };
+        let (name, bytes) = (m.name.clone(), m.bytes);
+        let op = if to < from { Operation::Promote } else { Operation::Demote };
+        let key = self.next_key;
+        self.next_key += 1;
+        let id = self.new_job_id(op, &name, now);
+        let mut attempts = SmallVec::new();
+        attempts.push(Attempt {
+            attempt: 1,
+            started_at: now,
+            ended_at: Some(now),
+            outcome: Some("done by the engine".into()),
+        });
+        *self.jobs.slot_for(key) = Some(Job {
+            key,
+            id: id.clone(),
+            model,
+            model_name: name,
+            bytes,
+            from,
+            to,
+            operation: op,
+            priority: Priority::Normal,
+            origin: Origin::Engine,
+            depends_on: SmallVec::new(),
+            claimed_releases: SmallVec::new(),
+            // Nothing was claimed: `close` gives nothing back.
+            unclaimed_bytes: bytes,
+            unclaimed_models: 1,
+            max_retries: 0,
+            attempt: 1,
+            status: JobStatus::Running,
+            created_at: now,
+            started_at: Some(now),
+            ended_at: None,
+            not_before: now,
+            progress: 1.0,
+            estimated_s: 0.0,
+            error: None,
+            attempts,
+            cancel_requested: false,
+            cancel_at_shutdown: false,
+            bandwidth_mb_s: None,
+            reason: Some(reason),
+            unmet_deps: 0,
+            dependents: SmallVec::new(),
+            exchange: false,
+        });
+        self.job_ids.insert(id, key);
+        self.close(now, key, JobStatus::Success, None);
+    }
+
+    /// The expected seconds of a move of `model` into tier `to`: for an
+    /// engine tier, the mean of the model's measured loads once there is
+    /// one; else `fallback` (size times the configured rate).
+    pub(crate) fn move_estimate_s(&self, model: &str, to: usize, fallback: f64) -> f64 {
+        if !self.cfg.tiers.get(to).is_some_and(|t| t.is_engine()) {
+            return fallback;
+        }
+        self.load_stats.get(model).and_then(|s| s.all.mean).unwrap_or(fallback)
     }
 
     /// A model's load statistics, where it was ever loaded in an engine.

@@ -134,8 +134,8 @@ pub enum Origin {
     Pressure,
     /// Placement of a newly registered model.
     Register,
-    /// What an inference engine did on its own (another client's load, its
-    /// expiry or eviction), recorded as it was seen.
+    /// A load or unload an inference engine did on its own (another
+    /// client, its LRU, its expiry), followed in tierd's books.
     Engine,
 }
 

@@ -27,7 +27,6 @@
 //! caller advances it with one [`Engine::tick`] per request, first.
 
 pub mod engine;
-mod engine_moves;
 pub mod engines;
 pub mod faults;
 pub mod invariants;

@@ -393,13 +393,13 @@ impl Engine {
                     f.copy_mtime_ns = mtimes.next();
                 }
             }
+            let name = m.name.clone();
             self.state.detach(model, from);
             self.state.attach(model, to);
-            // An engine tier unloads into RAM differently than further down.
+            // An engine tier unloads toward where the model goes (vLLM's
+            // sleep level); other drivers ignore this.
             let to_kind = self.machine.drivers[to].kind();
-            if let Some(name) = self.state.model(model).map(|m| m.name.clone()) {
-                self.machine.drivers[from].moving_out(&name, to_kind);
-            }
+            self.machine.drivers[from].moving_out(&name, to_kind);
             self.release_model(model, from);
         }
         self.metrics.moves_succeeded += 1;

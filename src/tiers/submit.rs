@@ -295,6 +295,7 @@ impl Engine {
         if let Some(m) = self.state.model_mut(model) {
             m.job = Some(key);
         }
+        let estimated_s = self.move_estimate_s(&name, to, bytes_to_gb(bytes) * rate);
         *self.jobs.slot_for(key) = Some(Job {
             key,
             id: id.clone(),
@@ -318,7 +319,7 @@ impl Engine {
             ended_at: None,
             not_before: now,
             progress: 0.0,
-            estimated_s: bytes_to_gb(bytes) * rate,
+            estimated_s,
             error: None,
             attempts: SmallVec::new(),
             cancel_requested: false,

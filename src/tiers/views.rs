@@ -209,6 +209,12 @@ pub struct ModelInfoView {
     pub by_hour: Vec<u32>,
     pub by_weekday: Vec<u32>,
     pub registered_at: f64,
+    /// Measured loads into engine tiers: last, mean, p95, count, and split
+    /// by whether the files were RAM-resident at the load's start (absent
+    /// for a model never loaded in an engine). Not `load_time_s`: that key
+    /// is the seed's estimated load seconds from the model's tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_load_time_s: Option<super::engines::LoadStats>,
 }
 
 // ---------------------------------------------------------------- metrics
@@ -257,6 +263,10 @@ pub struct MetricsView {
     pub jobs_running: usize,
     pub models: usize,
     pub uptime_s: f64,
+    /// Engine-tier load times by model (`engine_load_time_s` of
+    /// `model_info`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub engine_load_time_s: std::collections::BTreeMap<String, super::engines::LoadStats>,
 }
 
 // ------------------------------------------------------------------ plans
@@ -591,6 +601,7 @@ impl Engine {
             by_hour: m.usage.by_hour.to_vec(),
             by_weekday: m.usage.by_weekday.to_vec(),
             registered_at: m.registered_at,
+            engine_load_time_s: self.load_stats.get(&*m.name).cloned(),
         })
     }
 
@@ -627,6 +638,7 @@ impl Engine {
             jobs_running: self.running.len(),
             models: state.by_name.len(),
             uptime_s: round6(now - self.started_at),
+            engine_load_time_s: self.load_stats.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         }
     }
 }

