@@ -519,47 +519,12 @@ impl Ollama {
     /// re-asserts the pins a client overrode, unloads abandoned loads that
     /// Ollama finished.
     pub fn observe(&self, now_unix: f64) -> Result<Observation, String> {
-        let mut running = running(&*self.http, self.request_timeout)?;
-        let (reassert, drop): (Vec<String>, Vec<String>) = {
-            let b = self.books();
-            (
-                running
-                    .iter()
-                    .filter(|r| b.pinned.contains(&r.name) && pin_overridden(r.expires_at, now_unix))
-                    .map(|r| r.name.clone())
-                    .collect(),
-                running
-                    .iter()
-                    .filter(|r| b.abandoned.contains(&r.name))
-                    .map(|r| r.name.clone())
-                    .collect(),
-            )
-        };
-        for name in &drop {
-            if unload(&*self.http, name, std::time::Instant::now() + self.request_timeout).is_ok() {
-                self.books().abandoned.remove(name);
-            }
+        let seen = self.look(running(&*self.http, self.request_timeout)?, now_unix);
+        let held: Vec<String> = seen.running.iter().map(|r| r.name.clone()).collect();
+        if let Err(e) = self.upkeep(&held, now_unix) {
+            tracing::warn!(error = %e, "ollama upkeep");
         }
-        running.retain(|r| !drop.contains(&r.name));
-        let mut b = self.books();
-        let own = std::mem::take(&mut b.own);
-        // A pin that was overridden: a client's request reached the model.
-        let mut accessed = b.activity.accesses(&running, &|n| own.contains(n));
-        // Pins stay until tierd unloads: a model Ollama reloaded (a client
-        // with other options) or that another client loads again after an
-        // expiry is pinned again once it shows.
-        for name in reassert {
-            if !accessed.contains(&name) {
-                accessed.push(name.clone());
-            }
-            b.own.insert(name.clone());
-            std::mem::drop(b);
-            if let Err(e) = reassert_pin(&*self.http, &name, &self.options, self.request_timeout) {
-                tracing::warn!(model = %name, error = %e, "ollama: cannot re-assert keep_alive -1");
-            }
-            b = self.books();
-        }
-        Ok(Observation { running, accessed })
+        Ok(seen)
     }
 }
 
