@@ -173,6 +173,18 @@ fn tierd_move(e: &mut Engine, model: &str, to: &str) -> Result<f64, String> {
     }
 }
 
+/// Lets the tier's poller (every 0.1 s) take a look after a direct load
+/// and unload before the engine ticks again: the load it may have seen is
+/// then stale and dropped, and tierd's books stay where they were.
+fn settle(e: &mut Engine) {
+    std::thread::sleep(Duration::from_millis(250));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(50) {
+        e.tick(now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Tier `name`'s `tier_status` line as JSON.
 fn tier_details(e: &Engine, name: &str) -> serde_json::Map<String, Value> {
     let view = e.tier_status();
@@ -270,12 +282,15 @@ pub fn run(args: &EngineBenchArgs) -> Result<EngineBenchReport, String> {
     // 1. Overhead. A warm-up of each first.
     direct_load(&c, "tiny")?;
     direct_unload(&c, "tiny")?;
+    settle(&mut e);
     let (mut direct_s, mut tierd_s) = (Vec::new(), Vec::new());
     tierd_move(&mut e, "tiny", "ram")?;
     for _ in 0..=reps {
+        settle(&mut e);
         tierd_s.push(tierd_move(&mut e, "tiny", "gpu0")?);
         tierd_move(&mut e, "tiny", "ram")?;
         wait_status(&c, "tiny", "unloaded")?;
+        settle(&mut e);
         direct_s.push(direct_load(&c, "tiny")?);
         direct_unload(&c, "tiny")?;
     }
@@ -292,12 +307,14 @@ pub fn run(args: &EngineBenchArgs) -> Result<EngineBenchReport, String> {
         pinned_locked &= tier.get("locked") == Some(&Value::Bool(true));
         pinned_s.push(direct_load(&c, "big")?);
         direct_unload(&c, "big")?;
+        settle(&mut e);
         tierd_move(&mut e, "big", "storage")?;
         // The unpin runs on a thread of its own: wait until the pages can go.
         std::thread::sleep(Duration::from_millis(300));
         sys::drop_cache(&big).map_err(|e| e.to_string())?;
         cold_s.push(direct_load(&c, "big")?);
         direct_unload(&c, "big")?;
+        settle(&mut e);
     }
     drop(e);
     drop(router);

@@ -863,7 +863,15 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
 
     fn poll(&mut self, now: f64, events: &mut Vec<DriverEvent>) {
         self.last_now = now;
-        let drained = std::mem::take(&mut lock(&self.books).events);
+        let drained = {
+            let mut b = lock(&self.books);
+            let mut events = std::mem::take(&mut b.events);
+            // An engine-side load the engine has undone since (its latest
+            // look no longer lists it) is stale: the books stay as they are.
+            let seen: HashSet<&str> = b.seen.iter().map(|l| l.id.as_str()).collect();
+            events.retain(|e| !matches!(e, MoveEvent::EngineLoaded { id, .. } if !seen.contains(id.as_str())));
+            events
+        };
         // `tier: 0` in the engine events is stamped by the engine.
         events.extend(drained.into_iter().map(|event| DriverEvent { at: now, event }));
     }
