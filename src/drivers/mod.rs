@@ -387,4 +387,6 @@ pub const DRIVERS: &[(&str, OpenDriver)] = &[
     ("gpu", gpu::open),
     ("storage", storage::open),
     ("llama-server", engine::llama_server::open),
+    ("ollama", engine::ollama::open),
+    ("vllm", engine::vllm::open),
 ];

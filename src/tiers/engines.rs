@@ -117,7 +117,10 @@ impl Engine {
                 return found;
             }
         }
-        self.state.model_id(id)
+        // Ollama names a model `name:tag`; `name` alone means `:latest`.
+        self.state
+            .model_id(id)
+            .or_else(|| id.strip_suffix(":latest").and_then(|n| self.state.model_id(n)))
     }
 
     /// The engine of tier `tier` loaded a model on its own: the model moves

@@ -49,6 +49,10 @@
 
 pub mod http;
 pub mod llama_server;
+pub mod ollama;
+pub mod ollama_wire;
+pub mod vllm;
+pub mod vllm_wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
