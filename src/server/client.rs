@@ -333,7 +333,7 @@ fn engine_model(t: &crate::tiers::TierView, model: &str, load_times: &LoadTimesB
         let _ = write!(out, "  footprint {} GB ({source})", gb_cell(gb));
     }
     if let Some(s) = load_times.get(model) {
-        let ms = |v: Option<f64>| v.map(human::duration).unwrap_or_else(|| "-".into());
+        let ms = |v: Option<f64>| v.map(|s| format!("{} ms", human::sig3(s * 1e3))).unwrap_or_else(|| "-".into());
         let _ = write!(
             out,
             "  load last {} mean {} p95 {} ({} loads)",
@@ -1030,7 +1030,7 @@ mod tests {
             serde_json::from_value(json!({"status": "success", "tiers": {"gpu0": tier(true)}, "tier_order": ["gpu0"]})).unwrap();
         let out = render_status(&s, &m, &times);
         assert!(out.contains("gpu0: engine tier (llama-server), up"), "{out}");
-        assert!(out.contains("footprint 0.60 GB (factor)"), "{out}");
+        assert!(out.contains("footprint 0.6 GB (factor)"), "{out}");
         assert!(out.contains("load last 250 ms mean 250 ms p95 250 ms (1 loads)"), "{out}");
         let s: TierStatusResponse =
             serde_json::from_value(json!({"status": "success", "tiers": {"gpu0": tier(false)}, "tier_order": ["gpu0"]})).unwrap();
