@@ -222,6 +222,11 @@ pub struct Job {
     pub error: Option<(String, String)>,
     pub attempts: SmallVec<[Attempt; 1]>,
     pub cancel_requested: bool,
+    /// The target finished and the source is letting go (an engine tier
+    /// unloading, [`crate::drivers::TierDriver::start_move_out`]): what the
+    /// target reported (checksums, mtimes), kept for the commit that waits
+    /// for the source's [`crate::drivers::MoveEvent::MovedOut`].
+    pub moving_out: Option<(Option<Vec<String>>, Option<Vec<i64>>)>,
     /// The cancel came from the server shutting down, not from a request.
     pub cancel_at_shutdown: bool,
     pub bandwidth_mb_s: Option<f64>,
