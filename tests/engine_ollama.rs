@@ -470,6 +470,8 @@ fn an_unload_that_fails_or_times_out_fails_the_move_and_the_model_stays_loaded()
     let ram = r.tier("ram");
     assert_eq!(ram["models"], 0, "{ram}");
     assert_eq!(ram["incoming_models"].as_u64().unwrap_or(0), 0, "{ram}");
+    // The RAM tier's pin taken for the move is released (rolled back).
+    assert_eq!(ram["pinned_models"], json!([]), "{ram}");
     // The books still match the engine a few polls later (no external
     // unload is recorded).
     r.tick_for(Duration::from_millis(200));

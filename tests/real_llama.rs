@@ -366,6 +366,8 @@ fn an_unload_that_fails_fails_the_move_and_the_model_stays_in_the_engine_tier() 
     assert!(m["job_id"].is_null(), "{m}");
     let ram = tier_json(&mut e, "ram");
     assert_eq!(ram["models"], json!(0), "{ram}");
+    // The RAM tier's pin taken for the move is released (rolled back).
+    assert_eq!(ram["pinned_models"], json!([]), "{ram}");
 }
 
 #[test]
