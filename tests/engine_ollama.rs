@@ -339,11 +339,8 @@ fn a_move_loads_with_the_pin_and_options_and_a_demotion_unloads() {
 
     let st = r.move_wait(M, "ram");
     assert_eq!(st["status"], "success", "{st}");
-    // The RAM tier pinned the files; the unload follows the committed move.
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while !r.fake.loaded().is_empty() && std::time::Instant::now() < end {
-        r.tick_for(Duration::from_millis(20));
-    }
+    // The RAM tier pinned the files, and the move ended only once
+    // /api/ps no longer listed the model: asked right at success.
     assert!(r.fake.loaded().is_empty(), "unloaded");
     assert!(
         r.fake
@@ -428,8 +425,12 @@ fn an_engine_down_makes_the_tier_unavailable_and_its_state_is_read_again() {
         "{}",
         r.tier("gpu0")
     );
+    // It leaves the tier, and its move on to RAM (origin engine) ends.
     assert!(
-        r.until(|e| e.model_json(now(), M).unwrap()["model"]["tier"] != "gpu0"),
+        r.until(|e| {
+            let m = &e.model_json(now(), M).unwrap()["model"];
+            m["tier"] != "gpu0" && m["job_id"].is_null()
+        }),
         "the lost model left the tier"
     );
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
@@ -452,6 +453,97 @@ fn a_load_that_times_out_fails_and_the_late_model_is_unloaded() {
     }
     assert!(r.fake.loaded().is_empty(), "the half-loaded model was unloaded");
     assert_eq!(r.tier_of(M), "storage");
+}
+
+#[test]
+fn an_unload_that_fails_or_times_out_fails_the_move_and_the_model_stays_loaded() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    // Ollama refuses the keep_alive 0 request: a failed move with its
+    // message, the model still in the engine tier (and still loaded).
+    r.fake.fail_next(
+        "/api/generate",
+        Fault::Status(500, r#"{"error":"llama runner process has terminated"}"#.into()),
+        1,
+    );
+    let st = r.move_wait(M, "ram");
+    assert_eq!(st["status"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("llama runner process has terminated") && err.contains("gpu0"), "{st}");
+    assert_eq!(r.tier_of(M), "gpu0");
+    assert_eq!(r.fake.loaded(), vec![M.to_string()]);
+    let ram = r.tier("ram");
+    assert_eq!(ram["models"], 0, "{ram}");
+    assert_eq!(ram["incoming_models"].as_u64().unwrap_or(0), 0, "{ram}");
+    // The RAM tier's pin taken for the move is released (rolled back).
+    assert_eq!(ram["pinned_models"], json!([]), "{ram}");
+    // The books still match the engine a few polls later (no external
+    // unload is recorded).
+    r.tick_for(Duration::from_millis(200));
+    assert_eq!(r.tier_of(M), "gpu0");
+    assert!(r.engine_jobs(M).is_empty());
+    // An unload that /api/ps does not confirm within load_timeout_s (5 s).
+    r.fake.state.lock().unwrap().unload_s = 7.0;
+    let st = r.move_wait(M, "storage");
+    assert_eq!(st["status"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("/api/ps") && err.contains("gpu0"), "{st}");
+    assert_eq!(r.tier_of(M), "gpu0", "{st}");
+    // The engine finishes the unload late: noticed as the engine's own.
+    r.fake.state.lock().unwrap().unload_s = 0.05;
+    assert!(r.until(|e| e.model_json(now(), M).expect("model_info")["model"]["tier"] != "gpu0"));
+    assert!(r.fake.loaded().is_empty());
+}
+
+#[test]
+fn a_cancel_during_the_unload_completes_if_the_engine_let_go_else_cancels() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    // The unload takes 1 s: the cancel comes while it runs, too late.
+    r.fake.state.lock().unwrap().unload_s = 1.0;
+    r.e.tick(now());
+    let id =
+        r.e.move_model(now(), M, "ram", &MoveOptions::default())
+            .expect("move accepted")
+            .job_id;
+    let state = r.fake.state.clone();
+    assert!(
+        r.until(|_| state.lock().unwrap().loaded.get(M).is_some_and(|l| l.leaving_at.is_some())),
+        "the unload started"
+    );
+    let v = r.e.cancel_job(now(), &id).expect("cancel");
+    assert_eq!(v.status.as_str(), "cancelling", "{v:?}");
+    assert!(r.until(|e| e.job_ended(&id) != Some(false)));
+    let st = r.e.job_json(now(), &id).expect("job");
+    assert_eq!(st["status"], "success", "the engine let go: too late to cancel: {st}");
+    assert_eq!(r.tier_of(M), "ram");
+    assert!(r.fake.loaded().is_empty());
+    // Back in, then an unload that fails while a cancel waits: cancelled.
+    r.fake.state.lock().unwrap().unload_s = 0.05;
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    let unloads = |f: &FakeOllama| f.generate_requests().iter().filter(|b| b["keep_alive"] == json!(0)).count();
+    let before = unloads(&r.fake);
+    r.fake.fail_next("/api/generate", Fault::Delay(Duration::from_millis(1000)), 1);
+    r.e.tick(now());
+    let id =
+        r.e.move_model(now(), M, "ram", &MoveOptions::default())
+            .expect("move accepted")
+            .job_id;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while unloads(&r.fake) <= before && std::time::Instant::now() < end {
+        r.e.tick(now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(unloads(&r.fake) > before, "the unload started");
+    // /api/ps fails from now on: the unload cannot be confirmed.
+    r.fake.fail_next("/api/ps", Fault::Status(500, r#"{"error":"boom"}"#.into()), 400);
+    let v = r.e.cancel_job(now(), &id).expect("cancel");
+    assert_eq!(v.status.as_str(), "cancelling", "{v:?}");
+    assert!(r.until(|e| e.job_ended(&id) != Some(false)));
+    let st = r.e.job_json(now(), &id).expect("job");
+    assert_eq!(st["status"], "cancelled", "{st}");
+    r.fake.server.clear_faults();
+    assert_eq!(r.tier_of(M), "gpu0", "{st}");
 }
 
 #[test]

@@ -251,17 +251,11 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
         "{posts:?}"
     );
     assert_eq!(r.a.reloads(), 1);
-    // To RAM: level 1 in the query string (once the move committed).
+    // To RAM: level 1 in the query string; the move ends once
+    // /is_sleeping says true (asked right at success).
     let st = r.move_wait(A, "ram");
     assert_eq!(st["status"], "success", "{st}");
-    let a = &r.a;
-    let slept = |_: &mut Engine| a.is_sleeping();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !slept(&mut r.e) && Instant::now() < end {
-        r.e.tick(now());
-        real_support::save(&mut r.e, &r.store);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(r.a.is_sleeping());
     assert_eq!(r.a.last_level(), Some(1));
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Cpu);
     assert_eq!(r.a.posts().last().map(String::as_str), Some("/sleep?level=1"));
@@ -274,12 +268,7 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
     // To storage: level 2.
     let st = r.move_wait(A, "storage");
     assert_eq!(st["status"], "success", "{st}");
-    let end = Instant::now() + Duration::from_secs(5);
-    while !r.a.is_sleeping() && Instant::now() < end {
-        r.e.tick(now());
-        real_support::save(&mut r.e, &r.store);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(r.a.is_sleeping());
     assert_eq!(r.a.last_level(), Some(2));
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Discarded);
     assert_eq!(r.tier_of(A), "storage");
@@ -297,8 +286,12 @@ fn wakes_and_sleeps_by_others_move_the_model_in_the_books() {
     );
     assert!(r.engine_jobs(B) >= 1);
     r.b.external_sleep(1);
+    // It leaves the tier, and its move on to RAM (origin engine) ends.
     assert!(
-        r.until(|e| e.model_json(now(), B).unwrap()["model"]["tier"] != "gpu0"),
+        r.until(|e| {
+            let m = &e.model_json(now(), B).unwrap()["model"];
+            m["tier"] != "gpu0" && m["job_id"].is_null()
+        }),
         "external sleep noticed"
     );
     assert!(r.engine_jobs(B) >= 2);
@@ -331,6 +324,25 @@ fn an_instance_down_makes_the_tier_unavailable_and_comes_back_awake() {
         r.until(|e| e.model_json(now(), A).unwrap()["model"]["tier"] == "gpu0"),
         "a restarted instance is awake"
     );
+}
+
+#[test]
+fn a_sleep_that_fails_fails_the_move_and_the_model_stays_awake() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(A, "gpu0")["status"], "success");
+    r.a.fail_next("/sleep", Fault::Status(500, "CUDA error: out of memory".into()), 1);
+    let st = r.move_wait(A, "ram");
+    assert_eq!(st["status"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("out of memory") && err.contains("gpu0"), "{st}");
+    assert_eq!(r.tier_of(A), "gpu0", "the model is where it was");
+    assert!(!r.a.is_sleeping(), "still awake");
+    // The next try works.
+    let st = r.move_wait(A, "ram");
+    assert_eq!(st["status"], "success", "{st}");
+    assert!(r.a.is_sleeping());
+    assert_eq!(r.tier_of(A), "ram");
+    let _ = &r.root;
 }
 
 #[test]

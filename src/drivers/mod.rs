@@ -151,6 +151,11 @@ pub enum MoveEvent {
         reason: String,
         origin_problem: Option<String>,
     },
+    /// The source tier of job `job` let go of the model that the job moves
+    /// out of it (answers [`TierDriver::start_move_out`]): `error` is `None`
+    /// once the engine shows it unloaded, else the engine's message (the
+    /// model is still in the source tier).
+    MovedOut { job: JobKey, error: Option<String> },
     /// An engine tier's engine loaded a model tierd did not ask it to (by
     /// engine id, with the weights path it reports); the engine matches it
     /// to a model and calls [`TierDriver::adopt`].
@@ -203,6 +208,7 @@ impl MoveEvent {
             MoveEvent::Finished { job, .. }
             | MoveEvent::Failed { job, .. }
             | MoveEvent::Cancelled { job }
+            | MoveEvent::MovedOut { job, .. }
             | MoveEvent::CopyCorrupt { job, .. } => Some(*job),
             MoveEvent::ModelUnavailable { .. }
             | MoveEvent::EngineLoaded { .. }
@@ -295,6 +301,18 @@ pub trait TierDriver: Send {
     /// committing (before [`TierDriver::release`]): an engine tier unloads
     /// toward RAM or storage accordingly (vLLM's sleep level).
     fn moving_out(&mut self, _model: &str, _to_kind: &str) {}
+
+    /// The target of job `job`, a move of `model` out of this tier to a tier
+    /// of driver `to_kind`, has finished its part: the source lets go before
+    /// the move commits. `Ok(true)` says the driver confirms with a
+    /// [`MoveEvent::MovedOut`] of the job (an engine tier unloads and waits
+    /// for the engine to show it unloaded: toward RAM the files stay pinned,
+    /// vLLM's sleep level 1; toward storage, level 2); the move commits only
+    /// then, and fails (the target's copy released) if the unload fails.
+    /// `Ok(false)` (the default) commits at once; `Err` fails the move.
+    fn start_move_out(&mut self, _now: f64, _job: JobKey, _model: &str, _to_kind: &str) -> Result<bool, String> {
+        Ok(false)
+    }
 
     /// The engine matched an engine-side load ([`MoveEvent::EngineLoaded`])
     /// to `model` and placed it in this tier: hold it from now on.

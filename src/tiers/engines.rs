@@ -275,6 +275,7 @@ impl Engine {
             error: None,
             attempts,
             cancel_requested: false,
+            moving_out: None,
             cancel_at_shutdown: false,
             bandwidth_mb_s: None,
             reason: Some(reason),

@@ -184,6 +184,11 @@ impl Job {
     }
 }
 
+/// What a move's target reported when it finished: the checksums it
+/// verified and the modification times of its copy (see
+/// [`crate::drivers::MoveEvent::Finished`]).
+pub type TargetDone = (Option<Vec<String>>, Option<Vec<i64>>);
+
 /// A move of one model from one tier to another.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -222,6 +227,11 @@ pub struct Job {
     pub error: Option<(String, String)>,
     pub attempts: SmallVec<[Attempt; 1]>,
     pub cancel_requested: bool,
+    /// The target finished and the source is letting go (an engine tier
+    /// unloading, [`crate::drivers::TierDriver::start_move_out`]): what the
+    /// target reported (checksums, mtimes), kept for the commit that waits
+    /// for the source's [`crate::drivers::MoveEvent::MovedOut`].
+    pub moving_out: Option<TargetDone>,
     /// The cancel came from the server shutting down, not from a request.
     pub cancel_at_shutdown: bool,
     pub bandwidth_mb_s: Option<f64>,

@@ -277,8 +277,13 @@ impl Engine {
                 job.cancel_requested = true;
                 job.cancel_at_shutdown = cause == CancelCause::Shutdown;
                 let to = job.to;
-                self.machine.drivers[to].cancel_move(now, key);
-                self.refresh_next_event(to);
+                // A move whose target is done and whose source is unloading
+                // ends on the unload's answer: completed if the engine let
+                // go (too late), else cancelled.
+                if job.moving_out.is_none() {
+                    self.machine.drivers[to].cancel_move(now, key);
+                    self.refresh_next_event(to);
+                }
                 // A driver that rolls back at once (the simulated one) says
                 // so in its next events: take them now.
                 self.apply_due_events(now);
@@ -311,23 +316,11 @@ impl Engine {
     #[inline]
     fn apply_event(&mut self, now: f64, e: DriverEvent) {
         match e.event {
-            MoveEvent::Finished { job, checksums, mtimes } => self.finish_job(now, job, checksums, mtimes),
+            MoveEvent::Finished { job, checksums, mtimes } => self.target_finished(now, job, checksums, mtimes),
+            MoveEvent::MovedOut { job, error } => self.moved_out(now, job, error),
             MoveEvent::Failed { job, message, retryable } => self.fail_run(now, job, message, retryable),
             MoveEvent::Cancelled { job } => {
-                if self.running.contains(&job) {
-                    let cause = self.jobs.get(&job).and_then(Job::cancel_cause).unwrap_or(CancelCause::Request);
-                    let outcome = match cause {
-                        CancelCause::Request => "cancelled",
-                        CancelCause::Shutdown => "rolled back at shutdown",
-                    };
-                    self.stop_running(now, job, outcome, false);
-                    self.end_job(
-                        now,
-                        job,
-                        JobStatus::Cancelled,
-                        Some(("CANCELLED".into(), cause.rolled_back_message().into())),
-                    );
-                }
+                self.cancelled_run(now, job);
             }
             MoveEvent::ModelUnavailable { model, reason } => {
                 if let Some(id) = self.state.model_id(&model)
@@ -354,6 +347,88 @@ impl Engine {
             | MoveEvent::EngineActivity { .. }
             | MoveEvent::LoadTimed { .. }) => self.engine_event(now, event),
         }
+    }
+
+    /// A running move was rolled back on request (or at shutdown).
+    fn cancelled_run(&mut self, now: f64, job: JobKey) {
+        if self.running.contains(&job) {
+            let cause = self.jobs.get(&job).and_then(Job::cancel_cause).unwrap_or(CancelCause::Request);
+            let outcome = match cause {
+                CancelCause::Request => "cancelled",
+                CancelCause::Shutdown => "rolled back at shutdown",
+            };
+            self.stop_running(now, job, outcome, false);
+            self.end_job(
+                now,
+                job,
+                JobStatus::Cancelled,
+                Some(("CANCELLED".into(), cause.rolled_back_message().into())),
+            );
+        }
+    }
+
+    /// The target of a running move has the model: the source lets go
+    /// first where its driver must confirm that (an engine tier unloads,
+    /// [`crate::drivers::TierDriver::start_move_out`]); the move commits
+    /// now, or once that confirmation comes ([`Engine::moved_out`]).
+    fn target_finished(&mut self, now: f64, key: JobKey, checksums: Option<Vec<String>>, mtimes: Option<Vec<i64>>) {
+        if !self.running.contains(&key) {
+            return;
+        }
+        let Some(job) = self.jobs.get(&key) else { return };
+        if job.moving_out.is_some() {
+            // Already waiting for its source (a repeated report).
+            return;
+        }
+        let (from, to, model) = (job.from, job.to, job.model);
+        let Some(name) = self.state.model(model).map(|m| m.name.clone()) else {
+            return self.finish_job(now, key, checksums, mtimes);
+        };
+        let to_kind = self.machine.drivers[to].kind();
+        match self.machine.drivers[from].start_move_out(now, key, &name, to_kind) {
+            Ok(false) => self.finish_job(now, key, checksums, mtimes),
+            Ok(true) => {
+                if let Some(job) = self.jobs.get_mut(&key) {
+                    job.moving_out = Some((checksums, mtimes));
+                }
+                self.refresh_next_event(from);
+            }
+            Err(message) => self.source_refused(now, key, message),
+        }
+    }
+
+    /// The source of a move waiting for it ([`Engine::target_finished`])
+    /// let go of the model, or could not.
+    fn moved_out(&mut self, now: f64, key: JobKey, error: Option<String>) {
+        if !self.running.contains(&key) {
+            return;
+        }
+        let Some(waiting) = self.jobs.get_mut(&key).and_then(|j| j.moving_out.take()) else {
+            return;
+        };
+        match error {
+            // The source let go: too late for a cancel, the move completes.
+            None => self.finish_job(now, key, waiting.0, waiting.1),
+            Some(message) => self.source_refused(now, key, message),
+        }
+    }
+
+    /// The source of a move could not let go of the model (an engine's
+    /// unload failed or timed out): the model stays where it was, and what
+    /// the target brought in is released as for any failed move.
+    fn source_refused(&mut self, now: f64, key: JobKey, message: String) {
+        let Some(job) = self.jobs.get(&key) else { return };
+        let (from, to, model, cancel) = (job.from, job.to, job.model, job.cancel_requested);
+        if let Some(m) = self.state.model(model) {
+            let (name, files) = (m.name.clone(), m.files.clone());
+            self.machine.drivers[to].release(&name, files.as_deref());
+        }
+        if cancel {
+            return self.cancelled_run(now, key);
+        }
+        let from_name = self.state.tiers[from].name.clone();
+        // Not retried: the engine said no; a new move asks it again.
+        self.fail_run(now, key, format!("tier {from_name} did not let go of the model: {message}"), false);
     }
 
     /// Bookkeeping common to every end of a run. A run that `completed`

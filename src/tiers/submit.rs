@@ -338,6 +338,7 @@ impl Engine {
             error: None,
             attempts: SmallVec::new(),
             cancel_requested: false,
+            moving_out: None,
             cancel_at_shutdown: false,
             bandwidth_mb_s: opts.bandwidth_mb_s,
             reason: opts.reason.clone(),

@@ -321,6 +321,7 @@ mod tests {
             error: None,
             attempts: Default::default(),
             cancel_requested: false,
+            moving_out: None,
             cancel_at_shutdown: false,
             bandwidth_mb_s: None,
             reason: None,

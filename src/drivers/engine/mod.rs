@@ -337,6 +337,9 @@ struct Books {
     loading: HashMap<JobKey, Loading>,
     /// Engine ids being unloaded by tierd (their disappearance is ours).
     unloading: HashSet<String>,
+    /// Moves out of the tier whose unload runs before their commit
+    /// ([`TierDriver::start_move_out`]): job -> model.
+    moving_out: HashMap<JobKey, String>,
     /// Where a model leaving the tier goes (told by the engine at commit).
     leaving_to: HashMap<String, UnloadTo>,
     /// Engine ids already reported as external loads (reported once).
@@ -899,13 +902,74 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         // it can have some (loads finish within a poll; external changes
         // within `poll_s`).
         let poll_s = self.settings.poll.as_secs_f64().max(super::POLL_EVERY_S);
-        let busy = !lock(&self.books).loading.is_empty();
+        let busy = {
+            let b = lock(&self.books);
+            !b.loading.is_empty() || !b.moving_out.is_empty()
+        };
         Some(self.last_now + if busy { LOADING_POLL_S } else { poll_s.min(0.25) })
     }
 
     fn moving_out(&mut self, model: &str, to_kind: &str) {
         let to = if to_kind == "pagecache" { UnloadTo::Ram } else { UnloadTo::Storage };
         lock(&self.books).leaving_to.insert(model.to_string(), to);
+    }
+
+    fn start_move_out(&mut self, _now: f64, job: JobKey, model: &str, to_kind: &str) -> Result<bool, String> {
+        let to = if to_kind == "pagecache" { UnloadTo::Ram } else { UnloadTo::Storage };
+        let id = {
+            let mut b = lock(&self.books);
+            // Not held (the engine let go on its own meanwhile): nothing to
+            // wait for.
+            let Some(id) = b.held.get(model).map(|h| h.id.clone()) else {
+                return Ok(false);
+            };
+            // Its disappearance from the engine is ours, not external.
+            b.unloading.insert(id.clone());
+            b.moving_out.insert(job, model.to_string());
+            id
+        };
+        let (api, settings, books, name) = (self.api.clone(), self.settings.clone(), self.books.clone(), model.to_string());
+        let unload_id = id.clone();
+        let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
+            // Bounded by `load_timeout_s`; every API confirms on the engine
+            // (llama-server's GET /models, Ollama's /api/ps, vLLM's
+            // /is_sleeping) before answering Ok.
+            let ctl = LoadControl::new(settings.load_timeout, settings.poll);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&unload_id, to, &ctl)))
+                .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let mut b = lock(&books);
+            b.unloading.remove(&unload_id);
+            b.moving_out.remove(&job);
+            let pin = match r {
+                Ok(()) => {
+                    b.reported.remove(&unload_id);
+                    b.unload_errors.remove(&name);
+                    b.events.push(MoveEvent::MovedOut { job, error: None });
+                    // Gone from the tier: the target holds it now (its
+                    // own pin where it is RAM).
+                    b.held.remove(&name).and_then(|h| h.pin)
+                }
+                Err(e) => {
+                    tracing::warn!(model = %name, error = %e, "engine unload failed; the move out fails");
+                    b.events.push(MoveEvent::MovedOut {
+                        job,
+                        error: Some(e.message),
+                    });
+                    None
+                }
+            };
+            drop(b);
+            if let Some(p) = pin {
+                p.release();
+            }
+        });
+        if let Err(e) = spawned {
+            let mut b = lock(&self.books);
+            b.unloading.remove(&id);
+            b.moving_out.remove(&job);
+            return Err(format!("cannot start an engine unload thread: {e}"));
+        }
+        Ok(true)
     }
 
     fn release(&mut self, model: &str, _files: Option<&ModelFiles>) {
