@@ -267,38 +267,17 @@ impl Rig {
     }
     /// Ticks until `done` holds of the engine (at most 10 s); whether it did.
     fn until(&mut self, done: impl Fn(&mut Engine) -> bool) -> bool {
-        let end = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < end {
-            self.e.tick(now());
-            real_support::save(&mut self.e, &self.store);
-            if done(&mut self.e) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
+        real_support::tick_until(&mut self.e, &self.store, Duration::from_secs(10), done)
     }
     fn tier_of(&mut self, model: &str) -> String {
-        self.e.model_json(now(), model).expect("model_info")["model"]["tier"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        real_support::tier_of(&mut self.e, model)
     }
     fn tier(&mut self, tier: &str) -> Value {
         self.e.status_json(now())["tiers"][tier].clone()
     }
     /// Moves and waits; the job's final status.
     fn move_wait(&mut self, model: &str, to: &str) -> Value {
-        // A move tierd started on its own (a model the engine dropped goes
-        // on to the RAM tier) ends first.
-        assert!(
-            self.until(|e| e.model_json(now(), model).is_ok_and(|v| v["model"]["job_id"].is_null())),
-            "{model} is still moving"
-        );
-        let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
-        let id = s.job_id.clone();
-        assert!(self.until(|e| e.job_ended(&id) != Some(false)), "job {id} did not end");
-        self.e.job_json(now(), &id).expect("job status")
+        real_support::move_when_idle(&mut self.e, &self.store, Duration::from_secs(10), model, to)
     }
     /// The jobs recorded with `origin: "engine"` for `model`.
     fn engine_jobs(&mut self, model: &str) -> Vec<Value> {

@@ -156,7 +156,7 @@ use engine_fakes::http::Fault;
 use real_support::{MB, Wire, engine, make_file, now};
 use serde_json::Value;
 use tierd::store::StateStore;
-use tierd::tiers::{Engine, MoveOptions};
+use tierd::tiers::Engine;
 
 const A: &str = "qwen3-0.6b";
 const B: &str = "llama-3.2-1b";
@@ -199,35 +199,15 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// Ticks until `done` holds of the engine (at most 20 s); whether it did.
     fn until(&mut self, done: impl Fn(&mut Engine) -> bool) -> bool {
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            self.e.tick(now());
-            real_support::save(&mut self.e, &self.store);
-            if done(&mut self.e) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
+        real_support::tick_until(&mut self.e, &self.store, Duration::from_secs(20), done)
     }
     fn tier_of(&mut self, model: &str) -> String {
-        self.e.model_json(now(), model).expect("model_info")["model"]["tier"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
+        real_support::tier_of(&mut self.e, model)
     }
     fn move_wait(&mut self, model: &str, to: &str) -> Value {
-        // A move tierd started on its own (a model the engine dropped goes
-        // on to the RAM tier) ends first.
-        assert!(
-            self.until(|e| e.model_json(now(), model).is_ok_and(|v| v["model"]["job_id"].is_null())),
-            "{model} is still moving"
-        );
-        let s = self.e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
-        let id = s.job_id.clone();
-        assert!(self.until(|e| e.job_ended(&id) != Some(false)), "job {id} did not end");
-        self.e.job_json(now(), &id).expect("job status")
+        real_support::move_when_idle(&mut self.e, &self.store, Duration::from_secs(20), model, to)
     }
     fn engine_jobs(&mut self, model: &str) -> usize {
         let jobs = self.e.jobs_json(now());

@@ -131,6 +131,48 @@ pub fn wait(e: &mut Engine, id: &str, timeout: Duration) -> Value {
     }
 }
 
+/// Ticks the engine on wall-clock time, saving its state as the server
+/// does, until `done` holds of it (at most `limit`); whether it did.
+pub fn tick_until(e: &mut Engine, store: &StateStore, limit: Duration, done: impl Fn(&mut Engine) -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        e.tick(now());
+        save(e, store);
+        if done(e) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// The tier that serves `model` now.
+pub fn tier_of(e: &mut Engine, model: &str) -> String {
+    e.model_json(now(), model).expect("model_info")["model"]["tier"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits until a move tierd started of its own of `model` ended (a model an
+/// engine dropped goes on to the RAM tier), then moves it to `to` and ticks
+/// (saving) until that move ends; the job's final status.
+pub fn move_when_idle(e: &mut Engine, store: &StateStore, limit: Duration, model: &str, to: &str) -> Value {
+    assert!(
+        tick_until(e, store, limit, |e| e
+            .model_json(now(), model)
+            .is_ok_and(|v| v["model"]["job_id"].is_null())),
+        "{model} is still moving"
+    );
+    let s = e.move_model(now(), model, to, &MoveOptions::default()).expect("move accepted");
+    let id = s.job_id.clone();
+    assert!(
+        tick_until(e, store, limit, |e| e.job_ended(&id) != Some(false)),
+        "job {id} did not end"
+    );
+    e.job_json(now(), &id).expect("job status")
+}
+
 /// Starts a move and waits for it.
 pub fn move_and_wait(e: &mut Engine, model: &str, to: &str) -> Value {
     e.tick(now());
