@@ -308,6 +308,49 @@ fn a_direct_load_shows_in_tierd_within_two_seconds() {
 }
 
 #[test]
+fn the_routers_event_stream_is_followed_between_polls() {
+    let Some(s) = setup("real_llama::event_stream") else { return };
+    let port = free_port();
+    let _router = Router::start(&router_args(&s, port, 0));
+    wait_up(port);
+    // A poll a minute: only `/models/sse` can tell tierd within seconds.
+    let tier = format!(
+        "[[tiers]]\nname = \"gpu0\"\ndriver = \"llama-server\"\nurl = \"http://127.0.0.1:{port}\"\nmax_gb = 1.0\npoll_s = 60\nload_timeout_s = 30\n"
+    );
+    let (mut e, _store, _) = engine(&config(&s, &tier));
+    register(&mut e, &s, "tiny-a");
+    wait_available(&mut e);
+    let t = Instant::now();
+    let st = loop {
+        e.tick(now());
+        let st = tier_json(&mut e, "gpu0");
+        if st["events"]["connected"] == json!(true) || t.elapsed() > Duration::from_secs(10) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(st["events"]["connected"], json!(true), "{st}");
+    let c = client(port);
+    c.post_json("/models/load", Some(&json!({"model": "tiny-a"})), Duration::from_secs(5))
+        .expect("direct load");
+    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["tier"] == json!("gpu0"));
+    assert_eq!(m["tier"], json!("gpu0"), "an engine-side load not followed from the event stream: {m}");
+    c.post_json("/models/unload", Some(&json!({"model": "tiny-a"})), Duration::from_secs(5))
+        .expect("direct unload");
+    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["tier"] != json!("gpu0"));
+    assert_ne!(m["tier"], json!("gpu0"), "an engine-side unload not followed from the event stream: {m}");
+    // A move through tierd ends on the router's events too.
+    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["job_id"].is_null());
+    assert!(m["job_id"].is_null(), "{m}");
+    let st = move_and_wait(&mut e, "tiny-a", "gpu0");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    assert_eq!(router_status(port, "tiny-a"), "loaded");
+    let st = tier_json(&mut e, "gpu0");
+    assert!(st["events"]["events"].as_u64().unwrap_or(0) >= 2, "{st}");
+    e.check_invariants().expect("the books hold");
+}
+
+#[test]
 fn the_routers_own_eviction_is_noticed() {
     let Some(s) = setup("real_llama::eviction") else { return };
     let port = free_port();

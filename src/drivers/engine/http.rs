@@ -203,15 +203,138 @@ impl HttpClient {
         })
     }
 
+    /// `GET path` as a stream of lines (a server-sent event stream):
+    /// calls `on_open` once the engine accepted the stream, then `on_line` with each line as it arrives, until the engine ends
+    /// the stream, `on_line` answers `false`, or `stop` is set (checked
+    /// every `check` while the stream is silent). Connecting and the
+    /// answer's head are bounded by `connect_timeout`; an error status is
+    /// an [`HttpError::Status`]. Blocks the calling thread.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        connect_timeout: Duration,
+        check: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+        on_open: impl FnOnce(),
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), HttpError> {
+        use std::sync::atomic::Ordering;
+        let rt = runtime()?;
+        let what = format!("GET {path}");
+        rt.block_on(async {
+            let head = tokio::time::timeout(connect_timeout, self.open_stream(path, "text/event-stream"))
+                .await
+                .map_err(|_| {
+                    HttpError::Unreachable(format!("{what}: no answer within {:.1} s", connect_timeout.as_secs_f64()))
+                })??;
+            let (status, mut body, conn) = head;
+            if !(200..300).contains(&status) {
+                let bytes = Limited::new(body, EXCERPT_CHARS * 4).collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                conn.abort();
+                return Err(HttpError::Status {
+                    status,
+                    excerpt: error_message(&bytes),
+                });
+            }
+            on_open();
+            let mut pending: Vec<u8> = Vec::new();
+            let result = loop {
+                if stop.load(Ordering::Relaxed) {
+                    break Ok(());
+                }
+                let frame = match tokio::time::timeout(check, body.frame()).await {
+                    Err(_) => continue,
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(HttpError::Unreachable(format!("{what}: reading the stream: {e}"))),
+                    Ok(Some(Ok(f))) => f,
+                };
+                let Ok(data) = frame.into_data() else { continue };
+                pending.extend_from_slice(&data);
+                if pending.len() > MAX_BODY_BYTES {
+                    break Err(HttpError::Garbage(format!("{what}: a stream line over {MAX_BODY_BYTES} bytes")));
+                }
+                let mut go_on = true;
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let text = String::from_utf8_lossy(&line);
+                    if !on_line(text.trim_end_matches(['\r', '\n'])) {
+                        go_on = false;
+                        break;
+                    }
+                }
+                if !go_on {
+                    break Ok(());
+                }
+            };
+            conn.abort();
+            result
+        })
+    }
+
+    /// Connects and sends `GET path`; answers the status, the body as it
+    /// comes, and the connection's task (abort it when done).
+    async fn open_stream(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError> {
+        let what = format!("GET {path}");
+        let req = Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", self.host_header())
+            .header("accept", accept)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| HttpError::Garbage(format!("bad request {what}: {e}")))?;
+        async fn go<S>(s: S, req: Request<Full<Bytes>>, what: &str) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError>
+        where
+            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                .await
+                .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
+            let conn = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            match sender.send_request(req).await {
+                Ok(res) => Ok((res.status().as_u16(), res.into_body(), conn)),
+                Err(e) => {
+                    conn.abort();
+                    Err(HttpError::Unreachable(format!("{what}: {e}")))
+                }
+            }
+        }
+        match &self.endpoint {
+            Endpoint::Tcp { addr, .. } => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {addr}: {e}")))?;
+                let _ = s.set_nodelay(true);
+                go(s, req, &what).await
+            }
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {}: {e}", p.display())))?;
+                go(s, req, &what).await
+            }
+        }
+    }
+
+    /// The `Host` header for this engine.
+    fn host_header(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp { host, .. } => host.clone(),
+            Endpoint::Unix(_) => "localhost".to_string(),
+        }
+    }
+
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, HttpError> {
         let payload = match body {
             Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| HttpError::Garbage(e.to_string()))?),
             None => Bytes::new(),
         };
-        let host = match &self.endpoint {
-            Endpoint::Tcp { host, .. } => host.clone(),
-            Endpoint::Unix(_) => "localhost".to_string(),
-        };
+        let host = self.host_header();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -335,6 +458,62 @@ mod tests {
             }
             seen
         })
+    }
+
+    #[test]
+    fn event_streams_come_line_by_line_and_stop_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("engine.sock");
+        let server = unix_server(
+            &sock,
+            vec![
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n: ping\n\ndata: {\"event\":\"a\"}\n\ndata: {\"event\":\"b\"}\r\n\r\n",
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\nConnection: close\r\n\r\n{\"error\":\"no route\"}",
+            ],
+        );
+        let c = HttpClient::new(&format!("unix:{}", sock.display()), false).expect("url");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (mut opened, mut lines) = (false, Vec::new());
+        let t = Duration::from_secs(5);
+        let r = c.stream_lines("/models/sse", t, Duration::from_millis(50), &stop, || opened = true, |l| {
+            lines.push(l.to_string());
+            true
+        });
+        assert_eq!(r, Ok(()));
+        assert!(opened);
+        assert_eq!(lines, [": ping", "", "data: {\"event\":\"a\"}", "", "data: {\"event\":\"b\"}", ""]);
+        let r = c.stream_lines("/models/sse", t, Duration::from_millis(50), &stop, || panic!("not opened"), |_| true);
+        assert!(matches!(r, Err(HttpError::Status { status: 404, ref excerpt }) if excerpt == "no route"), "{r:?}");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_stream_stops_when_asked_while_the_engine_is_silent() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("engine.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            // Silent from here on; held open until the client goes.
+            let _ = c.read(&mut buf);
+        });
+        let c = HttpClient::new(&format!("unix:{}", sock.display()), false).expect("url");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let r = c.stream_lines("/models/sse", Duration::from_secs(5), Duration::from_millis(20), &stop, || {}, |_| true);
+            assert_eq!(r, Ok(()));
+        });
+        assert!(started.elapsed() < Duration::from_secs(5));
+        server.join().expect("server");
     }
 
     #[test]

@@ -25,14 +25,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::http::HttpClient;
-use super::{EngineApi, EngineError, EngineSettings, EngineTier, LoadControl, Loaded, ModelRef, UnloadTo};
+use super::{EngineApi, EngineError, EngineSettings, EngineTier, LoadControl, Loaded, ModelRef, UnloadTo, Wake};
 use crate::config::TierConfig;
 use crate::drivers::TierDriver;
 use crate::drivers::machine::OpenContext;
@@ -171,6 +172,90 @@ impl Supervised {
     }
 }
 
+// ------------------------------------------------------------ events
+
+/// How tierd follows the router's event stream (`GET /models/sse`).
+#[derive(Debug, Default)]
+struct EventStream {
+    connected: bool,
+    /// Events received (each `data:` line).
+    events: u64,
+    /// The last event's `event` and `model`.
+    last_event: Option<String>,
+    last_error: Option<String>,
+    /// Connections made (the first, then each reconnect).
+    connects: u64,
+}
+
+/// Retry delays of the event stream after it failed or ended.
+const STREAM_RETRY_MIN: Duration = Duration::from_millis(500);
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(10);
+/// A router without `/models/sse` (404) is asked again this rarely.
+const STREAM_RETRY_UNSUPPORTED: Duration = Duration::from_secs(60);
+
+/// Follows `GET /models/sse` until `stop`: each event pokes `wake`
+/// (also each (re)connect, since events may have been missed).
+fn follow_events(http: &HttpClient, stop: &AtomicBool, state: &Mutex<EventStream>, wake: &Wake) {
+    let mut retry = STREAM_RETRY_MIN;
+    while !stop.load(Ordering::Relaxed) {
+        let r = http.stream_lines(
+            "/models/sse",
+            REQUEST_TIMEOUT,
+            Duration::from_millis(250),
+            stop,
+            || {
+                let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.connected = true;
+                st.connects += 1;
+                drop(st);
+                wake.set_live(true);
+                wake.poke();
+            },
+            |line| {
+                let Some(data) = line.strip_prefix("data:") else {
+                    return true; // comments (pings), blank separators
+                };
+                let what = match serde_json::from_str::<Value>(data.trim()) {
+                    Ok(v) => format!(
+                        "{} {}",
+                        v.get("event").and_then(Value::as_str).unwrap_or("?"),
+                        v.get("model").and_then(Value::as_str).unwrap_or("?")
+                    ),
+                    Err(_) => "unparsed event".to_string(),
+                };
+                let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.events += 1;
+                st.last_event = Some(what);
+                drop(st);
+                wake.poke();
+                true
+            },
+        );
+        let was_connected = {
+            let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let was = st.connected;
+            st.connected = false;
+            st.last_error = Some(match &r {
+                Ok(()) => "the router ended the event stream".to_string(),
+                Err(e) => e.to_string(),
+            });
+            was
+        };
+        wake.set_live(false);
+        wake.poke();
+        let delay = match &r {
+            Err(super::http::HttpError::Status { status: 404, .. }) => STREAM_RETRY_UNSUPPORTED,
+            _ if was_connected => STREAM_RETRY_MIN,
+            _ => retry,
+        };
+        retry = if was_connected { STREAM_RETRY_MIN } else { (retry * 2).min(STREAM_RETRY_MAX) };
+        let until = Instant::now() + delay;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 // ------------------------------------------------------------ the API
 
 /// The llama-server router API of one tier.
@@ -184,6 +269,9 @@ pub struct LlamaServer {
     /// The last `GET /models` answer (a load reads the entry's earlier
     /// failure flag from it without one more request).
     last_list: Mutex<Vec<RouterModel>>,
+    /// The event stream's state, and its stop flag (set at shutdown).
+    events: Arc<Mutex<EventStream>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl LlamaServer {
@@ -207,6 +295,8 @@ impl LlamaServer {
             supervised,
             base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             last_list: Mutex::new(Vec::new()),
+            events: Arc::default(),
+            stop: Arc::default(),
         };
         s.supervise();
         Ok(s)
@@ -351,9 +441,34 @@ impl EngineApi for LlamaServer {
         }
     }
 
+    fn watch(&self, wake: Arc<Wake>) {
+        let (http, stop, state) = (self.http.clone(), self.stop.clone(), self.events.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tierd-engine-sse".into())
+            .spawn(move || follow_events(&http, &stop, &state, &wake));
+        if let Err(e) = spawned {
+            // Polling alone still sees everything, a poll later.
+            tracing::warn!(error = %e, "cannot start the llama-server event stream thread; polling only");
+        }
+    }
+
     fn details(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("url".into(), json!(self.url));
+        {
+            let st = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            m.insert(
+                "events".into(),
+                json!({
+                    "stream": "/models/sse",
+                    "connected": st.connected,
+                    "events": st.events,
+                    "connects": st.connects,
+                    "last_event": st.last_event,
+                    "last_error": st.last_error,
+                }),
+            );
+        }
         if let Some(s) = &self.supervised {
             let s = s.lock().unwrap_or_else(PoisonError::into_inner);
             m.insert(
@@ -371,6 +486,7 @@ impl EngineApi for LlamaServer {
     }
 
     fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(s) = &self.supervised {
             s.lock().unwrap_or_else(PoisonError::into_inner).stop();
         }

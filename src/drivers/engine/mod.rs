@@ -56,8 +56,8 @@ pub mod vllm_wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
@@ -160,6 +160,54 @@ pub const LOADING_POLL_S: f64 = 0.001;
 /// its move to RAM to find the pages resident).
 pub const LINGER: Duration = Duration::from_secs(30);
 
+/// How long a wait on an engine's event stream lasts before the caller
+/// looks at the engine anyway (a missed or late event costs this much).
+pub const EVENT_WAIT: Duration = Duration::from_millis(100);
+
+/// A nudge from an engine's event stream (llama-server's `/models/sse`):
+/// the poller and the loads waiting on the engine look again at once
+/// instead of at their next poll.
+#[derive(Debug, Default)]
+pub struct Wake {
+    generation: Mutex<u64>,
+    cv: Condvar,
+    /// Whether an event stream is connected now (waits then rely on it).
+    live: AtomicBool,
+}
+
+impl Wake {
+    /// Something changed in the engine.
+    pub fn poke(&self) {
+        *self.generation.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.cv.notify_all();
+    }
+
+    /// The number of pokes so far.
+    pub fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleeps up to `d`, or until a poke after generation `since`;
+    /// answers the generation then.
+    pub fn wait(&self, since: u64, d: Duration) -> u64 {
+        let g = self.generation.lock().unwrap_or_else(PoisonError::into_inner);
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |g| *g == since)
+            .unwrap_or_else(PoisonError::into_inner);
+        *g
+    }
+
+    /// Marks the event stream connected or not.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+
+    pub fn live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
 /// What a long call (a load, an unload) checks between its steps.
 #[derive(Debug, Clone)]
 pub struct LoadControl {
@@ -168,6 +216,9 @@ pub struct LoadControl {
     pub deadline: Instant,
     /// The tier's poll interval (how often to look at the engine's state).
     pub poll: Duration,
+    /// The engine's event stream, where it has one, and the generation
+    /// of it the call has seen.
+    wake: Option<(Arc<Wake>, Arc<AtomicU64>)>,
 }
 
 impl LoadControl {
@@ -176,7 +227,15 @@ impl LoadControl {
             cancelled: Arc::new(AtomicBool::new(false)),
             deadline: Instant::now() + timeout,
             poll,
+            wake: None,
         }
+    }
+
+    /// Waits on the engine's events (see [`Wake`]) while its stream is
+    /// connected, instead of polling.
+    pub fn with_wake(mut self, wake: &Arc<Wake>) -> LoadControl {
+        self.wake = Some((wake.clone(), Arc::new(AtomicU64::new(wake.generation()))));
+        self
     }
 
     /// Asks the call to stop.
@@ -208,8 +267,16 @@ impl LoadControl {
     }
 
     /// Sleeps one poll interval (shorter near the deadline), then checks.
+    /// With a connected event stream, until the engine's next event (at
+    /// most [`EVENT_WAIT`]).
     pub fn wait(&self, what: &str) -> Result<(), EngineError> {
-        std::thread::sleep(self.poll.min(LOAD_POLL).min(self.remaining()));
+        match &self.wake {
+            Some((wake, seen)) if wake.live() => {
+                let g = wake.wait(seen.load(Ordering::Relaxed), EVENT_WAIT.min(self.remaining()));
+                seen.store(g, Ordering::Relaxed);
+            }
+            _ => std::thread::sleep(self.poll.min(LOAD_POLL).min(self.remaining())),
+        }
         self.check(what)
     }
 }
@@ -235,6 +302,12 @@ pub trait EngineApi: Send + Sync + 'static {
 
     /// Unloads `id` and returns once the engine no longer reports it loaded.
     fn unload(&self, id: &str, to: UnloadTo, ctl: &LoadControl) -> Result<(), EngineError>;
+
+    /// Starts the engine's event stream, where it has one, on a thread of
+    /// its own: each event pokes `wake`, so that the poller and waiting
+    /// loads look at the engine at once. The stream ends at
+    /// [`EngineApi::shutdown`]. Default: none (the poller polls).
+    fn watch(&self, _wake: Arc<Wake>) {}
 
     /// Whether the engine answers (default: its loaded set can be read).
     fn health(&self) -> Result<(), EngineError> {
@@ -377,6 +450,8 @@ pub struct EngineSettings {
     pub footprint_factor: f64,
     /// The engine's GPU where NVML sees it (index from the tier's name).
     pub gpu: Option<(Arc<GpuProbe>, u32)>,
+    /// Nudged by the engine's event stream (see [`EngineApi::watch`]).
+    pub wake: Arc<Wake>,
 }
 
 impl EngineSettings {
@@ -390,7 +465,14 @@ impl EngineSettings {
             load_timeout: Duration::from_secs_f64(tier.load_timeout_s.unwrap_or(DEFAULT_LOAD_TIMEOUT_S)),
             footprint_factor: tier.footprint_factor.unwrap_or(DEFAULT_FOOTPRINT_FACTOR),
             gpu,
+            wake: Arc::default(),
         }
+    }
+
+    /// The control of one load or unload bounded by `timeout`: it waits on
+    /// the engine's events where it has a stream, else polls.
+    pub fn control(&self, timeout: Duration) -> LoadControl {
+        LoadControl::new(timeout, self.poll).with_wake(&self.wake)
     }
 
     /// NVML free bytes of the engine's GPU, where it sees one.
@@ -447,6 +529,7 @@ impl<A: EngineApi> EngineTier<A> {
             books: Arc::new(Mutex::new(Books::default())),
             last_now: 0.0,
         };
+        tier.api.watch(tier.settings.wake.clone());
         let (api, settings, books) = (tier.api.clone(), tier.settings.clone(), tier.books.clone());
         std::thread::Builder::new()
             .name(format!("tierd-engine-{}", tier.settings.tier))
@@ -483,7 +566,7 @@ impl<A: EngineApi> EngineTier<A> {
         let (api, settings, books) = (self.api.clone(), self.settings.clone(), self.books.clone());
         lock(&books).unloading.insert(held.id.clone());
         let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
-            let ctl = LoadControl::new(settings.load_timeout, settings.poll);
+            let ctl = settings.control(settings.load_timeout);
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&held.id, to, &ctl)))
                 .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
@@ -524,6 +607,8 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             return;
         }
         let started = Instant::now();
+        // Events after this look wake the next one early.
+        let generation = settings.wake.generation();
         let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.loaded()))
             .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
         let held_ids = {
@@ -545,8 +630,13 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             let r = api.upkeep(seen, &held_ids);
             lock(books).upkeep_error = r.err().map(|e| e.message);
         }
+        // Until the next poll, or at once on an engine event.
         let rest = settings.poll.saturating_sub(started.elapsed());
-        std::thread::sleep(rest.max(Duration::from_millis(5)));
+        if settings.wake.generation() == generation {
+            settings.wake.wait(generation, rest.max(Duration::from_millis(5)));
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -725,7 +815,7 @@ fn run_load<A: EngineApi + ?Sized>(
     if let Err(e) = api.load(&id, model, ctl) {
         // Roll back: a half-loaded model is unloaded (with a fresh
         // deadline: the load's may be spent).
-        let undo = LoadControl::new(settings.load_timeout.min(Duration::from_secs(60)), settings.poll);
+        let undo = settings.control(settings.load_timeout.min(Duration::from_secs(60)));
         if let Err(u) = api.unload(&id, UnloadTo::Ram, &undo) {
             tracing::warn!(model = %model.name, error = %u, "unloading a failed load failed");
         }
@@ -791,7 +881,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             name: model.clone(),
             files: order.files.cloned(),
         };
-        let ctl = LoadControl::new(self.settings.load_timeout, self.settings.poll);
+        let ctl = self.settings.control(self.settings.load_timeout);
         let shared = MoveShared::new(order.bytes.max(1));
         lock(&self.books).loading.insert(
             order.job,
@@ -934,7 +1024,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             // Bounded by `load_timeout_s`; every API confirms on the engine
             // (llama-server's GET /models, Ollama's /api/ps, vLLM's
             // /is_sleeping) before answering Ok.
-            let ctl = LoadControl::new(settings.load_timeout, settings.poll);
+            let ctl = settings.control(settings.load_timeout);
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&unload_id, to, &ctl)))
                 .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
@@ -1172,6 +1262,7 @@ mod tests {
             load_timeout: Duration::from_millis(300),
             footprint_factor: 1.5,
             gpu: None,
+            wake: Arc::default(),
         }
     }
 
