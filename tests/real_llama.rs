@@ -654,3 +654,74 @@ fn max_models_and_the_free_floor_unload_the_coldest_to_ram() {
     assert_eq!(model(&mut e, "tiny-b")["tier"], json!("gpu0"));
     e.check_invariants().expect("the books hold under pressure");
 }
+
+/// The pins an engine tier keeps for its loaded models are RAM: they count
+/// against the RAM tier's budget below it, once.
+#[test]
+fn the_engine_tiers_pins_count_against_the_ram_budget() {
+    let Some(s) = setup("real_llama::ram_budget") else { return };
+    let port = free_port();
+    let _router = Router::start(&router_args(&s, port, 0));
+    wait_up(port);
+    let size = std::fs::metadata(s.models.join("tiny-a.gguf")).expect("tiny-a").len();
+    // Room in RAM for one tiny model, not two.
+    let ram_gb = size as f64 * 1.5 / 1e9;
+    let text = format!(
+        "state_dir = {state:?}\n{tier}\n[[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = {ram_gb}\nreserved_gb = 0.0\naccess_s_per_gb = 0.1\n\
+         [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\naccess_s_per_gb = 2.0\n",
+        state = s.root.path().join("state"),
+        tier = engine_tier(port, ""),
+    );
+    let cfg = Config::from_toml(&text).expect("config");
+    let (mut e, _store, _) = engine(&cfg);
+    register(&mut e, &s, "tiny-a");
+    register(&mut e, &s, "tiny-b");
+    wait_available(&mut e);
+
+    let st = move_and_wait(&mut e, "tiny-a", "gpu0");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    e.tick(now());
+    let ram = tier_json(&mut e, "ram");
+    let held = ram["engine_held_gb"].as_f64().expect("engine_held_gb on the RAM tier");
+    assert!((held * 1e9 - size as f64).abs() < 2_000.0, "held {held} GB for a {size} B model: {ram}");
+    // tiny-b does not fit next to tiny-a's pinned pages.
+    let r = e.move_model(now(), "tiny-b", "ram", &MoveOptions::default());
+    let refused = match r {
+        Err(err) => err.to_string(),
+        Ok(s) => {
+            let st = wait(&mut e, &s.job_id, Duration::from_secs(30));
+            assert_ne!(st["status"], json!("success"), "tiny-b went to RAM over its budget: {st}");
+            st.to_string()
+        }
+    };
+    assert!(refused.contains("ram") || refused.contains("RAM"), "{refused}");
+    assert_eq!(model(&mut e, "tiny-b")["tier"], json!("storage"));
+
+    // tiny-a's own pin is not counted twice when it comes down to RAM.
+    let st = move_and_wait(&mut e, "tiny-a", "ram");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    e.tick(now());
+    let ram = tier_json(&mut e, "ram");
+    assert_eq!(ram["engine_held_gb"], json!(0.0), "{ram}");
+
+    // Loading tiny-b into the engine from storage pins it: RAM is now over
+    // budget, and its coldest model (tiny-a) goes on down.
+    let st = move_and_wait(&mut e, "tiny-b", "gpu0");
+    assert_eq!(st["status"], json!("success"), "{st}");
+    let m = tick_until(&mut e, "tiny-a", Duration::from_secs(20), |m| m["tier"] == json!("storage"));
+    assert_eq!(m["tier"], json!("storage"), "RAM over budget was not relieved: {}", tier_json(&mut e, "ram"));
+    let pressure: Vec<_> = e
+        .history(
+            now(),
+            &HistoryFilter {
+                limit: 100,
+                status: None,
+                since: None,
+            },
+        )
+        .into_iter()
+        .filter(|j| j.origin == Origin::Pressure && j.model_name == "tiny-a")
+        .collect();
+    assert_eq!(pressure.len(), 1, "{pressure:?}");
+    e.check_invariants().expect("the books hold");
+}

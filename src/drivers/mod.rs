@@ -237,6 +237,16 @@ pub struct StartupReport {
     pub unknown_entries: Vec<PathBuf>,
 }
 
+/// RAM a tier holds outside the RAM tier's books ([`TierDriver::ram_held`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RamHeld {
+    /// Models whose files the tier keeps pinned, and the bytes pinned.
+    pub pinned: Vec<(String, u64)>,
+    /// Models whose weights the engine keeps in its own CPU memory (a
+    /// vLLM instance asleep at level 1), each counted at its size.
+    pub copies: Vec<String>,
+}
+
 /// The hardware of one tier. See the module docs for a move's life.
 pub trait TierDriver: Send {
     /// The driver's name in the configuration (`sim`, `pagecache`, `dir`,
@@ -345,6 +355,14 @@ pub trait TierDriver: Send {
     /// where the driver can measure it.
     fn resident_fraction(&self, _model: &str, _files: Option<&ModelFiles>) -> Option<f64> {
         None
+    }
+
+    /// The RAM this tier holds outside the RAM tier's books (an engine
+    /// tier's pins of its loaded models' files, a vLLM instance's CPU copy
+    /// of its weights): tierd counts it against the budget of the first
+    /// `pagecache` tier below this one (`tiers::ram_held`).
+    fn ram_held(&self) -> RamHeld {
+        RamHeld::default()
     }
 
     // ---------------------------------------------------------- start-up

@@ -76,6 +76,9 @@ pub struct Engine {
     /// is next checked.
     pub(crate) has_floors: bool,
     pub(crate) next_pressure_check: f64,
+    /// Some tier is an engine tier above a `pagecache` tier: the RAM it
+    /// holds is booked there each tick (`ram_held.rs`).
+    pub(crate) has_engine_tiers: bool,
     pub(crate) started_at: f64,
     /// Build plan steps and job reasons for policy moves (off only inside
     /// [`Engine::access_load`], the simulator's hot path).
@@ -237,6 +240,8 @@ impl Engine {
         let next_events: Vec<Option<f64>> = machine.drivers.iter().map(|d| d.next_event_time()).collect();
         let next_event = next_events.iter().copied().flatten().min_by(f64::total_cmp);
         let has_floors = state.tiers.iter().any(|t| t.min_free.is_some());
+        let has_engine_tiers = machine.drivers.iter().any(|d| crate::config::ENGINE_DRIVERS.contains(&d.kind()))
+            && machine.drivers.iter().any(|d| d.kind() == "pagecache");
         Ok(Engine {
             state,
             max_concurrent: cfg.moves.max_concurrent.max(1),
@@ -262,6 +267,7 @@ impl Engine {
             id_suffixes: HashMap::new(),
             has_floors,
             next_pressure_check: now,
+            has_engine_tiers,
             metrics: Metrics::for_tiers(tiers),
             started_at: now,
             explain: true,

@@ -39,6 +39,7 @@ pub mod limits;
 pub mod opens;
 pub mod placement;
 pub mod policy;
+pub mod ram_held;
 pub mod rates;
 pub mod room;
 pub mod scheduler;

@@ -60,8 +60,13 @@ impl Engine {
 
     /// Whether `bytes` more fit in `tier` under its limit, model count and
     /// hardware, given `relief`; the error is what a request is refused with.
-    pub(crate) fn room(&self, tier: usize, bytes: u64, relief: Relief, model: &str) -> Result<(), EngineError> {
+    pub(crate) fn room(&self, tier: usize, bytes: u64, mut relief: Relief, model: &str) -> Result<(), EngineError> {
         let t = &self.state.tiers[tier];
+        if !t.engine_held_by.is_empty()
+            && let Some(id) = self.state.model_id(model)
+        {
+            relief.bytes += self.engine_held_of(tier, id);
+        }
         match self.lack_of_room(tier, bytes, relief) {
             None => Ok(()),
             Some(Lack::Limit { free, limit }) => Err(EngineError::LimitExceeded {
@@ -209,7 +214,7 @@ impl Engine {
     /// Whether a queued job may start now: its bytes physically fit, and
     /// its target has released what it held of the model before.
     pub(crate) fn fits_now(&self, job: &Job) -> bool {
-        (job.exchange || self.fits_physically(job.to, job.bytes))
+        (job.exchange || self.fits_physically(job.to, job.bytes.saturating_sub(self.engine_held_of(job.to, job.model))))
             && (self.pending_releases.is_empty() || !self.release_pending(&job.model_name, job.to))
     }
 
@@ -219,7 +224,7 @@ impl Engine {
     pub(crate) fn fits_physically(&self, tier: usize, bytes: u64) -> bool {
         let t = &self.state.tiers[tier];
         if let Some(limit) = t.limit
-            && t.used + t.incoming_running + bytes > limit
+            && t.used + t.engine_held + t.incoming_running + bytes > limit
         {
             return false;
         }

@@ -163,6 +163,10 @@ impl Engine {
         if self.machine.opens.is_some() {
             self.observe_opens(now);
         }
+        // The RAM engine tiers hold, booked on the RAM tier below them.
+        if self.has_engine_tiers && self.book_engine_ram(now) {
+            self.dirty = true;
+        }
         // Hardware can change without an event (other programs grow):
         // pressure floors are checked at most once per engine second.
         if self.has_floors && now >= self.next_pressure_check {
@@ -717,7 +721,7 @@ impl Engine {
                     .get(&key)
                     .map(|j| {
                         let t = &self.state.tiers[j.to];
-                        let over_limit = t.limit.is_some_and(|limit| t.used + t.incoming_running + j.bytes > limit);
+                        let over_limit = t.limit.is_some_and(|limit| t.used + t.engine_held + t.incoming_running + j.bytes > limit);
                         let short = if over_limit {
                             format!("{} limit exceeded", t.name.to_uppercase())
                         } else {

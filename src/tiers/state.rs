@@ -41,6 +41,12 @@ pub struct Tier {
     /// count on (each freed byte is counted once).
     pub claimed_out: u64,
     pub claimed_out_models: usize,
+    /// RAM the engine tiers above hold outside these books (their pins,
+    /// engines' CPU copies: `ram_held.rs`), counted against the limit.
+    pub engine_held: u64,
+    /// The models behind `engine_held` and their bytes (a move of one of
+    /// them into this tier does not count its own pages twice).
+    pub engine_held_by: Vec<(ModelId, u64)>,
     /// Memory-pressure floor: demote when the hardware has less free.
     pub min_free: Option<u64>,
     /// Why the tier's driver refuses moves into it (`None`: it takes them).
@@ -52,7 +58,7 @@ impl Tier {
     /// Committed bytes: what the tier holds plus what is reserved to come
     /// in, less what is leaving to make that room.
     pub fn committed(&self) -> u64 {
-        (self.used + self.incoming).saturating_sub(self.claimed_out)
+        (self.used + self.engine_held + self.incoming).saturating_sub(self.claimed_out)
     }
 
     /// Committed model count, likewise.
@@ -63,8 +69,8 @@ impl Tier {
     /// used / limit; 0 for an unbounded tier.
     pub fn utilization(&self) -> f64 {
         match self.limit {
-            Some(0) if self.used > 0 => f64::INFINITY,
-            Some(l) => self.used as f64 / l as f64,
+            Some(0) if self.used + self.engine_held > 0 => f64::INFINITY,
+            Some(l) => (self.used + self.engine_held) as f64 / l as f64,
             None => 0.0,
         }
     }
@@ -282,6 +288,8 @@ impl State {
                 incoming_models: 0,
                 claimed_out: 0,
                 claimed_out_models: 0,
+                engine_held: 0,
+                engine_held_by: Vec::new(),
                 min_free: t.min_free_gb.map(gb_to_bytes),
                 refuses: None,
             })

@@ -34,6 +34,11 @@ pub struct TierView {
     pub access_s_per_gb: f64,
     pub reserved_gb: f64,
     pub incoming_gb: f64,
+    /// RAM the engine tiers above hold outside this tier's models (their
+    /// pinned files, engines' CPU copies), counted against its limit; on
+    /// `pagecache` tiers below an engine tier only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_held_gb: Option<f64>,
     pub pressure: Cow<'static, str>,
     pub max_models: Option<usize>,
     pub available: bool,
@@ -410,6 +415,7 @@ impl Engine {
                     access_s_per_gb: t.access_s_per_gb,
                     reserved_gb: bytes_to_gb(t.reserved),
                     incoming_gb: bytes_to_gb(t.incoming),
+                    engine_held_gb: (self.has_engine_tiers && self.driver(i).kind() == "pagecache").then(|| bytes_to_gb(t.engine_held)),
                     pressure: Cow::Borrowed(t.pressure(&state.pressure_cfg)),
                     max_models: t.max_models,
                     available: hw.is_ok(),

@@ -309,6 +309,13 @@ pub trait EngineApi: Send + Sync + 'static {
     /// [`EngineApi::shutdown`]. Default: none (the poller polls).
     fn watch(&self, _wake: Arc<Wake>) {}
 
+    /// The tierd models whose weights the engine keeps in its own CPU
+    /// memory while they are not in the tier (a vLLM instance asleep at
+    /// level 1): counted against the RAM tier's budget. Default: none.
+    fn copies_in_ram(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether the engine answers (default: its loaded set can be read).
     fn health(&self) -> Result<(), EngineError> {
         self.loaded().map(drop)
@@ -430,7 +437,7 @@ struct Books {
     unload_errors: HashMap<String, String>,
     /// Pins of models the engine unloaded on its own, let go at their
     /// deadline.
-    lingering: Vec<(Instant, Pin)>,
+    lingering: Vec<(Instant, String, Pin)>,
     /// Models the state file places here, checked at the first answer
     /// from the engine: still loaded (held from then on), or fallen back.
     restoring: HashMap<String, Option<Arc<ModelFiles>>>,
@@ -614,9 +621,9 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
         let held_ids = {
             let mut b = lock(books);
             let now = Instant::now();
-            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut b.lingering).into_iter().partition(|(at, _)| *at <= now);
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut b.lingering).into_iter().partition(|(at, _, _)| *at <= now);
             b.lingering = keep;
-            for (_, p) in due {
+            for (_, _, p) in due {
                 p.release_in_background();
             }
             b.health.record(&seen.as_ref().map(drop).map_err(Clone::clone));
@@ -708,7 +715,7 @@ fn reconcile(b: &mut Books, seen: &[Loaded]) {
             // Kept a while: tierd places the model in RAM next (see
             // `tiers::engines`), whose pin then finds the pages resident.
             if let Some(p) = h.pin {
-                b.lingering.push((Instant::now() + LINGER, p));
+                b.lingering.push((Instant::now() + LINGER, model.clone(), p));
             }
         }
     }
@@ -1168,6 +1175,21 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             m.insert("unload_errors".into(), json!(b.unload_errors));
         }
         m
+    }
+
+    fn ram_held(&self) -> super::RamHeld {
+        let b = lock(&self.books);
+        let pinned = b
+            .held
+            .iter()
+            .filter_map(|(m, h)| h.pin.as_ref().map(|p| (m.clone(), p.bytes)))
+            .chain(b.lingering.iter().map(|(_, m, p)| (m.clone(), p.bytes)))
+            .collect();
+        drop(b);
+        super::RamHeld {
+            pinned,
+            copies: self.api.copies_in_ram(),
+        }
     }
 
     fn resident_fraction(&self, model: &str, files: Option<&ModelFiles>) -> Option<f64> {

@@ -6,7 +6,8 @@
 //! - An instance that is awake holds its model in the tier.
 //! - Demotion to the RAM tier is `POST /sleep?level=1`: the weights stay in
 //!   the vLLM process's CPU memory, so they count against the RAM tier's
-//!   budget (the driver reports them, see [`Asleep::ram_bytes`]).
+//!   budget (the driver reports them, see [`Asleep::ram_bytes`] and
+//!   [`super::EngineApi::copies_in_ram`]).
 //! - Demotion to storage is `POST /sleep?level=2`: the weights are dropped.
 //! - Promotion is `POST /wake_up` from level 1; from level 2 (or a sleep
 //!   tierd did not order, whose level `/is_sleeping` does not tell) it is
@@ -455,6 +456,16 @@ impl super::EngineApi for Vllm {
     fn unload(&self, id: &str, to: super::UnloadTo, _ctl: &super::LoadControl) -> Result<(), super::EngineError> {
         let i = self.resolve(id).map_err(super::EngineError::refused)?;
         self.sleep(i, to == super::UnloadTo::Ram).map_err(super::EngineError::refused)
+    }
+
+    fn copies_in_ram(&self) -> Vec<String> {
+        let known = self.known();
+        self.instances
+            .iter()
+            .zip(known.iter())
+            .filter(|(_, (k, _))| matches!(k, Known::Asleep(a) if a.ram_bytes()))
+            .map(|(i, _)| i.model.clone())
+            .collect()
     }
 
     fn details(&self) -> Map<String, Value> {
