@@ -235,7 +235,7 @@ fn sleep_levels_follow_the_target_tier_and_the_level_two_wake_is_three_steps() {
     // /is_sleeping says true (asked right at success).
     let st = r.move_wait(A, "ram");
     assert_eq!(st["status"], "success", "{st}");
-    assert!(r.a.is_sleeping());
+    assert!(r.a.is_sleeping(), "{:?} {st}", r.a.posts());
     assert_eq!(r.a.last_level(), Some(1));
     assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Cpu);
     assert_eq!(r.a.posts().last().map(String::as_str), Some("/sleep?level=1"));
@@ -355,4 +355,54 @@ fn a_failed_wake_step_fails_the_move_and_puts_the_instance_back_to_sleep() {
     assert!(r.a.is_sleeping());
     assert_eq!(r.tier_of(A), "storage");
     let _ = &r.root;
+}
+
+/// The RAM tier's books count what vLLM keeps in CPU memory: an instance
+/// asleep at level 1 holds its weights there (counted at the model's
+/// size), one at level 2 holds none, and one asleep at a level tierd did
+/// not see is counted as level 1 (vLLM's default), on the safe side.
+#[test]
+fn level_one_copies_count_against_the_ram_budget() {
+    let mut r = rig();
+    let held = |r: &mut Rig| {
+        r.e.tick(now());
+        let st = r.e.status_json(now());
+        (st["tiers"]["ram"]["engine_held_gb"].as_f64().expect("engine_held_gb") * 1e9).round() as u64
+    };
+    let bytes = 2 * MB as u64;
+    // Both asleep at a level /is_sleeping does not tell.
+    assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true));
+    assert!(r.until(|e| {
+        e.tick(now());
+        e.status_json(now())["tiers"]["ram"]["engine_held_gb"].as_f64() == Some(2.0 * bytes as f64 / 1e9)
+    }));
+    let st = r.move_wait(A, "gpu0");
+    assert_eq!(st["status"], "success", "{st}");
+    // Awake: A's weights are on the GPU; its files pinned by the tier.
+    let awake = held(&mut r);
+    assert_eq!(awake, 2 * bytes, "A's pin and B's unknown sleep");
+    let st = r.move_wait(A, "ram");
+    assert_eq!(st["status"], "success", "{st}");
+    // Level 1: A's files are booked in RAM, and its CPU copy on top.
+    assert_eq!(held(&mut r), 2 * bytes, "A's CPU copy and B's unknown sleep");
+    let used = r.e.status_json(now())["tiers"]["ram"]["used_gb"].as_f64().unwrap_or(0.0);
+    assert_eq!((used * 1e9).round() as u64, bytes);
+    // From RAM to storage: the CPU copy is of no use any more. vLLM
+    // ignores a sleep while asleep: tierd wakes A and sleeps it at level 2.
+    let st = r.move_wait(A, "storage");
+    assert_eq!(st["status"], "success", "{st}");
+    let t = std::time::Instant::now();
+    while r.a.last_level() != Some(2) && t.elapsed() < Duration::from_secs(20) {
+        r.e.tick(now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(r.a.last_level(), Some(2), "{:?}", r.a.posts());
+    assert!(r.a.is_sleeping());
+    assert_eq!(r.a.weights(), engine_fakes::vllm::Weights::Discarded);
+    let posts = r.a.posts();
+    assert_eq!(&posts[posts.len() - 2..], ["/wake_up", "/sleep?level=2"], "{posts:?}");
+    assert_eq!(held(&mut r), bytes, "level 2 holds no weights; B's unknown sleep still counts");
+    assert_eq!(r.tier_of(A), "storage", "the wake on the way is not a load");
+    assert_eq!(r.engine_jobs(A), 0);
+    assert!(r.b.posts().is_empty(), "an unknown sleep is left alone");
 }

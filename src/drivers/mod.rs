@@ -365,6 +365,12 @@ pub trait TierDriver: Send {
         RamHeld::default()
     }
 
+    /// Asks the tier to let go of the copy of `model` it keeps in RAM
+    /// (one of [`RamHeld::copies`]) now that the model has left the RAM
+    /// tier: a vLLM instance asleep at level 1 is woken and put to sleep
+    /// at level 2. In the background; a failure is retried later.
+    fn drop_copy(&mut self, _model: &str) {}
+
     // ---------------------------------------------------------- start-up
 
     /// Cleans what interrupted moves left in the tier; `known` tells the

@@ -12,6 +12,11 @@
 //! limit, the RAM tier's coldest unpinned idle models are demoted until it
 //! fits again (`origin: "pressure"`).
 //!
+//! A copy kept for a model that went on below the RAM tier (a vLLM
+//! instance asleep at level 1 whose model was demoted from RAM to
+//! storage) is of no use: the engine tier is asked to drop it
+//! ([`TierDriver::drop_copy`](crate::drivers::TierDriver::drop_copy)).
+//!
 //! Each byte counts once: a pin of a model that is booked in the RAM tier
 //! itself, or that is moving (the RAM tier's `incoming` counts a move to
 //! it), is left out.
@@ -55,6 +60,10 @@ impl Engine {
                     && let Some(m) = self.state.model(id)
                 {
                     held[ram] += m.bytes;
+                    // The model went on below RAM: the copy is of no use.
+                    if m.tier > ram && m.job.is_none() {
+                        self.machine.drivers[i].drop_copy(model);
+                    }
                 }
             }
         }

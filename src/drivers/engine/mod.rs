@@ -208,6 +208,9 @@ impl Wake {
     }
 }
 
+/// How long after a failed [`TierDriver::drop_copy`] it is tried again.
+pub const DROP_RETRY: Duration = Duration::from_secs(60);
+
 /// What a long call (a load, an unload) checks between its steps.
 #[derive(Debug, Clone)]
 pub struct LoadControl {
@@ -314,6 +317,12 @@ pub trait EngineApi: Send + Sync + 'static {
     /// level 1): counted against the RAM tier's budget. Default: none.
     fn copies_in_ram(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Lets go of the CPU copy `id` keeps (see [`EngineApi::copies_in_ram`]),
+    /// leaving the model out of the tier. Default: nothing to do.
+    fn drop_copy(&self, _id: &str, _ctl: &LoadControl) -> Result<(), EngineError> {
+        Ok(())
     }
 
     /// Whether the engine answers (default: its loaded set can be read).
@@ -438,6 +447,10 @@ struct Books {
     /// Pins of models the engine unloaded on its own, let go at their
     /// deadline.
     lingering: Vec<(Instant, String, Pin)>,
+    /// Models whose CPU copy is being dropped ([`TierDriver::drop_copy`]),
+    /// and when a failed drop may be tried again.
+    dropping: HashSet<String>,
+    drop_retry: HashMap<String, Instant>,
     /// Models the state file places here, checked at the first answer
     /// from the engine: still loaded (held from then on), or fallen back.
     restoring: HashMap<String, Option<Arc<ModelFiles>>>,
@@ -1175,6 +1188,50 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             m.insert("unload_errors".into(), json!(b.unload_errors));
         }
         m
+    }
+
+    fn drop_copy(&mut self, model: &str) {
+        {
+            let mut b = lock(&self.books);
+            let busy = b.held.contains_key(model) || b.dropping.contains(model) || b.loading.values().any(|l| l.model == model);
+            if busy || b.drop_retry.get(model).is_some_and(|at| Instant::now() < *at) {
+                return;
+            }
+            b.dropping.insert(model.to_string());
+        }
+        let (api, settings, books, name) = (self.api.clone(), self.settings.clone(), self.books.clone(), model.to_string());
+        let spawned = std::thread::Builder::new().name("tierd-engine-drop".into()).spawn(move || {
+            let mref = ModelRef {
+                name: name.clone(),
+                files: None,
+            };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let id = api.resolve(&mref)?;
+                // Woken for a moment on the way: not a load of anyone's.
+                lock(&books).unloading.insert(id.clone());
+                let r = api.drop_copy(&id, &settings.control(settings.load_timeout));
+                let mut b = lock(&books);
+                b.unloading.remove(&id);
+                b.reported.remove(&id);
+                r
+            }))
+            .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            let mut b = lock(&books);
+            b.dropping.remove(&name);
+            match r {
+                Ok(()) => {
+                    b.drop_retry.remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %name, error = %e, "cannot drop the engine's CPU copy; retrying in a minute");
+                    b.drop_retry.insert(name, Instant::now() + DROP_RETRY);
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start an engine thread");
+            lock(&self.books).dropping.remove(model);
+        }
     }
 
     fn ram_held(&self) -> super::RamHeld {

@@ -458,6 +458,19 @@ impl super::EngineApi for Vllm {
         self.sleep(i, to == super::UnloadTo::Ram).map_err(super::EngineError::refused)
     }
 
+    /// From level 1 to level 2: vLLM ignores a sleep while asleep, so the
+    /// instance is woken, then put to sleep at level 2. A sleep at a level
+    /// tierd did not see is left alone (counted as level 1 all the same):
+    /// waking it may cost a reload from storage.
+    fn drop_copy(&self, id: &str, ctl: &super::LoadControl) -> Result<(), super::EngineError> {
+        let i = self.resolve(id).map_err(super::EngineError::refused)?;
+        if self.state_of(i) != Known::Asleep(Asleep::Level(SleepLevel::One)) {
+            return Ok(());
+        }
+        self.wake(i, ctl.remaining()).map_err(super::EngineError::refused)?;
+        self.sleep(i, false).map_err(super::EngineError::refused)
+    }
+
     fn copies_in_ram(&self) -> Vec<String> {
         let known = self.known();
         self.instances
