@@ -76,6 +76,36 @@ impl GpuProbe {
         }
     }
 
+    /// GPU memory of GPU `index` used by the processes in `pids`, from
+    /// NVML's per-process figures (compute and graphics); `Ok(None)` when
+    /// NVML shows none of them with a figure (no such process on the GPU
+    /// yet, or a container where NVML cannot tell).
+    pub fn process_used_bytes(&self, index: u32, pids: &std::collections::HashSet<u32>) -> Result<Option<u64>, String> {
+        let GpuProbe::Ready(n) = self else {
+            return Err(match self {
+                GpuProbe::Missing(r) => r.clone(),
+                GpuProbe::Ready(_) => String::new(),
+            });
+        };
+        let dev = n.device_by_index(index).map_err(|e| format!("GPU {index}: {e}"))?;
+        let mut seen = false;
+        let mut used = 0u64;
+        let mut counted = std::collections::HashSet::new();
+        for list in [dev.running_compute_processes(), dev.running_graphics_processes()] {
+            for p in list.map_err(|e| format!("GPU {index}: {e}"))? {
+                // A process on both lists is counted once.
+                if pids.contains(&p.pid)
+                    && counted.insert(p.pid)
+                    && let UsedGpuMemory::Used(b) = p.used_gpu_memory
+                {
+                    seen = true;
+                    used += b;
+                }
+            }
+        }
+        Ok(seen.then_some(used))
+    }
+
     /// Live facts about GPU `index` for `tier_status`.
     pub fn details(&self, index: u32) -> Map<String, Value> {
         let mut m = Map::new();

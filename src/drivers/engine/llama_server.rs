@@ -339,6 +339,16 @@ impl EngineApi for LlamaServer {
         "llama-server"
     }
 
+    /// The router (the listener on the URL, or the process tierd runs) and
+    /// its children: the model's child among them.
+    fn serving_pids(&self, _id: &str) -> std::collections::HashSet<u32> {
+        let mut roots = super::procs::serving_pids(self.http.endpoint());
+        if let Some(pid) = self.router_pid() {
+            roots.extend(super::procs::with_descendants(&std::iter::once(pid).collect()));
+        }
+        roots
+    }
+
     fn loaded(&self) -> Result<Vec<Loaded>, EngineError> {
         self.supervise();
         Ok(self

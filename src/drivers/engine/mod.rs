@@ -37,9 +37,11 @@
 //!
 //! # Footprint
 //! A model's bytes in the tier are, in order of preference: what the engine
-//! reports ([`Loaded::bytes`], Ollama `size_vram`), the drop in the GPU's
-//! free memory across the load (NVML), else the file size times
-//! `footprint_factor` (default 1.2).
+//! reports ([`Loaded::bytes`], Ollama `size_vram`), the growth across the
+//! load of the GPU memory NVML shows for the engine's processes (the
+//! listener on its URL and its descendants, [`procs`]; source `nvml`),
+//! else the drop in the GPU's free memory across it (`nvml_device`), else
+//! the file size times `footprint_factor` (default 1.2, `factor`).
 //!
 //! # Health
 //! `details()` carries `health` (up, last error, consecutive failures, last
@@ -51,6 +53,7 @@ pub mod http;
 pub mod llama_server;
 pub mod ollama;
 pub mod ollama_wire;
+pub mod procs;
 pub mod vllm;
 pub mod vllm_wire;
 
@@ -325,6 +328,13 @@ pub trait EngineApi: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The processes serving model `id` (the listener on the engine's URL
+    /// and its descendants, [`procs::serving_pids`]): their NVML
+    /// per-process memory is the footprint measured across a load.
+    fn serving_pids(&self, _id: &str) -> HashSet<u32> {
+        HashSet::new()
+    }
+
     /// Whether the engine answers (default: its loaded set can be read).
     fn health(&self) -> Result<(), EngineError> {
         self.loaded().map(drop)
@@ -499,6 +509,17 @@ impl EngineSettings {
     fn gpu_free(&self) -> Option<u64> {
         let (probe, index) = self.gpu.as_ref()?;
         probe.free_bytes(*index).ok()
+    }
+
+    /// NVML's GPU memory of the engine's processes serving `id` (0 where
+    /// NVML lists none of them yet), where NVML sees the GPU.
+    fn gpu_used_by<A: EngineApi + ?Sized>(&self, api: &A, id: &str) -> Option<u64> {
+        let (probe, index) = self.gpu.as_ref()?;
+        let pids = api.serving_pids(id);
+        if pids.is_empty() {
+            return None;
+        }
+        probe.process_used_bytes(*index, &pids).ok().map(|u| u.unwrap_or(0))
     }
 }
 
@@ -832,6 +853,7 @@ fn run_load<A: EngineApi + ?Sized>(
         l.id = Some(id.clone());
     }
     let gpu_before = settings.gpu_free();
+    let procs_before = settings.gpu_used_by(api, &id);
     if let Err(e) = api.load(&id, model, ctl) {
         // Roll back: a half-loaded model is unloaded (with a fresh
         // deadline: the load's may be spent).
@@ -845,13 +867,18 @@ fn run_load<A: EngineApi + ?Sized>(
     // What the engine reports replaces this at the poller's next look
     // (one request less on the load's path).
     let reported = lock(books).seen.iter().find(|l| l.id == id).and_then(|l| l.bytes);
-    let measured = match (gpu_before, settings.gpu_free()) {
-        (Some(before), Some(after)) if before > after => Some(before - after),
-        _ => None,
+    // NVML: the growth of the engine's own processes' GPU memory (its new
+    // child included), else of the whole GPU's used memory.
+    let measured = match (procs_before, settings.gpu_used_by(api, &id)) {
+        (Some(before), Some(after)) if after > before => Some((after - before, "nvml")),
+        _ => match (gpu_before, settings.gpu_free()) {
+            (Some(before), Some(after)) if before > after => Some((before - after, "nvml_device")),
+            _ => None,
+        },
     };
     let (footprint, footprint_source) = match (reported, measured) {
         (Some(b), _) => (b, "engine"),
-        (None, Some(b)) => (b, "nvml"),
+        (None, Some((b, source))) => (b, source),
         (None, None) => ((bytes as f64 * settings.footprint_factor).round() as u64, "factor"),
     };
     Ok(LoadDone {

@@ -570,6 +570,14 @@ impl super::EngineApi for OllamaEngine {
         "ollama"
     }
 
+    /// `ollama serve` (the listener on the URL) and its runners.
+    fn serving_pids(&self, _id: &str) -> std::collections::HashSet<u32> {
+        match super::http::Endpoint::parse(&self.url, true) {
+            Ok(ep) => super::procs::serving_pids(&ep),
+            Err(_) => std::collections::HashSet::new(),
+        }
+    }
+
     fn loaded(&self) -> Result<Vec<super::Loaded>, super::EngineError> {
         // Reachability first: a refused connection marks Ollama down.
         let (status, body) = self

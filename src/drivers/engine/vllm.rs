@@ -413,6 +413,15 @@ impl super::EngineApi for Vllm {
         "vllm"
     }
 
+    /// The instance serving `id` (its API server and workers).
+    fn serving_pids(&self, id: &str) -> std::collections::HashSet<u32> {
+        let url = self.resolve(id).ok().and_then(|i| self.instances.get(i)).map(|i| i.url.clone());
+        match url.map(|u| super::http::Endpoint::parse(&u, true)) {
+            Some(Ok(ep)) => super::procs::serving_pids(&ep),
+            _ => std::collections::HashSet::new(),
+        }
+    }
+
     /// The awake instances, by the model they serve (its tierd name is the
     /// engine's id).
     fn loaded(&self) -> Result<Vec<super::Loaded>, super::EngineError> {
