@@ -13,7 +13,15 @@
 //!   then starts, and the move ends when `GET /models` says `loaded`
 //!   (or `unloaded` + `failed`: the load failed);
 //! - `POST /models/unload {"model": id}` → `{"success": true}`, done when
-//!   `GET /models` says `unloaded`.
+//!   `GET /models` says `unloaded`;
+//! - `GET /models/sse` → `text/event-stream`, one `data: {"model", "event",
+//!   "data"}` line per change (`status_change` with `data.status`,
+//!   `models_reload`, downloads): tierd follows it on a thread of its own
+//!   and reads `GET /models` at each event ([`EngineApi::watch`]), so
+//!   engine-side changes and the end of its own loads are seen at once,
+//!   between polls. The stream is reconnected with backoff; a router
+//!   without it (404) is asked again every minute, and polling goes on
+//!   meanwhile.
 //!
 //! tierd models are matched to router ids by the GGUF path the router
 //! reports (`--model` in `status.args`, made absolute against the router's
