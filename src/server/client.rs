@@ -266,9 +266,14 @@ pub fn render_status(status: &TierStatusResponse, models: &[ModelView], load_tim
             .utilization
             .map(|u| format!("{}%", human::sig3(u * 100.0)))
             .unwrap_or_else(|| "-".into());
+        // RAM held by engine tiers above counts against this tier's budget.
+        let used = match tier.engine_held_gb {
+            Some(h) if h > 0.0 => format!("{} (+{} engines)", gb_cell(Some(tier.used_gb)), gb_cell(Some(h))),
+            _ => gb_cell(Some(tier.used_gb)),
+        };
         t.add_row::<[String; 7]>([
             name.to_string(),
-            gb_cell(Some(tier.used_gb)),
+            used,
             gb_cell(tier.limit_gb),
             gb_cell(tier.available_gb),
             util,

@@ -188,6 +188,25 @@ pub fn render_info(v: &ModelInfoView, now: f64) -> String {
         let _ = writeln!(out, "  resident      {:.1}% of its bytes in {}", r * 100.0, m.tier);
     }
     let _ = writeln!(out, "  load time     {:.2} s from {}", m.load_time_s, m.tier);
+    if let Some(l) = &v.engine_load_time_s {
+        let ms = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{:.0} ms", s * 1000.0));
+        let _ = writeln!(
+            out,
+            "  engine loads  {}, last {}, mean {}, p95 {}",
+            l.all.count,
+            ms(l.all.last),
+            ms(l.all.mean),
+            ms(l.all.p95)
+        );
+        for (label, t) in [("resident", &l.resident), ("not resident", &l.not_resident)] {
+            if t.count > 0 {
+                let _ = writeln!(out, "    {label:<12}{}, mean {}, p95 {}", t.count, ms(t.mean), ms(t.p95));
+            }
+        }
+        if let Some(b) = l.footprint_bytes {
+            let _ = writeln!(out, "  footprint     {} (last load)", crate::human::gb(crate::config::bytes_to_gb(b)));
+        }
+    }
     let last = m.last_access.map_or_else(|| "never".to_string(), |t| ago(now - t));
     let _ = writeln!(out, "  usage         {} accesses, last {last}", m.usage);
     if let Some(first) = m.first_access {
