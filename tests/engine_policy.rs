@@ -245,8 +245,14 @@ fn a_pinned_model_holds_its_engine_slot_against_make_room_and_the_policy() {
     r.pin(A, false);
     let st = r.move_wait(B, "gpu0", &make_room());
     assert_eq!(st["status"], "success", "{st}");
-    assert_eq!(r.loaded(0), vec![B.to_string()]);
     assert!(r.until(|r| r.idle(A)));
+    assert_eq!(
+        r.loaded(0),
+        vec![B.to_string()],
+        "{:?} {:?}",
+        r.jobs_of(A),
+        r.fakes[0].generate_requests()
+    );
     assert_eq!(r.tier_of(A), "ram");
     let ram = r.tier("ram");
     assert!(
@@ -336,4 +342,146 @@ fn pins_hold_across_two_engine_tiers() {
         r.jobs_of(C)
     );
     assert_eq!(r.tier_of(A), "gpu1", "A is still pinned there");
+}
+
+// ------------------------------------- a pinned model the engine dropped
+
+/// The `/api/generate` loads (`keep_alive: -1`, no prompt) of `name`.
+fn loads_of(fake: &FakeOllama, name: &str) -> usize {
+    fake.generate_requests()
+        .iter()
+        .filter(|b| b["model"] == name && b["keep_alive"] == json!(-1))
+        .count()
+}
+
+/// Ollama drops a pinned model on its own (eviction, expiry, a crashed
+/// runner): tierd books it down, as it must, and loads it back into the
+/// engine tier, a job of its own in the history; an unpinned one goes to RAM.
+#[test]
+fn a_pinned_model_the_engine_dropped_is_loaded_back() {
+    let mut r = rig(&["max_models = 3"], &models(), "");
+    r.move_to(A, "gpu0");
+    r.move_to(B, "gpu0");
+    r.pin(A, true);
+    r.fakes[0].evict(A);
+    r.fakes[0].evict(B);
+    assert!(
+        r.until(|r| r.loaded(0) == vec![A.to_string()] && r.idle(A) && r.idle(B) && r.tier_of(A) == "gpu0"),
+        "A loaded back: {:?} {:?}",
+        r.loaded(0),
+        r.jobs_of(A)
+    );
+    assert_eq!(r.tier_of(B), "ram", "the unpinned one went to RAM: {:?}", r.jobs_of(B));
+    let jobs = r.jobs_of(A);
+    assert!(
+        jobs.iter()
+            .any(|j| j["origin"] == "engine" && j["target_tier"] == "storage" && j["status"] == "success"),
+        "the drop is recorded: {jobs:?}"
+    );
+    let back = jobs
+        .iter()
+        .find(|j| j["origin"] == "engine" && j["target_tier"] == "gpu0")
+        .unwrap_or_else(|| panic!("a reload job: {jobs:?}"));
+    assert_eq!(back["status"], "success", "{back}");
+    assert!(back["reason"].as_str().unwrap_or_default().contains("pinned in gpu0"), "{back}");
+    assert!(
+        r.fakes[0].expires_at(A).unwrap() > r.now() + 100.0 * 365.0 * 86400.0,
+        "pinned forever again"
+    );
+    assert_eq!(r.model(A)["pinned"], true);
+
+    // Expiry (a native client's short keep_alive that ran out): the same.
+    r.fakes[0].set_expiry(A, 0.0);
+    r.tick_for(Duration::from_millis(100));
+    assert!(r.until(|r| r.loaded(0) == vec![A.to_string()] && r.idle(A) && r.tier_of(A) == "gpu0"));
+}
+
+/// An engine that refuses the reload: one failed load, then the model waits
+/// in RAM (its files locked) rather than being loaded again and again.
+#[test]
+fn a_pinned_model_the_engine_refuses_to_load_back_waits_in_ram() {
+    let mut r = rig(&["max_models = 3"], &models(), "");
+    r.move_to(A, "gpu0");
+    r.pin(A, true);
+    let before = loads_of(&r.fakes[0], A);
+    r.fakes[0].fail_next(
+        "/api/generate",
+        Fault::Status(
+            500,
+            r#"{"error":"model requires more system memory (7.1 GiB) than is available (3.2 GiB)"}"#.into(),
+        ),
+        1000,
+    );
+    r.fakes[0].evict(A);
+    assert!(r.until(|r| r.tier_of(A) == "ram" && r.idle(A)), "A went to RAM: {:?}", r.jobs_of(A));
+    let jobs = r.jobs_of(A);
+    let failed = jobs
+        .iter()
+        .find(|j| j["origin"] == "engine" && j["target_tier"] == "gpu0")
+        .unwrap_or_else(|| panic!("a reload job: {jobs:?}"));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap_or_default().contains("requires more system memory"),
+        "{failed}"
+    );
+    let to_ram = jobs
+        .iter()
+        .find(|j| j["origin"] == "engine" && j["target_tier"] == "ram")
+        .unwrap_or_else(|| panic!("a move to RAM: {jobs:?}"));
+    assert!(
+        to_ram["reason"].as_str().unwrap_or_default().contains("loading it back failed"),
+        "{to_ram}"
+    );
+    let ram = r.tier("ram");
+    assert!(ram["pinned_models"].as_array().is_some_and(|p| p.contains(&json!(A))), "{ram}");
+    // No more tries: the load count stays where it is.
+    let tried = loads_of(&r.fakes[0], A);
+    assert!(tried > before, "the reload was tried");
+    r.tick_for(Duration::from_millis(500));
+    assert_eq!(loads_of(&r.fakes[0], A), tried, "not loaded again and again");
+    assert_eq!(r.model(A)["pinned"], true, "still pinned");
+    // Once the engine takes it again, a move_tier puts it back.
+    r.fakes[0].server.clear_faults();
+    r.move_to(A, "gpu0");
+    assert_eq!(r.loaded(0), vec![A.to_string()]);
+}
+
+/// An engine that keeps dropping the pinned model right after each reload:
+/// tierd loads it back with the retry backoff, a bounded number of times,
+/// then leaves it in RAM and says why.
+#[test]
+fn an_engine_that_keeps_dropping_a_pinned_model_is_not_fought_forever() {
+    let mut r = rig(&["max_models = 3"], &models(), "[moves]\nretry_base_s = 0.05\nretry_cap_s = 0.2\n");
+    r.move_to(A, "gpu0");
+    r.pin(A, true);
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end && !(r.tier_of(A) == "ram" && r.idle(A)) {
+        // Dropped once tierd has it back (not in the middle of its load).
+        if r.idle(A) && r.tier_of(A) == "gpu0" && r.fakes[0].loaded().contains(&A.to_string()) {
+            r.fakes[0].evict(A);
+        }
+        r.tick();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let jobs = r.jobs_of(A);
+    assert_eq!(r.tier_of(A), "ram", "{jobs:?}");
+    let reloads: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["origin"] == "engine" && j["target_tier"] == "gpu0")
+        .collect();
+    assert_eq!(reloads.len(), 5, "{jobs:?}");
+    let to_ram = jobs
+        .iter()
+        .find(|j| j["origin"] == "engine" && j["target_tier"] == "ram")
+        .unwrap_or_else(|| panic!("a move to RAM: {jobs:?}"));
+    assert!(
+        to_ram["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("dropped it 6 times in a row"),
+        "{to_ram}"
+    );
+    let loads = loads_of(&r.fakes[0], A);
+    r.tick_for(Duration::from_millis(500));
+    assert_eq!(loads_of(&r.fakes[0], A), loads, "no more loads");
 }
