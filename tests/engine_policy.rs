@@ -47,7 +47,7 @@ impl Clock {
 /// fastest first) above `ram` (pagecache) and `storage`, under the default
 /// `tierd` policy, every model registered from storage.
 struct Rig {
-    root: tempfile::TempDir,
+    _root: tempfile::TempDir,
     fakes: Vec<FakeOllama>,
     e: Engine,
     store: StateStore,
@@ -89,7 +89,7 @@ fn rig_at(engine_tiers: &[&str], models: &[(&str, u64)], extra: &str, offset: f6
             .expect("register");
     }
     Rig {
-        root,
+        _root: root,
         fakes,
         e,
         store,
@@ -484,4 +484,87 @@ fn an_engine_that_keeps_dropping_a_pinned_model_is_not_fought_forever() {
     let loads = loads_of(&r.fakes[0], A);
     r.tick_for(Duration::from_millis(500));
     assert_eq!(loads_of(&r.fakes[0], A), loads, "no more loads");
+}
+
+// ------------------------------------------- hour-of-day pre-warming
+
+/// The default policy's hour-of-day prediction warms an engine tier like
+/// any other: A was used at the same hour on each of the last two days, so
+/// on the policy tick shortly before that hour it is loaded into the
+/// engine, without an access; B, used at that hour only yesterday, is not.
+/// The engine's clock runs two days behind wall time and jumps ahead (the
+/// server's clock is the engine's; the fake reads wall time only for
+/// keep_alive, and tierd pins forever).
+#[test]
+fn the_default_policy_prewarms_an_engine_tier_before_a_models_busy_hour() {
+    // T: the next whole hour of wall time; the busy hour is [T, T + 1 h).
+    let hour = 3600.0;
+    let day = 24.0 * hour;
+    let t = ((real_support::now() / hour).floor() + 1.0) * hour;
+    let start = t - 2.0 * day - 3.0 * hour;
+    let offset = start - real_support::now();
+    let mut r = rig_at(&["max_models = 1"], &models(), "", offset);
+    let accesses = |r: &mut Rig, name: &str, at: f64| {
+        for i in 0..3 {
+            r.clock.jump_to(at + 10.0 * i as f64);
+            r.access(name, 1);
+            r.tick();
+        }
+        assert!(r.until(|r| r.idle(name)), "{:?}", r.jobs_of(name));
+    };
+    // B's first access: its history is as long as A's.
+    accesses(&mut r, B, t - 2.0 * day - 2.0 * hour);
+    // Two days ago and yesterday at the busy hour: A; yesterday only: B.
+    accesses(&mut r, A, t - 2.0 * day + 10.0);
+    accesses(&mut r, A, t - day + 10.0);
+    accesses(&mut r, B, t - day + 100.0);
+    // Ten minutes before the hour, both wait in RAM, nothing in the engine.
+    r.clock.jump_to(t - 600.0);
+    for m in [A, B] {
+        if r.tier_of(m) != "ram" {
+            r.move_to(m, "ram");
+        }
+    }
+    assert!(r.until(|r| r.loaded(0).is_empty() && r.idle(A) && r.idle(B)));
+    let usage = r.model(A)["usage"].clone();
+    assert_eq!(usage, 6, "{}", r.model(A));
+    // A policy tick whose look-ahead does not reach the hour: nothing.
+    let now = r.now();
+    let steps = r.e.policy_tick(now);
+    assert!(steps.is_empty(), "{steps:?}");
+    r.tick_for(Duration::from_millis(200));
+    assert!(r.loaded(0).is_empty());
+    // The tick just before the hour: A is loaded into the engine.
+    r.clock.jump_to(t - 30.0);
+    r.tick();
+    let now = r.now();
+    let steps = r.e.policy_tick(now);
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.model_name == A && s.target_tier == "gpu0" && s.job_id.is_some()),
+        "{steps:?}"
+    );
+    assert!(r.until(|r| r.idle(A) && r.tier_of(A) == "gpu0"), "{:?}", r.jobs_of(A));
+    assert_eq!(r.loaded(0), vec![A.to_string()], "loaded in the engine");
+    assert!(r.fakes[0].expires_at(A).unwrap() > real_support::now() + 100.0 * 365.0 * 86400.0);
+    let prewarm = r
+        .jobs_of(A)
+        .into_iter()
+        .find(|j| j["target_tier"] == "gpu0" && j["origin"] == "policy")
+        .expect("the policy's job");
+    assert!(
+        prewarm["reason"].as_str().unwrap_or_default().contains("busy hour ahead"),
+        "{prewarm}"
+    );
+    assert_eq!(r.model(A)["usage"], usage, "no access in the busy hour");
+    assert_eq!(r.tier_of(B), "ram");
+    // auto_optimize keeps it there for its hour (its predicted rate is a
+    // floor): B does not take the one slot.
+    let now = r.now();
+    r.e.optimize(now, false);
+    assert!(r.until(|r| r.idle(A) && r.idle(B)));
+    r.tick_for(Duration::from_millis(200));
+    assert_eq!(r.tier_of(A), "gpu0");
+    assert_eq!(r.loaded(0), vec![A.to_string()]);
 }
