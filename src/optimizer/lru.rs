@@ -85,7 +85,7 @@ impl LruPolicy {
     /// it. A model pushed twice moves once, to where it ends.
     pub fn exact_plan(&self, state: &State, model: ModelId, out: &mut Vec<Desire>) {
         let Some(m) = state.model(model) else { return };
-        if m.job.is_some() || m.unavailable.is_some() {
+        if m.pinned || m.job.is_some() || m.unavailable.is_some() {
             return;
         }
         let n = state.tiers.len();

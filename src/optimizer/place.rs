@@ -260,10 +260,12 @@ pub fn surely_refused<R: Ranking + ?Sized>(state: &State, ranking: &R, model: Mo
 }
 
 /// Tiers a demand policy may promote `model` into, fastest first: those
-/// faster than its own that can hold it. Empty when the model is busy.
+/// faster than its own that can hold it. Empty when the model is busy or
+/// pinned (a pinned model is never moved by a policy: pinned in a slower
+/// engine tier, it stays there however hot it is).
 pub fn promotion_targets(state: &State, model: ModelId) -> std::ops::Range<usize> {
     match state.model(model) {
-        Some(m) if m.job.is_none() && m.unavailable.is_none() => {
+        Some(m) if !m.pinned && m.job.is_none() && m.unavailable.is_none() => {
             let first = (0..m.tier).find(|&t| holds(state, m.bytes, t)).unwrap_or(m.tier);
             first..m.tier
         }

@@ -115,6 +115,9 @@ pub struct Engine {
     pub(crate) tiers_seen: Vec<super::events::TierSeen>,
     /// Load times into engine tiers, by model ([`super::engines`]).
     pub(crate) load_stats: super::engines::LoadBook,
+    /// Pinned models an engine dropped on its own, being loaded back
+    /// ([`super::engines`]).
+    pub(crate) repins: super::engines::Repins,
 }
 
 /// What a tier holds of a model that it no longer needs, once the
@@ -283,6 +286,7 @@ impl Engine {
             outbox: None,
             tiers_seen: Vec::new(),
             load_stats: HashMap::new(),
+            repins: super::engines::Repins::default(),
         })
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::engine::Engine;
-use super::job::{Attempt, Job, JobStatus, Operation, Origin, Priority};
+use super::job::{Attempt, Job, JobKey, JobStatus, Operation, Origin, Priority};
 use super::state::ModelId;
 use super::submit::MoveOptions;
 use crate::drivers::MoveEvent;
@@ -63,6 +63,31 @@ pub struct LoadStats {
 
 /// Load statistics by model name (they outlive a model's moves).
 pub type LoadBook = HashMap<Arc<str>, LoadStats>;
+
+/// A drop of a pinned model more than this many seconds after the one
+/// before starts a new streak ([`Engine::reload_pinned`]).
+pub const REPIN_QUIET_S: f64 = 300.0;
+/// Most drops in a streak that tierd answers by loading the model back.
+pub const REPIN_MAX_STREAK: u32 = 5;
+
+/// Pinned models an engine dropped on its own ([`Engine::reload_pinned`]).
+#[derive(Debug, Default)]
+pub struct Repins {
+    /// By model name: drops in the current streak, and the latest one's time.
+    pub(crate) streaks: HashMap<Arc<str>, Streak>,
+    /// Reload jobs not ended yet, and the engine tier each loads into.
+    pub(crate) jobs: HashMap<JobKey, usize>,
+    /// Models whose reload failed (model, engine tier, the error), for the
+    /// next tick to send to RAM.
+    pub(crate) fallbacks: Vec<(ModelId, usize, String)>,
+}
+
+/// Drops of one pinned model that followed each other.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Streak {
+    pub count: u32,
+    pub last: f64,
+}
 
 impl Engine {
     /// Applies an engine tier's event (the driver's tier stamped on it).
@@ -185,33 +210,153 @@ impl Engine {
 
     /// The engine of tier `tier` no longer has a model tierd placed there
     /// (its LRU, its expiry, another client): the model falls back to its
-    /// origin (the last tier), recorded as a job with origin `engine`, and
-    /// moves on to the RAM tier below where it fits.
+    /// origin (the last tier), recorded as a job with origin `engine`. A
+    /// pinned model is then loaded back into `tier` ([`Engine::reload_pinned`]);
+    /// any other, or a pinned one that cannot be, moves on to the RAM tier
+    /// below where it fits.
     fn engine_unloaded(&mut self, now: f64, tier: usize, model: &str, engine_id: &str, reason: &str) {
         let Some(id) = self.state.model_id(model) else { return };
         let Some(m) = self.state.model(id) else { return };
         if m.tier != tier || m.job.is_some() {
             return;
         }
+        let pinned = m.pinned;
         let last = self.state.last_tier();
         self.rebook(id, tier, last);
         self.release_model(id, tier);
         self.refresh_next_event(tier);
         self.record_engine_job(now, id, tier, last, format!("{engine_id}: {reason}"));
-        // "Unload to RAM instead of disk": where the RAM tier sits right
-        // below and has room, the model goes there (its pages are still
-        // resident: the engine tier keeps its pin a while).
+        let why = if pinned {
+            match self.reload_pinned(now, id, tier, engine_id) {
+                Ok(()) => return,
+                Err(why) => why,
+            }
+        } else {
+            format!("{engine_id} left the engine on its own: kept in RAM")
+        };
+        self.keep_in_ram(now, model, tier, why);
+    }
+
+    /// "Unload to RAM instead of disk": where the RAM tier sits right below
+    /// engine tier `tier` and has room, `model` (just dropped from it, in
+    /// the last tier in the books) goes there; its pages are still
+    /// resident: the engine tier keeps its pin a while.
+    fn keep_in_ram(&mut self, now: f64, model: &str, tier: usize, reason: String) {
         let below = tier + 1;
-        if below < last && self.machine.drivers[below].kind() == "pagecache" {
+        if below < self.state.last_tier() && self.machine.drivers[below].kind() == "pagecache" {
             let target = self.state.tiers[below].name.clone();
             let opts = MoveOptions {
                 origin: Origin::Engine,
-                reason: Some(format!("{engine_id} left the engine on its own: kept in RAM")),
+                reason: Some(reason),
                 ..MoveOptions::default()
             };
             if let Err(e) = self.move_model(now, model, &target, &opts) {
                 tracing::info!(model, error = %e, "an engine-evicted model stays in storage");
             }
+        }
+    }
+
+    /// Loads pinned model `id`, which the engine of `tier` dropped on its
+    /// own, back there: a move with origin `engine` and make-room (pinned
+    /// models outrank the tier's unpinned ones), high priority. Drops that
+    /// follow each other (within [`REPIN_QUIET_S`]) wait the move retry
+    /// backoff (`retry_base_s`, doubling, at most `retry_cap_s`) before the
+    /// load, and after [`REPIN_MAX_STREAK`] of them tierd gives up: the
+    /// engine does not keep the model, so loading it again would only fight
+    /// the engine. `Err` says why it is not loaded back (the model then
+    /// goes to RAM); a reload that fails goes there too
+    /// ([`Engine::repin_fallbacks`]).
+    pub(crate) fn reload_pinned(&mut self, now: f64, id: ModelId, tier: usize, engine_id: &str) -> Result<(), String> {
+        let Some(name) = self.state.model(id).map(|m| m.name.clone()) else {
+            return Err("the model vanished".into());
+        };
+        let tier_name = self.state.tiers[tier].name.clone();
+        let streak = self.repins.streaks.entry(name.clone()).or_default();
+        if now - streak.last > REPIN_QUIET_S {
+            streak.count = 0;
+        }
+        streak.count += 1;
+        streak.last = now;
+        let n = streak.count;
+        if n > REPIN_MAX_STREAK {
+            tracing::warn!(model = %name, tier = %tier_name, drops = n, "the engine keeps dropping a pinned model: kept in RAM");
+            return Err(format!(
+                "{engine_id} is pinned in {tier_name}, but the engine dropped it {n} times in a row: kept in RAM \
+                 (move it back with move_tier)"
+            ));
+        }
+        let delay = if n <= 1 {
+            0.0
+        } else {
+            (self.cfg.moves.retry_base_s * 2f64.powi(n as i32 - 2)).min(self.cfg.moves.retry_cap_s)
+        };
+        let opts = MoveOptions {
+            priority: Priority::High,
+            origin: Origin::Engine,
+            make_room: true,
+            reason: Some(format!(
+                "{name} is pinned in {tier_name}: loading it back after the engine dropped it (drop {n} in a row)"
+            )),
+            ..MoveOptions::default()
+        };
+        let key = match self.submit_with_room(now, id, tier, Vec::new(), &opts) {
+            Ok((key, _)) => key,
+            Err(e) => {
+                tracing::warn!(model = %name, tier = %tier_name, error = %e, "cannot load a pinned model back");
+                return Err(format!(
+                    "{engine_id} is pinned in {tier_name}, but it cannot be loaded back ({e}): kept in RAM"
+                ));
+            }
+        };
+        self.repins.jobs.insert(key, tier);
+        // The backoff: not started before its delay is over (a job with
+        // make-room dependencies waits for those instead).
+        if delay > 0.0
+            && let Some(j) = self.jobs.get_mut(&key)
+            && j.unmet_deps == 0
+            && self.ready.remove(&(j.priority, key))
+        {
+            j.not_before = now + delay;
+            self.delayed.insert((super::scheduler::TimeKey::new(j.not_before), key));
+        }
+        self.start_ready(now);
+        Ok(())
+    }
+
+    /// A job ended: a reload of a pinned model that failed (not one
+    /// cancelled) sends the model to RAM at the next tick.
+    pub(crate) fn repin_ended(&mut self, key: JobKey, status: JobStatus, error: Option<&str>) {
+        if self.repins.jobs.is_empty() {
+            return;
+        }
+        let Some(tier) = self.repins.jobs.remove(&key) else { return };
+        if status != JobStatus::Failed {
+            return;
+        }
+        let Some(model) = self.jobs.get(&key).map(|j| j.model) else {
+            return;
+        };
+        self.repins
+            .fallbacks
+            .push((model, tier, error.unwrap_or("the load failed").to_string()));
+    }
+
+    /// Sends the pinned models whose reload failed to RAM.
+    pub(crate) fn repin_fallbacks(&mut self, now: f64) {
+        if self.repins.fallbacks.is_empty() {
+            return;
+        }
+        for (id, tier, error) in std::mem::take(&mut self.repins.fallbacks) {
+            let Some(m) = self.state.model(id) else { continue };
+            if m.tier != self.state.last_tier() || m.job.is_some() {
+                continue;
+            }
+            let name = m.name.to_string();
+            let why = format!(
+                "{name} is pinned in {}, but loading it back failed ({error}): kept in RAM",
+                self.state.tiers[tier].name
+            );
+            self.keep_in_ram(now, &name, tier, why);
         }
     }
 

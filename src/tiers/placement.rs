@@ -289,6 +289,10 @@ impl Engine {
         let Some(m) = self.state.model(d.model) else {
             return Err(EngineError::Internal(format!("model id {} vanished", d.model)));
         };
+        if m.pinned {
+            // Whatever a policy asks: a pinned model moves only by request.
+            return Err(EngineError::bad_request(format!("{} is pinned: only move_tier moves it", m.name)));
+        }
         let bytes = m.bytes;
         let opts = MoveOptions {
             priority,

@@ -199,6 +199,9 @@ impl Engine {
                     self.dirty = true;
                 }
             }
+            // Pinned models whose reload into their engine tier failed go
+            // to RAM (outside `close`, which may run mid-schedule).
+            self.repin_fallbacks(now);
             if !had_events && !self.dirty {
                 return;
             }
@@ -606,6 +609,7 @@ impl Engine {
 
     /// Marks a job ended and bounds the history.
     pub(crate) fn close(&mut self, now: f64, key: JobKey, status: JobStatus, error: Option<(String, String)>) {
+        self.repin_ended(key, status, error.as_ref().map(|e| e.1.as_str()));
         if let Some(job) = self.jobs.get_mut(&key) {
             job.status = status;
             job.ended_at = Some(now);

@@ -188,7 +188,8 @@ pub struct Model {
     /// Tier holding the model's complete copy that loads are served from.
     pub tier: usize,
     pub usage: Usage,
-    /// A pinned model is never demoted by a policy, make_room or a limit.
+    /// A pinned model is never moved by a policy (up or down), make_room or
+    /// a limit; only `move_tier` moves it.
     pub pinned: bool,
     /// The model's pending (queued or running) move, if any.
     pub job: Option<JobKey>,
