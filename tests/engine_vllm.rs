@@ -369,7 +369,7 @@ fn level_one_copies_count_against_the_ram_budget() {
         let st = r.e.status_json(now());
         (st["tiers"]["ram"]["engine_held_gb"].as_f64().expect("engine_held_gb") * 1e9).round() as u64
     };
-    let bytes = 2 * MB as u64;
+    let bytes = 2 * MB;
     // Both asleep at a level /is_sleeping does not tell.
     assert!(r.until(|e| e.status_json(now())["tiers"]["gpu0"]["available"] == true));
     assert!(r.until(|e| {

@@ -334,11 +334,19 @@ fn the_routers_event_stream_is_followed_between_polls() {
     c.post_json("/models/load", Some(&json!({"model": "tiny-a"})), Duration::from_secs(5))
         .expect("direct load");
     let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["tier"] == json!("gpu0"));
-    assert_eq!(m["tier"], json!("gpu0"), "an engine-side load not followed from the event stream: {m}");
+    assert_eq!(
+        m["tier"],
+        json!("gpu0"),
+        "an engine-side load not followed from the event stream: {m}"
+    );
     c.post_json("/models/unload", Some(&json!({"model": "tiny-a"})), Duration::from_secs(5))
         .expect("direct unload");
     let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["tier"] != json!("gpu0"));
-    assert_ne!(m["tier"], json!("gpu0"), "an engine-side unload not followed from the event stream: {m}");
+    assert_ne!(
+        m["tier"],
+        json!("gpu0"),
+        "an engine-side unload not followed from the event stream: {m}"
+    );
     // A move through tierd ends on the router's events too.
     let m = tick_until(&mut e, "tiny-a", Duration::from_secs(10), |m| m["job_id"].is_null());
     assert!(m["job_id"].is_null(), "{m}");
@@ -683,7 +691,10 @@ fn the_engine_tiers_pins_count_against_the_ram_budget() {
     e.tick(now());
     let ram = tier_json(&mut e, "ram");
     let held = ram["engine_held_gb"].as_f64().expect("engine_held_gb on the RAM tier");
-    assert!((held * 1e9 - size as f64).abs() < 2_000.0, "held {held} GB for a {size} B model: {ram}");
+    assert!(
+        (held * 1e9 - size as f64).abs() < 2_000.0,
+        "held {held} GB for a {size} B model: {ram}"
+    );
     // tiny-b does not fit next to tiny-a's pinned pages.
     let r = e.move_model(now(), "tiny-b", "ram", &MoveOptions::default());
     let refused = match r {
@@ -709,7 +720,12 @@ fn the_engine_tiers_pins_count_against_the_ram_budget() {
     let st = move_and_wait(&mut e, "tiny-b", "gpu0");
     assert_eq!(st["status"], json!("success"), "{st}");
     let m = tick_until(&mut e, "tiny-a", Duration::from_secs(20), |m| m["tier"] == json!("storage"));
-    assert_eq!(m["tier"], json!("storage"), "RAM over budget was not relieved: {}", tier_json(&mut e, "ram"));
+    assert_eq!(
+        m["tier"],
+        json!("storage"),
+        "RAM over budget was not relieved: {}",
+        tier_json(&mut e, "ram")
+    );
     let pressure: Vec<_> = e
         .history(
             now(),

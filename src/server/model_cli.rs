@@ -204,7 +204,11 @@ pub fn render_info(v: &ModelInfoView, now: f64) -> String {
             }
         }
         if let Some(b) = l.footprint_bytes {
-            let _ = writeln!(out, "  footprint     {} (last load)", crate::human::gb(crate::config::bytes_to_gb(b)));
+            let _ = writeln!(
+                out,
+                "  footprint     {} (last load)",
+                crate::human::gb(crate::config::bytes_to_gb(b))
+            );
         }
     }
     let last = m.last_access.map_or_else(|| "never".to_string(), |t| ago(now - t));

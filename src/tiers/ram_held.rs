@@ -21,10 +21,10 @@
 //! itself, or that is moving (the RAM tier's `incoming` counts a move to
 //! it), is left out.
 
-use super::engine::Engine;
-use super::state::ModelId;
 use super::MoveOptions;
+use super::engine::Engine;
 use super::job::{Origin, Priority};
+use super::state::ModelId;
 
 impl Engine {
     /// Books the engine tiers' RAM on the RAM tiers below them; demotes

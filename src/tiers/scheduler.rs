@@ -725,7 +725,9 @@ impl Engine {
                     .get(&key)
                     .map(|j| {
                         let t = &self.state.tiers[j.to];
-                        let over_limit = t.limit.is_some_and(|limit| t.used + t.engine_held + t.incoming_running + j.bytes > limit);
+                        let over_limit = t
+                            .limit
+                            .is_some_and(|limit| t.used + t.engine_held + t.incoming_running + j.bytes > limit);
                         let short = if over_limit {
                             format!("{} limit exceeded", t.name.to_uppercase())
                         } else {

@@ -224,12 +224,14 @@ impl HttpClient {
         rt.block_on(async {
             let head = tokio::time::timeout(connect_timeout, self.open_stream(path, "text/event-stream"))
                 .await
-                .map_err(|_| {
-                    HttpError::Unreachable(format!("{what}: no answer within {:.1} s", connect_timeout.as_secs_f64()))
-                })??;
+                .map_err(|_| HttpError::Unreachable(format!("{what}: no answer within {:.1} s", connect_timeout.as_secs_f64())))??;
             let (status, mut body, conn) = head;
             if !(200..300).contains(&status) {
-                let bytes = Limited::new(body, EXCERPT_CHARS * 4).collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                let bytes = Limited::new(body, EXCERPT_CHARS * 4)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
                 conn.abort();
                 return Err(HttpError::Status {
                     status,
@@ -273,11 +275,7 @@ impl HttpClient {
 
     /// Connects and sends `GET path`; answers the status, the body as it
     /// comes, and the connection's task (abort it when done).
-    async fn open_stream(
-        &self,
-        path: &str,
-        accept: &str,
-    ) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError> {
+    async fn open_stream(&self, path: &str, accept: &str) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError> {
         let what = format!("GET {path}");
         let req = Request::builder()
             .method("GET")
@@ -286,7 +284,11 @@ impl HttpClient {
             .header("accept", accept)
             .body(Full::new(Bytes::new()))
             .map_err(|e| HttpError::Garbage(format!("bad request {what}: {e}")))?;
-        async fn go<S>(s: S, req: Request<Full<Bytes>>, what: &str) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError>
+        async fn go<S>(
+            s: S,
+            req: Request<Full<Bytes>>,
+            what: &str,
+        ) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError>
         where
             S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         {
@@ -475,15 +477,32 @@ mod tests {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (mut opened, mut lines) = (false, Vec::new());
         let t = Duration::from_secs(5);
-        let r = c.stream_lines("/models/sse", t, Duration::from_millis(50), &stop, || opened = true, |l| {
-            lines.push(l.to_string());
-            true
-        });
+        let r = c.stream_lines(
+            "/models/sse",
+            t,
+            Duration::from_millis(50),
+            &stop,
+            || opened = true,
+            |l| {
+                lines.push(l.to_string());
+                true
+            },
+        );
         assert_eq!(r, Ok(()));
         assert!(opened);
         assert_eq!(lines, [": ping", "", "data: {\"event\":\"a\"}", "", "data: {\"event\":\"b\"}", ""]);
-        let r = c.stream_lines("/models/sse", t, Duration::from_millis(50), &stop, || panic!("not opened"), |_| true);
-        assert!(matches!(r, Err(HttpError::Status { status: 404, ref excerpt }) if excerpt == "no route"), "{r:?}");
+        let r = c.stream_lines(
+            "/models/sse",
+            t,
+            Duration::from_millis(50),
+            &stop,
+            || panic!("not opened"),
+            |_| true,
+        );
+        assert!(
+            matches!(r, Err(HttpError::Status { status: 404, ref excerpt }) if excerpt == "no route"),
+            "{r:?}"
+        );
         server.join().expect("server");
     }
 
@@ -509,7 +528,14 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(200));
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             });
-            let r = c.stream_lines("/models/sse", Duration::from_secs(5), Duration::from_millis(20), &stop, || {}, |_| true);
+            let r = c.stream_lines(
+                "/models/sse",
+                Duration::from_secs(5),
+                Duration::from_millis(20),
+                &stop,
+                || {},
+                |_| true,
+            );
             assert_eq!(r, Ok(()));
         });
         assert!(started.elapsed() < Duration::from_secs(5));

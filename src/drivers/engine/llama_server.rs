@@ -256,7 +256,11 @@ fn follow_events(http: &HttpClient, stop: &AtomicBool, state: &Mutex<EventStream
             _ if was_connected => STREAM_RETRY_MIN,
             _ => retry,
         };
-        retry = if was_connected { STREAM_RETRY_MIN } else { (retry * 2).min(STREAM_RETRY_MAX) };
+        retry = if was_connected {
+            STREAM_RETRY_MIN
+        } else {
+            (retry * 2).min(STREAM_RETRY_MAX)
+        };
         let until = Instant::now() + delay;
         while !stop.load(Ordering::Relaxed) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));

@@ -45,7 +45,10 @@ fn listening_inodes(endpoint: &Endpoint) -> HashSet<u64> {
                         .rsplit_once(':')
                         .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
                         .is_some_and(|p| p == port);
-                    if listens && on_port && let Ok(i) = inode.parse::<u64>() {
+                    if listens
+                        && on_port
+                        && let Ok(i) = inode.parse::<u64>()
+                    {
                         out.insert(i);
                     }
                 }
@@ -78,11 +81,16 @@ fn holders(inodes: &HashSet<u64>) -> HashSet<u32> {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
             let t = target.to_string_lossy();
-            if let Some(i) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<u64>().ok())
+            if let Some(i) = t
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
                 && inodes.contains(&i)
             {
                 out.insert(pid);
