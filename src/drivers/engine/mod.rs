@@ -438,7 +438,7 @@ struct Books {
     unloading: HashSet<String>,
     /// Moves out of the tier whose unload runs before their commit
     /// ([`TierDriver::start_move_out`]): job -> model.
-    moving_out: HashMap<JobKey, String>,
+    moving_out: HashMap<JobKey, (String, LoadControl)>,
     /// Where a model leaving the tier goes (told by the engine at commit).
     leaving_to: HashMap<String, UnloadTo>,
     /// Engine ids already reported as external loads (reported once).
@@ -1004,9 +1004,16 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
 
     fn cancel_move(&mut self, now: f64, job: JobKey) {
         self.last_now = now;
-        if let Some(l) = lock(&self.books).loading.get(&job) {
+        let b = lock(&self.books);
+        if let Some(l) = b.loading.get(&job) {
             l.ctl.cancel();
             l.shared.cancel.store(true, Ordering::Relaxed);
+        }
+        // A move out waiting for the engine's unload stops waiting; where
+        // the engine unloads all the same, the poller sees it as the
+        // engine's own.
+        if let Some((_, ctl)) = b.moving_out.get(&job) {
+            ctl.cancel();
         }
     }
 
@@ -1062,16 +1069,16 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
             };
             // Its disappearance from the engine is ours, not external.
             b.unloading.insert(id.clone());
-            b.moving_out.insert(job, model.to_string());
             id
         };
-        let (api, settings, books, name) = (self.api.clone(), self.settings.clone(), self.books.clone(), model.to_string());
+        // Bounded by `load_timeout_s`, and cancelled with the move.
+        let ctl = self.settings.control(self.settings.load_timeout);
+        lock(&self.books).moving_out.insert(job, (model.to_string(), ctl.clone()));
+        let (api, books, name) = (self.api.clone(), self.books.clone(), model.to_string());
         let unload_id = id.clone();
         let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
-            // Bounded by `load_timeout_s`; every API confirms on the engine
-            // (llama-server's GET /models, Ollama's /api/ps, vLLM's
-            // /is_sleeping) before answering Ok.
-            let ctl = settings.control(settings.load_timeout);
+            // Every API confirms on the engine (llama-server's GET /models,
+            // Ollama's /api/ps, vLLM's /is_sleeping) before answering Ok.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&unload_id, to, &ctl)))
                 .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
             let mut b = lock(&books);
@@ -1299,6 +1306,8 @@ mod tests {
         loaded: Vec<Loaded>,
         down: bool,
         hang: bool,
+        /// Unloads never finish (until cancelled or past the deadline).
+        hang_unload: bool,
         unloads: Vec<String>,
     }
 
@@ -1351,7 +1360,10 @@ mod tests {
             }
             Ok(())
         }
-        fn unload(&self, id: &str, _to: UnloadTo, _ctl: &LoadControl) -> Result<(), EngineError> {
+        fn unload(&self, id: &str, _to: UnloadTo, ctl: &LoadControl) -> Result<(), EngineError> {
+            while self.st().hang_unload {
+                ctl.wait(&format!("unloading {id}"))?;
+            }
             let mut st = self.st();
             st.unloads.push(id.to_string());
             st.loaded.retain(|l| l.id != id);
@@ -1435,6 +1447,30 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(t.api().st().unloads, vec!["m".to_string()]);
+    }
+
+    #[test]
+    fn a_cancel_stops_the_wait_for_an_unload() {
+        let mut t = up_tier();
+        let m: Arc<str> = "m".into();
+        t.start_move(0.0, &order(1, &m)).expect("start");
+        wait_event(&mut t, |e| matches!(e, MoveEvent::Finished { job: 1, .. }));
+        t.api().st().hang_unload = true;
+        assert_eq!(t.start_move_out(0.0, 5, "m", "pagecache"), Ok(true));
+        std::thread::sleep(Duration::from_millis(20));
+        t.cancel_move(0.0, 5);
+        let ev = wait_event(&mut t, |e| matches!(e, MoveEvent::MovedOut { job: 5, .. }));
+        let error = ev.iter().find_map(|e| match e {
+            MoveEvent::MovedOut { job: 5, error } => error.clone(),
+            _ => None,
+        });
+        // Not the deadline's "timed out": the cancel ended the wait.
+        assert!(error.as_deref().is_some_and(|e| e.contains("cancelled")), "{error:?}");
+        assert!(
+            t.details()["loaded"].as_array().is_some_and(|l| l.len() == 1),
+            "still held: {:?}",
+            t.details()
+        );
     }
 
     #[test]
