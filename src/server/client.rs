@@ -1014,6 +1014,10 @@ mod tests {
         let out = render_status(&s, &m, &LoadTimesByModel::new());
         assert!(out.contains("96%"), "{out}");
         assert!(out.contains("bert-large"), "{out}");
+        // RAM held by engine tiers above shows next to the tier's own.
+        let s: TierStatusResponse = serde_json::from_value(json!({"status": "success", "tiers": {"ram": {"used_gb": 4.8, "engine_held_gb": 0.5, "limit_gb": 5.0, "available_gb": 2.6, "utilization": 0.96, "pressure": "high", "models": 1, "access_s_per_gb": 0.1, "reserved_gb": 1.0, "incoming_gb": 0.0, "max_models": null, "available": true}}, "tier_order": ["ram"]})).unwrap();
+        let out = render_status(&s, &m, &LoadTimesByModel::new());
+        assert!(out.contains("4.8 (+0.5 engines)"), "{out}");
     }
 
     #[test]

@@ -200,7 +200,7 @@ pub fn render_info(v: &ModelInfoView, now: f64) -> String {
         );
         for (label, t) in [("resident", &l.resident), ("not resident", &l.not_resident)] {
             if t.count > 0 {
-                let _ = writeln!(out, "    {label:<12}{}, mean {}, p95 {}", t.count, ms(t.mean), ms(t.p95));
+                let _ = writeln!(out, "    {label:<14}{}, mean {}, p95 {}", t.count, ms(t.mean), ms(t.p95));
             }
         }
         if let Some(b) = l.footprint_bytes {
@@ -355,5 +355,21 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want:?} in\n{s}");
         }
+        assert!(!s.contains("engine loads"), "never loaded in an engine:\n{s}");
+        let mut v = v;
+        let mut stats = crate::tiers::engines::LoadStats::default();
+        stats.all.add(0.25);
+        stats.resident.add(0.25);
+        stats.footprint_bytes = Some(600_000_000);
+        v.engine_load_time_s = Some(stats);
+        let s = render_info(&v, 1180.0);
+        for want in [
+            "engine loads  1, last 250 ms, mean 250 ms, p95 250 ms",
+            "    resident      1, mean 250 ms",
+            "footprint     0.6 GB",
+        ] {
+            assert!(s.contains(want), "{want:?} in\n{s}");
+        }
+        assert!(!s.contains("not resident"), "{s}");
     }
 }
