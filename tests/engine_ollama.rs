@@ -474,6 +474,25 @@ fn an_unload_that_fails_or_times_out_fails_the_move_and_the_model_stays_loaded()
     assert!(r.fake.loaded().is_empty());
 }
 
+/// While Ollama unloads a model, `/api/ps` lists it expiring now: that is
+/// no native client's keep_alive to override, and re-asserting tierd's pin
+/// then would load the model again.
+#[test]
+fn a_model_being_unloaded_is_not_pinned_again() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    let loads = |f: &FakeOllama| f.generate_requests().iter().filter(|b| b["keep_alive"] != json!(0)).count();
+    let before = loads(&r.fake);
+    // Listed for 1 s after the unload's answer: 20 polls see it leaving.
+    r.fake.state.lock().unwrap().unload_s = 1.0;
+    let st = r.move_wait(M, "ram");
+    assert_eq!(st["status"], "success", "{st}");
+    r.tick_for(Duration::from_millis(300));
+    assert!(r.fake.loaded().is_empty(), "loaded again: {:?}", r.fake.generate_requests());
+    assert_eq!(loads(&r.fake), before, "{:?}", r.fake.generate_requests());
+    assert_eq!(r.tier_of(M), "ram");
+}
+
 #[test]
 fn a_cancel_during_the_unload_completes_if_the_engine_let_go_else_cancels() {
     let mut r = rig();

@@ -76,8 +76,11 @@ pub struct OllamaState {
 impl OllamaState {
     /// Drops expired and unloaded models (Ollama's scheduler, lazily).
     fn expire(&mut self, now: f64) {
-        self.loaded
-            .retain(|_, l| l.expires_at > now && l.leaving_at.is_none_or(|t| t > now));
+        // A model being unloaded stays listed (expiring now) until it is gone.
+        self.loaded.retain(|_, l| match l.leaving_at {
+            Some(t) => t > now,
+            None => l.expires_at > now,
+        });
     }
 }
 
@@ -160,8 +163,11 @@ impl OllamaHandler {
             let load_s = def.load_s;
             if prompt.is_empty() && keep_alive == KeepAlive::For(Duration::ZERO) {
                 let unload_s = st.unload_s;
+                // Ollama sets the runner to expire now, and /api/ps lists it
+                // until the runner has gone.
                 if let Some(l) = st.loaded.get_mut(&name) {
                     l.leaving_at = Some(now + unload_s);
+                    l.expires_at = now;
                 }
                 st.expire(now);
                 let answer = GenerateResponse {

@@ -482,6 +482,11 @@ pub struct EngineSettings {
     pub gpu: Option<(Arc<GpuProbe>, u32)>,
     /// Nudged by the engine's event stream (see [`EngineApi::watch`]).
     pub wake: Arc<Wake>,
+    /// Held by each unload while it runs; the poller's upkeep runs only
+    /// while no unload does, with the held set read under it, so that it
+    /// never re-asserts a pin on a model being unloaded (Ollama would load
+    /// it again).
+    pub unload_gate: Arc<Mutex<()>>,
 }
 
 impl EngineSettings {
@@ -496,6 +501,7 @@ impl EngineSettings {
             footprint_factor: tier.footprint_factor.unwrap_or(DEFAULT_FOOTPRINT_FACTOR),
             gpu,
             wake: Arc::default(),
+            unload_gate: Arc::default(),
         }
     }
 
@@ -608,8 +614,10 @@ impl<A: EngineApi> EngineTier<A> {
         lock(&books).unloading.insert(held.id.clone());
         let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
             let ctl = settings.control(settings.load_timeout);
+            let gate = settings.unload_gate.lock().unwrap_or_else(PoisonError::into_inner);
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&held.id, to, &ctl)))
                 .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            drop(gate);
             let mut b = lock(&books);
             b.unloading.remove(&held.id);
             b.reported.remove(&held.id);
@@ -652,7 +660,7 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
         let generation = settings.wake.generation();
         let seen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.loaded()))
             .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
-        let held_ids = {
+        {
             let mut b = lock(books);
             let now = Instant::now();
             let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut b.lingering).into_iter().partition(|(at, _, _)| *at <= now);
@@ -664,12 +672,22 @@ fn poller<A: EngineApi + ?Sized>(api: &A, settings: &EngineSettings, books: &Mut
             if let Ok(seen) = &seen {
                 reconcile(&mut b, seen);
             }
-            b.held.values().map(|h| h.id.clone()).collect::<Vec<_>>()
         };
         if let Ok(seen) = &seen {
             restore_models(api, settings, books, seen);
-            let r = api.upkeep(seen, &held_ids);
-            lock(books).upkeep_error = r.err().map(|e| e.message);
+            // Skipped this round while an unload runs (see `unload_gate`).
+            if let Ok(_gate) = settings.unload_gate.try_lock() {
+                let held_ids: Vec<String> = {
+                    let b = lock(books);
+                    b.held
+                        .values()
+                        .filter(|h| !b.unloading.contains(&h.id))
+                        .map(|h| h.id.clone())
+                        .collect()
+                };
+                let r = api.upkeep(seen, &held_ids);
+                lock(books).upkeep_error = r.err().map(|e| e.message);
+            }
         }
         // Until the next poll, or at once on an engine event.
         let rest = settings.poll.saturating_sub(started.elapsed());
@@ -1075,12 +1093,15 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         let ctl = self.settings.control(self.settings.load_timeout);
         lock(&self.books).moving_out.insert(job, (model.to_string(), ctl.clone()));
         let (api, books, name) = (self.api.clone(), self.books.clone(), model.to_string());
+        let gate = self.settings.unload_gate.clone();
         let unload_id = id.clone();
         let spawned = std::thread::Builder::new().name("tierd-engine-unload".into()).spawn(move || {
             // Every API confirms on the engine (llama-server's GET /models,
             // Ollama's /api/ps, vLLM's /is_sleeping) before answering Ok.
+            let gate = gate.lock().unwrap_or_else(PoisonError::into_inner);
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| api.unload(&unload_id, to, &ctl)))
                 .unwrap_or_else(|p| Err(EngineError::refused(panic_message(&*p))));
+            drop(gate);
             let mut b = lock(&books);
             b.unloading.remove(&unload_id);
             b.moving_out.remove(&job);
@@ -1381,6 +1402,7 @@ mod tests {
             footprint_factor: 1.5,
             gpu: None,
             wake: Arc::default(),
+            unload_gate: Arc::default(),
         }
     }
 

@@ -342,9 +342,20 @@ pub fn load(
 
 /// Unloads `name` and waits until `/api/ps` no longer lists it.
 pub fn unload(http: &dyn Exchange, name: &str, deadline: std::time::Instant) -> Result<(), String> {
+    request_unload(http, name, deadline)?;
+    wait_gone(http, name, deadline)
+}
+
+/// Asks Ollama to unload `name` (`keep_alive: 0`); `Ok` once it answered
+/// `done_reason: "unload"`.
+fn request_unload(http: &dyn Exchange, name: &str, deadline: std::time::Instant) -> Result<(), String> {
     let wait = left(deadline).map_err(|_| format!("ollama: unloading {name} timed out"))?;
     let (status, body) = http.exchange("POST", "/api/generate", Some(&unload_request(name)), wait)?;
-    check_unload(status, &body)?;
+    check_unload(status, &body)
+}
+
+/// Waits until `/api/ps` no longer lists `name`.
+fn wait_gone(http: &dyn Exchange, name: &str, deadline: std::time::Instant) -> Result<(), String> {
     loop {
         let wait = left(deadline).map_err(|_| format!("ollama: unloading {name} timed out: /api/ps still lists it"))?;
         if !running(http, wait)?.iter().any(|r| r.name == name) {
@@ -457,11 +468,21 @@ impl Ollama {
     }
 
     /// Unloads `name` before `deadline`.
+    /// Unloads `name` and waits until `/api/ps` no longer lists it. From
+    /// the request on, tierd's pin is no longer re-asserted: while Ollama
+    /// unloads, `/api/ps` lists the model expiring now, and one that takes
+    /// longer than the deadline is still on its way out (re-asserting would
+    /// load it again). A request Ollama refused leaves the pin as it was.
     pub fn unload_until(&self, name: &str, deadline: std::time::Instant) -> Result<(), String> {
-        unload(&*self.http, name, deadline)?;
-        let mut b = self.books();
-        b.pinned.remove(name);
-        b.own.remove(name);
+        let was_pinned = self.books().pinned.remove(name);
+        if let Err(e) = request_unload(&*self.http, name, deadline) {
+            if was_pinned {
+                self.books().pinned.insert(name.to_string());
+            }
+            return Err(e);
+        }
+        wait_gone(&*self.http, name, deadline)?;
+        self.books().own.remove(name);
         Ok(())
     }
 
