@@ -483,11 +483,15 @@ fn a_model_being_unloaded_is_not_pinned_again() {
     assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
     let loads = |f: &FakeOllama| f.generate_requests().iter().filter(|b| b["keep_alive"] != json!(0)).count();
     let before = loads(&r.fake);
+    let usage = |r: &mut Rig| r.e.model_json(now(), M).expect("model_info")["model"]["usage"].clone();
+    let used = usage(&mut r);
     // Listed for 1 s after the unload's answer: 20 polls see it leaving.
     r.fake.state.lock().unwrap().unload_s = 1.0;
     let st = r.move_wait(M, "ram");
     assert_eq!(st["status"], "success", "{st}");
     r.tick_for(Duration::from_millis(300));
+    // Its expires_at set to now by tierd's own unload is no client's access.
+    assert_eq!(usage(&mut r), used);
     assert!(r.fake.loaded().is_empty(), "loaded again: {:?}", r.fake.generate_requests());
     assert_eq!(loads(&r.fake), before, "{:?}", r.fake.generate_requests());
     assert_eq!(r.tier_of(M), "ram");

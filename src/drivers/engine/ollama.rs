@@ -384,6 +384,9 @@ struct Books {
     /// Models whose `expires_at` tierd itself changed since the last look
     /// (its loads and re-assertions): not a client's access.
     own: std::collections::HashSet<String>,
+    /// Models tierd is unloading: the `expires_at` Ollama sets to now is
+    /// tierd's doing, not a client's access.
+    unloading: std::collections::HashSet<String>,
     /// Loads tierd gave up on (timed out, cancelled): if Ollama finishes
     /// one anyway, tierd unloads it rather than adopting it.
     abandoned: std::collections::HashSet<String>,
@@ -474,16 +477,22 @@ impl Ollama {
     /// longer than the deadline is still on its way out (re-asserting would
     /// load it again). A request Ollama refused leaves the pin as it was.
     pub fn unload_until(&self, name: &str, deadline: std::time::Instant) -> Result<(), String> {
-        let was_pinned = self.books().pinned.remove(name);
-        if let Err(e) = request_unload(&*self.http, name, deadline) {
-            if was_pinned {
-                self.books().pinned.insert(name.to_string());
-            }
-            return Err(e);
+        let was_pinned = {
+            let mut b = self.books();
+            b.unloading.insert(name.to_string());
+            b.pinned.remove(name)
+        };
+        let r = request_unload(&*self.http, name, deadline);
+        if r.is_err() && was_pinned {
+            self.books().pinned.insert(name.to_string());
         }
-        wait_gone(&*self.http, name, deadline)?;
-        self.books().own.remove(name);
-        Ok(())
+        let r = r.and_then(|()| wait_gone(&*self.http, name, deadline));
+        let mut b = self.books();
+        b.unloading.remove(name);
+        if r.is_ok() {
+            b.own.remove(name);
+        }
+        r
     }
 
     /// Sorts one `/api/ps` reading: leaves out the abandoned loads (they
@@ -494,7 +503,8 @@ impl Ollama {
         b.last_seen = running.clone();
         running.retain(|r| !b.abandoned.contains(&r.name));
         let own = std::mem::take(&mut b.own);
-        let accessed = b.activity.accesses(&running, &|n| own.contains(n));
+        let unloading = b.unloading.clone();
+        let accessed = b.activity.accesses(&running, &|n| own.contains(n) || unloading.contains(n));
         Observation { running, accessed }
     }
 
