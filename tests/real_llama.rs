@@ -224,6 +224,11 @@ fn children_mapping(router: u32, file: &Path) -> Vec<u32> {
 }
 
 fn engine_jobs(e: &Engine, model: &str) -> Vec<tierd::tiers::JobView> {
+    jobs_of(e, Origin::Engine, model)
+}
+
+/// The ended jobs of `model` with origin `origin`, newest first.
+fn jobs_of(e: &Engine, origin: Origin, model: &str) -> Vec<tierd::tiers::JobView> {
     e.history(
         now(),
         &HistoryFilter {
@@ -233,7 +238,7 @@ fn engine_jobs(e: &Engine, model: &str) -> Vec<tierd::tiers::JobView> {
         },
     )
     .into_iter()
-    .filter(|j| j.origin == Origin::Engine && j.model_name == model)
+    .filter(|j| j.origin == origin && j.model_name == model)
     .collect()
 }
 
@@ -726,18 +731,7 @@ fn the_engine_tiers_pins_count_against_the_ram_budget() {
         "RAM over budget was not relieved: {}",
         tier_json(&mut e, "ram")
     );
-    let pressure: Vec<_> = e
-        .history(
-            now(),
-            &HistoryFilter {
-                limit: 100,
-                status: None,
-                since: None,
-            },
-        )
-        .into_iter()
-        .filter(|j| j.origin == Origin::Pressure && j.model_name == "tiny-a")
-        .collect();
+    let pressure = jobs_of(&e, Origin::Pressure, "tiny-a");
     assert_eq!(pressure.len(), 1, "{pressure:?}");
     e.check_invariants().expect("the books hold");
 }

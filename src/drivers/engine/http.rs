@@ -222,7 +222,7 @@ impl HttpClient {
         let rt = runtime()?;
         let what = format!("GET {path}");
         rt.block_on(async {
-            let head = tokio::time::timeout(connect_timeout, self.open_stream(path, "text/event-stream"))
+            let head = tokio::time::timeout(connect_timeout, self.start("GET", path, None, "text/event-stream"))
                 .await
                 .map_err(|_| HttpError::Unreachable(format!("{what}: no answer within {:.1} s", connect_timeout.as_secs_f64())))??;
             let (status, mut body, conn) = head;
@@ -273,52 +273,38 @@ impl HttpClient {
         })
     }
 
-    /// Connects and sends `GET path`; answers the status, the body as it
-    /// comes, and the connection's task (abort it when done).
-    async fn open_stream(&self, path: &str, accept: &str) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError> {
-        let what = format!("GET {path}");
-        let req = Request::builder()
-            .method("GET")
+    /// Connects and sends one request; answers the status, the body as it
+    /// comes, and the connection's task (abort it once the body is read).
+    async fn start(&self, method: &str, path: &str, body: Option<&Value>, accept: &str) -> Result<Started, HttpError> {
+        let what = format!("{method} {path}");
+        let payload = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| HttpError::Garbage(e.to_string()))?),
+            None => Bytes::new(),
+        };
+        let mut req = Request::builder()
+            .method(method)
             .uri(path)
             .header("host", self.host_header())
-            .header("accept", accept)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| HttpError::Garbage(format!("bad request {what}: {e}")))?;
-        async fn go<S>(
-            s: S,
-            req: Request<Full<Bytes>>,
-            what: &str,
-        ) -> Result<(u16, hyper::body::Incoming, tokio::task::JoinHandle<()>), HttpError>
-        where
-            S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                .await
-                .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
-            let conn = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            match sender.send_request(req).await {
-                Ok(res) => Ok((res.status().as_u16(), res.into_body(), conn)),
-                Err(e) => {
-                    conn.abort();
-                    Err(HttpError::Unreachable(format!("{what}: {e}")))
-                }
-            }
+            .header("accept", accept);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
         }
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| HttpError::Garbage(format!("bad request {what}: {e}")))?;
         match &self.endpoint {
             Endpoint::Tcp { addr, .. } => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| HttpError::Unreachable(format!("{what}: connect {addr}: {e}")))?;
                 let _ = s.set_nodelay(true);
-                go(s, req, &what).await
+                send_on(s, req, &what).await
             }
             Endpoint::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(|e| HttpError::Unreachable(format!("{what}: connect {}: {e}", p.display())))?;
-                go(s, req, &what).await
+                send_on(s, req, &what).await
             }
         }
     }
@@ -331,65 +317,40 @@ impl HttpClient {
         }
     }
 
+    /// One request on a fresh connection, its whole answer read.
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, HttpError> {
-        let payload = match body {
-            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| HttpError::Garbage(e.to_string()))?),
-            None => Bytes::new(),
-        };
-        let host = self.host_header();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host)
-            .header("accept", "application/json");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(Full::new(payload))
-            .map_err(|e| HttpError::Garbage(format!("bad request {method} {path}: {e}")))?;
-        let what = format!("{method} {path}");
-        match &self.endpoint {
-            Endpoint::Tcp { addr, .. } => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {addr}: {e}")))?;
-                let _ = s.set_nodelay(true);
-                exchange(s, req, &what).await
-            }
-            Endpoint::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(|e| HttpError::Unreachable(format!("{what}: connect {}: {e}", p.display())))?;
-                exchange(s, req, &what).await
-            }
-        }
+        let (status, incoming, conn) = self.start(method, path, body, "application/json").await?;
+        let body = Limited::new(incoming, MAX_BODY_BYTES).collect().await;
+        conn.abort();
+        let body = body
+            .map_err(|e| HttpError::Unreachable(format!("{method} {path}: reading the answer: {e}")))?
+            .to_bytes();
+        Ok(Answer { status, body })
     }
 }
 
-/// Sends one request on a fresh connection and reads the whole answer.
-async fn exchange<S>(stream: S, req: Request<Full<Bytes>>, what: &str) -> Result<Answer, HttpError>
+/// A request under way: status, body to come, connection task.
+type Started = (u16, hyper::body::Incoming, tokio::task::JoinHandle<()>);
+
+/// Sends `req` on a fresh connection over `stream`.
+async fn send_on<S>(stream: S, req: Request<Full<Bytes>>, what: &str) -> Result<Started, HttpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
-    // The connection task ends when the answer has been read (or on error).
-    let conn = tokio::spawn(conn);
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| HttpError::Unreachable(format!("{what}: {e}")))?;
-    let status = res.status().as_u16();
-    let body = Limited::new(res.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| HttpError::Unreachable(format!("{what}: reading the answer: {e}")))?
-        .to_bytes();
-    drop(sender);
-    conn.abort();
-    Ok(Answer { status, body })
+    // Ends when the answer has been read, or when aborted.
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    match sender.send_request(req).await {
+        Ok(res) => Ok((res.status().as_u16(), res.into_body(), conn)),
+        Err(e) => {
+            conn.abort();
+            Err(HttpError::Unreachable(format!("{what}: {e}")))
+        }
+    }
 }
 
 /// The engine's own message from an error body: `error.message`, `error`
