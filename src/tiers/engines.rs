@@ -193,14 +193,11 @@ impl Engine {
                 continue;
             };
             let opts = MoveOptions {
-                priority: Priority::High,
-                origin: Origin::Pressure,
-                reason: Some(format!(
+                make_room: true,
+                ..MoveOptions::pressure(format!(
                     "{} holds more than its max_models = {max} after an engine-side load",
                     self.state.tiers[tier].name
-                )),
-                make_room: true,
-                ..MoveOptions::default()
+                ))
             };
             if let Err(e) = self.move_model(now, &name, &target, &opts) {
                 tracing::warn!(model = %name, error = %e, "cannot unload a model over max_models");

@@ -385,17 +385,12 @@ impl Engine {
             if short == 0 {
                 continue;
             }
-            let opts = MoveOptions {
-                priority: Priority::High,
-                origin: Origin::Pressure,
-                reason: Some(format!(
-                    "memory pressure: {} has {} GB available, under its {} GB floor",
-                    self.state.tiers[ti].name,
-                    crate::human::bytes_gb(avail),
-                    crate::human::bytes_gb(floor)
-                )),
-                ..MoveOptions::default()
-            };
+            let opts = MoveOptions::pressure(format!(
+                "memory pressure: {} has {} GB available, under its {} GB floor",
+                self.state.tiers[ti].name,
+                crate::human::bytes_gb(avail),
+                crate::human::bytes_gb(floor)
+            ));
             started.extend(self.demote_until(now, ti, short, &opts));
         }
         started

@@ -23,7 +23,6 @@
 
 use super::MoveOptions;
 use super::engine::Engine;
-use super::job::{Origin, Priority};
 use super::state::ModelId;
 
 impl Engine {
@@ -90,23 +89,16 @@ impl Engine {
             if over <= leaving {
                 continue;
             }
-            let opts = MoveOptions {
-                priority: Priority::High,
-                origin: Origin::Pressure,
-                reason: Some(format!(
-                    "RAM budget: the engine tiers above {} hold {} GB of it (pinned files of loaded models, engines' CPU copies)",
-                    t.name,
-                    crate::human::bytes_gb(h)
-                )),
-                ..MoveOptions::default()
-            };
+            let opts = MoveOptions::pressure(format!(
+                "RAM budget: the engine tiers above {} hold {} GB of it (pinned files of loaded models, engines' CPU copies)",
+                t.name,
+                crate::human::bytes_gb(h)
+            ));
             started |= !self.demote_until(now, ti, over - leaving, &opts).is_empty();
         }
         started
     }
-}
 
-impl Engine {
     /// Bytes of `model`'s own pages in `tier`'s `engine_held` (a move of
     /// it into `tier` brings no new RAM for them).
     pub(crate) fn engine_held_of(&self, tier: usize, model: ModelId) -> u64 {

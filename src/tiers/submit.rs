@@ -57,6 +57,17 @@ pub struct MoveOptions {
 }
 
 impl MoveOptions {
+    /// A high-priority demotion tierd starts itself to relieve a tier
+    /// (`origin: "pressure"`), saying why.
+    pub fn pressure(reason: String) -> MoveOptions {
+        MoveOptions {
+            priority: Priority::High,
+            origin: Origin::Pressure,
+            reason: Some(reason),
+            ..MoveOptions::default()
+        }
+    }
+
     /// Refuses numbers out of their ranges (the wire checks them as it
     /// reads them; this guards the engine's own callers).
     pub fn check(&self) -> Result<(), EngineError> {

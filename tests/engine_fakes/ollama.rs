@@ -163,8 +163,9 @@ impl OllamaHandler {
             let load_s = def.load_s;
             if prompt.is_empty() && keep_alive == KeepAlive::For(Duration::ZERO) {
                 let unload_s = st.unload_s;
-                // Ollama sets the runner to expire now, and /api/ps lists it
-                // until the runner has gone.
+                // Ollama sets the runner to expire now (`expireRunner` in
+                // server/sched.go: `runner.expiresAt = time.Now()`), and
+                // /api/ps lists it until the runner has gone.
                 if let Some(l) = st.loaded.get_mut(&name) {
                     l.leaving_at = Some(now + unload_s);
                     l.expires_at = now;

@@ -437,8 +437,8 @@ struct Books {
     /// Engine ids being unloaded by tierd (their disappearance is ours).
     unloading: HashSet<String>,
     /// Moves out of the tier whose unload runs before their commit
-    /// ([`TierDriver::start_move_out`]): job -> model.
-    moving_out: HashMap<JobKey, (String, LoadControl)>,
+    /// ([`TierDriver::start_move_out`]): job -> the unload's control (a cancel stops its wait).
+    moving_out: HashMap<JobKey, LoadControl>,
     /// Where a model leaving the tier goes (told by the engine at commit).
     leaving_to: HashMap<String, UnloadTo>,
     /// Engine ids already reported as external loads (reported once).
@@ -1030,7 +1030,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         // A move out waiting for the engine's unload stops waiting; where
         // the engine unloads all the same, the poller sees it as the
         // engine's own.
-        if let Some((_, ctl)) = b.moving_out.get(&job) {
+        if let Some(ctl) = b.moving_out.get(&job) {
             ctl.cancel();
         }
     }
@@ -1091,7 +1091,7 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         };
         // Bounded by `load_timeout_s`, and cancelled with the move.
         let ctl = self.settings.control(self.settings.load_timeout);
-        lock(&self.books).moving_out.insert(job, (model.to_string(), ctl.clone()));
+        lock(&self.books).moving_out.insert(job, ctl.clone());
         let (api, books, name) = (self.api.clone(), self.books.clone(), model.to_string());
         let gate = self.settings.unload_gate.clone();
         let unload_id = id.clone();
