@@ -328,6 +328,11 @@ pub trait TierDriver: Send {
     /// to `model` and placed it in this tier: hold it from now on.
     fn adopt(&mut self, _model: &str, _files: Option<&ModelFiles>, _engine_id: &str) {}
 
+    /// The engine could not take an engine-side load of `engine_id` into
+    /// its books yet (a move of that model was under way): report it again
+    /// at the next look if the engine still has it.
+    fn report_again(&mut self, _engine_id: &str) {}
+
     /// Where a move out of this tier reads the model from.
     fn source_of(&self, _model: &str) -> Source {
         Source::Origin

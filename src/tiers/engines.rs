@@ -157,9 +157,15 @@ impl Engine {
             return;
         };
         let Some(m) = self.state.model(id) else { return };
-        if m.tier == tier || m.job.is_some() {
-            // Already ours (a restart: the tier settles it), or a move of
-            // it is under way (it ends by its own events).
+        if m.tier == tier {
+            // Already ours (a restart: the tier settles it).
+            return;
+        }
+        if m.job.is_some() {
+            // A move of it is under way (say to RAM, after the engine
+            // dropped it a moment ago): once it ends, the engine's load is
+            // taken into the books, if the engine still has the model.
+            self.machine.drivers[tier].report_again(engine_id);
             return;
         }
         let (from, files) = (m.tier, m.files.clone());

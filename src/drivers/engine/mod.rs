@@ -1148,6 +1148,10 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         }
     }
 
+    fn report_again(&mut self, id: &str) {
+        lock(&self.books).reported.remove(id);
+    }
+
     fn adopt(&mut self, model: &str, files: Option<&ModelFiles>, id: &str) {
         let mut b = lock(&self.books);
         let bytes = files.map(|f| f.bytes).unwrap_or(0);
