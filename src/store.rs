@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::drivers::files::{ModelFile, check_model_name};
 use crate::drivers::machine::{Placed, Record};
 use crate::drivers::{ModelFiles, sys};
-use crate::tiers::{JobView, Limits, MoveRate, Restored, RestoredModel, Snapshot, Usage};
+use crate::tiers::{JobView, Limits, MoveRate, Restored, RestoredModel, SavedPolicy, Snapshot, Usage};
 
 /// File name of the state file inside `state_dir`.
 pub const STATE_FILE: &str = "tierd-state.json";
@@ -147,6 +147,10 @@ pub struct EngineState {
     /// absent from older state files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub move_rates: Vec<MoveRate>,
+    /// What the policy learnt (its decayed rates, its hour-by-hour history),
+    /// under the policy's name; absent from older state files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<SavedPolicy>,
 }
 
 /// The whole state file.
@@ -216,6 +220,7 @@ impl StateFile {
                 .filter_map(|j| serde_json::from_value::<JobView>(j.clone()).ok())
                 .collect(),
             move_rates: self.engine.move_rates.clone(),
+            policy: self.engine.policy.clone(),
         }
     }
 }
@@ -301,6 +306,7 @@ impl StateStore {
                 jobs: snap.jobs.iter().filter_map(|j| serde_json::to_value(j).ok()).collect(),
                 saved_at: 0.0,
                 move_rates: snap.move_rates.clone(),
+                policy: snap.policy.clone(),
             },
         };
         for m in &snap.models {
@@ -431,6 +437,7 @@ mod tests {
             models: Vec::new(),
             jobs: Vec::new(),
             move_rates: Vec::new(),
+            policy: None,
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
@@ -486,6 +493,7 @@ mod tests {
             models: Vec::new(),
             jobs: Vec::new(),
             move_rates: Vec::new(),
+            policy: None,
         };
         assert!(s.save(&snap, 1.0).expect("save"));
         assert!(!s.save(&snap, 2.0).expect("save again"));

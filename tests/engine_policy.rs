@@ -52,6 +52,7 @@ struct Rig {
     e: Engine,
     store: StateStore,
     clock: Clock,
+    cfg: tierd::config::Config,
 }
 
 /// `engine_tiers`: each engine tier's extra TOML (e.g. `max_models = 1`).
@@ -79,8 +80,7 @@ fn rig_at(engine_tiers: &[&str], models: &[(&str, u64)], extra: &str, offset: f6
     );
     let cfg = tierd::config::Config::from_toml(&text).expect("config parses");
     assert_eq!(cfg.policy, tierd::config::DEFAULT_POLICY);
-    let policy = tierd::optimizer::policy_by_name(&cfg.policy, &cfg).expect("the default policy");
-    let (mut e, store, _) = real_support::try_engine_with(&cfg, GpuProbe::open, policy).expect("real machine opens");
+    let (mut e, store) = open(&cfg);
     let clock = Clock { offset };
     for (i, (name, _)) in models.iter().enumerate() {
         let file = root.path().join("blobs").join(name.replace(':', "-"));
@@ -94,7 +94,15 @@ fn rig_at(engine_tiers: &[&str], models: &[(&str, u64)], extra: &str, offset: f6
         e,
         store,
         clock,
+        cfg,
     }
+}
+
+/// The engine under the configured policy, with what the state file holds.
+fn open(cfg: &tierd::config::Config) -> (Engine, StateStore) {
+    let policy = tierd::optimizer::policy_by_name(&cfg.policy, cfg).expect("the default policy");
+    let (e, store, _) = real_support::try_engine_with(cfg, GpuProbe::open, policy).expect("real machine opens");
+    (e, store)
 }
 
 fn models() -> Vec<(&'static str, u64)> {
@@ -112,6 +120,27 @@ impl Rig {
         let snap = self.e.snapshot(now);
         self.store.save(&snap, now).expect("save state");
         self.e.saved(snap.epoch);
+    }
+    /// Saves, stops the engine and starts a new one on the same state
+    /// directory, as a restart of the server does.
+    fn restart(&mut self) {
+        self.tick();
+        let (e, store) = {
+            let placeholder = tempfile::tempdir().expect("tempdir");
+            let empty = tierd::config::Config::from_toml(&format!(
+                "state_dir = {:?}\n[[tiers]]\nname = \"ram\"\ndriver = \"pagecache\"\nmax_gb = 1.0\n\
+                 [[tiers]]\nname = \"storage\"\ndriver = \"storage\"\n",
+                placeholder.path().join("state")
+            ))
+            .expect("config");
+            let stand_in = open(&empty);
+            // The old engine and its lock on the state directory go first.
+            drop(std::mem::replace(&mut self.e, stand_in.0));
+            drop(std::mem::replace(&mut self.store, stand_in.1));
+            open(&self.cfg)
+        };
+        self.e = e;
+        self.store = store;
     }
     /// Ticks until `done` holds (at most 10 s of wall time); whether it did.
     fn until(&mut self, done: impl Fn(&mut Rig) -> bool) -> bool {
@@ -497,6 +526,17 @@ fn an_engine_that_keeps_dropping_a_pinned_model_is_not_fought_forever() {
 /// keep_alive, and tierd pins forever).
 #[test]
 fn the_default_policy_prewarms_an_engine_tier_before_a_models_busy_hour() {
+    prewarms(false);
+}
+
+/// The same across a restart of tierd just before the busy hour: the
+/// policy's hour-by-hour history is in the state file.
+#[test]
+fn the_prewarming_history_survives_a_restart() {
+    prewarms(true);
+}
+
+fn prewarms(restart: bool) {
     // T: the next whole hour of wall time; the busy hour is [T, T + 1 h).
     let hour = 3600.0;
     let day = 24.0 * hour;
@@ -520,6 +560,10 @@ fn the_default_policy_prewarms_an_engine_tier_before_a_models_busy_hour() {
     accesses(&mut r, B, t - day + 100.0);
     // Ten minutes before the hour, both wait in RAM, nothing in the engine.
     r.clock.jump_to(t - 600.0);
+    if restart {
+        r.restart();
+        assert_eq!(r.model(A)["usage"], 6, "the usage came back: {}", r.model(A));
+    }
     for m in [A, B] {
         if r.tier_of(m) != "ram" {
             r.move_to(m, "ram");

@@ -35,6 +35,7 @@
 use super::place::{Cascade, Ranking, plan_by_key, promotion_targets, surely_refused};
 use crate::tiers::{Desire, Policy};
 use crate::tiers::{ModelId, State};
+use serde::Deserialize;
 
 /// Tunables of the `tierd` policy.
 #[derive(Debug, Clone)]
@@ -288,6 +289,91 @@ impl TierdPolicy {
 /// Gaps a model needs before their spread is taken as a sign of bursts.
 const BURST_MIN_GAPS: u64 = 3;
 
+/// What the policy keeps of one model across a restart
+/// ([`Policy::export`]): its keys (absolute in time, so they hold over the
+/// downtime: they decay as they would have), its prediction floor and its
+/// accesses per hour of the last three days. `None`: never accessed.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedModel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    short: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    short_burst: Option<f64>,
+    /// The floor and until when it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    floor: Option<(f64, f64)>,
+    /// The absolute hour of the latest access, and the hours with accesses
+    /// in the ring as `[hour, count]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hours: Option<(u64, Vec<(u64, u16)>)>,
+}
+
+/// The policy's [`SavedModel`]s by model name.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    models: std::collections::BTreeMap<String, SavedModel>,
+}
+
+/// A saved key, if it is one (JSON has no infinities: never-accessed keys
+/// are left out).
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|x| x.is_finite())
+}
+
+impl TierdPolicy {
+    fn saved_model(&self, id: ModelId) -> SavedModel {
+        let get = |v: &Vec<f64>| finite(v.get(id).copied());
+        SavedModel {
+            key: get(&self.key),
+            short: get(&self.short),
+            short_burst: get(&self.short_burst),
+            floor: self.floor.get(id).copied().filter(|(f, until)| f.is_finite() && until.is_finite()),
+            hours: self.hours.get(id).filter(|r| r.counts.iter().any(|&c| c > 0)).map(|r| {
+                let held = (r.latest.saturating_sub(71)..=r.latest).filter_map(|h| {
+                    let c = r.count(h);
+                    (c > 0).then_some((h, c as u16))
+                });
+                (r.latest, held.collect())
+            }),
+        }
+    }
+
+    fn restore_model(&mut self, id: ModelId, m: SavedModel) {
+        let set = |v: &mut Vec<f64>, x: Option<f64>| {
+            if let Some(x) = finite(x) {
+                if v.len() <= id {
+                    v.resize(id + 1, f64::NEG_INFINITY);
+                }
+                v[id] = x;
+            }
+        };
+        set(&mut self.key, m.key);
+        set(&mut self.short, m.short);
+        set(&mut self.short_burst, m.short_burst);
+        if let Some((f, until)) = m.floor.filter(|(f, u)| f.is_finite() && u.is_finite()) {
+            if self.floor.len() <= id {
+                self.floor.resize(id + 1, (f64::NEG_INFINITY, f64::NEG_INFINITY));
+            }
+            self.floor[id] = (f, until);
+        }
+        if let Some((latest, counts)) = m.hours {
+            let mut ring = HourRing { latest, counts: [0; 72] };
+            for (h, c) in counts {
+                // Only hours of the ring's window; each kept once.
+                if h <= latest && h + 72 > latest {
+                    ring.counts[(h % 72) as usize] = c;
+                }
+            }
+            if self.hours.len() <= id {
+                self.hours.resize(id + 1, HourRing::default());
+            }
+            self.hours[id] = ring;
+        }
+    }
+}
+
 /// Accesses per absolute hour over the last 72 hours.
 #[derive(Debug, Clone)]
 struct HourRing {
@@ -432,6 +518,29 @@ impl Policy for TierdPolicy {
         self.now = now;
         plan_by_key(state, |id| self.score(state, id), "tierd: ranked by decayed access rate", out);
     }
+
+    fn export(&self, state: &State) -> Option<serde_json::Value> {
+        let models = state
+            .iter_models()
+            .map(|(id, m)| (m.name.to_string(), self.saved_model(id)))
+            .filter(|(_, s)| s.key.is_some() || s.hours.is_some())
+            .collect();
+        serde_json::to_value(Saved { models }).ok()
+    }
+
+    fn import(&mut self, state: &State, saved: &serde_json::Value) {
+        let Some(models) = saved.get("models").and_then(serde_json::Value::as_object) else {
+            return;
+        };
+        for (name, m) in models {
+            let (Some(id), Ok(m)) = (state.model_id(name), SavedModel::deserialize(m)) else {
+                continue;
+            };
+            self.restore_model(id, m);
+        }
+        // Predictions are worked out again from the restored history.
+        self.predicted = (None, Vec::new());
+    }
 }
 
 #[cfg(test)]
@@ -478,6 +587,48 @@ mod tests {
         };
         let (q, _) = fed(long_only, times);
         (p.own_key(0), q.own_key(0))
+    }
+
+    #[test]
+    fn what_the_policy_learnt_comes_back_from_its_export() {
+        let day = 86_400.0;
+        let times: Vec<f64> = [0.0, 10.0, 20.0, day, day + 10.0, 2.0 * day - 3600.0]
+            .iter()
+            .map(|t| t + 1_000_000.0 * 3600.0)
+            .collect();
+        let (p, mut state) = fed(TierdParams::default(), &times);
+        state.by_name.insert("m".into(), 0);
+        let saved = p.export(&state).expect("the tierd policy keeps what it learnt");
+        // Through JSON text, as the state file holds it.
+        let text = serde_json::to_string(&saved).expect("json");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("parse");
+        let mut q = TierdPolicy::default();
+        q.import(&state, &back);
+        assert_eq!(q.key, p.key);
+        assert_eq!(q.short, p.short);
+        assert_eq!(q.short_burst, p.short_burst);
+        assert_eq!(q.hours[0].latest, p.hours[0].latest);
+        assert_eq!(q.hours[0].counts, p.hours[0].counts);
+        // The same prediction for the busy hour two days on.
+        let hour = (times[0] / 3600.0) as u64 + 48;
+        // The smaller of the 3 accesses two days before and the 2 one day before.
+        assert_eq!(q.hourly_rate(&q.hours[0], hour), Some(2.0 / 3600.0));
+        assert_eq!(q.hourly_rate(&q.hours[0], hour), p.hourly_rate(&p.hours[0], hour));
+        q.now = p.now;
+        assert_eq!(q.own_key(0), p.own_key(0));
+        // A never-accessed model exports nothing; bad records are skipped,
+        // the good ones kept.
+        let empty = TierdPolicy::default().export(&state).expect("export");
+        assert_eq!(empty["models"], serde_json::json!({}));
+        let mut r = TierdPolicy::default();
+        r.import(&state, &serde_json::json!({"models": {"gone": {"key": 1.0}, "m": {"key": "x"}}}));
+        r.import(&state, &serde_json::json!("garbage"));
+        r.import(
+            &state,
+            &serde_json::json!({"models": {"m": {"hours": [5, [[4, 2], [5, 1], [900, 7]]]}}}),
+        );
+        assert!(r.key.is_empty(), "{:?}", r.key);
+        assert_eq!((r.hours[0].count(4), r.hours[0].count(5), r.hours[0].count(900)), (2, 1, 0));
     }
 
     #[test]

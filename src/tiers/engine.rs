@@ -19,7 +19,7 @@ use crate::error::EngineError;
 
 use super::job::{JobKey, JobStatus};
 use super::limits::Limits;
-use super::policy::{Desire, Policy};
+use super::policy::{Desire, Policy, SavedPolicy};
 use super::rates::{MoveRate, MoveRates};
 use super::scheduler::{SchedEvent, SortedKeys, TimeKey};
 use super::state::{Model, ModelId, State, Usage};
@@ -168,6 +168,8 @@ pub struct Restored {
     pub jobs: Vec<JobView>,
     /// The measured throughput of moves, per pair of driver kinds.
     pub move_rates: Vec<MoveRate>,
+    /// What the policy learnt ([`Policy::export`]).
+    pub policy: Option<SavedPolicy>,
 }
 
 /// One model in a [`Snapshot`].
@@ -195,6 +197,8 @@ pub struct Snapshot {
     pub jobs: Vec<JobView>,
     /// The measured throughput of moves, per pair of driver kinds.
     pub move_rates: Vec<MoveRate>,
+    /// What the policy had learnt ([`Policy::export`]).
+    pub policy: Option<SavedPolicy>,
 }
 
 impl Engine {
@@ -408,6 +412,13 @@ impl Engine {
             self.restore_limits(l);
         }
         self.move_rates.restore(&restored.move_rates);
+        // What the policy learnt, if the same policy saved it (another
+        // policy's figures mean nothing to this one).
+        if let Some(saved) = &restored.policy
+            && saved.name == self.policy.name()
+        {
+            self.policy.import(&self.state, &saved.data);
+        }
         let keep = self.cfg.job_history.max(1);
         self.archive = restored
             .jobs
@@ -460,6 +471,10 @@ impl Engine {
                 },
             ),
             move_rates: self.move_rates.list(),
+            policy: self.policy.export(&self.state).map(|data| SavedPolicy {
+                name: self.policy.name().to_string(),
+                data,
+            }),
         }
     }
 

@@ -54,7 +54,7 @@ pub use histogram::Histogram;
 pub use job::{CancelCause, Job, JobKey, JobStatus, Operation, Origin, Priority};
 pub use limits::{LimitChange, Limits, LimitsUpdated, TierLimits};
 pub use placement::{Accessed, Optimized};
-pub use policy::{Desire, Policy};
+pub use policy::{Desire, Policy, SavedPolicy};
 pub use rates::{MoveRate, MoveRates};
 pub use scheduler::{SchedEvent, SchedEventKind};
 pub use state::{Model, ModelId, State, Tier, Usage};

@@ -60,4 +60,24 @@ pub trait Policy: Send {
     /// A whole placement plan, for `auto_optimize`, appended to `out`:
     /// demotions before the promotions that need their room.
     fn plan(&mut self, now: f64, state: &State, out: &mut Vec<Desire>);
+
+    /// What the policy learnt of the models in `state` (keyed by model
+    /// name, never by id), for the state file to keep across restarts;
+    /// `None` (the default) when it keeps nothing beyond the models' usage.
+    fn export(&self, _state: &State) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes back what [`Policy::export`] gave in an earlier run, once the
+    /// models are restored into `state`. What does not parse, or names a
+    /// model no longer registered, is left out; the rest is kept.
+    fn import(&mut self, _state: &State, _saved: &serde_json::Value) {}
+}
+
+/// A policy's [`Policy::export`] as the state file keeps it: taken back
+/// only by a policy of the same name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedPolicy {
+    pub name: String,
+    pub data: serde_json::Value,
 }
