@@ -112,6 +112,41 @@ fn at_the_cap_the_longest_idle_connection_makes_room() {
     assert_eq!(b.req(r#"{"health": true}"#)["healthy"], true);
 }
 
+/// A connection watching events is not idle to its client: at the cap an
+/// idle connection goes first, however recent, and a watcher only when no
+/// connection is merely idle.
+#[test]
+fn at_the_cap_a_watching_connection_goes_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, sock) = server_with(dir.path(), "max_connections = 2", &[]);
+    let mut a = Conn::open(&sock);
+    assert!(a.req(r#"{"watch": true}"#).get("watching").is_some());
+    std::thread::sleep(Duration::from_millis(20));
+    let mut b = Conn::open(&sock);
+    assert_eq!(b.req(r#"{"health": true}"#)["healthy"], true);
+    // a has gone longer without a request, but it watches: b goes.
+    let mut c = Conn::open(&sock);
+    assert!(c.req(r#"{"watch": true}"#).get("watching").is_some());
+    let v = b.last_line();
+    assert_eq!(code(&v), "RESOURCE_UNAVAILABLE");
+    assert_eq!(v["error"]["details"]["watching"], false, "{v}");
+    // Both watch now: the one watching longest (a) makes room, and says so.
+    let mut d = Conn::open(&sock);
+    assert_eq!(d.req(r#"{"health": true}"#)["healthy"], true);
+    let v = a.last_line();
+    assert_eq!(code(&v), "RESOURCE_UNAVAILABLE");
+    assert_eq!(v["error"]["details"]["watching"], true, "{v}");
+    assert!(message(&v).contains("watched events longest"), "{v}");
+    // c still watches, and goes back to requests when it asks.
+    c.w.write_all(b"{\"unwatch\": true}\n").unwrap();
+    let answer = (0..100)
+        .map_while(|_| read_line(&mut c.r))
+        .find(|v| v.get("unwatched").is_some())
+        .expect("the unwatch answer, after any events");
+    assert_eq!(answer["unwatched"], true);
+    assert_eq!(c.req(r#"{"health": true}"#)["healthy"], true);
+}
+
 #[test]
 fn the_command_line_cap_overrides_the_configuration() {
     let dir = tempfile::tempdir().unwrap();

@@ -97,8 +97,30 @@ fn a_copy_truncated_while_running_falls_back_within_seconds() {
         .expect("open copy")
         .set_len(MB)
         .expect("truncate");
+    e.collect_events(true);
     let took = tick_until(&mut e, "trunc", "fallback", |m| m["tier"] == json!("storage"));
     println!("truncated copy noticed and dropped after {took:?} of ticks");
+    // Watchers learn that it fell back, and why.
+    let events: Vec<Value> = e
+        .take_events()
+        .iter()
+        .map(|ev| serde_json::to_value(ev).expect("event json"))
+        .collect();
+    let fallback = events
+        .iter()
+        .find(|ev| ev["event"] == "model_fallback")
+        .unwrap_or_else(|| panic!("a model_fallback event: {events:?}"));
+    assert_eq!(
+        (&fallback["model_name"], &fallback["from_tier"], &fallback["to_tier"]),
+        (&json!("trunc"), &json!("swap"), &json!("storage")),
+        "{fallback}"
+    );
+    assert!(
+        fallback["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("has 1048576 bytes, expected 8388608")),
+        "{fallback}"
+    );
     let m = model(&mut e, "trunc");
     assert_eq!(m["status"], json!("ready"), "{m}");
     let (kind, reason) = fault(&m);

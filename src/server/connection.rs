@@ -87,7 +87,7 @@ where
         let frame = tokio::select! {
             biased;
             _ = &mut cancelled => break,
-            _ = &mut evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await,
+            _ = &mut evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed(), false)).await,
             frame = lines.next_frame() => frame?,
         };
         match frame {
@@ -105,7 +105,7 @@ where
                     && !t.begin()
                 {
                     // Chosen to make room just before this line arrived.
-                    return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await;
+                    return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed(), false)).await;
                 }
                 let mut answer = shared.answer_line(lines.line(), &mut out);
                 if let Answer::Prepare(envelope) = answer {
@@ -117,8 +117,9 @@ where
                     // the server, not the other way round.
                     if let Some(t) = &ticket {
                         t.done();
+                        t.watching(true);
                     }
-                    match watch_stream(
+                    let end = watch_stream(
                         &shared,
                         &mut lines,
                         &mut writer,
@@ -129,14 +130,17 @@ where
                         &evict,
                         line_timeout,
                     )
-                    .await
-                    {
+                    .await;
+                    if let Some(t) = &ticket {
+                        t.watching(false);
+                    }
+                    match end {
                         WatchEnd::Unwatched => {}
                         WatchEnd::Closed(r) => {
                             r?;
                             break;
                         }
-                        WatchEnd::Evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await,
+                        WatchEnd::Evicted => return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed(), true)).await,
                         WatchEnd::CloseWith(line) => {
                             // A partial line's bytes go back to the budget first.
                             drop(lines);
@@ -163,7 +167,7 @@ where
                         if let Some(t) = &ticket
                             && !t.begin()
                         {
-                            return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed())).await;
+                            return close_with(&mut writer, &mut out, evicted_line(max, last_done.elapsed(), false)).await;
                         }
                     }
                     shared.wait_for_job(&job_id, &id, &mut out).await;

@@ -178,7 +178,13 @@ pub fn render_event(v: &Value) -> String {
             None => format!("{} now in {}", s(v, "model_name"), s(v, "tier")),
         },
         "model_unavailable" => format!("{} unavailable in {}: {}", s(v, "model_name"), s(v, "tier"), s(v, "reason")),
-        "model_fallback" => format!("{} fell back from {} to {}", s(v, "model_name"), s(v, "from_tier"), s(v, "to_tier")),
+        "model_fallback" => format!(
+            "{} fell back from {} to {}: {}",
+            s(v, "model_name"),
+            s(v, "from_tier"),
+            s(v, "to_tier"),
+            s(v, "reason")
+        ),
         "tier_limit_changed" => {
             let limit = if v.get("limit_gb").is_some_and(Value::is_null) {
                 "unbounded".to_string()

@@ -14,7 +14,7 @@
 //! so the accept loop never blocks on a peer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -148,17 +148,22 @@ pub fn too_many_line(max: usize) -> Vec<u8> {
     )
 }
 
-/// The line a connection closed to make room gets.
-pub fn evicted_line(max: usize, idle: Duration) -> Vec<u8> {
+/// The line a connection closed to make room gets (`watching`: it was
+/// watching events, closed because no connection was merely idle).
+pub fn evicted_line(max: usize, idle: Duration, watching: bool) -> Vec<u8> {
     let idle_s = (idle.as_secs_f64() * 10.0).round() / 10.0;
     let mut details = Map::new();
     details.insert("max_connections".into(), max.into());
     details.insert("idle_s".into(), idle_s.into());
+    details.insert("watching".into(), watching.into());
+    let why = if watching {
+        format!("no connection was idle, and this one had watched events longest ({idle_s} s)")
+    } else {
+        format!("this connection had gone longest without a request ({idle_s} s)")
+    };
     error_line(
         ErrorCode::ResourceUnavailable,
-        &format!(
-            "connection closed to make room for a new one: the server is at max_connections ({max}) and this connection had gone longest without a request ({idle_s} s)"
-        ),
+        &format!("connection closed to make room for a new one: the server is at max_connections ({max}) and {why}"),
         details,
     )
 }
@@ -192,6 +197,10 @@ struct Slot {
     /// When the connection last completed a request (or was accepted), in
     /// microseconds since the registry's epoch.
     last_done_us: AtomicU64,
+    /// Whether it is watching events: idle as far as requests go, but a
+    /// client is reading it. Closed to make room only when no connection
+    /// that is merely idle is left.
+    watching: AtomicBool,
 }
 
 const IDLE: u8 = 0;
@@ -206,17 +215,21 @@ struct Entry {
 
 impl Conns {
     /// Closes the connection that has gone longest without completing a
-    /// request and has none in flight. A connection that starts a request
-    /// while it is being chosen wins: the next idle one is taken instead.
+    /// request and has none in flight, one that watches events only when
+    /// no other qualifies. A connection that starts a request while it is
+    /// being chosen wins: the next idle one is taken instead.
     fn evict_one(conns: &mut Conns) -> bool {
-        let mut idle: Vec<(u64, u64)> = conns
+        let mut idle: Vec<(bool, u64, u64)> = conns
             .open
             .iter()
             .filter(|(_, e)| e.slot.state.load(Ordering::Acquire) == IDLE)
-            .map(|(id, e)| (e.slot.last_done_us.load(Ordering::Acquire), *id))
+            .map(|(id, e)| {
+                let s = &e.slot;
+                (s.watching.load(Ordering::Acquire), s.last_done_us.load(Ordering::Acquire), *id)
+            })
             .collect();
         idle.sort_unstable();
-        for (_, id) in idle {
+        for (_, _, id) in idle {
             let Some(e) = conns.open.get(&id) else { continue };
             if e.slot
                 .state
@@ -285,6 +298,7 @@ impl Registry {
         let slot = Arc::new(Slot {
             state: AtomicU8::new(IDLE),
             last_done_us: AtomicU64::new(self.now_us()),
+            watching: AtomicBool::new(false),
         });
         let mut conns = self.conns();
         if conns.open.len() >= cap && !Conns::evict_one(&mut conns) {
@@ -340,6 +354,11 @@ impl Ticket {
         let _ = self.slot.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// The connection starts or stops watching events (see `Slot::watching`).
+    pub fn watching(&self, on: bool) {
+        self.slot.watching.store(on, Ordering::Release);
+    }
+
     pub fn max(&self) -> usize {
         self.registry.max
     }
@@ -374,6 +393,22 @@ mod tests {
         let d = r.admit().unwrap();
         assert!(c.evicted().is_cancelled() && !b.evicted().is_cancelled());
         drop((a, b, c, d));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn at_the_cap_a_watcher_goes_only_when_no_connection_is_merely_idle() {
+        let r = Registry::new(2);
+        let w = r.admit().unwrap();
+        w.watching(true);
+        std::thread::sleep(Duration::from_millis(2));
+        let a = r.admit().unwrap();
+        let b = r.admit().unwrap();
+        assert!(a.evicted().is_cancelled() && !w.evicted().is_cancelled());
+        assert!(b.begin());
+        let c = r.admit().unwrap();
+        assert!(w.evicted().is_cancelled(), "only the watcher was idle");
+        drop((w, a, b, c));
         assert!(r.is_empty());
     }
 

@@ -88,6 +88,8 @@ pub enum EventKind {
         model_name: String,
         from_tier: String,
         to_tier: String,
+        /// What happened to the copy or the origin.
+        reason: String,
     },
     TierLimitChanged {
         tier: String,
@@ -295,12 +297,13 @@ impl Engine {
         }
     }
 
-    pub(crate) fn emit_fallback(&mut self, now: f64, model: &str, from: usize, to: usize) {
+    pub(crate) fn emit_fallback(&mut self, now: f64, model: &str, from: usize, to: usize, reason: &str) {
         if self.collecting_events() {
             let kind = EventKind::ModelFallback {
                 model_name: model.to_string(),
                 from_tier: self.tier_name(from),
                 to_tier: self.tier_name(to),
+                reason: reason.to_string(),
             };
             self.emit(now, kind);
         }

@@ -113,7 +113,7 @@ impl Engine {
             }
             (OriginLook::Changed { stamps, reason }, _) => {
                 self.end_queued_move(now, id, &reason);
-                let dropped = self.fall_back(now, id);
+                let dropped = self.fall_back(now, id, &reason);
                 if let Err(why) = self.adopt_origin(id, &stamps) {
                     self.make_unavailable(now, id, tier, "origin_changed", format!("{reason}: {why}"));
                     return;
@@ -133,7 +133,7 @@ impl Engine {
                     tracing::warn!(model = id, error = %why, "cannot record the origin's size");
                 }
                 self.end_queued_move(now, id, &why);
-                self.fall_back(now, id);
+                self.fall_back(now, id, &why);
                 self.make_available(id);
                 let action = format!("the copy in {tier_name} was dropped; served from storage");
                 self.note_fault(now, id, tier, "copy_changed", why, action);
@@ -151,7 +151,8 @@ impl Engine {
                     // What a tier held of a vanished origin other than a copy
                     // (pages pinned in RAM) is of the old file, or nothing.
                     if !self.machine.drivers[tier].source_of(&look.item.model).is_copy() {
-                        self.fall_back(now, id);
+                        let why = format!("its files are back, and what {tier_name} held of them was of the vanished files");
+                        self.fall_back(now, id, &why);
                     }
                     self.make_available(id);
                     let reason = "its files are back as recorded".to_string();
@@ -185,7 +186,7 @@ impl Engine {
             }
             None => {
                 self.end_queued_move(now, id, &reason);
-                self.fall_back(now, id);
+                self.fall_back(now, id, &reason);
                 let action = format!("the copy in {tier_name} was removed; served from storage");
                 self.note_fault(now, id, tier, "copy_corrupt", reason, action);
             }
@@ -195,8 +196,9 @@ impl Engine {
     /// Moves the model back to the last tier (its origin) at once, and
     /// lets its tier drop what it held (not waiting for a durable state:
     /// what is dropped is not a good copy, and a restart finds it gone).
-    /// Returns whether it was anywhere else.
-    fn fall_back(&mut self, now: f64, id: ModelId) -> bool {
+    /// Returns whether it was anywhere else. `why` goes with the
+    /// `model_fallback` event.
+    fn fall_back(&mut self, now: f64, id: ModelId, why: &str) -> bool {
         let last = self.state.last_tier();
         let Some(m) = self.state.model_mut(id) else { return false };
         let from = m.tier;
@@ -217,7 +219,7 @@ impl Engine {
         self.refresh_next_event(from);
         self.epoch += 1;
         self.dirty = true;
-        self.emit_fallback(now, &name, from, last);
+        self.emit_fallback(now, &name, from, last, why);
         true
     }
 
@@ -351,7 +353,7 @@ impl Engine {
             old.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
         );
         self.end_queued_move(now, id, &reason);
-        self.fall_back(now, id);
+        self.fall_back(now, id, &reason);
         self.state.resize_model(id, files.bytes).map_err(|f| f.to_string())?;
         if let Some(m) = self.state.model_mut(id) {
             m.path = Some(files.origin.clone());
