@@ -6,7 +6,7 @@
 //! these helpers, so a size reads the same in a table and in an error. The
 //! JSON answers never do: they keep full precision for programs.
 
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width, presets};
 
 /// `x` rounded to three significant digits, trailing zeros dropped:
 /// 0.471859224 → "0.472", 4.8 → "4.8", 1234.5 → "1230", 0 → "0".
@@ -78,10 +78,56 @@ pub fn relative_time(then: f64, now: f64) -> String {
     if delta > 0.0 { format!("{span} ago") } else { format!("in {span}") }
 }
 
+/// Columns are never narrower than their longest word up to this many
+/// characters: longer words (paths, ids) may still be cut.
+pub const WORD_MAX: usize = 24;
+
+/// A terminal table (see [`table`]): a comfy-table, displayed with each
+/// column at least as wide as its longest word (up to [`WORD_MAX`]), so a
+/// narrow terminal wraps cells between words, never inside one; a table
+/// that cannot fit otherwise runs past the edge.
+#[derive(Debug, Clone)]
+pub struct HumanTable(Table);
+
+impl std::ops::Deref for HumanTable {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HumanTable {
+    fn deref_mut(&mut self) -> &mut Table {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Display for HumanTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut t = self.0.clone();
+        for i in 0..t.column_count() {
+            let longest = t
+                .column_cells_with_header_iter(i)
+                .flatten()
+                .filter_map(|c| c.content().split_whitespace().map(|w| w.chars().count()).max())
+                .max()
+                .unwrap_or(0)
+                .min(WORD_MAX);
+            let padding = t.column(i).map(|c| c.padding_width()).unwrap_or(0);
+            if let Some(c) = t.column_mut(i) {
+                let width = u16::try_from(longest).unwrap_or(u16::MAX).saturating_add(padding);
+                c.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
+            }
+        }
+        write!(f, "{t}")
+    }
+}
+
 /// A table for the terminal: a header row, no borders, columns wrapped to
 /// the terminal's width (comfy-table reads it from the tty; `$COLUMNS`
-/// when output is piped, unbounded otherwise, so scripts see whole cells).
-pub fn table<I, S>(header: I) -> Table
+/// when output is piped, unbounded otherwise, so scripts see whole cells)
+/// between words ([`HumanTable`]).
+pub fn table<I, S>(header: I) -> HumanTable
 where
     I: IntoIterator<Item = S>,
     S: Into<comfy_table::Cell>,
@@ -94,7 +140,59 @@ where
         t.set_width(cols);
     }
     t.set_header(header);
-    t
+    HumanTable(t)
+}
+
+/// A point in time as a user writes it on the command line: `--since`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum When {
+    /// That long before the server's now, seconds (`90s`, `30m`, `2h`,
+    /// `1d`, `1h 30m`, with or without a trailing `ago`).
+    Ago(f64),
+    /// Unix seconds (a bare number, or an RFC 3339 UTC time such as
+    /// `2026-12-03T10:00:00Z` or `2026-12-03 10:00`).
+    At(f64),
+}
+
+impl When {
+    /// The engine time it names, given the server's `now`.
+    pub fn resolve(self, now: f64) -> f64 {
+        match self {
+            When::Ago(s) => now - s,
+            When::At(t) => t,
+        }
+    }
+}
+
+/// Parses a [`When`]; the error says what is accepted.
+pub fn parse_when(text: &str) -> Result<When, String> {
+    let t = text.trim();
+    if let Ok(x) = t.parse::<f64>() {
+        return if x.is_finite() && x >= 0.0 {
+            Ok(When::At(x))
+        } else {
+            Err(format!("{text:?}: a unix time is a number of seconds, 0 or more"))
+        };
+    }
+    let span = t.strip_suffix("ago").map(str::trim_end).unwrap_or(t);
+    if let Ok(d) = humantime::parse_duration(span) {
+        return Ok(When::Ago(d.as_secs_f64()));
+    }
+    // Minutes without seconds ("2026-12-03 10:00") read as ":00".
+    let full = if t.len() == "2026-12-03 10:00".len() {
+        format!("{t}:00")
+    } else {
+        t.to_string()
+    };
+    if let Ok(at) = humantime::parse_rfc3339_weak(&full) {
+        return Ok(When::At(
+            at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        ));
+    }
+    Err(format!(
+        "{text:?} is not a time: give a span back from now (90s, 30m, 2h, 1d, \"1h 30m\"), \
+         a UTC time (2026-12-03T10:00:00Z, \"2026-12-03 10:00\") or unix seconds"
+    ))
 }
 
 /// Rewrites every `<number> GB` in a message to three significant digits,
@@ -134,6 +232,25 @@ pub fn round_gb_in(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_read_as_spans_utc_times_or_unix_seconds() {
+        assert_eq!(parse_when("90s"), Ok(When::Ago(90.0)));
+        assert_eq!(parse_when("2h"), Ok(When::Ago(7200.0)));
+        assert_eq!(parse_when("1h 30m ago"), Ok(When::Ago(5400.0)));
+        assert_eq!(parse_when("1d"), Ok(When::Ago(86_400.0)));
+        assert_eq!(parse_when("1764756000"), Ok(When::At(1_764_756_000.0)));
+        assert_eq!(parse_when("1764756000.5"), Ok(When::At(1_764_756_000.5)));
+        // 2026-12-03T10:00:00Z
+        assert_eq!(parse_when("2026-12-03T10:00:00Z"), Ok(When::At(1_796_292_000.0)));
+        assert_eq!(parse_when("2026-12-03 10:00"), Ok(When::At(1_796_292_000.0)));
+        for bad in ["", "soon", "-5", "2026-13-03T10:00:00Z", "NaN", "inf"] {
+            let e = parse_when(bad).expect_err(bad);
+            assert!(e.contains("unix"), "{bad}: {e}");
+        }
+        assert_eq!(When::Ago(60.0).resolve(1000.0), 940.0);
+        assert_eq!(When::At(5.0).resolve(1000.0), 5.0);
+    }
 
     #[test]
     fn sizes_have_three_significant_digits() {

@@ -198,9 +198,11 @@ enum QueueCommand {
         /// Only jobs in this state: queued, running, success, failed, cancelled.
         #[arg(long)]
         status: Option<String>,
-        /// Only jobs created at or after this unix time.
-        #[arg(long)]
-        since: Option<f64>,
+        /// Only jobs created at or after this time: a span back from now
+        /// (90s, 30m, 2h, 1d, "1h 30m"), a UTC time (2026-12-03T10:00:00Z,
+        /// "2026-12-03 10:00") or unix seconds.
+        #[arg(long, value_name = "WHEN", value_parser = tierd::human::parse_when)]
+        since: Option<tierd::human::When>,
     },
     /// Cancel a queued or running job (a running move rolls back).
     Cancel { job_id: String },

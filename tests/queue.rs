@@ -213,6 +213,26 @@ fn queue_cli_shows_status_history_and_cancels() {
     let (status, out) = run(&["queue", "history", "--status", "cancelled"]);
     assert_eq!(status, Some(0));
     assert!(out.contains(&queued) && !out.contains(&big), "{out}");
+    // --since: a span back from the server's now, a UTC time, unix seconds.
+    for since in ["1h", "10 min ago", "2000-01-01T00:00:00Z", "0"] {
+        let (status, out) = run(&["queue", "history", "--status", "cancelled", "--since", since]);
+        assert_eq!(status, Some(0), "{since}: {out}");
+        assert!(out.contains(&queued), "--since {since}: {out}");
+    }
+    for since in ["2100-01-01 00:00", "4102444800"] {
+        let (status, out) = run(&["queue", "history", "--since", since]);
+        assert_eq!(status, Some(0), "{since}: {out}");
+        assert!(!out.contains(&queued) && !out.contains(&big), "--since {since}: {out}");
+    }
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["queue", "history", "--since", "yesterday-ish"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a time") && err.contains("30m"), "{err}");
     let (status, _) = run(&["queue", "cancel", "tier_promote_nope_1"]);
     assert_ne!(status, Some(0));
 }

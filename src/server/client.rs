@@ -859,7 +859,7 @@ pub enum QueueAction {
     History {
         limit: Option<usize>,
         status: Option<String>,
-        since: Option<f64>,
+        since: Option<human::When>,
     },
     /// Cancels one job.
     Cancel { job_id: String },
@@ -933,17 +933,21 @@ pub fn queue(socket: &Path, action: &QueueAction, output: Output) -> Result<i32,
             }
         }
         QueueAction::History { limit, status, since } => {
+            // Spans count back from the server's clock, not this one's.
+            let now = match since {
+                Some(human::When::At(_)) | None if json => None,
+                _ => Some(c.call::<HealthResponse>(Health)?.now),
+            };
             let req = QueueHistory {
                 limit: *limit,
                 status: status.clone(),
-                since: *since,
+                since: since.map(|w| w.resolve(now.unwrap_or(0.0))),
             };
             if json {
                 print_json(&c.call::<Value>(req)?)?;
             } else {
-                let now = c.call::<HealthResponse>(Health)?.now;
                 let h: QueueHistoryResponse = c.call(req)?;
-                print!("{}", render_history(&h, now));
+                print!("{}", render_history(&h, now.unwrap_or(0.0)));
             }
         }
         QueueAction::Cancel { job_id } => {
