@@ -54,7 +54,7 @@ fn narrow_tables_wrap_between_words() {
         // Still wrapped: two-word headers take two lines.
         assert!(!out.contains("LAST ACCESS") && !out.contains("USED GB"), "{out}");
         for whole in wholes {
-            assert!(words.contains(&whole), "{args:?}: {whole:?} cut at 40 columns:\n{out}");
+            assert!(words.contains(whole), "{args:?}: {whole:?} cut at 40 columns:\n{out}");
         }
     }
 }
