@@ -412,6 +412,43 @@ fn a_reload_seen_while_the_model_moves_to_ram_is_taken_into_the_books() {
     a_clients_keep_alive_is_overridden(false);
 }
 
+/// The engine drops a model while tierd's move of it out of the engine
+/// waits in the queue; the move is then cancelled. The drop still applies:
+/// the books do not keep a model in the engine tier that the engine let go.
+#[test]
+fn a_drop_while_a_move_out_is_queued_applies_when_the_move_ends() {
+    let mut r = rig();
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success");
+    // One move at a time, and that one slow: qwen into RAM at 1 MB/s.
+    r.e.update_limits(now(), &[tierd::tiers::LimitChange::Concurrency(1)])
+        .expect("limits");
+    let slow = MoveOptions {
+        bandwidth_mb_s: Some(1.0),
+        ..MoveOptions::default()
+    };
+    let q = ollama_full("qwen:0.5b");
+    let busy = r.e.move_model(now(), &q, "ram", &slow).expect("slow move");
+    r.tick_for(Duration::from_millis(50));
+    let queued = r.e.move_model(now(), M, "ram", &MoveOptions::default()).expect("move out");
+    assert_eq!(r.e.job_json(now(), &queued.job_id).unwrap()["status"], "queued");
+    r.fake.evict(M);
+    // The poller (50 ms) sees it gone, while the move out still waits.
+    r.tick_for(Duration::from_millis(300));
+    assert_eq!(r.e.job_json(now(), &queued.job_id).unwrap()["status"], "queued");
+    r.e.cancel_job(now(), &queued.job_id).expect("cancel");
+    assert!(
+        r.until(|e| {
+            let m = &e.model_json(now(), M).unwrap()["model"];
+            m["tier"] != "gpu0" && m["job_id"].is_null()
+        }),
+        "the drop applied: {}",
+        r.e.jobs_json(now())
+    );
+    assert!(r.fake.loaded().is_empty());
+    let _ = real_support::wait(&mut r.e, &busy.job_id, Duration::from_secs(20));
+    assert_eq!(r.move_wait(M, "gpu0")["status"], "success", "and it loads again");
+}
+
 #[test]
 fn an_engine_down_makes_the_tier_unavailable_and_its_state_is_read_again() {
     let mut r = rig();

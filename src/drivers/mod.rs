@@ -333,6 +333,12 @@ pub trait TierDriver: Send {
     /// at the next look if the engine still has it.
     fn report_again(&mut self, _engine_id: &str) {}
 
+    /// Whether this engine tier holds `model` as loaded (or is settling it
+    /// after a restart); `None` for a tier that is no engine's.
+    fn holds(&self, _model: &str) -> Option<bool> {
+        None
+    }
+
     /// Where a move out of this tier reads the model from.
     fn source_of(&self, _model: &str) -> Source {
         Source::Origin

@@ -80,6 +80,10 @@ pub struct Repins {
     /// Models whose reload failed (model, engine tier, the error), for the
     /// next tick to send to RAM.
     pub(crate) fallbacks: Vec<(ModelId, usize, String)>,
+    /// Drops an engine reported while a move of the model was queued
+    /// (model, engine tier, engine id, the reason): applied once the move
+    /// ended without taking the model out of the tier.
+    pub(crate) deferred_drops: Vec<(ModelId, usize, String, String)>,
 }
 
 /// Drops of one pinned model that followed each other.
@@ -220,7 +224,15 @@ impl Engine {
     fn engine_unloaded(&mut self, now: f64, tier: usize, model: &str, engine_id: &str, reason: &str) {
         let Some(id) = self.state.model_id(model) else { return };
         let Some(m) = self.state.model(id) else { return };
-        if m.tier != tier || m.job.is_some() {
+        if m.tier != tier {
+            return;
+        }
+        if m.job.is_some() {
+            // A queued move of it (a running move out is no drop): if it
+            // ends with the model still booked here, the drop applies then.
+            self.repins
+                .deferred_drops
+                .push((id, tier, engine_id.to_string(), reason.to_string()));
             return;
         }
         let pinned = m.pinned;
@@ -342,6 +354,29 @@ impl Engine {
         self.repins
             .fallbacks
             .push((model, tier, error.unwrap_or("the load failed").to_string()));
+    }
+
+    /// Applies the engines' drops that came while a move of the model was
+    /// queued, once that move ended with the model still booked in the
+    /// engine tier that no longer holds it. The engine may have loaded it
+    /// again meanwhile: it is then reported anew, and taken back.
+    pub(crate) fn deferred_drops(&mut self, now: f64) {
+        if self.repins.deferred_drops.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.repins.deferred_drops);
+        for (id, tier, engine_id, reason) in pending {
+            let Some(m) = self.state.model(id) else { continue };
+            if m.job.is_some() {
+                self.repins.deferred_drops.push((id, tier, engine_id, reason));
+                continue;
+            }
+            let name = m.name.to_string();
+            if m.tier == tier && self.machine.drivers[tier].holds(&name) == Some(false) {
+                self.engine_unloaded(now, tier, &name, &engine_id, &reason);
+                self.machine.drivers[tier].report_again(&engine_id);
+            }
+        }
     }
 
     /// Sends the pinned models whose reload failed to RAM.

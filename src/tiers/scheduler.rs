@@ -202,6 +202,7 @@ impl Engine {
             // Pinned models whose reload into their engine tier failed go
             // to RAM (outside `close`, which may run mid-schedule).
             self.repin_fallbacks(now);
+            self.deferred_drops(now);
             if !had_events && !self.dirty {
                 return;
             }

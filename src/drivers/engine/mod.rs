@@ -1152,6 +1152,11 @@ impl<A: EngineApi> TierDriver for EngineTier<A> {
         lock(&self.books).reported.remove(id);
     }
 
+    fn holds(&self, model: &str) -> Option<bool> {
+        let b = lock(&self.books);
+        Some(b.held.contains_key(model) || b.restoring.contains_key(model))
+    }
+
     fn adopt(&mut self, model: &str, files: Option<&ModelFiles>, id: &str) {
         let mut b = lock(&self.books);
         let bytes = files.map(|f| f.bytes).unwrap_or(0);
