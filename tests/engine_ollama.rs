@@ -715,4 +715,79 @@ mod props {
             }
         }
     }
+
+    /// What tierd's users, Ollama and its other clients may do, with no
+    /// pause for tierd to settle in between.
+    #[derive(Debug, Clone)]
+    enum Mixed {
+        Engine(Op),
+        /// tierd moves model `i` to `TIERS[t]`.
+        Move(usize, usize),
+        /// A client's request without tierd's options: Ollama reloads the
+        /// model (it leaves `/api/ps` for the load), keep_alive 5m.
+        Reload(usize),
+        /// Time for tierd, in ms.
+        Tick(u64),
+    }
+
+    const TIERS: [&str; 3] = ["gpu0", "ram", "storage"];
+
+    fn mixed() -> impl Strategy<Value = Mixed> {
+        prop_oneof![
+            2 => op().prop_map(Mixed::Engine),
+            3 => (0..NAMES.len(), 0..TIERS.len()).prop_map(|(i, t)| Mixed::Move(i, t)),
+            1 => (0..NAMES.len()).prop_map(Mixed::Reload),
+            2 => (0u64..150).prop_map(Mixed::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10, max_shrink_iters: 16, ..ProptestConfig::default() })]
+
+        /// tierd's own moves racing the engine's loads, evictions and
+        /// reloads: once the moves are over and the engine is left alone,
+        /// the books hold exactly the engine's loaded set, and the engine's
+        /// invariants held all along.
+        #[test]
+        fn the_books_follow_the_engine_through_tierds_own_moves(ops in proptest::collection::vec(mixed(), 1..12)) {
+            let mut r = rig_with("", &[(NAMES[0], 60 * MB), (NAMES[1], 40 * MB), (NAMES[2], 30 * MB)]);
+            for name in NAMES {
+                r.fake.set_load_s(name, 0.12);
+            }
+            let mut clients = Vec::new();
+            for op in ops {
+                match op {
+                    Mixed::Engine(Op::Load(i, k)) => r.fake.external_load(NAMES[i], KeepAlive::For(Duration::from_secs(k))),
+                    Mixed::Engine(Op::Evict(i)) => r.fake.evict(NAMES[i]),
+                    Mixed::Engine(Op::Touch(i)) => r.fake.set_expiry(NAMES[i], 120.0),
+                    Mixed::Move(i, t) => {
+                        let _ = r.e.move_model(now(), NAMES[i], TIERS[t], &MoveOptions::default());
+                    }
+                    Mixed::Reload(i) => {
+                        let url = r.fake.url();
+                        clients.push(std::thread::spawn(move || {
+                            request(&url, "POST", "/api/generate", Some(&json!({"model": NAMES[i], "prompt": "hi", "keep_alive": "5m"})))
+                        }));
+                    }
+                    Mixed::Tick(ms) => r.tick_for(Duration::from_millis(ms)),
+                }
+                r.e.tick(now());
+                r.e.check_invariants().map_err(|e| TestCaseError::fail(format!("invariants: {e}")))?;
+            }
+            for c in clients {
+                let _ = c.join();
+            }
+            let url = r.fake.url();
+            let settled = r.until(|e| {
+                let idle = NAMES.iter().all(|n| e.model_json(now(), n).is_ok_and(|m| m["model"]["job_id"].is_null()));
+                let mut loaded: Vec<String> = ps(&url).models.into_iter().map(|m| m.name).collect();
+                loaded.sort();
+                idle && books(e) == loaded
+            });
+            let mut engine_set = r.fake.loaded();
+            engine_set.sort();
+            prop_assert!(settled, "books {:?} engine {:?}; jobs {}", books(&mut r.e), engine_set, r.e.jobs_json(now()));
+            r.e.check_invariants().map_err(|e| TestCaseError::fail(format!("invariants: {e}")))?;
+        }
+    }
 }
