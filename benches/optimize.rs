@@ -1,5 +1,6 @@
 //! One `auto_optimize` plan of each policy over 1,000 / 10,000 / 100,000
-//! models (target: at most 50 ms at 100,000).
+//! models (target: at most 50 ms at 100,000); and what a state save costs
+//! the engine's lock: its snapshot, and the `tierd` policy's export.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng};
@@ -65,5 +66,23 @@ fn bench_plan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_plan);
+/// What the state file saves every second: the engine's snapshot (models,
+/// usage, job history) against the `tierd` policy's export added to it.
+fn bench_export(c: &mut Criterion) {
+    let mut group = c.benchmark_group("state_save");
+    group.sample_size(10);
+    for n in [1_000usize, 10_000] {
+        let (engine, policies) = setup(n);
+        let now = 2.0 * n as f64;
+        group.bench_with_input(BenchmarkId::new("snapshot", n), &n, |b, _| {
+            b.iter(|| engine.snapshot(now).models.len())
+        });
+        group.bench_with_input(BenchmarkId::new("tierd_export", n), &n, |b, _| {
+            b.iter(|| policies[0].export(engine.state()).map(|v| v.get().len()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_plan, bench_export);
 criterion_main!(benches);

@@ -310,10 +310,32 @@ struct SavedModel {
     hours: Option<(u64, Vec<(u64, u16)>)>,
 }
 
-/// The policy's [`SavedModel`]s by model name.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Saved {
-    models: std::collections::BTreeMap<String, SavedModel>,
+/// The policy's [`SavedModel`]s by model name, written straight from its
+/// vectors: `{"models": {name: SavedModel, ...}}`.
+struct Exported<'a> {
+    policy: &'a TierdPolicy,
+    state: &'a State,
+}
+
+impl serde::Serialize for Exported<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Models<'a>(&'a Exported<'a>);
+        impl serde::Serialize for Models<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let Exported { policy, state } = self.0;
+                s.collect_map(
+                    state
+                        .iter_models()
+                        .map(|(id, m)| (&*m.name, policy.saved_model(id)))
+                        .filter(|(_, s)| s.key.is_some() || s.hours.is_some()),
+                )
+            }
+        }
+        let mut st = s.serialize_struct("Saved", 1)?;
+        st.serialize_field("models", &Models(self))?;
+        st.end()
+    }
 }
 
 /// A saved key, if it is one (JSON has no infinities: never-accessed keys
@@ -519,13 +541,8 @@ impl Policy for TierdPolicy {
         plan_by_key(state, |id| self.score(state, id), "tierd: ranked by decayed access rate", out);
     }
 
-    fn export(&self, state: &State) -> Option<serde_json::Value> {
-        let models = state
-            .iter_models()
-            .map(|(id, m)| (m.name.to_string(), self.saved_model(id)))
-            .filter(|(_, s)| s.key.is_some() || s.hours.is_some())
-            .collect();
-        serde_json::to_value(Saved { models }).ok()
+    fn export(&self, state: &State) -> Option<Box<serde_json::value::RawValue>> {
+        serde_json::value::to_raw_value(&Exported { policy: self, state }).ok()
     }
 
     fn import(&mut self, state: &State, saved: &serde_json::Value) {
@@ -600,8 +617,7 @@ mod tests {
         state.by_name.insert("m".into(), 0);
         let saved = p.export(&state).expect("the tierd policy keeps what it learnt");
         // Through JSON text, as the state file holds it.
-        let text = serde_json::to_string(&saved).expect("json");
-        let back: serde_json::Value = serde_json::from_str(&text).expect("parse");
+        let back: serde_json::Value = serde_json::from_str(saved.get()).expect("parse");
         let mut q = TierdPolicy::default();
         q.import(&state, &back);
         assert_eq!(q.key, p.key);
@@ -619,7 +635,7 @@ mod tests {
         // A never-accessed model exports nothing; bad records are skipped,
         // the good ones kept.
         let empty = TierdPolicy::default().export(&state).expect("export");
-        assert_eq!(empty["models"], serde_json::json!({}));
+        assert_eq!(empty.get(), r#"{"models":{}}"#);
         let mut r = TierdPolicy::default();
         r.import(&state, &serde_json::json!({"models": {"gone": {"key": 1.0}, "m": {"key": "x"}}}));
         r.import(&state, &serde_json::json!("garbage"));

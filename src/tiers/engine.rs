@@ -417,7 +417,10 @@ impl Engine {
         if let Some(saved) = &restored.policy
             && saved.name == self.policy.name()
         {
-            self.policy.import(&self.state, &saved.data);
+            match serde_json::from_str::<serde_json::Value>(saved.data.get()) {
+                Ok(data) => self.policy.import(&self.state, &data),
+                Err(e) => tracing::warn!(error = %e, "the policy's saved data does not parse; it starts afresh"),
+            }
         }
         let keep = self.cfg.job_history.max(1);
         self.archive = restored

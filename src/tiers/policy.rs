@@ -62,9 +62,11 @@ pub trait Policy: Send {
     fn plan(&mut self, now: f64, state: &State, out: &mut Vec<Desire>);
 
     /// What the policy learnt of the models in `state` (keyed by model
-    /// name, never by id), for the state file to keep across restarts;
-    /// `None` (the default) when it keeps nothing beyond the models' usage.
-    fn export(&self, _state: &State) -> Option<serde_json::Value> {
+    /// name, never by id), for the state file to keep across restarts, as
+    /// JSON text (made under the engine's lock at every save: no value
+    /// tree); `None` (the default) when it keeps nothing beyond the
+    /// models' usage.
+    fn export(&self, _state: &State) -> Option<Box<serde_json::value::RawValue>> {
         None
     }
 
@@ -76,8 +78,14 @@ pub trait Policy: Send {
 
 /// A policy's [`Policy::export`] as the state file keeps it: taken back
 /// only by a policy of the same name.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SavedPolicy {
     pub name: String,
-    pub data: serde_json::Value,
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl PartialEq for SavedPolicy {
+    fn eq(&self, other: &SavedPolicy) -> bool {
+        self.name == other.name && self.data.get() == other.data.get()
+    }
 }
