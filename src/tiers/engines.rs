@@ -70,7 +70,8 @@ pub const REPIN_QUIET_S: f64 = 300.0;
 /// Most drops in a streak that tierd answers by loading the model back.
 pub const REPIN_MAX_STREAK: u32 = 5;
 
-/// Pinned models an engine dropped on its own ([`Engine::reload_pinned`]).
+/// Models an engine dropped on its own: pinned ones loaded back
+/// ([`Engine::reload_pinned`]), and drops that wait for a queued move.
 #[derive(Debug, Default)]
 pub struct Repins {
     /// By model name: drops in the current streak, and the latest one's time.
