@@ -384,7 +384,7 @@ impl TierdPolicy {
             let mut ring = HourRing { latest, counts: [0; 72] };
             for (h, c) in counts {
                 // Only hours of the ring's window; each kept once.
-                if h <= latest && h + 72 > latest {
+                if ring.in_window(h) {
                     ring.counts[(h % 72) as usize] = c;
                 }
             }
@@ -430,9 +430,15 @@ impl HourRing {
         }
     }
 
+    /// Whether absolute hour `hour` is in the ring's window (the 72 hours
+    /// up to the latest access).
+    fn in_window(&self, hour: u64) -> bool {
+        hour <= self.latest && hour + 72 > self.latest
+    }
+
     /// Accesses in absolute hour `hour`, if it is still in the ring.
     fn count(&self, hour: u64) -> u32 {
-        if hour <= self.latest && hour + 72 > self.latest {
+        if self.in_window(hour) {
             u32::from(self.counts[(hour % 72) as usize])
         } else {
             0
